@@ -1,0 +1,213 @@
+"""`deploytool` command line: each command parses its options and calls the library."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from deploytool.errors import DeployError
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+def _say(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def _tile(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    parts = value.lower().split("x")
+    try:
+        numbers = tuple(int(p) for p in parts)
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: use N or HxW, e.g. 128 or 96x160") from None
+    if len(numbers) == 1:
+        return (numbers[0], numbers[0])
+    if len(numbers) == 2:
+        return numbers  # type: ignore[return-value]
+    raise click.BadParameter(f"{value!r}: use N or HxW, e.g. 128 or 96x160")
+
+
+class Group(click.Group):
+    """Turns DeployError into one line on stderr and exit status 2, never a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except DeployError as exc:
+            _fail(str(exc))
+        except KeyboardInterrupt:
+            _fail("interrupted")
+
+
+@click.group(cls=Group)
+@click.version_option(package_name="deploytool")
+def cli() -> None:
+    """Export image-restoration Transformers to ONNX/TensorRT FP16 and prove parity."""
+
+
+@cli.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def list_models(as_json: bool) -> None:
+    """Every model id with its task, scale and default tile."""
+    from deploytool import registry
+
+    entries = registry.all_entries().values()
+    if as_json:
+        click.echo(json.dumps([{"id": e.id, "family": e.family, "task": e.task, "scale": e.scale, "channels": e.channels, "tile": list(e.tile)} for e in entries], indent=2))
+        return
+    click.echo(f"{'model id':<24} {'task':<10} {'scale':>5} {'ch':>3}  tile")
+    for e in entries:
+        click.echo(f"{e.id:<24} {e.task:<10} {'x' + str(e.scale):>5} {e.channels:>3}  {e.tile[0]}x{e.tile[1]}")
+
+
+@cli.command()
+@click.argument("model_id")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def info(model_id: str, as_json: bool) -> None:
+    """Hyperparameters, default tile and official checkpoint of MODEL_ID."""
+    from deploytool import registry
+
+    entry = registry.get(model_id)
+    data = {
+        "id": entry.id,
+        "family": entry.family,
+        "task": entry.task,
+        "description": entry.description,
+        "scale": entry.scale,
+        "channels": entry.channels,
+        "tile": list(entry.tile),
+        "tile_multiple": entry.tile_multiple,
+        "tile_reason": entry.tile_reason,
+        "batch": entry.batch,
+        "overlap": entry.overlap,
+        "arch": entry.arch,
+        "weights": {"filename": entry.weights.filename, "url": entry.weights.url, "sha256": entry.weights.sha256, "also": list(entry.weights.also), "note": entry.weights.note},
+        "tolerances": entry.tolerances,
+        "config": str(entry.source_file),
+    }
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    for key, value in data.items():
+        if isinstance(value, dict):
+            click.echo(f"{key}:")
+            for sub, sub_value in value.items():
+                if sub_value not in (None, "", []):
+                    click.echo(f"  {sub}: {sub_value}")
+        elif value not in (None, "", []):
+            click.echo(f"{key}: {value}")
+
+
+@cli.command()
+@click.argument("model_id")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True, help="Export directory.")
+@click.option("--weights", type=click.Path(path_type=Path), help="Official-format checkpoint (.pth/.pt/.safetensors).")
+@click.option("--random-init", is_flag=True, help="Untrained seeded weights: an offline smoke test, not a model.")
+@click.option("--seed", default=0, show_default=True, help="Seed for --random-init.")
+@click.option("--tile", help="Static input tile, N or HxW (default: the model's).")
+@click.option("--batch", type=int, help="Static batch size (default: the model's).")
+@click.option("--calibration-images", type=click.Path(file_okay=False, path_type=Path), help="Real images to measure FP16 ranges on.")
+@click.option("--no-fp16", is_flag=True, help="Skip the FP16 deploy graph.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+def export(model_id, out_dir, weights, random_init, seed, tile, batch, calibration_images, no_fp16, as_json) -> None:
+    """Export MODEL_ID to ONNX FP32 + FP16 with a manifest. Without --weights, the official file is downloaded."""
+    from deploytool import export as exporter
+    from deploytool import registry
+    from deploytool.models import resolve_source
+
+    entry = registry.get(model_id)
+    source = resolve_source(entry, weights=weights, random_init=random_init, seed=seed)
+    if source.kind == "random-init":
+        _say(f"warning: {model_id} is exported with UNTRAINED random weights (seed {seed}); for smoke tests only")
+    request = exporter.ExportRequest(
+        entry=entry,
+        source=source,
+        out_dir=out_dir,
+        tile=_tile(tile) or entry.tile,
+        batch=batch or entry.batch,
+        fp16=not no_fp16,
+        calibration_images=calibration_images,
+    )
+    manifest = exporter.export(request, progress=_say)
+    if as_json:
+        click.echo(json.dumps(manifest, indent=2))
+
+
+@cli.command()
+@click.argument("export_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--images", "images_dir", type=click.Path(file_okay=False, path_type=Path), help="Real images: whole-image original vs tiled backends.")
+@click.option("--weights", type=click.Path(path_type=Path), help="The export's checkpoint, if it moved.")
+@click.option("--backends", default="torch,ort,ort-fp16,trt", show_default=True, help="Comma-separated backends to compare.")
+@click.option("--overlap", type=int, help="Tile overlap for --images (default: the model's).")
+@click.option("--max-images", type=int, help="Use at most this many images.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def verify(export_dir, images_dir, weights, backends, overlap, max_images, as_json) -> None:
+    """Compare the original model, our definition, ONNX FP32/FP16 and TensorRT on the same inputs."""
+    from deploytool import parity
+
+    report = parity.verify(
+        export_dir,
+        images_dir=images_dir,
+        weights=weights,
+        backends=[b.strip() for b in backends.split(",") if b.strip()],
+        overlap=overlap,
+        max_images=max_images,
+        progress=_say,
+    )
+    click.echo(json.dumps(report, indent=2, default=str) if as_json else parity.markdown(report))
+    parity.raise_on_failure(report)
+
+
+@cli.command()
+@click.argument("export_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output file (one input) or folder.")
+@click.option("--backend", type=click.Choice(["torch", "ort", "ort-fp16", "trt"]), default="ort-fp16", show_default=True)
+@click.option("--overlap", type=int, help="Tile overlap in input pixels (default: the model's).")
+@click.option("--weights", type=click.Path(path_type=Path), help="The export's checkpoint, if it moved (torch backend).")
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
+def run(export_dir, inputs, output, backend, overlap, weights, as_json) -> None:
+    """Restore or upscale images of any size with an export, tile by tile."""
+    from tqdm import tqdm
+
+    from deploytool import inference, inputs as input_sources
+    from deploytool.backends import open_runner
+    from deploytool.export import read_manifest
+
+    manifest = read_manifest(export_dir)
+    overlap = int(manifest["overlap"]) if overlap is None else overlap
+    sources = [p for item in inputs for p in (input_sources.list_images(item) if item.is_dir() else [item])]
+    if len(sources) > 1 and output.suffix:
+        raise DeployError(f"{len(sources)} inputs need an output folder, not the file {output}")
+    runner = open_runner(export_dir, manifest, backend, weights=weights)
+    results = []
+    for source in sources:
+        destination = output / source.name if (len(sources) > 1 or not output.suffix) else output
+        with tqdm(desc=source.name, unit="tile", file=sys.stderr, disable=None) as bar:
+            results.append(
+                inference.restore_file(
+                    runner, manifest, source, destination, overlap=overlap,
+                    on_tiles=bar.update, on_start=lambda total: setattr(bar, "total", total),
+                )
+            )
+    if as_json:
+        click.echo(json.dumps({"backend": backend, "images": results}, indent=2))
+    else:
+        for item in results:
+            _say(f"{item['input']} -> {item['output']} ({item['output_size'][0]}x{item['output_size'][1]}, {item['tiles']} tiles, {backend})")
+
+
+def main() -> None:
+    cli(prog_name="deploytool")
+
+
+if __name__ == "__main__":
+    main()

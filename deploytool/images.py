@@ -1,0 +1,225 @@
+"""Reading and writing images as float32 HWC arrays in [0, 1], RGB order.
+
+Every failure a user can cause (missing, corrupt or unsupported file, wrong channel count for
+the model, a format that cannot hold what is being written) is an `ImageError` with a one-line
+message naming the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+from deploytool.errors import ImageError
+from deploytool.fileio import atomic_path
+
+# Formats cv2 writes with 16-bit samples intact; others silently fall back to 8 bits.
+_SIXTEEN_BIT_SUFFIXES = frozenset({".png", ".tif", ".tiff", ".ppm", ".pgm", ".pnm"})
+# Formats that keep a fourth (alpha) channel when cv2 writes them.
+_ALPHA_SUFFIXES = frozenset({".png", ".tif", ".tiff", ".webp"})
+_MAX_VALUE = {8: 255.0, 16: 65535.0}
+_DTYPE_FOR_DEPTH = {8: np.uint8, 16: np.uint16}
+
+
+@dataclass
+class LoadedImage:
+    """An image as read from disk: colour samples, optional alpha, and the source bit depth."""
+
+    pixels: np.ndarray  # float32 HWC in [0, 1], C is 1 (gray) or 3 (RGB)
+    alpha: np.ndarray | None  # float32 HW in [0, 1]
+    bit_depth: int  # 8 or 16
+    path: Path
+
+    @property
+    def mode(self) -> str:
+        """One of "gray", "rgb", "gray+alpha", "rgba"."""
+        base = "gray" if self.pixels.shape[2] == 1 else "rgb"
+        if self.alpha is None:
+            return base
+        return "rgba" if base == "rgb" else "gray+alpha"
+
+
+@contextlib.contextmanager
+def _quiet_cv2() -> Iterator[None]:
+    # cv2 logs its own warnings to stderr for bad files; we report those failures ourselves
+    # as one line, so its extra output would only clutter the CLI.
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        yield
+    finally:
+        cv2.utils.logging.setLogLevel(level)
+
+
+def read_image(path: str | os.PathLike) -> LoadedImage:
+    """Read an 8- or 16-bit gray, gray+alpha, RGB or RGBA image."""
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"{path}: no such file")
+    if not path.is_file():
+        raise ImageError(f"{path}: not a file")
+    if path.stat().st_size == 0:
+        raise ImageError(f"{path}: file is empty")
+    with _quiet_cv2():
+        try:
+            raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        except cv2.error:
+            raw = None
+    if raw is None:
+        raise ImageError(f"{path}: not a readable image (unknown format or corrupt file)")
+
+    if raw.dtype == np.uint8:
+        bit_depth = 8
+    elif raw.dtype == np.uint16:
+        bit_depth = 16
+    else:
+        raise ImageError(
+            f"{path}: unsupported sample type {raw.dtype} ({raw.dtype.itemsize * 8}-bit); "
+            "only 8-bit and 16-bit integer images are supported"
+        )
+    if raw.size == 0:
+        raise ImageError(f"{path}: image has zero size {raw.shape}")
+    if raw.ndim == 2:
+        raw = raw[:, :, None]
+    channels = raw.shape[2] if raw.ndim == 3 else -1
+    if channels not in (1, 2, 3, 4):
+        raise ImageError(f"{path}: unsupported channel count {channels} (expected 1, 2, 3 or 4)")
+
+    data = raw.astype(np.float32) / np.float32(_MAX_VALUE[bit_depth])
+    alpha = None
+    if channels in (2, 4):
+        alpha = np.ascontiguousarray(data[:, :, -1])
+        data = data[:, :, :-1]
+    if data.shape[2] == 3:
+        data = data[:, :, ::-1]  # BGR -> RGB
+    return LoadedImage(np.ascontiguousarray(data), alpha, bit_depth, path)
+
+
+def write_image(
+    path: str | os.PathLike,
+    pixels: np.ndarray,
+    *,
+    alpha: np.ndarray | None = None,
+    bit_depth: int = 8,
+) -> None:
+    """Write float pixels (HWC or HW, 1 or 3 channels, RGB) in [0, 1] atomically.
+
+    Values are clipped to [0, 1] and rounded to the nearest 8- or 16-bit level.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if bit_depth not in _MAX_VALUE:
+        raise ImageError(f"{path}: bit depth must be 8 or 16, not {bit_depth}")
+    if not suffix:
+        raise ImageError(f"{path}: no file extension, so no image format to write")
+    if not cv2.haveImageWriter(f"x{suffix}"):
+        raise ImageError(f"{path}: OpenCV cannot write {suffix} images")
+    if bit_depth == 16 and suffix not in _SIXTEEN_BIT_SUFFIXES:
+        raise ImageError(
+            f"{path}: {suffix} cannot hold 16-bit samples; "
+            f"use one of {', '.join(sorted(_SIXTEEN_BIT_SUFFIXES))} or write 8-bit"
+        )
+    if alpha is not None and suffix not in _ALPHA_SUFFIXES:
+        raise ImageError(
+            f"{path}: {suffix} cannot hold an alpha channel; "
+            f"use one of {', '.join(sorted(_ALPHA_SUFFIXES))}"
+        )
+
+    pixels = np.asarray(pixels)
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    if pixels.ndim != 3 or pixels.shape[2] not in (1, 3) or pixels.shape[0] == 0 or pixels.shape[1] == 0:
+        raise ValueError(f"pixels must be a non-empty HW or HWC array with 1 or 3 channels, got {pixels.shape}")
+    if alpha is not None:
+        alpha = np.asarray(alpha)
+        if alpha.ndim == 3 and alpha.shape[2] == 1:
+            alpha = alpha[:, :, 0]
+        if alpha.shape != pixels.shape[:2]:
+            raise ValueError(f"alpha shape {alpha.shape} does not match pixels {pixels.shape[:2]}")
+    # NaN/inf would become arbitrary integers; an overflowing (e.g. FP16) model is the usual cause.
+    bad = int(np.count_nonzero(~np.isfinite(pixels)))
+    if alpha is not None:
+        bad += int(np.count_nonzero(~np.isfinite(alpha)))
+    if bad:
+        raise ImageError(f"{path}: refusing to write {bad} non-finite (NaN/inf) sample(s)")
+
+    def quantize(values: np.ndarray) -> np.ndarray:
+        scaled = np.clip(values.astype(np.float32, copy=False), 0.0, 1.0) * np.float32(_MAX_VALUE[bit_depth])
+        return np.rint(scaled).astype(_DTYPE_FOR_DEPTH[bit_depth])
+
+    out = quantize(pixels)
+    if alpha is not None:
+        if out.shape[2] == 1:
+            # cv2 writes no 2-channel images: store gray+alpha as RGBA with equal colour channels.
+            out = np.repeat(out, 3, axis=2)
+        out = np.concatenate([out[:, :, ::-1], quantize(alpha)[:, :, None]], axis=2)
+    elif out.shape[2] == 3:
+        out = out[:, :, ::-1]  # RGB -> BGR
+    else:
+        out = out[:, :, 0]
+    out = np.ascontiguousarray(out)
+
+    with atomic_path(path) as tmp:
+        with _quiet_cv2():
+            try:
+                ok = cv2.imwrite(str(tmp), out)
+                reason = ""
+            except cv2.error as exc:
+                ok = False
+                reason = ": " + " ".join(str(exc).split())
+        if not ok:
+            channels = out.shape[2] if out.ndim == 3 else 1
+            raise ImageError(
+                f"{path}: OpenCV could not write a {channels}-channel {bit_depth}-bit image as {suffix}{reason}"
+            )
+
+
+def fit_channels(
+    pixels: np.ndarray, channels: int, *, model_id: str, path: str | os.PathLike
+) -> np.ndarray:
+    """Return HWC `pixels` with exactly `channels` channels for the model `model_id`.
+
+    Gray images are replicated for RGB models; RGB images are refused by gray models rather
+    than converted silently, since the right conversion is the user's call.
+    """
+    have = pixels.shape[2]
+    if have == channels:
+        return pixels
+    if channels == 3 and have == 1:
+        return np.repeat(pixels, 3, axis=2)
+    if channels == 1 and have == 3:
+        raise ImageError(
+            f"{model_id} takes 1-channel (grayscale) images; {path} is RGB: convert it to grayscale first"
+        )
+    raise ImageError(f"{model_id} takes {channels}-channel images; {path} has {have} channels")
+
+
+def restore_channels(pixels: np.ndarray, like: LoadedImage) -> np.ndarray:
+    """Return HWC `pixels` with the channel count of the image `like` (3 -> 1 by averaging)."""
+    want = like.pixels.shape[2]
+    have = pixels.shape[2]
+    if have == want:
+        return pixels
+    if want == 1 and have == 3:
+        return pixels.mean(axis=2, keepdims=True, dtype=np.float32)
+    if want == 3 and have == 1:
+        return np.repeat(pixels, 3, axis=2)
+    raise ValueError(f"cannot turn {have}-channel pixels into {want} channels")
+
+
+def resize_alpha(alpha: np.ndarray, scale: int) -> np.ndarray:
+    """Upscale an HW alpha channel by an integer `scale` (bicubic), clipped to [0, 1]."""
+    if scale < 1 or int(scale) != scale:
+        raise ValueError(f"scale must be a positive integer, got {scale}")
+    alpha = np.asarray(alpha, dtype=np.float32)
+    if scale == 1:
+        return alpha.copy()
+    height, width = alpha.shape
+    resized = cv2.resize(alpha, (width * int(scale), height * int(scale)), interpolation=cv2.INTER_CUBIC)
+    return np.clip(resized, 0.0, 1.0, out=resized)

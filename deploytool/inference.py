@@ -1,0 +1,58 @@
+"""Whole images through a runner: channels fitted, tiled, blended, written at the input's depth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from deploytool import images, tiling
+from deploytool.backends import Runner
+
+OnTiles = Callable[[int], None]
+
+
+def tile_shape(manifest: dict[str, Any]) -> tuple[tuple[int, int], int]:
+    return tuple(manifest["tile"]), int(manifest["batch"])
+
+
+def restore_array(runner: Runner, manifest: dict[str, Any], pixels: np.ndarray, *, overlap: int, on_tiles: OnTiles | None = None) -> np.ndarray:
+    """HWC float32 in the model's channel count -> restored HWC float32 (unclamped)."""
+    tile, batch = tile_shape(manifest)
+    return tiling.run_tiled(pixels, runner, tile=tile, scale=int(manifest["scale"]), batch=batch, overlap=overlap, on_tiles=on_tiles)
+
+
+def tiles_for(manifest: dict[str, Any], height: int, width: int, overlap: int) -> int:
+    return tiling.count_tiles(height, width, tuple(manifest["tile"]), overlap)
+
+
+def restore_file(
+    runner: Runner,
+    manifest: dict[str, Any],
+    source: str | Path,
+    destination: str | Path,
+    *,
+    overlap: int,
+    on_tiles: OnTiles | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Read, restore and atomically write one image; returns what was done, for reports."""
+    image = images.read_image(source)
+    pixels = images.fit_channels(image.pixels, int(manifest["channels"]), model_id=manifest["model_id"], path=source)
+    height, width = pixels.shape[:2]
+    if on_start:
+        on_start(tiles_for(manifest, height, width, overlap))
+    restored = restore_array(runner, manifest, pixels, overlap=overlap, on_tiles=on_tiles)
+    scale = int(manifest["scale"])
+    alpha = None if image.alpha is None else (image.alpha if scale == 1 else images.resize_alpha(image.alpha, scale))
+    images.write_image(destination, images.restore_channels(restored, image), alpha=alpha, bit_depth=image.bit_depth)
+    return {
+        "input": str(source),
+        "output": str(destination),
+        "mode": image.mode,
+        "bit_depth": image.bit_depth,
+        "size": [width, height],
+        "output_size": [width * scale, height * scale],
+        "tiles": tiles_for(manifest, height, width, overlap),
+    }

@@ -1,0 +1,118 @@
+"""From a model id and a weights source to a ready PyTorch model (ours or the original)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import model_defs
+from deploytool import checkpoints
+from deploytool.errors import CheckpointError, DeployError
+from deploytool.registry import ModelEntry
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where a model's weights came from: an official-format checkpoint, or a seeded random init."""
+
+    kind: str  # "checkpoint" | "random-init"
+    path: str | None = None
+    sha256: str | None = None
+    wrapper_key: str | None = None
+    seed: int | None = None
+
+    def describe(self) -> str:
+        if self.kind == "random-init":
+            return f"random init (seed {self.seed}; UNTRAINED, for smoke tests only)"
+        wrapper = f", '{self.wrapper_key}' weights" if self.wrapper_key else ""
+        return f"{self.path} (sha256 {self.sha256[:12]}…{wrapper})"
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "WeightsSource":
+        return cls(**data)
+
+
+def resolve_source(
+    entry: ModelEntry,
+    *,
+    weights: str | Path | None = None,
+    random_init: bool = False,
+    seed: int = 0,
+    download: bool = True,
+    progress: bool = True,
+) -> WeightsSource:
+    """Pick the weights: a given file, a seeded random init, or the official download (cached)."""
+    if weights is not None and random_init:
+        raise DeployError("pass either --weights or --random-init, not both")
+    if random_init:
+        return WeightsSource(kind="random-init", seed=seed)
+    if weights is None:
+        if not download:
+            raise DeployError(f"{entry.id}: no weights given; pass --weights PATH or --random-init")
+        if not entry.weights.url:
+            raise DeployError(f"{entry.id} has no official download; pass --weights PATH")
+        weights = checkpoints.fetch(
+            entry.weights.url, filename=entry.weights.filename, sha256=entry.weights.sha256, progress=progress
+        )
+    loaded = checkpoints.load_state_dict_file(weights)
+    return WeightsSource(kind="checkpoint", path=str(Path(weights).resolve()), sha256=loaded.sha256, wrapper_key=loaded.wrapper_key)
+
+
+def load_state_dict(entry: ModelEntry, source: WeightsSource) -> dict[str, torch.Tensor]:
+    """The weights as a flat state dict in the official key layout."""
+    if source.kind == "random-init":
+        torch.manual_seed(source.seed or 0)
+        return model_defs.build_model(entry.family, entry.arch).state_dict()
+    loaded = checkpoints.load_state_dict_file(source.path)
+    if source.sha256 and loaded.sha256 != source.sha256:
+        raise CheckpointError(
+            f"{source.path} changed since export (sha256 {loaded.sha256[:12]}… instead of {source.sha256[:12]}…); "
+            "re-export, or pass the original file with --weights"
+        )
+    return loaded.state_dict
+
+
+def arch_for(entry: ModelEntry, state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
+    return model_defs.reconcile_arch(entry.family, entry.arch, state_dict)
+
+
+def build_def(entry: ModelEntry, state_dict: dict[str, torch.Tensor], *, source: str = "checkpoint") -> torch.nn.Module:
+    """Our export-friendly definition, strictly loaded, with carried buffers checked."""
+    model = model_defs.build_model(entry.family, arch_for(entry, state_dict))
+    computed = {name: buffer.clone() for name, buffer in model.named_buffers() if name in model.state_dict()}
+    checkpoints.load_strict(model, state_dict, model_id=entry.id, source=source)
+    for name, expected in computed.items():
+        if not torch.equal(model.get_buffer(name).to(expected.dtype), expected):
+            raise CheckpointError(
+                f"{source}: buffer {name} differs from the one {entry.id} computes for its hyperparameters "
+                "(window size or training patch size do not match this model id)"
+            )
+    return model.eval()
+
+
+def entry_for_export(manifest: dict[str, Any]) -> ModelEntry:
+    """The registry entry of an export, with the hyperparameters and tolerances it was made with."""
+    from deploytool import registry
+
+    entry = registry.get(manifest["model_id"])
+    return dataclasses.replace(entry, arch=manifest["arch"], tolerances=manifest["tolerances"])
+
+
+def export_weights(manifest: dict[str, Any], weights: str | Path | None = None) -> tuple[ModelEntry, WeightsSource, dict[str, torch.Tensor]]:
+    """Entry, source and state dict an export was made from; `weights` relocates a moved checkpoint."""
+    entry = entry_for_export(manifest)
+    source = WeightsSource.from_json(manifest["source"])
+    if weights is not None:
+        if source.kind != "checkpoint":
+            raise DeployError(f"this export was made from a {source.describe()}; --weights does not apply")
+        source = dataclasses.replace(source, path=str(Path(weights).resolve()))
+    elif source.kind == "checkpoint" and not Path(source.path).is_file():
+        raise CheckpointError(f"the checkpoint this export was made from is gone ({source.path}); pass it with --weights")
+    return entry, source, load_state_dict(entry, source)

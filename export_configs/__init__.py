@@ -1,0 +1,1 @@
+"""Model-id configs (TOML data, read by deploytool.registry); no code lives here."""

@@ -1,0 +1,124 @@
+"""Benchmark one model id: original vs our definition vs ONNX Runtime FP32/FP16, in one run.
+
+    python scripts/bench.py swinir-m-x4 [--tile 64] [--weights FILE] [--runs 5] [--json]
+
+Latencies are medians over --runs after one warm-up, on this machine, at batch 1; ratios are
+against the original PyTorch model measured in the same run. Node counts: a naive
+torch.onnx.export of the original (built with img_size = tile, its most favourable case, so its
+masks are buffers) vs ours, both after onnxsim.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from deploytool import export, registry
+from deploytool.backends.onnxruntime import OrtRunner
+from deploytool.backends.torch import TorchRunner
+from deploytool.inputs import synthetic_batch
+from deploytool.models import arch_for, build_def, load_state_dict, resolve_source
+from deploytool.references import build_reference
+
+
+def median_latency(run, batch: np.ndarray, runs: int) -> float:
+    run(batch)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        run(batch)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def naive_node_count(model: torch.nn.Module, shape: tuple[int, ...]) -> int:
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.zeros(shape),), buffer, dynamo=False, opset_version=export.OPSET)
+    return len(export.simplify(onnx.load_from_string(buffer.getvalue())).graph.node)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model_id")
+    parser.add_argument("--tile", type=int, help="square tile (default: the model's)")
+    parser.add_argument("--weights", help="checkpoint (default: seeded random init)")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+
+    entry = registry.get(args.model_id)
+    tile = (args.tile, args.tile) if args.tile else entry.tile
+    source = resolve_source(entry, weights=args.weights, random_init=args.weights is None)
+    state_dict = load_state_dict(entry, source)
+    arch = arch_for(entry, state_dict)
+    shape = (1, entry.channels, *tile)
+    batch = synthetic_batch(shape, seed=0)
+    torch.set_num_threads(torch.get_num_threads())
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / entry.id
+        started = time.perf_counter()
+        manifest = export.export(export.ExportRequest(entry, source, out, tile, 1), progress=lambda m: print(m, file=sys.stderr))
+        export_seconds = time.perf_counter() - started
+        original = TorchRunner(build_reference(entry, arch, state_dict), name="original")
+        ours = TorchRunner(build_def(entry, state_dict), name="ours")
+        rows = [
+            ("original PyTorch eager (spandrel)", median_latency(original, batch, args.runs)),
+            ("our definition, PyTorch eager", median_latency(ours, batch, args.runs)),
+            ("ONNX Runtime FP32 (CPU)", median_latency(OrtRunner(out / export.FP32_FILE, name="ort"), batch, args.runs)),
+            ("ONNX Runtime FP16 graph (CPU)", median_latency(OrtRunner(out / export.FP16_FILE, name="ort-fp16"), batch, args.runs)),
+        ]
+        reference_arch = {**arch, "img_size": tile[0]} if tile[0] == tile[1] else arch
+        naive_nodes = naive_node_count(build_reference(entry, reference_arch, _with_masks_for(entry, reference_arch, state_dict)), shape)
+
+    baseline = rows[0][1]
+    result = {
+        "model_id": entry.id,
+        "tile": list(tile),
+        "weights": source.describe(),
+        "threads": torch.get_num_threads(),
+        "latency_s": {name: round(seconds, 4) for name, seconds in rows},
+        "speedup_vs_original": {name: round(baseline / seconds, 2) for name, seconds in rows},
+        "nodes_after_onnxsim": {"naive export of the original": naive_nodes, "ours": manifest["graph"]["nodes"]},
+        "model_onnx_mb": round(manifest["files"][export.FP32_FILE]["bytes"] / 1e6, 2),
+        "model_fp16_onnx_mb": round(manifest["files"][export.FP16_FILE]["bytes"] / 1e6, 2),
+        "fp16_flop_share": round(manifest["fp16"]["fp16_flop_share"], 4),
+        "export_wall_s": round(export_seconds, 1),
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"\n{entry.id}, tile {tile[0]}x{tile[1]}, batch 1, {result['threads']} threads, {source.describe()}\n")
+    print("| runtime | latency (s) | speed vs original |")
+    print("|---|---:|---:|")
+    for name, seconds in rows:
+        print(f"| {name} | {seconds:.3f} | {baseline / seconds:.2f}x |")
+    print(f"\nnodes after onnxsim: naive export of the original {naive_nodes}, ours {manifest['graph']['nodes']}")
+    print(f"model.onnx {result['model_onnx_mb']} MB, model_fp16.onnx {result['model_fp16_onnx_mb']} MB; FP16 share of FLOPs {result['fp16_flop_share']:.1%}")
+    print(f"export wall time (trace, onnxsim, checks, FP16 calibration): {export_seconds:.1f} s")
+    return 0
+
+
+def _with_masks_for(entry, arch, state_dict):
+    """The state dict with masks recomputed for the reference's img_size (only buffers differ)."""
+    from deploytool.references import instantiate_reference
+
+    fresh = instantiate_reference(entry, arch).state_dict()
+    return {key: (fresh[key] if key.endswith("attn_mask") else value) for key, value in state_dict.items()}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

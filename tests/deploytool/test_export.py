@@ -1,0 +1,99 @@
+"""Exports of every SwinIR id (tiny configurations of the same code): the export contract."""
+
+import json
+
+import onnx
+import pytest
+
+from deploytool import export, parity
+from deploytool.errors import DeployError
+from deploytool.fileio import sha256_file
+from tests.helpers import export_tiny, swinir_ids, tiny_entry
+
+
+def assert_static(model: onnx.ModelProto) -> None:
+    ops = {node.op_type for node in model.graph.node}
+    assert not ops & {"Shape", "Col2Im", "ConstantOfShape", "Range", "NonZero", "ScatterND"}, ops
+    assert export.static_graph_violations(model) == []
+    onnx.checker.check_model(model, full_check=True)
+
+
+@pytest.mark.parametrize("model_id", swinir_ids())
+def test_every_id_exports_a_static_graph_that_matches_the_original(tmp_path, model_id):
+    out = tmp_path / model_id
+    manifest = export_tiny(model_id, out)
+    for name in (export.FP32_FILE, export.FP16_FILE):
+        model = onnx.load(str(out / name))
+        assert_static(model)
+        assert manifest["files"][name]["sha256"] == sha256_file(out / name)
+    assert "LayerNormalization" in {n.op_type for n in onnx.load(str(out / export.FP32_FILE)).graph.node}
+    report = parity.verify(out, backends=["torch", "ort", "ort-fp16"], synthetic_batches=1)
+    assert report["passed"], parity.markdown(report)
+    assert {c["candidate"] for c in report["comparisons"]} == {"torch", "ort", "ort-fp16"}
+
+
+def test_manifest_records_the_contract(tmp_path):
+    out = tmp_path / "m"
+    manifest = export_tiny("swinir-m-x4", out, batch=2)
+    on_disk = json.loads((out / export.MANIFEST).read_text())
+    assert on_disk == json.loads(json.dumps(manifest))
+    assert manifest["input"] == {"name": "input", "shape": [2, 3, 16, 16], "dtype": "float32", "layout": "NCHW", "color": "RGB", "range": [0.0, 1.0]}
+    assert manifest["output"]["shape"] == [2, 3, 64, 64] and manifest["output"]["clamped"] is False
+    assert manifest["opset"] >= 17 and "TorchScript" in manifest["exporter"]
+    assert manifest["source"]["kind"] == "checkpoint" and len(manifest["source"]["sha256"]) == 64
+    assert set(manifest["versions"]) >= {"torch", "onnx", "onnxruntime", "onnxsim"}
+    assert manifest["fp16"]["fp32_by_op"]["LayerNormalization"] > 0
+    graph = onnx.load(str(out / export.FP32_FILE))
+    assert [d.dim_value for d in graph.graph.input[0].type.tensor_type.shape.dim] == [2, 3, 16, 16]
+    assert [d.dim_value for d in graph.graph.output[0].type.tensor_type.shape.dim] == [2, 3, 64, 64]
+
+
+def test_any_window_multiple_exports_with_one_shared_mask(tmp_path):
+    """A tile other than the training img_size neither grows the graph nor copies the mask per block."""
+    at_img_size = export_tiny("swinir-m-x2", tmp_path / "a", fp16=False)
+    larger = export_tiny("swinir-m-x2", tmp_path / "b", fp16=False, tile=(32, 48))
+    assert larger["graph"]["nodes"] == at_img_size["graph"]["nodes"]
+    model = onnx.load(str(tmp_path / "b" / export.FP32_FILE))
+    masks = [init for init in model.graph.initializer if list(init.dims)[-2:] == [64, 64] and len(init.dims) == 5]
+    assert len(masks) == 1, [(i.name, list(i.dims)) for i in masks]
+    assert_static(model)
+
+
+def test_tile_that_is_not_a_window_multiple_is_refused(tmp_path):
+    with pytest.raises(DeployError, match="not a multiple of 8"):
+        export_tiny("swinir-m-x2", tmp_path / "x", tile=(20, 16))
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_failed_export_leaves_no_manifest(tmp_path, monkeypatch):
+    out = tmp_path / "m"
+    export_tiny("swinir-s-x2", out, fp16=False)
+
+    def broken(*args, **kwargs):
+        raise DeployError("simulated failure")
+
+    monkeypatch.setattr(export, "simplify", broken)
+    with pytest.raises(DeployError):
+        export_tiny("swinir-s-x2", out, fp16=False)
+    assert (out / export.MANIFEST).exists()  # the earlier export is intact: nothing was replaced
+    assert not list(tmp_path.glob("**/*.part*"))
+
+
+def test_deduplicate_initializers_merges_identical_constants():
+    from onnx import helper, numpy_helper
+    import numpy as np
+
+    values = numpy_helper.from_array(np.ones((4, 4), np.float32), "a")
+    copy = numpy_helper.from_array(np.ones((4, 4), np.float32), "b")
+    other = numpy_helper.from_array(np.zeros((4, 4), np.float32), "c")
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "a"], ["y"]), helper.make_node("Add", ["y", "b"], ["z"]), helper.make_node("Add", ["z", "c"], ["out"])],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [4, 4])],
+        [helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, [4, 4])],
+        [values, copy, other],
+    )
+    model = helper.make_model(graph)
+    assert export.deduplicate_initializers(model) == 1
+    assert [i.name for i in model.graph.initializer] == ["a", "c"]
+    assert model.graph.node[1].input[1] == "a"

@@ -1,0 +1,61 @@
+"""Shared test helpers: tiny configurations of the real model ids, and tiny exports."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from deploytool import export, registry
+from deploytool.models import WeightsSource
+from deploytool.registry import ModelEntry
+
+
+def swinir_ids() -> list[str]:
+    return sorted(i for i, e in registry.all_entries().items() if e.family == "swinir")
+
+
+def tiny_arch(entry: ModelEntry) -> dict:
+    """The id's structure (upsampler, residual conv, window, range, channels, scale) at toy size."""
+    arch = dict(entry.arch)
+    window = arch["window_size"]
+    arch.update(embed_dim=16, depths=[2, 2], num_heads=[2, 2], img_size=2 * window)
+    return arch
+
+
+def tiny_entry(model_id: str) -> ModelEntry:
+    entry = registry.get(model_id)
+    window = entry.arch["window_size"]
+    return dataclasses.replace(entry, arch=tiny_arch(entry), tile=(2 * window, 2 * window))
+
+
+def tiny_state_dict(entry: ModelEntry, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Weights in the official layout, made by the original implementation (spandrel)."""
+    from deploytool.references import instantiate_reference
+
+    torch.manual_seed(seed)
+    state = instantiate_reference(entry, entry.arch).state_dict()
+    # Random but not degenerate: biases and norms away from their 0/1 init.
+    generator = torch.Generator().manual_seed(seed)
+    for key, value in state.items():
+        if value.is_floating_point() and ("bias" in key or "norm" in key):
+            state[key] = value + 0.05 * torch.randn(value.shape, generator=generator)
+    return state
+
+
+def save_official(state: dict[str, torch.Tensor], path: Path, wrapper: str | None = "params") -> Path:
+    torch.save({wrapper: state} if wrapper else state, path)
+    return path
+
+
+def export_tiny(model_id: str, out_dir: Path, *, weights: Path | None = None, fp16: bool = True, tile=None, batch: int = 1) -> dict:
+    entry = tiny_entry(model_id)
+    if weights is None:
+        weights = save_official(tiny_state_dict(entry), out_dir.parent / f"{out_dir.name}.pth")
+    from deploytool.checkpoints import load_state_dict_file
+
+    loaded = load_state_dict_file(weights)
+    source = WeightsSource(kind="checkpoint", path=str(weights), sha256=loaded.sha256, wrapper_key=loaded.wrapper_key)
+    request = export.ExportRequest(entry=entry, source=source, out_dir=out_dir, tile=tile or entry.tile, batch=batch, fp16=fp16, calibration_count=2)
+    return export.export(request)
