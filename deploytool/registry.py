@@ -103,6 +103,8 @@ def _tile_pair(value: Any) -> tuple[int, int]:
 
 def entry_from_dict(data: dict[str, Any], source_file: Path | None = None) -> ModelEntry:
     where = source_file or "config"
+    if "task" in data and data["task"] not in TASKS:
+        raise DeployError(f"model config {where}: task {data.get('task')!r} is not one of {', '.join(TASKS)}")
     try:
         weights = dict(data.get("weights", {}))
         filename = weights.get("filename")
