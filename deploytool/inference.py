@@ -17,14 +17,34 @@ def tile_shape(manifest: dict[str, Any]) -> tuple[tuple[int, int], int]:
     return tuple(manifest["tile"]), int(manifest["batch"])
 
 
+def window_aligned(pixels: np.ndarray, overlap: int, multiple: int) -> tuple[np.ndarray, int]:
+    """Reflect-pad bottom/right to a window multiple and round the overlap up to one.
+
+    Every tile then starts on the window grid of the whole image, as the original pads a whole
+    image before its windows are cut: tiles see the same windows, only less context.
+    """
+    height, width = pixels.shape[:2]
+    pad_h, pad_w = (-height) % multiple, (-width) % multiple
+    if pad_h or pad_w:
+        mode = "reflect" if pad_h < height and pad_w < width else "edge"
+        pixels = np.pad(pixels, ((0, pad_h), (0, pad_w), (0, 0)), mode=mode)
+    return pixels, -(-overlap // multiple) * multiple
+
+
 def restore_array(runner: Runner, manifest: dict[str, Any], pixels: np.ndarray, *, overlap: int, on_tiles: OnTiles | None = None) -> np.ndarray:
     """HWC float32 in the model's channel count -> restored HWC float32 (unclamped)."""
     tile, batch = tile_shape(manifest)
-    return tiling.run_tiled(pixels, runner, tile=tile, scale=int(manifest["scale"]), batch=batch, overlap=overlap, on_tiles=on_tiles)
+    scale = int(manifest["scale"])
+    height, width = pixels.shape[:2]
+    padded, overlap = window_aligned(pixels, overlap, int(manifest.get("tile_multiple", 1)))
+    restored = tiling.run_tiled(padded, runner, tile=tile, scale=scale, batch=batch, overlap=overlap, on_tiles=on_tiles)
+    return restored[: height * scale, : width * scale]
 
 
 def tiles_for(manifest: dict[str, Any], height: int, width: int, overlap: int) -> int:
-    return tiling.count_tiles(height, width, tuple(manifest["tile"]), overlap)
+    multiple = int(manifest.get("tile_multiple", 1))
+    padded_h, padded_w = -(-height // multiple) * multiple, -(-width // multiple) * multiple
+    return tiling.count_tiles(padded_h, padded_w, tuple(manifest["tile"]), -(-overlap // multiple) * multiple)
 
 
 def restore_file(
