@@ -205,6 +205,37 @@ def run(export_dir, inputs, output, backend, overlap, weights, as_json) -> None:
             _say(f"{item['input']} -> {item['output']} ({item['output_size'][0]}x{item['output_size'][1]}, {item['tiles']} tiles, {backend})")
 
 
+@cli.command("eval")
+@click.argument("export_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--dataset", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder with HR/ and LR_bicubic/X<scale>/.")
+@click.option("--scale", type=int, required=True)
+@click.option("--methods", default="reference,ort,ort-fp16,bicubic", show_default=True, help="reference (original, whole image), torch, ort, ort-fp16, trt (tiled), bicubic.")
+@click.option("--overlap", type=int, help="Tile overlap (default: the model's).")
+@click.option("--weights", type=click.Path(path_type=Path), help="The export's checkpoint, if it moved.")
+@click.option("--json", "as_json", is_flag=True)
+def evaluate(export_dir, dataset, scale, methods, overlap, weights, as_json) -> None:
+    """PSNR/SSIM on the Y channel of an SR test set (BasicSR convention), with a bicubic baseline."""
+    from deploytool import evaluation
+    from deploytool.backends import open_runner
+    from deploytool.export import read_manifest
+    from deploytool.models import export_weights
+    from deploytool.parity import original_runner
+
+    manifest = read_manifest(export_dir)
+    overlap = int(manifest["overlap"]) if overlap is None else overlap
+    chosen = {}
+    for method in [m.strip() for m in methods.split(",") if m.strip()]:
+        if method == evaluation.BICUBIC:
+            chosen[method] = None
+        elif method == evaluation.REFERENCE:
+            entry, _, state_dict = export_weights(manifest, weights)
+            chosen[method] = evaluation.whole_image_method(original_runner(entry, state_dict))
+        else:
+            chosen[method] = evaluation.tiled_method(open_runner(export_dir, manifest, method, weights=weights), manifest, overlap)
+    report = evaluation.evaluate(manifest, dataset, chosen, scale=scale, progress=_say)
+    click.echo(json.dumps(report, indent=2) if as_json else evaluation.markdown(report))
+
+
 def main() -> None:
     cli(prog_name="deploytool")
 

@@ -17,18 +17,24 @@ def tile_shape(manifest: dict[str, Any]) -> tuple[tuple[int, int], int]:
     return tuple(manifest["tile"]), int(manifest["batch"])
 
 
-def window_aligned(pixels: np.ndarray, overlap: int, multiple: int) -> tuple[np.ndarray, int]:
-    """Reflect-pad bottom/right to a window multiple and round the overlap up to one.
+def aligned_overlap(overlap: int, multiple: int, tile: tuple[int, int]) -> int:
+    """The overlap rounded up to a window multiple, and kept below the tile."""
+    return min(-(-overlap // multiple) * multiple, (min(tile) - 1) // multiple * multiple)
 
-    Every tile then starts on the window grid of the whole image, as the original pads a whole
-    image before its windows are cut: tiles see the same windows, only less context.
+
+def window_aligned(pixels: np.ndarray, multiple: int) -> np.ndarray:
+    """Reflect-pad bottom/right to a window multiple.
+
+    With the overlap a window multiple too, every tile starts on the window grid of the whole
+    image, as the original pads a whole image before cutting windows: tiles see the same
+    windows, only less context.
     """
     height, width = pixels.shape[:2]
     pad_h, pad_w = (-height) % multiple, (-width) % multiple
     if pad_h or pad_w:
         mode = "reflect" if pad_h < height and pad_w < width else "edge"
         pixels = np.pad(pixels, ((0, pad_h), (0, pad_w), (0, 0)), mode=mode)
-    return pixels, -(-overlap // multiple) * multiple
+    return pixels
 
 
 def restore_array(runner: Runner, manifest: dict[str, Any], pixels: np.ndarray, *, overlap: int, on_tiles: OnTiles | None = None) -> np.ndarray:
@@ -36,15 +42,18 @@ def restore_array(runner: Runner, manifest: dict[str, Any], pixels: np.ndarray, 
     tile, batch = tile_shape(manifest)
     scale = int(manifest["scale"])
     height, width = pixels.shape[:2]
-    padded, overlap = window_aligned(pixels, overlap, int(manifest.get("tile_multiple", 1)))
+    multiple = int(manifest.get("tile_multiple", 1))
+    padded = window_aligned(pixels, multiple)
+    overlap = aligned_overlap(overlap, multiple, tile)
     restored = tiling.run_tiled(padded, runner, tile=tile, scale=scale, batch=batch, overlap=overlap, on_tiles=on_tiles)
     return restored[: height * scale, : width * scale]
 
 
 def tiles_for(manifest: dict[str, Any], height: int, width: int, overlap: int) -> int:
     multiple = int(manifest.get("tile_multiple", 1))
+    tile = tuple(manifest["tile"])
     padded_h, padded_w = -(-height // multiple) * multiple, -(-width // multiple) * multiple
-    return tiling.count_tiles(padded_h, padded_w, tuple(manifest["tile"]), -(-overlap // multiple) * multiple)
+    return tiling.count_tiles(padded_h, padded_w, tile, aligned_overlap(overlap, multiple, tile))
 
 
 def restore_file(

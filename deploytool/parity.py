@@ -74,6 +74,11 @@ def judge(inputs: str, reference: str, candidate: str, ref_out: np.ndarray, out:
     return Comparison(inputs, reference, candidate, max_abs, mean_abs, psnr, ", ".join(d for d in described if d) or "report only", passed)
 
 
+def original_runner(entry, state_dict) -> TorchRunner:
+    """The original implementation with these weights, as a runner."""
+    return TorchRunner(build_reference(entry, arch_for(entry, state_dict), state_dict), name=ORIGINAL)
+
+
 def open_backends(export_dir: Path, manifest: dict[str, Any], names: list[str], def_model, skipped: dict[str, str]) -> dict[str, Runner]:
     runners: dict[str, Runner] = {}
     for name in names:
@@ -110,7 +115,7 @@ def verify(
     if "ort-fp16" in backends and "model_fp16.onnx" not in manifest["files"]:
         backends = [b for b in backends if b != "ort-fp16"]
     progress(f"original: {reference_name(entry)}; weights: {source.describe()}")
-    original = TorchRunner(build_reference(entry, arch_for(entry, state_dict), state_dict), name=ORIGINAL)
+    original = original_runner(entry, state_dict)
     def_model = build_def(entry, state_dict, source=source.path or "random init")
     skipped: dict[str, str] = {}
     runners = open_backends(export_dir, manifest, backends, def_model, skipped)

@@ -49,6 +49,9 @@ class ModelEntry:
     description: str = ""
     tile_reason: str = ""
     reference: str = ""
+    # >0: run the original on whole images the way its official test script does, chopped into
+    # overlapping quadrants until each has fewer pixels than this (ESRT's forward_chop)
+    reference_chop: int = 0
     source_file: Path | None = field(default=None, compare=False)
 
     def check_tile(self, tile: tuple[int, int]) -> None:
@@ -131,6 +134,7 @@ def entry_from_dict(data: dict[str, Any], source_file: Path | None = None) -> Mo
             description=data.get("description", ""),
             tile_reason=data.get("tile_reason", ""),
             reference=data.get("reference", data["family"]),
+            reference_chop=int(data.get("reference_chop", 0)),
             source_file=source_file,
         )
     except KeyError as exc:

@@ -16,6 +16,7 @@ import torch
 # `reconcile_arch(arch, state_dict) -> arch` for hyperparameters that only shape buffers.
 FAMILIES: dict[str, tuple[str, str]] = {
     "swinir": ("model_defs.swinir", "SwinIR"),
+    "esrt": ("model_defs.esrt", "ESRT"),
 }
 
 

@@ -21,9 +21,11 @@ def exported(tmp_path_factory):
 
 
 def test_window_aligned_pads_to_the_grid_and_rounds_overlap():
-    pixels = np.zeros((37, 30, 3), np.float32)
-    padded, overlap = inference.window_aligned(pixels, 12, 8)
-    assert padded.shape == (40, 32, 3) and overlap == 16
+    assert inference.window_aligned(np.zeros((37, 30, 3), np.float32), 8).shape == (40, 32, 3)
+    assert inference.aligned_overlap(12, 8, (64, 64)) == 16
+    assert inference.aligned_overlap(16, 8, (16, 16)) == 8  # kept below the tile
+    assert inference.aligned_overlap(16, 7, (14, 14)) == 7
+    assert inference.aligned_overlap(5, 8, (8, 8)) == 0
 
 
 @pytest.mark.parametrize("size", [(29, 37), (70, 45), (32, 32), (9, 100)])
