@@ -20,13 +20,12 @@ Input NCHW RGB in [0, 1] (the official test.py feeds img / 255, no mean shift); 
 
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from model_defs.windows import static_shape
+from model_defs.layers import PixelShuffleUpsample, static_shape
 
 PATCH = 3  # the efficient transformer's patch (kernel) size
 
@@ -242,21 +241,6 @@ class Backbone(nn.Module):
         return self.weight1(x) + self.weight2(out)
 
 
-class Upsampler(nn.Sequential):
-    """Conv + PixelShuffle steps (EDSR style) for scales 2^n and 3."""
-
-    def __init__(self, scale: int, channels: int):
-        layers: list[nn.Module] = []
-        if scale & (scale - 1) == 0:
-            for _ in range(int(math.log2(scale))):
-                layers += [nn.Conv2d(channels, 4 * channels, 3, 1, 1), nn.PixelShuffle(2)]
-        elif scale == 3:
-            layers += [nn.Conv2d(channels, 9 * channels, 3, 1, 1), nn.PixelShuffle(3)]
-        else:
-            raise ValueError(f"upscale {scale} is not supported: use 2^n or 3")
-        super().__init__(*layers)
-
-
 class ESRT(nn.Module):
     """ESRT for x2/x3/x4 super-resolution; hyperparameters are fixed by the official code."""
 
@@ -266,8 +250,8 @@ class ESRT(nn.Module):
         self.head = nn.Sequential(nn.Conv2d(3, n_feats, 3, 1, 1))
         self.body = nn.Sequential(Backbone(n_feats))
         self.reduce = nn.Conv2d(n_feats, n_feats, 3, 1, 1)
-        self.tail = nn.Sequential(Upsampler(upscale, n_feats), nn.Conv2d(n_feats, 3, 3, 1, 1))
-        self.up = nn.Sequential(Upsampler(upscale, n_feats), ConvAct(n_feats, 3, 3))
+        self.tail = nn.Sequential(PixelShuffleUpsample(upscale, n_feats), nn.Conv2d(n_feats, 3, 3, 1, 1))
+        self.up = nn.Sequential(PixelShuffleUpsample(upscale, n_feats), ConvAct(n_feats, 3, 3))
 
     def forward(self, x: Tensor) -> Tensor:
         shallow = self.head(x)

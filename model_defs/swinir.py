@@ -22,11 +22,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from model_defs.layers import PixelShuffleUpsample, static_shape
 from model_defs.windows import (
     pad_to_multiple,
     relative_position_index,
     shifted_window_mask,
-    static_shape,
     window_partition,
     window_reverse,
 )
@@ -193,21 +193,6 @@ class PatchNorm(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
 
-class Upsample(nn.Sequential):
-    """Conv + PixelShuffle steps for scales 2^n and 3."""
-
-    def __init__(self, scale: int, num_feat: int):
-        layers: list[nn.Module] = []
-        if scale & (scale - 1) == 0:
-            for _ in range(int(math.log2(scale))):
-                layers += [nn.Conv2d(num_feat, 4 * num_feat, 3, 1, 1), nn.PixelShuffle(2)]
-        elif scale == 3:
-            layers += [nn.Conv2d(num_feat, 9 * num_feat, 3, 1, 1), nn.PixelShuffle(3)]
-        else:
-            raise ValueError(f"upscale {scale} is not supported: use 2^n or 3")
-        super().__init__(*layers)
-
-
 class SwinIR(nn.Module):
     """SwinIR for super-resolution (classical, lightweight, real-world), denoising and JPEG artifacts.
 
@@ -268,7 +253,7 @@ class SwinIR(nn.Module):
 
         if upsampler == "pixelshuffle":
             self.conv_before_upsample = nn.Sequential(nn.Conv2d(embed_dim, num_feat, 3, 1, 1), nn.LeakyReLU(inplace=True))
-            self.upsample = Upsample(upscale, num_feat)
+            self.upsample = PixelShuffleUpsample(upscale, num_feat)
             self.conv_last = nn.Conv2d(num_feat, in_chans, 3, 1, 1)
         elif upsampler == "pixelshuffledirect":
             self.upsample = nn.Sequential(nn.Conv2d(embed_dim, upscale**2 * in_chans, 3, 1, 1), nn.PixelShuffle(upscale))

@@ -13,10 +13,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-
-def static_shape(x: Tensor) -> tuple[int, ...]:
-    # int() turns traced sizes into constants: the graph is exported for one static shape.
-    return tuple(int(size) for size in x.shape)
+from model_defs.layers import static_shape
 
 
 def window_partition(x: Tensor, window: int) -> Tensor:

@@ -8,7 +8,7 @@ import pytest
 from deploytool import export, parity
 from deploytool.errors import DeployError
 from deploytool.fileio import sha256_file
-from tests.helpers import export_tiny, swinir_ids, tiny_entry
+from tests.helpers import export_tiny, swinir_ids
 
 
 def assert_static(model: onnx.ModelProto) -> None:

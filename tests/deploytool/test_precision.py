@@ -3,7 +3,6 @@
 import numpy as np
 import onnx
 import pytest
-import torch
 
 from deploytool import export, precision
 from deploytool.inputs import synthetic_batch
