@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from model_defs.layers import PixelShuffleUpsample, static_shape
+from model_defs.layers import Mlp, PixelShuffleUpsample, static_shape
 
 PATCH = 3  # the efficient transformer's patch (kernel) size
 
@@ -191,17 +191,6 @@ class EfficientAttention(nn.Module):
         return self.proj(out)
 
 
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.ReLU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
 class EfficientTransformer(nn.Module):
     """ET: tokens are 3x3 neighbourhoods (C*9 wide); one pre-norm attention + MLP block."""
 
@@ -209,7 +198,7 @@ class EfficientTransformer(nn.Module):
         super().__init__()
         self.atten = EfficientAttention(dim, num_heads=8)
         self.norm1 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, dim // 4)
+        self.mlp = Mlp(dim, dim // 4, act_layer=nn.ReLU)
         self.norm2 = nn.LayerNorm(dim)
 
     def forward(self, x: Tensor) -> Tensor:

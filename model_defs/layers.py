@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from typing import Callable
+
 from torch import Tensor, nn
 
 
@@ -25,3 +27,16 @@ class PixelShuffleUpsample(nn.Sequential):
         else:
             raise ValueError(f"upscale {scale} is not supported: use 2^n or 3")
         super().__init__(*layers)
+
+
+class Mlp(nn.Module):
+    """Transformer feed-forward: Linear, activation, Linear (keys `fc1`, `fc2`)."""
+
+    def __init__(self, dim: int, hidden: int, act_layer: Callable[[], nn.Module] = nn.GELU):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = act_layer()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from model_defs.layers import PixelShuffleUpsample, static_shape
+from model_defs.layers import Mlp, PixelShuffleUpsample, static_shape
 from model_defs.windows import (
     pad_to_multiple,
     relative_position_index,
@@ -33,17 +33,6 @@ from model_defs.windows import (
 
 RGB_MEAN = (0.4488, 0.4371, 0.4040)
 UPSAMPLERS = ("pixelshuffle", "pixelshuffledirect", "nearest+conv", "")
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden_dim: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden_dim, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
 
 
 class WindowAttention(nn.Module):
