@@ -63,9 +63,9 @@ def list_models(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([{"id": e.id, "family": e.family, "task": e.task, "scale": e.scale, "channels": e.channels, "tile": list(e.tile)} for e in entries], indent=2))
         return
-    click.echo(f"{'model id':<24} {'task':<10} {'scale':>5} {'ch':>3}  tile")
+    click.echo(f"{'model id':<24} {'task':<13} {'scale':>5} {'ch':>3}  tile")
     for e in entries:
-        click.echo(f"{e.id:<24} {e.task:<10} {'x' + str(e.scale):>5} {e.channels:>3}  {e.tile[0]}x{e.tile[1]}")
+        click.echo(f"{e.id:<24} {e.task:<13} {'x' + str(e.scale):>5} {e.channels:>3}  {e.tile[0]}x{e.tile[1]}")
 
 
 @cli.command()
@@ -175,7 +175,10 @@ def verify(export_dir, images_dir, weights, backends, overlap, max_images, as_js
 @click.option("--weights", type=click.Path(path_type=Path), help="The export's checkpoint, if it moved (torch backend).")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 def run(export_dir, inputs, output, backend, overlap, weights, as_json) -> None:
-    """Restore or upscale images of any size with an export, tile by tile."""
+    """Restore or upscale images of any size with an export, tile by tile.
+
+    Dual-view models (restormer-dual-defocus) take INPUTS in pairs: LEFT RIGHT [LEFT RIGHT ...].
+    """
     from tqdm import tqdm
 
     from deploytool import inference, inputs as input_sources
@@ -185,13 +188,18 @@ def run(export_dir, inputs, output, backend, overlap, weights, as_json) -> None:
     manifest = read_manifest(export_dir)
     overlap = int(manifest["overlap"]) if overlap is None else overlap
     sources = [p for item in inputs for p in (input_sources.list_images(item) if item.is_dir() else [item])]
+    if int(manifest["channels"]) == 6:
+        if len(sources) % 2:
+            raise DeployError(f"{manifest['model_id']} takes images in pairs (left view, right view); {len(sources)} given")
+        sources = list(zip(sources[::2], sources[1::2]))
     if len(sources) > 1 and output.suffix:
         raise DeployError(f"{len(sources)} inputs need an output folder, not the file {output}")
     runner = open_runner(export_dir, manifest, backend, weights=weights)
     results = []
     for source in sources:
-        destination = output / source.name if (len(sources) > 1 or not output.suffix) else output
-        with tqdm(desc=source.name, unit="tile", file=sys.stderr, disable=None) as bar:
+        first = source[0] if isinstance(source, tuple) else source
+        destination = output / first.name if (len(sources) > 1 or not output.suffix) else output
+        with tqdm(desc=first.name, unit="tile", file=sys.stderr, disable=None) as bar:
             results.append(
                 inference.restore_file(
                     runner, manifest, source, destination, overlap=overlap,

@@ -265,8 +265,7 @@ def build_manifest(
 ) -> dict[str, Any]:
     entry = request.entry
     in_shape = [request.batch, entry.channels, *request.tile]
-    out_shape = [request.batch, entry.channels, request.tile[0] * entry.scale, request.tile[1] * entry.scale]
-    color = "RGB" if entry.channels == 3 else ("gray" if entry.channels == 1 else f"{entry.channels}-channel")
+    out_shape = [request.batch, entry.out_channels, request.tile[0] * entry.scale, request.tile[1] * entry.scale]
     return {
         "format": MANIFEST_FORMAT,
         "model_id": entry.id,
@@ -274,12 +273,13 @@ def build_manifest(
         "task": entry.task,
         "scale": entry.scale,
         "channels": entry.channels,
+        "out_channels": entry.out_channels,
         "tile": list(request.tile),
         "tile_multiple": entry.tile_multiple,
         "batch": request.batch,
         "overlap": entry.overlap,
-        "input": {"name": INPUT_NAME, "shape": in_shape, "dtype": "float32", "layout": "NCHW", "color": color, "range": [0.0, 1.0]},
-        "output": {"name": OUTPUT_NAME, "shape": out_shape, "dtype": "float32", "layout": "NCHW", "color": color, "range": [0.0, 1.0], "clamped": False},
+        "input": {"name": INPUT_NAME, "shape": in_shape, "dtype": "float32", "layout": "NCHW", "color": color_name(entry.channels), "range": [0.0, 1.0]},
+        "output": {"name": OUTPUT_NAME, "shape": out_shape, "dtype": "float32", "layout": "NCHW", "color": color_name(entry.out_channels), "range": [0.0, 1.0], "clamped": False},
         "arch": entry.arch,
         "opset": OPSET,
         "exporter": "torch.onnx.export (TorchScript tracer, dynamo=False) + onnxsim",
@@ -291,6 +291,10 @@ def build_manifest(
         "tolerances": entry.tolerances,
         "export_seconds": round(seconds, 2),
     }
+
+
+def color_name(channels: int) -> str:
+    return {1: "gray", 3: "RGB", 6: "two RGB views stacked: left R,G,B then right R,G,B"}.get(channels, f"{channels}-channel")
 
 
 def read_manifest(export_dir: str | Path) -> dict[str, Any]:

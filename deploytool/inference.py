@@ -9,6 +9,7 @@ import numpy as np
 
 from deploytool import images, tiling
 from deploytool.backends import Runner
+from deploytool.errors import ImageError
 
 OnTiles = Callable[[int], None]
 
@@ -56,10 +57,28 @@ def tiles_for(manifest: dict[str, Any], height: int, width: int, overlap: int) -
     return tiling.count_tiles(padded_h, padded_w, tile, aligned_overlap(overlap, multiple, tile))
 
 
+def model_input(manifest: dict[str, Any], source: str | Path | tuple[Path, Path]) -> tuple[np.ndarray, images.LoadedImage]:
+    """HWC float32 with the graph's channels, and the image whose format the output keeps.
+
+    Dual-view models (6 channels) take a (left, right) pair, stacked left RGB then right RGB.
+    """
+    channels, model_id = int(manifest["channels"]), manifest["model_id"]
+    if channels != 6:
+        image = images.read_image(source)
+        return images.fit_channels(image.pixels, channels, model_id=model_id, path=source), image
+    if not isinstance(source, tuple):
+        raise ImageError(f"{model_id} takes two views of one scene (left, right); {source} is a single image")
+    left, right = (images.read_image(path) for path in source)
+    if left.pixels.shape[:2] != right.pixels.shape[:2]:
+        raise ImageError(f"{source[0]} and {source[1]} differ in size: the two views must match")
+    views = [images.fit_channels(view.pixels, 3, model_id=model_id, path=path) for view, path in zip((left, right), source)]
+    return np.concatenate(views, axis=2), left
+
+
 def restore_file(
     runner: Runner,
     manifest: dict[str, Any],
-    source: str | Path,
+    source: str | Path | tuple[Path, Path],
     destination: str | Path,
     *,
     overlap: int,
@@ -67,8 +86,7 @@ def restore_file(
     on_start: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Read, restore and atomically write one image; returns what was done, for reports."""
-    image = images.read_image(source)
-    pixels = images.fit_channels(image.pixels, int(manifest["channels"]), model_id=manifest["model_id"], path=source)
+    pixels, image = model_input(manifest, source)
     height, width = pixels.shape[:2]
     if on_start:
         on_start(tiles_for(manifest, height, width, overlap))
@@ -77,7 +95,7 @@ def restore_file(
     alpha = None if image.alpha is None else (image.alpha if scale == 1 else images.resize_alpha(image.alpha, scale))
     images.write_image(destination, images.restore_channels(restored, image), alpha=alpha, bit_depth=image.bit_depth)
     return {
-        "input": str(source),
+        "input": " + ".join(map(str, source)) if isinstance(source, tuple) else str(source),
         "output": str(destination),
         "mode": image.mode,
         "bit_depth": image.bit_depth,

@@ -133,6 +133,9 @@ def verify(
             progress(f"{label}: {name}")
             comparisons.append(judge(label, ORIGINAL, name, ref_out, runner(batch), pair_limits(name, entry.tolerances, tiled=False)))
 
+    if images_dir is not None and entry.channels == 6:
+        skipped["images"] = "dual-view models take image pairs; --images compares single images only"
+        images_dir = None
     if images_dir is not None:
         overlap = int(manifest["overlap"]) if overlap is None else overlap
         paths = input_sources.list_images(images_dir)[: max_images or None]

@@ -5,9 +5,10 @@ TensorRT 11 (and >= 10.12 strongly typed) runs each tensor in the type the ONNX 
 
 1. calibrate: run the FP32 graph on calibration inputs with an |x|-max reduction attached to
    every float tensor (one scalar per tensor, so memory stays small at any tile size);
-2. plan: keep in FP32 the normalisations and reductions (whose internal sums overflow or lose
-   precision in FP16) and every node that reads or writes a tensor whose measured range does not
-   fit FP16 with a safety margin (growing residual streams, sums over whole tiles);
+2. plan: keep in FP32 the fused normalisations and softmax, every node that reads or writes a
+   tensor whose measured range does not fit FP16 with a safety margin (growing residual
+   streams), and every reduction whose running sum, derived from its measured output, does not
+   (sums of squares over a whole tile);
 3. convert with onnxconverter-common (FP32 graph IO kept), then validate against the FP32 graph
    on the calibration inputs; if the error exceeds the model's tolerance, the margin is widened
    and the plan rebuilt.
@@ -32,26 +33,12 @@ from onnx import TensorProto, helper, numpy_helper
 from deploytool.errors import ExportError
 
 FP16_MAX = 65504.0
-# Normalisations, softmax and reductions accumulate over many values: FP32 inside.
-ALWAYS_FP32_OPS = frozenset(
-    {
-        "LayerNormalization",
-        "Softmax",
-        "ReduceMean",
-        "ReduceSum",
-        "ReduceSumSquare",
-        "ReduceL2",
-        "ReduceLogSumExp",
-        "Pow",
-        "Sqrt",
-        "Reciprocal",
-        "InstanceNormalization",
-        "GroupNormalization",
-        "CumSum",
-        "Resize",
-        "Range",
-    }
-)
+# Fused normalisations and softmax: their inner sums are not graph tensors, so there is nothing
+# to measure, and TensorRT's FP16 versions are known to lose precision (HAT, SwinIR). FP32 inside.
+ALWAYS_FP32_OPS = frozenset({"LayerNormalization", "Softmax", "LogSoftmax", "InstanceNormalization", "GroupNormalization", "CumSum", "Resize", "Range"})
+# Reductions are judged by their accumulator, derived from the measured output: a sum of squares
+# over a whole tile (Restormer's q/k normalisation) overflows FP16 though its root does not.
+REDUCTIONS = frozenset({"ReduceSum", "ReduceSumSquare", "ReduceL2", "ReduceMean"})
 # Ranges are measured on a few inputs; real images can go further. Larger margins keep more in FP32.
 MARGINS = (16.0, 256.0, 4096.0)
 FLOP_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
@@ -132,6 +119,7 @@ def measure_ranges(model: onnx.ModelProto, inputs: Sequence[np.ndarray]) -> dict
 def plan_islands(model: onnx.ModelProto, ranges: dict[str, float], margin: float) -> Fp16Plan:
     """Nodes that must stay FP32: by op type, and by measured range against FP16_MAX / margin."""
     limit = FP16_MAX / margin
+    sizes = tensor_sizes(model) if any(n.op_type in REDUCTIONS for n in model.graph.node) else {}
     fp32_nodes: set[str] = set()
     reasons: dict[str, str] = {}
     for node in model.graph.node:
@@ -143,7 +131,29 @@ def plan_islands(model: onnx.ModelProto, ranges: dict[str, float], margin: float
         if large:
             fp32_nodes.add(node.name)
             reasons[node.name] = "range"
+        elif node.op_type in REDUCTIONS and reduction_accumulator(node, ranges, sizes) > limit:
+            fp32_nodes.add(node.name)
+            reasons[node.name] = "accumulator"
     return Fp16Plan(fp32_nodes, reasons, margin)
+
+
+def tensor_sizes(model: onnx.ModelProto) -> dict[str, int]:
+    inferred = onnx.shape_inference.infer_shapes(model)
+    sizes = {}
+    for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+        sizes[vi.name] = int(np.prod([d.dim_value for d in vi.type.tensor_type.shape.dim]))
+    return sizes
+
+
+def reduction_accumulator(node: onnx.NodeProto, ranges: dict[str, float], sizes: dict[str, int]) -> float:
+    """Largest running sum a reduction holds, from its measured output."""
+    out = ranges.get(node.output[0], 0.0)
+    if node.op_type == "ReduceL2":
+        return out * out
+    if node.op_type == "ReduceMean":
+        count = sizes.get(node.input[0], 1) // max(1, sizes.get(node.output[0], 1))
+        return out * count
+    return out
 
 
 def convert(model: onnx.ModelProto, fp32_nodes: Iterable[str] | None) -> onnx.ModelProto:

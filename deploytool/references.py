@@ -26,6 +26,26 @@ def _spandrel_class(module: str, name: str) -> Callable[..., torch.nn.Module]:
     return build
 
 
+def _spandrel_extra_class(module: str, name: str) -> Callable[..., torch.nn.Module]:
+    """A port from spandrel_extra_arches, registered with spandrel explicitly.
+
+    Its models carry non-commercial licenses: it is a verify/test-time reference only, installed
+    with the `reference-nc` extra, never needed to export or run.
+    """
+
+    def build(**arch: Any) -> torch.nn.Module:
+        try:
+            import spandrel_extra_arches
+        except ImportError as exc:
+            raise BackendUnavailable(
+                f"the parity reference needs spandrel_extra_arches ({exc}); pip install 'deploytool[reference-nc]' (non-commercial license)"
+            ) from None
+        spandrel_extra_arches.install(ignore_duplicates=True)
+        return getattr(importlib.import_module(module), name)(**arch)
+
+    return build
+
+
 def _own_reference(module: str, name: str) -> Callable[..., torch.nn.Module]:
     """A reference we wrote from the official code where no third-party port exists (ESRT)."""
 
@@ -38,8 +58,13 @@ def _own_reference(module: str, name: str) -> Callable[..., torch.nn.Module]:
 REFERENCES: dict[str, Callable[..., torch.nn.Module]] = {
     "swinir": _spandrel_class("spandrel.architectures.SwinIR.__arch.SwinIR", "SwinIR"),
     "esrt": _own_reference("model_defs.reference.esrt", "ESRT"),
+    "restormer": _spandrel_extra_class("spandrel_extra_arches.architectures.Restormer.__arch.restormer_arch", "Restormer"),
 }
-REFERENCE_NAMES = {"swinir": "spandrel SwinIR", "esrt": "model_defs.reference.esrt (official structure)"}
+REFERENCE_NAMES = {
+    "swinir": "spandrel SwinIR",
+    "esrt": "model_defs.reference.esrt (official structure)",
+    "restormer": "spandrel_extra_arches Restormer",
+}
 
 
 def reference_name(entry: ModelEntry) -> str:

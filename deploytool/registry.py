@@ -17,7 +17,7 @@ from typing import Any
 
 from deploytool.errors import DeployError
 
-TASKS = ("sr", "real-sr", "denoise", "jpeg", "derain", "deblur", "defocus", "real-denoise")
+TASKS = ("sr", "real-sr", "denoise", "jpeg", "derain", "deblur", "defocus", "dual-defocus", "real-denoise")
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,7 @@ class ModelEntry:
     task: str
     scale: int
     channels: int
+    out_channels: int
     tile: tuple[int, int]
     tile_multiple: int
     batch: int
@@ -118,6 +119,7 @@ def entry_from_dict(data: dict[str, Any], source_file: Path | None = None) -> Mo
             task=data["task"],
             scale=int(data["scale"]),
             channels=int(data["channels"]),
+            out_channels=int(data.get("out_channels", data["channels"])),
             tile=_tile_pair(data["tile"]),
             tile_multiple=int(data.get("tile_multiple", 1)),
             batch=int(data.get("batch", 1)),

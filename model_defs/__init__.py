@@ -17,6 +17,7 @@ import torch
 FAMILIES: dict[str, tuple[str, str]] = {
     "swinir": ("model_defs.swinir", "SwinIR"),
     "esrt": ("model_defs.esrt", "ESRT"),
+    "restormer": ("model_defs.restormer", "Restormer"),
 }
 
 
