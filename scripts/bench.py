@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         export_seconds = time.perf_counter() - started
         manifest = export.read_manifest(out)
+        print("timing the original, our definition, ONNX Runtime FP32 and FP16", file=sys.stderr)
         original = TorchRunner(build_reference(entry, arch, state_dict), name="original")
         ours = TorchRunner(build_def(entry, state_dict), name="ours")
         rows = [
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             ("ONNX Runtime FP32 (CPU)", median_latency(OrtRunner(out / export.FP32_FILE, name="ort"), batch, args.runs)),
             ("ONNX Runtime FP16 graph (CPU)", median_latency(OrtRunner(out / export.FP16_FILE, name="ort-fp16"), batch, args.runs)),
         ]
+        print("naive export of the original, then onnxsim", file=sys.stderr)
         sized_by_img_size = "img_size" in arch and tile[0] == tile[1]
         reference_arch = {**arch, "img_size": tile[0]} if sized_by_img_size else arch
         naive_nodes = len(export.simplify(naive_export(build_reference(entry, reference_arch, _with_masks_for(entry, reference_arch, state_dict)), shape)).graph.node)
