@@ -102,7 +102,7 @@ def measure_ranges(model: onnx.ModelProto, inputs: Sequence[np.ndarray]) -> dict
     del probed.graph.node[:]
     probed.graph.node.extend(nodes)
     probed.graph.output.extend(outputs)
-    options = ort.SessionOptions()
+    options = calibration_session_options()
     options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     session = ort.InferenceSession(probed.SerializeToString(), options, providers=["CPUExecutionProvider"])
     input_name = model.graph.input[0].name
@@ -315,10 +315,20 @@ def _compare(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) -
     return max_abs, psnr
 
 
+def calibration_session_options():
+    """ORT options for the export's own runs: no memory arena, whose cached blocks would add
+    up across the several sessions an export opens (measured: Restormer at 256 px, 3.3 -> 2.3 GB)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.enable_cpu_mem_arena = False
+    return options
+
+
 def run_graph(model: onnx.ModelProto, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
     import onnxruntime as ort
 
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(model.SerializeToString(), calibration_session_options(), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return [session.run(None, {name: array})[0] for array in inputs]
 
