@@ -12,8 +12,29 @@ from deploytool.models import WeightsSource
 from deploytool.registry import ModelEntry
 
 
+def family_ids(family: str) -> list[str]:
+    return sorted(i for i, e in registry.all_entries().items() if e.family == family)
+
+
 def swinir_ids() -> list[str]:
-    return sorted(i for i, e in registry.all_entries().items() if e.family == "swinir")
+    return family_ids("swinir")
+
+
+def full_size_state_dicts(model_id: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(ours, original) state dicts of a model id at its real size, asserted to share one layout.
+
+    The original defines the official checkpoints' keys: the same keys, order and shapes mean
+    those files load strictly into our definition.
+    """
+    import model_defs
+    from deploytool.references import instantiate_reference
+
+    entry = registry.get(model_id)
+    original = instantiate_reference(entry, entry.arch).state_dict()
+    ours = model_defs.build_model(entry.family, entry.arch).state_dict()
+    assert list(ours) == list(original)
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in original.items()}
+    return ours, original
 
 
 def tiny_arch(entry: ModelEntry) -> dict:

@@ -5,15 +5,15 @@ import dataclasses
 import pytest
 import torch
 
-import model_defs
 from deploytool import registry
 from deploytool.models import build_def
 from deploytool.references import build_reference, instantiate_reference
 from model_defs.restormer import BiasFreeNorm, WithBiasNorm
+from tests.helpers import family_ids, full_size_state_dicts
 
 
 def restormer_ids() -> list[str]:
-    return sorted(i for i, e in registry.all_entries().items() if e.family == "restormer")
+    return family_ids("restormer")
 
 
 def tiny_entry(model_id: str):
@@ -44,10 +44,7 @@ def test_matches_original(model_id):
 @pytest.mark.parametrize("model_id", restormer_ids())
 def test_full_size_keys_and_shapes_match_the_original(model_id):
     entry = registry.get(model_id)
-    original = instantiate_reference(entry, entry.arch).state_dict()
-    ours = model_defs.build_model(entry.family, entry.arch).state_dict()
-    assert list(ours) == list(original)
-    assert all(ours[k].shape == original[k].shape for k in ours)
+    ours, _ = full_size_state_dicts(model_id)
     with_bias = "encoder_level1.0.norm1.body.bias" in ours
     assert with_bias == (entry.arch["LayerNorm_type"] == "WithBias")
 
