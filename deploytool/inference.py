@@ -23,6 +23,10 @@ def aligned_overlap(overlap: int, multiple: int, tile: tuple[int, int]) -> int:
     return min(-(-overlap // multiple) * multiple, (min(tile) - 1) // multiple * multiple)
 
 
+def padded_size(height: int, width: int, multiple: int) -> tuple[int, int]:
+    return -(-height // multiple) * multiple, -(-width // multiple) * multiple
+
+
 def window_aligned(pixels: np.ndarray, multiple: int) -> np.ndarray:
     """Reflect-pad bottom/right to a window multiple.
 
@@ -31,7 +35,8 @@ def window_aligned(pixels: np.ndarray, multiple: int) -> np.ndarray:
     windows, only less context.
     """
     height, width = pixels.shape[:2]
-    pad_h, pad_w = (-height) % multiple, (-width) % multiple
+    padded_h, padded_w = padded_size(height, width, multiple)
+    pad_h, pad_w = padded_h - height, padded_w - width
     if pad_h or pad_w:
         mode = "reflect" if pad_h < height and pad_w < width else "edge"
         pixels = np.pad(pixels, ((0, pad_h), (0, pad_w), (0, 0)), mode=mode)
@@ -53,8 +58,7 @@ def restore_array(runner: Runner, manifest: dict[str, Any], pixels: np.ndarray, 
 def tiles_for(manifest: dict[str, Any], height: int, width: int, overlap: int) -> int:
     multiple = int(manifest.get("tile_multiple", 1))
     tile = tuple(manifest["tile"])
-    padded_h, padded_w = -(-height // multiple) * multiple, -(-width // multiple) * multiple
-    return tiling.count_tiles(padded_h, padded_w, tile, aligned_overlap(overlap, multiple, tile))
+    return tiling.count_tiles(*padded_size(height, width, multiple), tile, aligned_overlap(overlap, multiple, tile))
 
 
 def model_input(manifest: dict[str, Any], source: str | Path | tuple[Path, Path]) -> tuple[np.ndarray, images.LoadedImage]:
@@ -88,8 +92,9 @@ def restore_file(
     """Read, restore and atomically write one image; returns what was done, for reports."""
     pixels, image = model_input(manifest, source)
     height, width = pixels.shape[:2]
+    tiles = tiles_for(manifest, height, width, overlap)
     if on_start:
-        on_start(tiles_for(manifest, height, width, overlap))
+        on_start(tiles)
     restored = restore_array(runner, manifest, pixels, overlap=overlap, on_tiles=on_tiles)
     scale = int(manifest["scale"])
     alpha = None if image.alpha is None else (image.alpha if scale == 1 else images.resize_alpha(image.alpha, scale))
@@ -101,5 +106,5 @@ def restore_file(
         "bit_depth": image.bit_depth,
         "size": [width, height],
         "output_size": [width * scale, height * scale],
-        "tiles": tiles_for(manifest, height, width, overlap),
+        "tiles": tiles,
     }
