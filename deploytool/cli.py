@@ -108,7 +108,7 @@ def info(model_id: str, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("model_id")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True, help="Export directory.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), help="Export directory  [default: build/MODEL_ID]")
 @click.option("--weights", type=click.Path(path_type=Path), help="Official-format checkpoint (.pth/.pt/.safetensors).")
 @click.option("--random-init", is_flag=True, help="Untrained seeded weights: an offline smoke test, not a model.")
 @click.option("--seed", default=0, show_default=True, help="Seed for --random-init.")
@@ -124,6 +124,7 @@ def export(model_id, out_dir, weights, random_init, seed, tile, batch, calibrati
     from deploytool.models import resolve_source
 
     entry = registry.get(model_id)
+    out_dir = out_dir or Path("build") / model_id
     source = resolve_source(entry, weights=weights, random_init=random_init, seed=seed)
     if source.kind == "random-init":
         _say(f"warning: {model_id} is exported with UNTRAINED random weights (seed {seed}); for smoke tests only")
@@ -242,6 +243,54 @@ def evaluate(export_dir, dataset, scale, methods, overlap, weights, as_json) -> 
             chosen[method] = evaluation.tiled_method(open_runner(export_dir, manifest, method, weights=weights), manifest, overlap)
     report = evaluation.evaluate(manifest, dataset, chosen, scale=scale, progress=_say)
     click.echo(json.dumps(report, indent=2) if as_json else evaluation.markdown(report))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def doctor(as_json: bool) -> None:
+    """Versions, GPU and compute capability, and what each command can do on this machine."""
+    from deploytool import doctor as checks
+
+    facts = checks.probe()
+    caps = checks.capabilities(facts)
+    if as_json:
+        click.echo(json.dumps({"facts": facts, "capabilities": caps}, indent=2))
+    else:
+        click.echo("\n".join(checks.report_lines(facts, caps)))
+
+
+@cli.command()
+@click.argument("export_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--workspace", default="4G", show_default=True, help="TensorRT workspace memory limit, e.g. 4G or 512M.")
+@click.option("--opt-level", type=click.IntRange(0, 5), default=3, show_default=True, help="TensorRT builder optimization level.")
+@click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), help="Timing cache to read and update (default: timing.cache in EXPORT_DIR).")
+@click.option("--json", "as_json", is_flag=True, help="Print the engine record as JSON.")
+def build(export_dir, workspace, opt_level, timing_cache, as_json) -> None:
+    """Build the TensorRT FP16 engine of an export for this GPU and TensorRT version."""
+    from deploytool import engines
+
+    options = engines.BuildOptions(workspace_bytes=engines.parse_size(workspace), opt_level=opt_level, timing_cache=timing_cache)
+    entry = engines.build_engine(export_dir, options, progress=_say)
+    if as_json:
+        click.echo(json.dumps(entry, indent=2))
+
+
+@cli.command()
+@click.argument("export_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--backend", "backends", default="ort,ort-fp16", show_default=True, help="Comma-separated: torch, ort, ort-fp16, trt; ratios are against the first.")
+@click.option("--runs", type=click.IntRange(1), default=10, show_default=True)
+@click.option("--warmup", type=click.IntRange(0), default=2, show_default=True)
+@click.option("--cuda-graph", is_flag=True, help="TensorRT: replay one captured CUDA graph per batch.")
+@click.option("--weights", type=click.Path(path_type=Path), help="The export's checkpoint, if it moved (torch backend).")
+@click.option("--json", "as_json", is_flag=True)
+def bench(export_dir, backends, runs, warmup, cuda_graph, weights, as_json) -> None:
+    """Latency and tiles/s of an export's backends on this machine, in one run."""
+    from deploytool import benchmark
+
+    report = benchmark.bench(
+        export_dir, [b.strip() for b in backends.split(",") if b.strip()], runs=runs, warmup=warmup, cuda_graph=cuda_graph, weights=weights, progress=_say
+    )
+    click.echo(json.dumps(report, indent=2) if as_json else benchmark.markdown(report))
 
 
 def main() -> None:

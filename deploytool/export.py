@@ -77,18 +77,65 @@ def trace(model: torch.nn.Module, example: torch.Tensor) -> onnx.ModelProto:
                 opset_version=OPSET,
                 input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME],
-                do_constant_folding=True,
+                # onnxsim folds constants afterwards, with a size limit the tracer lacks
+                do_constant_folding=False,
             )
     return onnx.load_from_string(buffer.getvalue())
 
 
-def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
+def simplify(model: onnx.ModelProto, fold_limit_mb: float = 0.0) -> onnx.ModelProto:
+    """onnxsim; with `fold_limit_mb`, constants that a node expands beyond that size stay computed."""
     import onnxsim
 
+    kept = _hold_expanding_constants(model, int(fold_limit_mb * 2**20)) if fold_limit_mb else 0
     simplified, ok = onnxsim.simplify(model)
     if not ok:
         raise ExportError("onnxsim could not validate the simplified graph against the traced one")
+    if kept:
+        _release_held_nodes(simplified)
     return simplified
+
+
+# A domain onnxsim does not know, so it cannot fold the nodes moved there; moved back after.
+_HOLD_DOMAIN = "ai.deploytool.hold"
+
+
+def _hold_expanding_constants(model: onnx.ModelProto, limit_bytes: int) -> int:
+    """Hide from constant folding the nodes that compute, from constants only, a tensor above
+    `limit_bytes` and larger than every input (a bias gathered from a small table, a broadcast):
+    folded, each becomes a large initializer. Returns how many were held."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    nbytes: dict[str, int] = {}
+    for init in model.graph.initializer:
+        nbytes[init.name] = int(np.prod(init.dims)) * onnx.helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
+    for vi in inferred.graph.value_info:
+        tensor_type = vi.type.tensor_type
+        if tensor_type.elem_type and all(d.HasField("dim_value") for d in tensor_type.shape.dim):
+            dims = [d.dim_value for d in tensor_type.shape.dim]
+            nbytes[vi.name] = int(np.prod(dims)) * onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).itemsize
+    constant = {init.name for init in model.graph.initializer}
+    held = 0
+    for node in model.graph.node:
+        inputs = [name for name in node.input if name]
+        if node.op_type == "Constant" or (inputs and all(name in constant for name in inputs)):
+            out_bytes = nbytes.get(node.output[0], 0)
+            if node.op_type != "Constant" and out_bytes > limit_bytes and out_bytes > max(nbytes.get(n, 0) for n in inputs):
+                node.domain = _HOLD_DOMAIN
+                held += 1
+            else:
+                constant.update(node.output)
+    if held:
+        model.opset_import.append(onnx.helper.make_opsetid(_HOLD_DOMAIN, 1))
+    return held
+
+
+def _release_held_nodes(model: onnx.ModelProto) -> None:
+    for node in model.graph.node:
+        if node.domain == _HOLD_DOMAIN:
+            node.domain = ""
+    imports = [o for o in model.opset_import if o.domain != _HOLD_DOMAIN]
+    del model.opset_import[:]
+    model.opset_import.extend(imports)
 
 
 def constants_to_initializers(model: onnx.ModelProto) -> None:
@@ -199,7 +246,10 @@ def export(request: ExportRequest, progress: Progress = lambda message: None) ->
     step = iter(range(1, stages + 1))
 
     progress(f"[{next(step)}/{stages}] loading weights: {request.source.describe()}")
-    state_dict = load_state_dict(entry, request.source)
+    unused: dict[str, str] = {}
+    state_dict = load_state_dict(entry, request.source, unused=unused)
+    if unused:
+        progress(f"      left out {len(unused)} checkpoint entries of other tasks, as expected (manifest.json lists them under unused_weights)")
     model = build_def(entry, state_dict, source=request.source.path or "random init")
     shape = (request.batch, entry.channels, *request.tile)
 
@@ -208,7 +258,7 @@ def export(request: ExportRequest, progress: Progress = lambda message: None) ->
     traced_nodes = len(traced.graph.node)
 
     progress(f"[{next(step)}/{stages}] simplifying {traced_nodes} nodes with onnxsim")
-    graph = simplify(traced)
+    graph = simplify(traced, entry.fold_limit_mb)
     constants_to_initializers(graph)
     merged = deduplicate_initializers(graph)
     precision.ensure_named(graph)
@@ -239,6 +289,7 @@ def export(request: ExportRequest, progress: Progress = lambda message: None) ->
             save_model(fp16_graph, staging / FP16_FILE)
             files.append(FP16_FILE)
         manifest = build_manifest(request, staging, files, graph, traced_nodes, merged, fp16_report, time.perf_counter() - started)
+        manifest["unused_weights"] = unused
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / MANIFEST).unlink(missing_ok=True)
         for name in files:
@@ -313,7 +364,7 @@ def read_manifest(export_dir: str | Path) -> dict[str, Any]:
 def check_file(export_dir: str | Path, manifest: dict[str, Any], name: str) -> Path:
     """Path of an exported file, refusing one that is missing or changed since export."""
     path = Path(export_dir) / name
-    recorded = manifest["files"].get(name)
+    recorded = manifest["files"].get(name) or manifest.get("engines", {}).get(name)
     if recorded is None or not path.is_file():
         raise DeployError(f"{path} is missing from the export")
     if sha256_file(path) != recorded["sha256"]:

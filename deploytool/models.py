@@ -65,8 +65,12 @@ def resolve_source(
     return WeightsSource(kind="checkpoint", path=str(Path(weights).resolve()), sha256=loaded.sha256, wrapper_key=loaded.wrapper_key)
 
 
-def load_state_dict(entry: ModelEntry, source: WeightsSource) -> dict[str, torch.Tensor]:
-    """The weights as a flat state dict in the official key layout."""
+def load_state_dict(entry: ModelEntry, source: WeightsSource, *, unused: dict[str, str] | None = None) -> dict[str, torch.Tensor]:
+    """The weights as a flat state dict in the official key layout, cut to this id's task.
+
+    A checkpoint holding several tasks (IPT's pre-training file) gives only this id's head, tail
+    and query; what was left out, and why, goes into `unused` when one is passed.
+    """
     if source.kind == "random-init":
         torch.manual_seed(source.seed or 0)
         return model_defs.build_model(entry.family, entry.arch).state_dict()
@@ -76,7 +80,13 @@ def load_state_dict(entry: ModelEntry, source: WeightsSource) -> dict[str, torch
             f"{source.path} changed since export (sha256 {loaded.sha256[:12]}… instead of {source.sha256[:12]}…); "
             "re-export, or pass the original file with --weights"
         )
-    return loaded.state_dict
+    try:
+        state_dict, left_out = model_defs.select_task_weights(entry.family, loaded.state_dict, entry.task_index)
+    except ValueError as exc:
+        raise CheckpointError(f"{source.path}: {exc}") from None
+    if unused is not None:
+        unused.update(left_out)
+    return state_dict
 
 
 def arch_for(entry: ModelEntry, state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:

@@ -57,13 +57,17 @@ def _own_reference(module: str, name: str) -> Callable[..., torch.nn.Module]:
 
 REFERENCES: dict[str, Callable[..., torch.nn.Module]] = {
     "swinir": _spandrel_class("spandrel.architectures.SwinIR.__arch.SwinIR", "SwinIR"),
+    "hat": _spandrel_class("spandrel.architectures.HAT.__arch.HAT", "HAT"),
     "esrt": _own_reference("model_defs.reference.esrt", "ESRT"),
     "restormer": _spandrel_extra_class("spandrel_extra_arches.architectures.Restormer.__arch.restormer_arch", "Restormer"),
+    "ipt": _spandrel_class("spandrel.architectures.IPT.__arch.ipt", "IPT"),
 }
 REFERENCE_NAMES = {
     "swinir": "spandrel SwinIR",
+    "hat": "spandrel HAT",
     "esrt": "model_defs.reference.esrt (official structure)",
     "restormer": "spandrel_extra_arches Restormer",
+    "ipt": "spandrel IPT (whole images through its forward_chop)",
 }
 
 
@@ -84,7 +88,9 @@ def build_reference(entry: ModelEntry, arch: dict[str, Any], state_dict: dict[st
     """The original model with the same weights, loaded strictly."""
     model = instantiate_reference(entry, arch)
     model.load_state_dict(state_dict, strict=True)
-    if entry.reference_chop:
+    if entry.family == "ipt":
+        model = IptReference(model)
+    elif entry.reference_chop:
         model = ChoppedReference(model, scale=entry.scale, min_size=entry.reference_chop)
     return model.eval()
 
@@ -130,3 +136,27 @@ class ChoppedReference(torch.nn.Module):
         if x.shape[2] * x.shape[3] < self.min_size:
             return self.model(x)
         return forward_chop(self.model, x, scale=self.scale, min_size=self.min_size)
+
+
+class IptReference(torch.nn.Module):
+    """spandrel's IPT called as spandrel calls it: on [0, rgb_range] values, whole images through
+    the official forward_chop (48 px tiles at a stride of 12, the central parts averaged).
+
+    Unclamped, unlike spandrel's call and the official test, so that every backend is compared
+    on the same unclamped output.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rgb_range, patch = self.model.rgb_range, self.model.patch_size
+        if tuple(x.shape[-2:]) == (patch, patch):
+            return self.model(x * rgb_range) / rgb_range
+        from spandrel.architectures.IPT.__arch.model import Model
+
+        if x.shape[0] != 1 or min(x.shape[-2:]) < patch:
+            raise ValueError(f"IPT's forward_chop takes one image of at least {patch}x{patch} px, got {tuple(x.shape)}")
+        self.model.set_scale(0)
+        return Model(self.model).forward_chop(x * rgb_range) / rgb_range

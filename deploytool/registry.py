@@ -53,10 +53,22 @@ class ModelEntry:
     # >0: run the original on whole images the way its official test script does, chopped into
     # overlapping quadrants until each has fewer pixels than this (ESRT's forward_chop)
     reference_chop: int = 0
+    # Constants a node computes from smaller ones (a position bias gathered from its table, a
+    # broadcast of masks) stay computed in the graph when larger than this: folded, they would be
+    # stored once per block (HAT: 1.5-3.5 MB a block; a naive HAT-S export is 116 MB for 38 MB of weights).
+    fold_limit_mb: float = 1.0
+    # the position of this id's head/tail in a multi-task checkpoint (IPT's pre-training file)
+    task_index: int = 0
+    # the model takes exactly its default tile (IPT: embeddings sized for one 48 px patch)
+    fixed_tile: bool = False
     source_file: Path | None = field(default=None, compare=False)
 
     def check_tile(self, tile: tuple[int, int]) -> None:
         """Refuse export tiles the model cannot take as one static window grid."""
+        if self.fixed_tile and tuple(tile) != tuple(self.tile):
+            raise DeployError(
+                f"{self.id} takes exactly {self.tile[0]}x{self.tile[1]} tiles, not {tile[0]}x{tile[1]}: {self.tile_reason}"
+            )
         if any(t <= 0 or t % self.tile_multiple for t in tile):
             raise DeployError(
                 f"{self.id}: tile {tile[0]}x{tile[1]} is not a multiple of {self.tile_multiple} "
@@ -137,6 +149,9 @@ def entry_from_dict(data: dict[str, Any], source_file: Path | None = None) -> Mo
             tile_reason=data.get("tile_reason", ""),
             reference=data.get("reference", data["family"]),
             reference_chop=int(data.get("reference_chop", 0)),
+            fold_limit_mb=float(data.get("fold_limit_mb", 1.0)),
+            task_index=int(data.get("task_index", 0)),
+            fixed_tile=bool(data.get("fixed_tile", False)),
             source_file=source_file,
         )
     except KeyError as exc:

@@ -39,4 +39,45 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        return rowwise(lambda rows: self.fc2(self.act(self.fc1(rows))), x)
+
+
+def rowwise(layers: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """Apply token-wise layers to (..., C) as one (tokens, C) matrix, then restore the leading dims.
+
+    A Linear on a 2-D input exports as one Gemm with its bias fused; on 3-D it is a MatMul
+    plus a separate Add over the whole output (measured on HAT at 64 px in ONNX Runtime).
+    """
+    *lead, channels = static_shape(x)
+    y = layers(x.reshape(-1, channels))
+    return y.view(*lead, int(y.shape[-1]))
+
+
+def tokens_to_map(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """(B, H*W, C) tokens -> (B, C, H, W) feature map."""
+    b, _, c = static_shape(x)
+    return x.transpose(1, 2).reshape(b, c, size[0], size[1])
+
+
+def map_to_tokens(x: Tensor) -> Tensor:
+    """(B, C, H, W) feature map -> (B, H*W, C) tokens."""
+    return x.flatten(2).transpose(1, 2)
+
+
+class PatchNorm(nn.Module):
+    """Holds the Swin-style `patch_embed.norm` LayerNorm under its official key."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+
+
+def init_transformer_weights(module: nn.Module) -> None:
+    """The Swin-style init (truncated-normal Linear, unit LayerNorm): only random-init exports see it."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)

@@ -8,7 +8,9 @@ official checkpoints load with strict=True). Differences from the original that 
 deployment, none of them numerical:
 - shapes are Python ints, so a traced graph has static reshapes and no shape arithmetic;
 - the shifted-window mask is computed once per input size, outside the blocks, and shared by
-  all of them (the original recomputes it in every block when the size differs from img_size);
+  all of them (the original recomputes it in every block when the size differs from img_size),
+  as a row mask plus a column mask (`windows.BandMasks`: same softmax weights, a fraction of
+  the constant);
 - the per-block `attn_mask` buffers of the official files are kept only so checkpoints load;
   they describe the training resolution and are checked against our own computation on load.
 """
@@ -22,11 +24,25 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from model_defs.layers import Mlp, PixelShuffleUpsample, static_shape
+from model_defs.layers import (
+    Mlp,
+    PatchNorm,
+    PixelShuffleUpsample,
+    init_transformer_weights,
+    map_to_tokens,
+    rowwise,
+    static_shape,
+    tokens_to_map,
+)
 from model_defs.windows import (
+    BandMasks,
+    biased_attention,
+    gather_relative_bias,
+    merge_heads,
     pad_to_multiple,
     relative_position_index,
     shifted_window_mask,
+    split_heads,
     window_partition,
     window_reverse,
 )
@@ -49,26 +65,13 @@ class WindowAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
 
-    def relative_position_bias(self) -> Tensor:
-        tokens = self.window_size**2
-        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
-        return bias.view(tokens, tokens, self.num_heads).permute(2, 0, 1)
-
-    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
-        """x: (windows, tokens, C); mask: (1, windows per image, 1, tokens, tokens) or None."""
-        windows, tokens, channels = static_shape(x)
-        head_dim = channels // self.num_heads
-        qkv = self.qkv(x).reshape(windows, tokens, 3, self.num_heads, head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]
-        attn = (q * self.scale) @ k.transpose(-2, -1)
-        attn = attn + self.relative_position_bias().unsqueeze(0)
-        if mask is not None:
-            per_image = int(mask.shape[1])
-            attn = attn.view(windows // per_image, per_image, self.num_heads, tokens, tokens) + mask
-            attn = attn.view(windows, self.num_heads, tokens, tokens)
-        attn = attn.softmax(dim=-1)
-        x = (attn @ v).transpose(1, 2).reshape(windows, tokens, channels)
-        return self.proj(x)
+    def forward(self, x: Tensor, mask: BandMasks | None) -> Tensor:
+        """x: (windows, tokens, C), windows in row-major order per image."""
+        q, k, v = rowwise(self.qkv, x).chunk(3, dim=-1)
+        heads = self.num_heads
+        bias = gather_relative_bias(self.relative_position_bias_table, self.relative_position_index)
+        out = biased_attention(split_heads(q, heads), split_heads(k, heads), split_heads(v, heads), self.scale, bias, mask)
+        return rowwise(self.proj, merge_heads(out))
 
 
 class SwinTransformerBlock(nn.Module):
@@ -101,7 +104,7 @@ class SwinTransformerBlock(nn.Module):
         else:
             self.attn_mask = None
 
-    def forward(self, x: Tensor, size: tuple[int, int], mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, size: tuple[int, int], mask: BandMasks | None) -> Tensor:
         h, w = size
         b, _, c = static_shape(x)
         shortcut = x
@@ -132,7 +135,7 @@ class BasicLayer(nn.Module):
             for i in range(depth)
         )
 
-    def forward(self, x: Tensor, size: tuple[int, int], mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, size: tuple[int, int], mask: BandMasks | None) -> Tensor:
         for block in self.blocks:
             x = block(x, size, mask)
         return x
@@ -153,15 +156,6 @@ def residual_conv(dim: int, kind: str) -> nn.Module:
     raise ValueError(f"resi_connection must be '1conv' or '3conv', not {kind!r}")
 
 
-def tokens_to_map(x: Tensor, size: tuple[int, int]) -> Tensor:
-    b, _, c = static_shape(x)
-    return x.transpose(1, 2).reshape(b, c, size[0], size[1])
-
-
-def map_to_tokens(x: Tensor) -> Tensor:
-    return x.flatten(2).transpose(1, 2)
-
-
 class RSTB(nn.Module):
     """Residual Swin Transformer Block: a group of Swin blocks, a conv, and a long skip."""
 
@@ -170,16 +164,8 @@ class RSTB(nn.Module):
         self.residual_group = BasicLayer(dim, input_resolution, depth, num_heads, window_size, **block_kwargs)
         self.conv = residual_conv(dim, resi_connection)
 
-    def forward(self, x: Tensor, size: tuple[int, int], mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, size: tuple[int, int], mask: BandMasks | None) -> Tensor:
         return map_to_tokens(self.conv(tokens_to_map(self.residual_group(x, size, mask), size))) + x
-
-
-class PatchNorm(nn.Module):
-    """Holds the `patch_embed.norm` LayerNorm under its official key."""
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.norm = nn.LayerNorm(dim)
 
 
 class SwinIR(nn.Module):
@@ -258,15 +244,14 @@ class SwinIR(nn.Module):
             self.lrelu = nn.LeakyReLU(negative_slope=0.2, inplace=True)
         else:
             self.conv_last = nn.Conv2d(embed_dim, in_chans, 3, 1, 1)
-        self.apply(_init_weights)
+        self.apply(init_transformer_weights)
 
-    def shift_mask(self, h: int, w: int, x: Tensor) -> Tensor | None:
-        """The one shifted-window mask every shifted block uses, shaped to broadcast over heads."""
+    def shift_mask(self, h: int, w: int, x: Tensor) -> BandMasks | None:
+        """The one shifted-window mask every shifted block uses."""
         window = self.window_size
         if not any(block.shift_size for layer in self.layers for block in layer.residual_group.blocks):
             return None
-        mask = shifted_window_mask(h, w, window, window // 2)
-        return mask.to(device=x.device, dtype=x.dtype)[None, :, None]
+        return BandMasks(h, w, window, window // 2).to(x)
 
     def forward_features(self, x: Tensor) -> Tensor:
         _, _, h, w = static_shape(x)
@@ -300,16 +285,6 @@ class SwinIR(nn.Module):
             if conv is not None:
                 x = self.lrelu(conv(F.interpolate(x, scale_factor=2, mode="nearest")))
         return self.conv_last(self.lrelu(self.conv_hr(x)))
-
-
-def _init_weights(module: nn.Module) -> None:
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
 
 
 def reconcile_arch(arch: dict[str, Any], state_dict: dict[str, Tensor]) -> dict[str, Any]:

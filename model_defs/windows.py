@@ -56,11 +56,60 @@ def _shifted_window_mask_array(h: int, w: int, window: int, shift: int) -> np.nd
 
 
 def shifted_window_mask(h: int, w: int, window: int, shift: int) -> Tensor:
-    """Attention mask (num_windows, window^2, window^2) of shifted windows on an h x w map.
+    """The originals' attention mask (num_windows, window^2, window^2) of shifted windows on h x w.
 
-    Built with numpy, so a traced graph receives it as one constant, computed once per shape.
+    Kept for the per-block `attn_mask` buffers of official checkpoints; graphs use `BandMasks`.
     """
     return torch.from_numpy(_shifted_window_mask_array(h, w, window, shift))
+
+
+def _bands(size: int, window: int, shift: int) -> np.ndarray:
+    """(windows along an axis, window): which of the three regions the cyclic shift glued
+    together each position of the shifted map comes from."""
+    band = np.zeros(size, dtype=np.int64)
+    band[size - window :] = 1
+    band[size - shift :] = 2
+    return band.reshape(size // window, window)
+
+
+@functools.lru_cache(maxsize=64)
+def _axis_mask(size: int, window: int, shift: int, axis: int) -> np.ndarray:
+    band = _bands(size, window, shift)
+    token_band = np.repeat(band, window, axis=1) if axis == 0 else np.tile(band, (1, window))
+    different = token_band[:, None, :] != token_band[:, :, None]
+    return np.where(different, -100.0, 0.0).astype(np.float32)
+
+
+class BandMasks:
+    """The shifted-window mask as a sum of two small masks, one per axis.
+
+    Two tokens of a shifted window may not attend to each other when the cyclic shift brought
+    them from different row bands or different column bands. The original adds one -100 mask
+    (num_windows, window^2, window^2), 64 MB for 16 px windows on a 256 px tile; adding a row
+    mask (rows of windows, window^2, window^2) and a column mask instead stores 2 x 4 MB and
+    gives -200 where both differ, which softmax turns into the same zero weight (exp(-100) is
+    already below FP32 resolution next to an unmasked logit).
+    """
+
+    def __init__(self, h: int, w: int, window: int, shift: int):
+        self.rows = torch.from_numpy(_axis_mask(h, window, shift, axis=0))
+        self.cols = torch.from_numpy(_axis_mask(w, window, shift, axis=1))
+
+    def to(self, like: Tensor) -> "BandMasks":
+        masks = BandMasks.__new__(BandMasks)
+        masks.rows = self.rows.to(device=like.device, dtype=like.dtype)
+        masks.cols = self.cols.to(device=like.device, dtype=like.dtype)
+        return masks
+
+    def add_to(self, attn: Tensor, bias: Tensor) -> Tensor:
+        """attn + bias + mask, for attn (batch * rows * cols, heads, window^2, window^2) scores with
+        windows in row-major order and bias (heads, window^2, window^2)."""
+        windows, heads, queries, keys = static_shape(attn)
+        rows, cols = int(self.rows.shape[0]), int(self.cols.shape[0])
+        # bias and masks first: one window-grid-sized tensor, then a single pass over the scores
+        bias = bias + self.rows[:, None, None] + self.cols[:, None]
+        attn = attn.view(windows // (rows * cols), rows, cols, heads, queries, keys) + bias
+        return attn.view(windows, heads, queries, keys)
 
 
 def pad_to_multiple(x: Tensor, multiple: int, mode: str = "reflect") -> Tensor:
@@ -70,3 +119,53 @@ def pad_to_multiple(x: Tensor, multiple: int, mode: str = "reflect") -> Tensor:
     if pad_h == 0 and pad_w == 0:
         return x
     return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+
+
+def split_heads(x: Tensor, heads: int) -> Tensor:
+    """(windows, tokens, C) -> (windows, heads, tokens, C / heads)."""
+    windows, tokens, channels = static_shape(x)
+    return x.view(windows, tokens, heads, channels // heads).transpose(1, 2)
+
+
+def merge_heads(x: Tensor) -> Tensor:
+    """(windows, heads, tokens, d) -> (windows, tokens, heads * d)."""
+    windows, heads, tokens, d = static_shape(x)
+    return x.transpose(1, 2).reshape(windows, tokens, heads * d)
+
+
+def biased_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, bias: Tensor, mask: BandMasks | None = None) -> Tensor:
+    """softmax(q k^T * scale + bias [+ shifted-window mask]) v over (windows, heads, tokens, d).
+
+    `bias` is (heads, queries, keys), shared by all windows.
+    """
+    attn = (q * scale) @ k.transpose(-2, -1)
+    attn = attn + bias.unsqueeze(0) if mask is None else mask.add_to(attn, bias)
+    return attn.softmax(dim=-1) @ v
+
+
+def overlapping_windows(x: Tensor, window: int, overlap_window: int) -> Tensor:
+    """(B, H, W, C) -> (B * H/window * W/window, overlap_window^2, C), windows grown by zeros.
+
+    The same windows as `nn.Unfold(overlap_window, stride=window, padding=margin)` (HAT's OCAB),
+    built from one Pad, static slices and reshapes: the unfold traces into a large Gather graph.
+    Each grown window is its own window plus `overlap_window - window` rows/columns borrowed
+    from the next one, once the map is shifted by the margin.
+    """
+    b, h, w, c = static_shape(x)
+    extra = overlap_window - window
+    margin = extra // 2
+    if extra % 2 or not 0 <= extra <= window:
+        raise ValueError(f"overlap window {overlap_window} must exceed window {window} by an even amount up to {window}")
+    rows, cols = h // window, w // window
+    x = F.pad(x, (0, 0, margin, window - margin, margin, window - margin))
+    x = x.view(b, rows + 1, window, w + window, c)
+    x = torch.cat((x[:, :rows], x[:, 1:, :extra]), dim=2)
+    x = x.view(b, rows, overlap_window, cols + 1, window, c)
+    x = torch.cat((x[:, :, :, :cols], x[:, :, :, 1:, :extra]), dim=4)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(b * rows * cols, overlap_window * overlap_window, c)
+
+
+def gather_relative_bias(table: Tensor, index: Tensor) -> Tensor:
+    """(heads, *index.shape) bias from a (entries, heads) table: one Gather on the head-major table."""
+    heads = int(table.shape[1])
+    return table.t()[:, index.reshape(-1)].reshape(heads, *static_shape(index))

@@ -1,11 +1,13 @@
 """Benchmark one model id: original vs our definition vs ONNX Runtime FP32/FP16, in one run.
 
-    python scripts/bench.py swinir-m-x4 [--tile 64] [--weights FILE] [--runs 5] [--json]
+    python scripts/bench.py swinir-m-x4 [--tile 64] [--batch 1] [--weights FILE] [--runs 5] [--json]
 
-Latencies are medians over --runs after one warm-up, on this machine, at batch 1; ratios are
-against the original PyTorch model measured in the same run. Node counts: a naive
+Latencies are medians over --runs after one warm-up, on this machine, per batch of --batch
+tiles (throughput in tiles/s beside them); ratios are
+against the original PyTorch model measured in the same run. The naive export is a plain
 torch.onnx.export of the original (built with img_size = tile, its most favourable case, so its
-masks are buffers) vs ours, both after onnxsim.
+masks are buffers) followed by onnxsim: its node count, file size and ONNX Runtime latency
+stand beside ours.
 """
 
 from __future__ import annotations
@@ -44,17 +46,28 @@ def median_latency(run, batch: np.ndarray, runs: int) -> float:
 
 
 def naive_export(model: torch.nn.Module, shape: tuple[int, ...]) -> onnx.ModelProto:
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.zeros(shape),), buffer, dynamo=False, opset_version=export.OPSET)
-    return onnx.load_from_string(buffer.getvalue())
+    """torch.onnx.export as a user would call it: our opset, or the next one the model needs
+    (IPT's F.fold exports as Col2Im, which needs opset 18)."""
+    for opset in (export.OPSET, 18):
+        buffer = io.BytesIO()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(model, (torch.zeros(shape),), buffer, dynamo=False, opset_version=opset)
+        except torch.onnx.errors.UnsupportedOperatorError:
+            if opset == 18:
+                raise
+            print(f"naive export needs a newer opset than {opset}; retrying with 18", file=sys.stderr)
+            continue
+        return onnx.load_from_string(buffer.getvalue())
+    raise AssertionError("unreachable")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model_id")
     parser.add_argument("--tile", type=int, help="square tile (default: the model's)")
+    parser.add_argument("--batch", type=int, default=1, help="tiles per run (default: 1)")
     parser.add_argument("--weights", help="checkpoint (default: seeded random init)")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--json", action="store_true")
@@ -65,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     source = resolve_source(entry, weights=args.weights, random_init=args.weights is None)
     state_dict = load_state_dict(entry, source)
     arch = arch_for(entry, state_dict)
-    shape = (1, entry.channels, *tile)
+    shape = (args.batch, entry.channels, *tile)
     batch = synthetic_batch(shape, seed=0)
     torch.set_num_threads(torch.get_num_threads())
 
@@ -74,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         # A separate process, so that the memory calibration held is returned before timing.
         weights = ["--weights", args.weights] if args.weights else ["--random-init"]
-        command = [sys.executable, "-m", "deploytool", "export", entry.id, "--out", str(out), "--tile", f"{tile[0]}x{tile[1]}", "--batch", "1", *weights]
+        command = [sys.executable, "-m", "deploytool", "export", entry.id, "--out", str(out), "--tile", f"{tile[0]}x{tile[1]}", "--batch", str(args.batch), *weights]
         if subprocess.run(command).returncode:
             return 1
         export_seconds = time.perf_counter() - started
@@ -91,7 +104,13 @@ def main(argv: list[str] | None = None) -> int:
         print("naive export of the original, then onnxsim", file=sys.stderr)
         sized_by_img_size = "img_size" in arch and tile[0] == tile[1]
         reference_arch = {**arch, "img_size": tile[0]} if sized_by_img_size else arch
-        naive_nodes = len(export.simplify(naive_export(build_reference(entry, reference_arch, _with_masks_for(entry, reference_arch, state_dict)), shape)).graph.node)
+        naive_model = build_reference(entry, reference_arch, _with_masks_for(entry, reference_arch, state_dict))
+        naive = export.simplify(naive_export(naive_model, shape))
+        naive_path = Path(tmp) / "naive.onnx"
+        onnx.save(naive, str(naive_path))
+        naive_nodes, naive_mb = len(naive.graph.node), naive_path.stat().st_size / 1e6
+        del naive
+        rows.insert(2, ("ONNX Runtime FP32, naive export of the original (CPU)", median_latency(OrtRunner(naive_path, name="naive"), batch, args.runs)))
         # At a tile other than its img_size the original recomputes masks in every block; onnxsim
         # on that graph ran past 15 minutes, so only the traced size is reported.
         as_shipped = len(naive_export(original.model, shape).graph.node) if sized_by_img_size and tile[0] != arch["img_size"] else None
@@ -100,13 +119,16 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "model_id": entry.id,
         "tile": list(tile),
+        "batch": args.batch,
         "weights": source.describe(),
         "threads": torch.get_num_threads(),
         "latency_s": {name: round(seconds, 4) for name, seconds in rows},
+        "tiles_per_s": {name: round(args.batch / seconds, 3) for name, seconds in rows},
         "speedup_vs_original": {name: round(baseline / seconds, 2) for name, seconds in rows},
         "nodes_after_onnxsim": {"naive export of the original": naive_nodes, "ours": manifest["graph"]["nodes"]},
         "naive_traced_nodes_at_shipped_img_size": as_shipped,
         "model_onnx_mb": round(manifest["files"][export.FP32_FILE]["bytes"] / 1e6, 2),
+        "naive_model_onnx_mb": round(naive_mb, 2),
         "model_fp16_onnx_mb": round(manifest["files"][export.FP16_FILE]["bytes"] / 1e6, 2),
         "fp16_flop_share": round(manifest["fp16"]["fp16_flop_share"], 4),
         "export_wall_s": round(export_seconds, 1),
@@ -114,12 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"\n{entry.id}, tile {tile[0]}x{tile[1]}, batch 1, {result['threads']} threads, {source.describe()}\n")
-    print("| runtime | latency (s) | speed vs original |")
-    print("|---|---:|---:|")
+    print(f"\n{entry.id}, tile {tile[0]}x{tile[1]}, batch {args.batch}, {result['threads']} threads, {source.describe()}\n")
+    print("| runtime | latency per batch (s) | tiles/s | speed vs original |")
+    print("|---|---:|---:|---:|")
     for name, seconds in rows:
-        print(f"| {name} | {seconds:.3f} | {baseline / seconds:.2f}x |")
+        print(f"| {name} | {seconds:.3f} | {args.batch / seconds:.2f} | {baseline / seconds:.2f}x |")
     print(f"\nnodes after onnxsim: naive export of the original {naive_nodes}, ours {manifest['graph']['nodes']}")
+    print(f"model.onnx after onnxsim: naive export of the original {naive_mb:.1f} MB, ours {result['model_onnx_mb']} MB")
     if as_shipped:
         print(f"naive export of the original as shipped (img_size {arch.get('img_size')}, tile {tile[0]}): {as_shipped} nodes before onnxsim")
     print(f"model.onnx {result['model_onnx_mb']} MB, model_fp16.onnx {result['model_fp16_onnx_mb']} MB; FP16 share of FLOPs {result['fp16_flop_share']:.1%}")

@@ -20,6 +20,14 @@ def swinir_ids() -> list[str]:
     return family_ids("swinir")
 
 
+def hat_ids() -> list[str]:
+    return family_ids("hat")
+
+
+def ipt_ids() -> list[str]:
+    return family_ids("ipt")
+
+
 def full_size_state_dicts(model_id: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """(ours, original) state dicts of a model id at its real size, asserted to share one layout.
 
@@ -40,15 +48,27 @@ def full_size_state_dicts(model_id: str) -> tuple[dict[str, torch.Tensor], dict[
 def tiny_arch(entry: ModelEntry) -> dict:
     """The id's structure (upsampler, residual conv, window, range, channels, scale) at toy size."""
     arch = dict(entry.arch)
+    if entry.family == "ipt":
+        # 24 px tiles of 3x3 patches: 64 tokens of width 8 * 9 = 72
+        arch.update(patch_size=24, n_feats=8, num_heads=4, num_layers=2)
+        return arch
     window = arch["window_size"]
     arch.update(embed_dim=16, depths=[2, 2], num_heads=[2, 2], img_size=2 * window)
+    if entry.family == "hat":
+        # the channel-attention branch divides the width by both ratios: keep each at least 2
+        arch["embed_dim"] = 2 * max(arch["compress_ratio"], arch["squeeze_factor"])
     return arch
 
 
 def tiny_entry(model_id: str) -> ModelEntry:
     entry = registry.get(model_id)
-    window = entry.arch["window_size"]
-    return dataclasses.replace(entry, arch=tiny_arch(entry), tile=(2 * window, 2 * window))
+    arch = tiny_arch(entry)
+    if entry.family == "ipt":
+        # the official chop's stride is a quarter of the patch: keep the tiler's the same
+        side = arch["patch_size"]
+        return dataclasses.replace(entry, arch=arch, tile=(side, side), tile_multiple=side // 4, overlap=3 * side // 4)
+    side = 2 * arch["window_size"]
+    return dataclasses.replace(entry, arch=arch, tile=(side, side))
 
 
 def tiny_state_dict(entry: ModelEntry, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -70,8 +90,8 @@ def save_official(state: dict[str, torch.Tensor], path: Path, wrapper: str | Non
     return path
 
 
-def export_tiny(model_id: str, out_dir: Path, *, weights: Path | None = None, fp16: bool = True, tile=None, batch: int = 1) -> dict:
-    entry = tiny_entry(model_id)
+def export_tiny(model_id: str, out_dir: Path, *, weights: Path | None = None, fp16: bool = True, tile=None, batch: int = 1, **entry_changes) -> dict:
+    entry = dataclasses.replace(tiny_entry(model_id), **entry_changes)
     if weights is None:
         weights = save_official(tiny_state_dict(entry), out_dir.parent / f"{out_dir.name}.pth")
     from deploytool.checkpoints import load_state_dict_file

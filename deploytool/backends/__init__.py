@@ -23,8 +23,11 @@ class Runner(Protocol):
     def __call__(self, batch: np.ndarray) -> np.ndarray: ...
 
 
-def open_runner(export_dir: str | Path, manifest: dict[str, Any], backend: str, *, weights: str | Path | None = None) -> Runner:
-    """A runner for `backend` on the export in `export_dir` (files checked against the manifest)."""
+def open_runner(export_dir: str | Path, manifest: dict[str, Any], backend: str, *, weights: str | Path | None = None, cuda_graph: bool = False) -> Runner:
+    """A runner for `backend` on the export in `export_dir` (files checked against the manifest).
+
+    `cuda_graph` applies to TensorRT: replay one captured launch per batch of tiles.
+    """
     from deploytool import export
 
     if backend == "torch":
@@ -41,5 +44,5 @@ def open_runner(export_dir: str | Path, manifest: dict[str, Any], backend: str, 
     if backend == "trt":
         from deploytool.backends.tensorrt import TrtRunner
 
-        return TrtRunner.for_export(export_dir, manifest)
+        return TrtRunner.for_export(export_dir, manifest, cuda_graph=cuda_graph)
     raise DeployError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")

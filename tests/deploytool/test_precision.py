@@ -35,7 +35,7 @@ def run_in_true_fp16(model: onnx.ModelProto, batch: np.ndarray) -> np.ndarray:
         return ReferenceEvaluator(model).run(None, {"input": batch})[0]
 
 
-@pytest.mark.parametrize("model_id", ["swinir-m-x2", "swinir-dn-color-25", "swinir-s-x4"])
+@pytest.mark.parametrize("model_id", ["swinir-m-x2", "swinir-dn-color-25", "swinir-s-x4", "hat-x4", "hat-s-x2"])
 def test_planned_fp16_survives_a_residual_stream_beyond_fp16_range(tmp_path, model_id):
     out = tmp_path / "e"
     manifest = export_tiny(model_id, out, weights=stressed_checkpoint(model_id, tmp_path / "stress.pth"))
