@@ -174,8 +174,9 @@ def verify(export_dir, images_dir, weights, backends, overlap, max_images, as_js
 @click.option("--backend", type=click.Choice(["torch", "ort", "ort-fp16", "trt"]), default="ort-fp16", show_default=True)
 @click.option("--overlap", type=int, help="Tile overlap in input pixels (default: the model's).")
 @click.option("--weights", type=click.Path(path_type=Path), help="The export's checkpoint, if it moved (torch backend).")
+@click.option("--cuda-graph", is_flag=True, help="TensorRT: replay one captured CUDA graph per batch of tiles.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
-def run(export_dir, inputs, output, backend, overlap, weights, as_json) -> None:
+def run(export_dir, inputs, output, backend, overlap, weights, cuda_graph, as_json) -> None:
     """Restore or upscale images of any size with an export, tile by tile.
 
     Dual-view models (restormer-dual-defocus) take INPUTS in pairs: LEFT RIGHT [LEFT RIGHT ...].
@@ -195,7 +196,7 @@ def run(export_dir, inputs, output, backend, overlap, weights, as_json) -> None:
         sources = list(zip(sources[::2], sources[1::2]))
     if len(sources) > 1 and output.suffix:
         raise DeployError(f"{len(sources)} inputs need an output folder, not the file {output}")
-    runner = open_runner(export_dir, manifest, backend, weights=weights)
+    runner = open_runner(export_dir, manifest, backend, weights=weights, cuda_graph=cuda_graph)
     results = []
     for source in sources:
         first = source[0] if isinstance(source, tuple) else source

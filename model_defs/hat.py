@@ -32,7 +32,6 @@ from model_defs.layers import (
     PixelShuffleUpsample,
     init_transformer_weights,
     map_to_tokens,
-    rowwise,
     static_shape,
     tokens_to_map,
 )
@@ -43,6 +42,7 @@ from model_defs.windows import (
     merge_heads,
     overlapping_windows,
     pad_to_multiple,
+    qkv_heads,
     relative_position_index,
     split_heads,
     window_partition,
@@ -98,11 +98,10 @@ class WindowAttention(nn.Module):
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
 
     def forward(self, x: Tensor, bias_index: Tensor, mask: BandMasks | None) -> Tensor:
-        q, k, v = rowwise(self.qkv, x).chunk(3, dim=-1)
-        heads = self.num_heads
+        q, k, v = qkv_heads(self.qkv(x), self.num_heads)
         bias = gather_relative_bias(self.relative_position_bias_table, bias_index)
-        out = biased_attention(split_heads(q, heads), split_heads(k, heads), split_heads(v, heads), self.scale, bias, mask)
-        return rowwise(self.proj, merge_heads(out))
+        out = biased_attention(q, k, v, self.scale, bias, mask)
+        return self.proj(merge_heads(out))
 
 
 class HAB(nn.Module):
@@ -184,7 +183,7 @@ class OCAB(nn.Module):
         h, w = size
         b, _, c = static_shape(x)
         shortcut = x
-        qkv = rowwise(self.qkv, self.norm1(x)).view(b, h, w, 3 * c)
+        qkv = self.qkv(self.norm1(x)).view(b, h, w, 3 * c)
         q = window_partition(qkv[..., :c], self.window_size)
         kv = overlapping_windows(qkv[..., c:], self.window_size, self.overlap_win_size)
         k, v = kv[..., :c], kv[..., c:]
@@ -192,7 +191,7 @@ class OCAB(nn.Module):
         bias = gather_relative_bias(self.relative_position_bias_table, bias_index)
         out = biased_attention(split_heads(q, heads), split_heads(k, heads), split_heads(v, heads), self.scale, bias)
         x = window_reverse(merge_heads(out), self.window_size, h, w).reshape(b, h * w, c)
-        x = rowwise(self.proj, x) + shortcut
+        x = self.proj(x) + shortcut
         return x + self.mlp(self.norm2(x))
 
 

@@ -39,18 +39,7 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return rowwise(lambda rows: self.fc2(self.act(self.fc1(rows))), x)
-
-
-def rowwise(layers: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
-    """Apply token-wise layers to (..., C) as one (tokens, C) matrix, then restore the leading dims.
-
-    A Linear on a 2-D input exports as one Gemm with its bias fused; on 3-D it is a MatMul
-    plus a separate Add over the whole output (measured on HAT at 64 px in ONNX Runtime).
-    """
-    *lead, channels = static_shape(x)
-    y = layers(x.reshape(-1, channels))
-    return y.view(*lead, int(y.shape[-1]))
+        return self.fc2(self.act(self.fc1(x)))
 
 
 def tokens_to_map(x: Tensor, size: tuple[int, int]) -> Tensor:

@@ -30,7 +30,6 @@ from model_defs.layers import (
     PixelShuffleUpsample,
     init_transformer_weights,
     map_to_tokens,
-    rowwise,
     static_shape,
     tokens_to_map,
 )
@@ -40,9 +39,9 @@ from model_defs.windows import (
     gather_relative_bias,
     merge_heads,
     pad_to_multiple,
+    qkv_heads,
     relative_position_index,
     shifted_window_mask,
-    split_heads,
     window_partition,
     window_reverse,
 )
@@ -67,11 +66,10 @@ class WindowAttention(nn.Module):
 
     def forward(self, x: Tensor, mask: BandMasks | None) -> Tensor:
         """x: (windows, tokens, C), windows in row-major order per image."""
-        q, k, v = rowwise(self.qkv, x).chunk(3, dim=-1)
-        heads = self.num_heads
+        q, k, v = qkv_heads(self.qkv(x), self.num_heads)
         bias = gather_relative_bias(self.relative_position_bias_table, self.relative_position_index)
-        out = biased_attention(split_heads(q, heads), split_heads(k, heads), split_heads(v, heads), self.scale, bias, mask)
-        return rowwise(self.proj, merge_heads(out))
+        out = biased_attention(q, k, v, self.scale, bias, mask)
+        return self.proj(merge_heads(out))
 
 
 class SwinTransformerBlock(nn.Module):

@@ -121,6 +121,16 @@ def pad_to_multiple(x: Tensor, multiple: int, mode: str = "reflect") -> Tensor:
     return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
 
 
+def qkv_heads(qkv: Tensor, heads: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Fused (windows, tokens, 3C) projections -> q, k, v, each (windows, heads, tokens, C / heads).
+
+    One reshape and one transpose for all three (the originals' layout of the fused weight).
+    """
+    windows, tokens, channels = static_shape(qkv)
+    qkv = qkv.view(windows, tokens, 3, heads, channels // (3 * heads)).permute(2, 0, 3, 1, 4)
+    return qkv[0], qkv[1], qkv[2]
+
+
 def split_heads(x: Tensor, heads: int) -> Tensor:
     """(windows, tokens, C) -> (windows, heads, tokens, C / heads)."""
     windows, tokens, channels = static_shape(x)

@@ -199,3 +199,40 @@ def test_verify_with_real_images_measures_seams(exported, env):
     assert result.exit_code == 0, result.output
     tiled = [c for c in json.loads(result.stdout)["comparisons"] if c["inputs"].startswith("image")]
     assert len(tiled) == 2 and all(c["psnr"] > 30 for c in tiled)
+
+
+def test_export_defaults_to_build_model_id(tmp_path, env, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = invoke("export", "tiny-swinir-x2", "--random-init", "--no-fp16", env=env)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "build" / "tiny-swinir-x2" / "manifest.json").is_file()
+
+
+def test_doctor_reports_what_each_command_can_do(env):
+    result = invoke("doctor", "--json", env=env)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert set(report["capabilities"]) == {"export", "verify", "run", "build", "bench"}
+    assert report["facts"]["torch"] and "ort_providers" in report["facts"]
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
+def test_tensorrt_commands_without_tensorrt_say_how_to_get_it(exported, env, tmp_path):
+    message = "TensorRT is not installed: pip install deploytool[trt] on a machine with an NVIDIA GPU"
+    assert_one_line_error(invoke("build", exported, env=env), message)
+    assert_one_line_error(invoke("bench", exported, "--backend", "trt", env=env), message)
+    image = write_png(tmp_path / "in.png", 3)
+    assert_one_line_error(invoke("run", exported, image, "-o", tmp_path / "out.png", "--backend", "trt", env=env), message)
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_build_refuses_a_folder_that_is_not_an_export(tmp_path, env):
+    assert_one_line_error(invoke("build", tmp_path, env=env), "is not a finished export")
+
+
+def test_bench_times_the_backends_against_the_first(exported, env):
+    result = invoke("bench", exported, "--backend", "ort,ort-fp16", "--runs", "2", "--warmup", "1", "--json", env=env)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert [r["backend"] for r in report["results"]] == ["ort", "ort-fp16"]
+    assert report["results"][0]["speed_vs_first"] == 1.0 and all(r["tiles_per_s"] > 0 for r in report["results"])

@@ -36,3 +36,43 @@ def test_missing_tensorrt_is_said_plainly():
 def test_current_target_reports_this_gpu():
     capability, version = tensorrt.current_target()
     assert len(capability) == 2 and version
+
+
+def _gpu_and_tensorrt() -> bool:
+    if not HAS_TENSORRT:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+needs_gpu_tensorrt = pytest.mark.skipif(
+    not _gpu_and_tensorrt(), reason="TensorRT is not installed: pip install deploytool[trt] on a machine with an NVIDIA GPU"
+)
+
+
+@pytest.mark.trt
+@needs_gpu_tensorrt
+@pytest.mark.parametrize("model_id", ["swinir-s-x2", "hat-s-x2", "ipt-sr-x2"])
+def test_tiny_engine_builds_runs_and_matches_the_fp16_graph(tmp_path, model_id):
+    import numpy as np
+
+    from deploytool import engines, export, parity
+    from deploytool.backends.onnxruntime import OrtRunner
+    from deploytool.inputs import synthetic_batch
+    from tests.helpers import export_tiny
+
+    out = tmp_path / model_id
+    manifest = export_tiny(model_id, out, batch=2)
+    entry = engines.build_engine(out)
+    manifest = export.read_manifest(out)
+    assert entry["file"] in manifest["engines"] and (out / engines.TIMING_CACHE).is_file()
+    batch = synthetic_batch(tuple(manifest["input"]["shape"]), seed=5)
+    expected = OrtRunner(out / export.FP16_FILE)(batch)
+    for cuda_graph in (False, True):
+        actual = tensorrt.TrtRunner.for_export(out, manifest, cuda_graph=cuda_graph)(batch)
+        assert np.abs(actual - expected).max() < manifest["tolerances"]["fp16_max_abs"]
+    report = parity.verify(out, backends=["ort-fp16", "trt"], synthetic_batches=1)
+    assert report["passed"], parity.markdown(report)
+    rebuilt = engines.build_engine(out)  # the saved timing cache is read back
+    assert rebuilt["file"] == entry["file"]
