@@ -15,6 +15,21 @@ from deploytool.export import read_manifest
 from deploytool.inputs import synthetic_batch
 
 
+def median_seconds(run: Callable[[], Any], runs: int, *, warmup: int = 1, synchronize: Callable[[], None] = lambda: None) -> tuple[float, float]:
+    """(median, min) wall time of `run()` over `runs` timed calls after `warmup` untimed ones;
+    `synchronize` waits for asynchronous work (a CUDA stream) before each clock reading."""
+    for _ in range(warmup):
+        run()
+    synchronize()
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        run()
+        synchronize()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times), min(times)
+
+
 def bench(
     export_dir: str | Path,
     backends: list[str],
@@ -34,15 +49,8 @@ def bench(
     for backend in backends:
         progress(f"{backend}: {warmup} warm-up and {runs} timed runs of a {'x'.join(map(str, shape))} batch")
         runner = open_runner(export_dir, manifest, backend, weights=weights, cuda_graph=cuda_graph)
-        for _ in range(warmup):
-            runner(batch)
-        times = []
-        for _ in range(runs):
-            started = time.perf_counter()
-            runner(batch)
-            times.append(time.perf_counter() - started)
-        median = statistics.median(times)
-        results.append({"backend": backend, "median_s": median, "min_s": min(times), "tiles_per_s": shape[0] / median})
+        median, fastest = median_seconds(lambda: runner(batch), runs, warmup=warmup)
+        results.append({"backend": backend, "median_s": median, "min_s": fastest, "tiles_per_s": shape[0] / median})
     baseline = results[0]["median_s"] if results else 1.0
     for item in results:
         item["speed_vs_first"] = baseline / item["median_s"]

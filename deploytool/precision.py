@@ -38,7 +38,7 @@ FP16_MAX = 65504.0
 ALWAYS_FP32_OPS = frozenset({"LayerNormalization", "Softmax", "LogSoftmax", "InstanceNormalization", "GroupNormalization", "CumSum", "Resize", "Range"})
 # Reductions are judged by their accumulator, derived from the measured output: a sum of squares
 # over a whole tile (Restormer's q/k normalisation) overflows FP16 though its root does not.
-REDUCTIONS = frozenset({"ReduceSum", "ReduceSumSquare", "ReduceL2", "ReduceMean"})
+REDUCTIONS = frozenset({"ReduceSum", "ReduceSumSquare", "ReduceL2", "ReduceMean", "GlobalAveragePool"})
 # Ranges are measured on a few inputs; real images can go further. Larger margins keep more in FP32.
 MARGINS = (16.0, 256.0, 4096.0)
 FLOP_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
@@ -150,7 +150,7 @@ def reduction_accumulator(node: onnx.NodeProto, ranges: dict[str, float], sizes:
     out = ranges.get(node.output[0], 0.0)
     if node.op_type == "ReduceL2":
         return out * out
-    if node.op_type == "ReduceMean":
+    if node.op_type in ("ReduceMean", "GlobalAveragePool"):
         count = sizes.get(node.input[0], 1) // max(1, sizes.get(node.output[0], 1))
         return out * count
     return out

@@ -37,13 +37,14 @@ from model_defs.layers import (
 )
 from model_defs.windows import (
     BandMasks,
+    WindowAttention,
     biased_attention,
     gather_relative_bias,
     merge_heads,
     overlapping_windows,
     pad_to_multiple,
-    qkv_heads,
     relative_position_index,
+    shared_shift_mask,
     split_heads,
     window_partition,
     window_reverse,
@@ -83,25 +84,6 @@ class CAB(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.cab(x)
-
-
-class WindowAttention(nn.Module):
-    """Window self-attention whose position index is shared by the model (keys as the original)."""
-
-    def __init__(self, dim: int, window_size: int, num_heads: int, qkv_bias: bool, qk_scale: float | None):
-        super().__init__()
-        self.num_heads = num_heads
-        self.scale = qk_scale or (dim // num_heads) ** -0.5
-        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
-
-    def forward(self, x: Tensor, bias_index: Tensor, mask: BandMasks | None) -> Tensor:
-        q, k, v = qkv_heads(self.qkv(x), self.num_heads)
-        bias = gather_relative_bias(self.relative_position_bias_table, bias_index)
-        out = biased_attention(q, k, v, self.scale, bias, mask)
-        return self.proj(merge_heads(out))
 
 
 class HAB(nn.Module):
@@ -326,11 +308,8 @@ class HAT(nn.Module):
         self.apply(init_transformer_weights)
 
     def attention_context(self, h: int, w: int, x: Tensor) -> AttentionContext:
-        window = self.window_size
-        shifted = any(block.shift_size for layer in self.layers for block in layer.residual_group.blocks)
-        mask = None
-        if shifted:
-            mask = BandMasks(h, w, window, window // 2).to(x)
+        blocks = (block for layer in self.layers for block in layer.residual_group.blocks)
+        mask = shared_shift_mask(blocks, h, w, self.window_size, x)
         return AttentionContext(self.sa_gather_index, self.oca_gather_index, mask)
 
     def forward_features(self, x: Tensor) -> Tensor:

@@ -35,12 +35,10 @@ from model_defs.layers import (
 )
 from model_defs.windows import (
     BandMasks,
-    biased_attention,
-    gather_relative_bias,
-    merge_heads,
+    WindowAttention,
     pad_to_multiple,
-    qkv_heads,
     relative_position_index,
+    shared_shift_mask,
     shifted_window_mask,
     window_partition,
     window_reverse,
@@ -50,26 +48,15 @@ RGB_MEAN = (0.4488, 0.4371, 0.4040)
 UPSAMPLERS = ("pixelshuffle", "pixelshuffledirect", "nearest+conv", "")
 
 
-class WindowAttention(nn.Module):
-    """Multi-head self-attention inside windows, with a learned relative-position bias."""
+class SwinWindowAttention(WindowAttention):
+    """Window attention holding its own position index (the `relative_position_index` key)."""
 
     def __init__(self, dim: int, window_size: int, num_heads: int, qkv_bias: bool = True, qk_scale: float | None = None):
-        super().__init__()
-        self.window_size = window_size
-        self.num_heads = num_heads
-        self.scale = qk_scale or (dim // num_heads) ** -0.5
-        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
+        super().__init__(dim, window_size, num_heads, qkv_bias, qk_scale)
         self.register_buffer("relative_position_index", relative_position_index(window_size))
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
 
-    def forward(self, x: Tensor, mask: BandMasks | None) -> Tensor:
-        """x: (windows, tokens, C), windows in row-major order per image."""
-        q, k, v = qkv_heads(self.qkv(x), self.num_heads)
-        bias = gather_relative_bias(self.relative_position_bias_table, self.relative_position_index)
-        out = biased_attention(q, k, v, self.scale, bias, mask)
-        return self.proj(merge_heads(out))
+    def forward(self, x: Tensor, mask: BandMasks | None) -> Tensor:  # type: ignore[override]
+        return super().forward(x, self.relative_position_index, mask)
 
 
 class SwinTransformerBlock(nn.Module):
@@ -91,7 +78,7 @@ class SwinTransformerBlock(nn.Module):
         self.window_size = window_size
         self.shift_size = shift_size
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = WindowAttention(dim, window_size, num_heads, qkv_bias, qk_scale)
+        self.attn = SwinWindowAttention(dim, window_size, num_heads, qkv_bias, qk_scale)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         if shift_size > 0:
@@ -244,16 +231,10 @@ class SwinIR(nn.Module):
             self.conv_last = nn.Conv2d(embed_dim, in_chans, 3, 1, 1)
         self.apply(init_transformer_weights)
 
-    def shift_mask(self, h: int, w: int, x: Tensor) -> BandMasks | None:
-        """The one shifted-window mask every shifted block uses."""
-        window = self.window_size
-        if not any(block.shift_size for layer in self.layers for block in layer.residual_group.blocks):
-            return None
-        return BandMasks(h, w, window, window // 2).to(x)
-
     def forward_features(self, x: Tensor) -> Tensor:
         _, _, h, w = static_shape(x)
-        mask = self.shift_mask(h, w, x)
+        blocks = (block for layer in self.layers for block in layer.residual_group.blocks)
+        mask = shared_shift_mask(blocks, h, w, self.window_size, x)
         tokens = self.patch_embed.norm(map_to_tokens(x))
         for layer in self.layers:
             tokens = layer(tokens, (h, w), mask)

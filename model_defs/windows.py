@@ -7,10 +7,11 @@ and precomputed masks instead of the Shape/Gather/ScatterND arithmetic of the or
 from __future__ import annotations
 
 import functools
+from typing import Iterable
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn import functional as F
 
 from model_defs.layers import static_shape
@@ -175,7 +176,37 @@ def overlapping_windows(x: Tensor, window: int, overlap_window: int) -> Tensor:
     return x.permute(0, 1, 3, 2, 4, 5).reshape(b * rows * cols, overlap_window * overlap_window, c)
 
 
+def shared_shift_mask(blocks: Iterable[nn.Module], h: int, w: int, window: int, like: Tensor) -> BandMasks | None:
+    """The one mask every shifted block of a model uses on an h x w map; None if none shifts."""
+    if not any(block.shift_size for block in blocks):
+        return None
+    return BandMasks(h, w, window, window // 2).to(like)
+
+
 def gather_relative_bias(table: Tensor, index: Tensor) -> Tensor:
     """(heads, *index.shape) bias from a (entries, heads) table: one Gather on the head-major table."""
     heads = int(table.shape[1])
     return table.t()[:, index.reshape(-1)].reshape(heads, *static_shape(index))
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention inside windows with a learned relative-position bias (Swin).
+
+    Keys as the originals: `relative_position_bias_table`, `qkv`, `proj`. The position index
+    is passed in: HAT shares one for the whole model, SwinIR keeps one per block.
+    """
+
+    def __init__(self, dim: int, window_size: int, num_heads: int, qkv_bias: bool = True, qk_scale: float | None = None):
+        super().__init__()
+        self.num_heads = num_heads
+        self.scale = qk_scale or (dim // num_heads) ** -0.5
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+
+    def forward(self, x: Tensor, bias_index: Tensor, mask: BandMasks | None) -> Tensor:
+        """x: (windows, tokens, C), windows in row-major order per image."""
+        q, k, v = qkv_heads(self.qkv(x), self.num_heads)
+        bias = gather_relative_bias(self.relative_position_bias_table, bias_index)
+        return self.proj(merge_heads(biased_attention(q, k, v, self.scale, bias, mask)))

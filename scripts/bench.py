@@ -13,9 +13,9 @@ stand beside ours.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,19 +30,14 @@ import torch
 from deploytool import export, registry
 from deploytool.backends.onnxruntime import OrtRunner
 from deploytool.backends.torch import TorchRunner
+from deploytool.benchmark import median_seconds
 from deploytool.inputs import synthetic_batch
 from deploytool.models import arch_for, build_def, load_state_dict, resolve_source
 from deploytool.references import build_reference
 
 
 def median_latency(run, batch: np.ndarray, runs: int) -> float:
-    run(batch)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        run(batch)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_seconds(lambda: run(batch), runs)[0]
 
 
 def naive_export(model: torch.nn.Module, shape: tuple[int, ...]) -> onnx.ModelProto:
@@ -51,7 +46,8 @@ def naive_export(model: torch.nn.Module, shape: tuple[int, ...]) -> onnx.ModelPr
     for opset in (export.OPSET, 18):
         buffer = io.BytesIO()
         try:
-            with warnings.catch_warnings():
+            # the exporter prints the whole graph to stdout when an op needs a newer opset
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
                 warnings.simplefilter("ignore")
                 torch.onnx.export(model, (torch.zeros(shape),), buffer, dynamo=False, opset_version=opset)
         except torch.onnx.errors.UnsupportedOperatorError:

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,6 +23,7 @@ import numpy as np
 import torch
 
 from deploytool import inputs, registry
+from deploytool.benchmark import median_seconds
 from deploytool.models import build_def, load_state_dict, resolve_source
 from deploytool.parity import metrics
 
@@ -38,21 +37,9 @@ def drift(reference: torch.Tensor, candidate: torch.Tensor) -> dict[str, float]:
     return {"max_abs": max_abs, "mean_abs": mean_abs, "psnr": db, "finite": bool(torch.isfinite(candidate).all())}
 
 
-def median_seconds(run: Callable[[], Any], runs: int, device: torch.device) -> float:
-    def synchronize():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    for _ in range(3):
-        run()
-    synchronize()
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        run()
-        synchronize()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+def latency(run: Callable[[], Any], runs: int, device: torch.device) -> float:
+    synchronize = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    return median_seconds(run, runs, warmup=3, synchronize=synchronize)[0]
 
 
 def measure(model: torch.nn.Module, batch: torch.Tensor, *, runs: int, compile_fp16: bool) -> dict[str, Any]:
@@ -61,17 +48,17 @@ def measure(model: torch.nn.Module, batch: torch.Tensor, *, runs: int, compile_f
     result: dict[str, Any] = {"parity": {}, "latency_s": {}}
     with torch.inference_mode():
         reference = model.float()(batch)
-        result["latency_s"]["eager FP32"] = median_seconds(lambda: model(batch), runs, device)
+        result["latency_s"]["eager FP32"] = latency(lambda: model(batch), runs, device)
         for label, dtype in (("FP16", torch.float16), ("BF16", torch.bfloat16)):
             half_model, half_batch = model.to(dtype), batch.to(dtype)
             result["parity"][label] = drift(reference, half_model(half_batch))
-            result["latency_s"][f"eager {label}"] = median_seconds(lambda: half_model(half_batch), runs, device)
+            result["latency_s"][f"eager {label}"] = latency(lambda: half_model(half_batch), runs, device)
         model.float()
     if compile_fp16:
         compiled, half_batch = torch.compile(model.half()), batch.half()
         with torch.inference_mode():
             result["parity"]["FP16 compiled"] = drift(reference, compiled(half_batch))
-            result["latency_s"]["torch.compile FP16"] = median_seconds(lambda: compiled(half_batch), runs, device)
+            result["latency_s"]["torch.compile FP16"] = latency(lambda: compiled(half_batch), runs, device)
         model.float()
     base = result["latency_s"]["eager FP32"]
     result["speed_vs_eager_fp32"] = {name: base / seconds for name, seconds in result["latency_s"].items()}

@@ -49,8 +49,8 @@ def tiny_arch(entry: ModelEntry) -> dict:
     """The id's structure (upsampler, residual conv, window, range, channels, scale) at toy size."""
     arch = dict(entry.arch)
     if entry.family == "ipt":
-        # 24 px tiles of 3x3 patches: 64 tokens of width 8 * 9 = 72
-        arch.update(patch_size=24, n_feats=8, num_heads=4, num_layers=2)
+        # the real 48 px tile (256 tokens of 3x3 patches), narrower (8 * 9 = 72 wide) and 2 layers deep
+        arch.update(n_feats=8, num_heads=4, num_layers=2)
         return arch
     window = arch["window_size"]
     arch.update(embed_dim=16, depths=[2, 2], num_heads=[2, 2], img_size=2 * window)
@@ -64,9 +64,7 @@ def tiny_entry(model_id: str) -> ModelEntry:
     entry = registry.get(model_id)
     arch = tiny_arch(entry)
     if entry.family == "ipt":
-        # the official chop's stride is a quarter of the patch: keep the tiler's the same
-        side = arch["patch_size"]
-        return dataclasses.replace(entry, arch=arch, tile=(side, side), tile_multiple=side // 4, overlap=3 * side // 4)
+        return dataclasses.replace(entry, arch=arch)
     side = 2 * arch["window_size"]
     return dataclasses.replace(entry, arch=arch, tile=(side, side))
 

@@ -7,7 +7,7 @@ import onnx
 import pytest
 import torch
 
-from deploytool import export, parity, precision
+from deploytool import export, parity
 from deploytool.backends.onnxruntime import OrtRunner
 from deploytool.errors import DeployError
 from deploytool.inputs import synthetic_batch
@@ -64,15 +64,15 @@ def test_pretraining_file_exports_one_task_and_lists_the_rest(tmp_path, model_id
     original = IPT(**{**entry.arch, "scale": PRETRAIN_SCALES, "num_queries": 6}).eval()
     original.load_state_dict(state, strict=True)
     original.set_scale(entry.task_index)
-    x = synthetic_batch((1, 3, 24, 24), seed=4)
+    x = synthetic_batch((1, 3, 48, 48), seed=4)
     with torch.no_grad():
         expected_out = original(torch.from_numpy(x) * 255).numpy() / 255
     np.testing.assert_allclose(OrtRunner(out / export.FP32_FILE)(x), expected_out, atol=1e-3)
 
 
 def test_other_tiles_are_refused_with_the_reason(tmp_path):
-    with pytest.raises(DeployError, match="takes exactly 24x24 tiles, not 48x48.*48 px patch"):
-        export_tiny("ipt-sr-x2", tmp_path / "x", tile=(48, 48))
+    with pytest.raises(DeployError, match="takes exactly 48x48 tiles, not 96x96.*48 px patch"):
+        export_tiny("ipt-sr-x2", tmp_path / "x", tile=(96, 96))
     assert not (tmp_path / "x").exists()
 
 
@@ -80,7 +80,7 @@ def test_a_batch_of_tiles_gives_each_tile_its_own_result(tmp_path):
     out = tmp_path / "b"
     export_tiny("ipt-derain", out, batch=4, fp16=False)
     runner = OrtRunner(out / export.FP32_FILE)
-    tiles = np.concatenate([synthetic_batch((1, 3, 24, 24), seed) for seed in range(4)])
+    tiles = np.concatenate([synthetic_batch((1, 3, 48, 48), seed) for seed in range(4)])
     together = runner(tiles)
     single = export_tiny("ipt-derain", tmp_path / "s", batch=1, fp16=False)
     alone = OrtRunner(tmp_path / "s" / export.FP32_FILE)
@@ -93,9 +93,8 @@ def test_planned_fp16_survives_a_feature_stream_beyond_fp16_range(tmp_path):
     """The body's last projection scaled 1000 times and the tail's first conv scaled back: the
     body output and the residual sum overflow FP16 while the model stays sane (weights stay
     below the converter's 1e4 clamp)."""
-    from tests.deploytool.test_precision import run_in_true_fp16
+    from tests.deploytool.test_precision import assert_planned_fp16_holds_where_naive_fp16_overflows
 
-    entry = tiny_entry("ipt-sr-x4")
     state = original_state(scale=[4])
     factor = 1e3
     for key in ("body.mlp_head.3.weight", "body.mlp_head.3.bias"):
@@ -103,25 +102,13 @@ def test_planned_fp16_survives_a_feature_stream_beyond_fp16_range(tmp_path):
     state["tail.0.0.0.weight"] = state["tail.0.0.0.weight"] / factor
     out = tmp_path / "stress"
     manifest = export_tiny("ipt-sr-x4", out, weights=save_official(state, tmp_path / "stress.pt", wrapper=None))
-    fp32 = onnx.load(str(out / export.FP32_FILE))
-    batch = [synthetic_batch((1, 3, 24, 24), seed) for seed in (7, 8)]
-    assert max(precision.measure_ranges(fp32, batch).values()) > precision.FP16_MAX
-    reference = precision.run_graph(fp32, batch)
-    naive = precision.convert(fp32, None)
-    planned = onnx.load(str(out / export.FP16_FILE))
-    limit = manifest["tolerances"]["fp16_max_abs"]
-    for expected, array in zip(reference, batch):
-        assert not np.isfinite(run_in_true_fp16(naive, array)).all(), "naive FP16 should overflow"
-        actual = run_in_true_fp16(planned, array)
-        assert np.isfinite(actual).all() and np.abs(expected - actual).max() < limit
-    assert manifest["fp16"]["fp32_by_reason"].get("range", 0) > 0
-    assert entry.arch["scale"] == [4]
+    assert_planned_fp16_holds_where_naive_fp16_overflows(out, manifest)
 
 
 @pytest.mark.skipif(not SET5_X4.is_dir(), reason="../shared/testsets/Set5 is not present")
 def test_whole_images_agree_with_the_official_chop(tmp_path):
-    """Our tiler (ramp-blended batches) against the original's forward_chop (stride a quarter
-    tile, centres averaged) on a real image. Random tiny weights make each output pixel depend
+    """Our tiler (ramp-blended batches of 48 px tiles, overlap 36) against the original's
+    forward_chop (48 px tiles at a stride of 12, centres averaged) on a real image. Random tiny weights make each output pixel depend
     strongly on the whole tile, so the two tilings agree less than trained weights would."""
     out = tmp_path / "ipt"
     entry = tiny_entry("ipt-sr-x4")

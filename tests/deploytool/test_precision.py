@@ -39,6 +39,12 @@ def run_in_true_fp16(model: onnx.ModelProto, batch: np.ndarray) -> np.ndarray:
 def test_planned_fp16_survives_a_residual_stream_beyond_fp16_range(tmp_path, model_id):
     out = tmp_path / "e"
     manifest = export_tiny(model_id, out, weights=stressed_checkpoint(model_id, tmp_path / "stress.pth"))
+    assert_planned_fp16_holds_where_naive_fp16_overflows(out, manifest)
+
+
+def assert_planned_fp16_holds_where_naive_fp16_overflows(out, manifest: dict) -> None:
+    """On a stressed export: activations beyond FP16's range, which a naive FP16 graph turns
+    into inf/NaN and the planned graph keeps within tolerance, in true FP16 and in ORT."""
     fp32 = onnx.load(str(out / export.FP32_FILE))
     batch = [synthetic_batch(tuple(manifest["input"]["shape"]), seed) for seed in (7, 8)]
     ranges = precision.measure_ranges(fp32, batch)
@@ -80,3 +86,25 @@ def test_plan_keeps_normalisations_and_large_tensors_in_fp32():
     plan = precision.plan_islands(helper.make_model(graph), {"x": 1.0, "s": 1.0, "big": 60000.0, "out": 1.0}, margin=16)
     assert plan.fp32_nodes == {"soft", "add", "relu"}
     assert plan.reasons == {"soft": "op:Softmax", "add": "range", "relu": "range"}
+
+
+def test_global_average_pool_is_judged_by_its_running_sum():
+    """HAT's channel attention averages a whole tile per channel: 65536 pixels at 256 px, so a
+    mean of 0.1 is a running sum of 6554, beyond FP16's margin while the mean itself is tiny."""
+    node = onnx.helper.make_node("GlobalAveragePool", ["features"], ["means"], name="pool")
+    sizes = {"features": 1 * 180 * 256 * 256, "means": 180}
+    assert precision.reduction_accumulator(node, {"means": 0.1}, sizes) == pytest.approx(0.1 * 65536)
+    plan_inputs = {"features": 3.0, "means": 0.1}
+    model = onnx.helper.make_model(
+        onnx.helper.make_graph(
+            [node],
+            "g",
+            [onnx.helper.make_tensor_value_info("features", onnx.TensorProto.FLOAT, [1, 180, 256, 256])],
+            [onnx.helper.make_tensor_value_info("means", onnx.TensorProto.FLOAT, [1, 180, 1, 1])],
+        ),
+        ir_version=8,
+    )
+    plan = precision.plan_islands(model, plan_inputs, margin=16.0)
+    assert plan.fp32_nodes == {"pool"} and plan.reasons["pool"] == "accumulator"
+    small = precision.plan_islands(model, {"features": 3.0, "means": 0.001}, margin=16.0)
+    assert small.fp32_nodes == set()
