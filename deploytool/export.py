@@ -329,6 +329,7 @@ def build_manifest(
         "tile_multiple": entry.tile_multiple,
         "batch": request.batch,
         "overlap": entry.overlap,
+        "blend_trim": entry.blend_trim,
         "input": {"name": INPUT_NAME, "shape": in_shape, "dtype": "float32", "layout": "NCHW", "color": color_name(entry.channels), "range": [0.0, 1.0]},
         "output": {"name": OUTPUT_NAME, "shape": out_shape, "dtype": "float32", "layout": "NCHW", "color": color_name(entry.out_channels), "range": [0.0, 1.0], "clamped": False},
         "arch": entry.arch,

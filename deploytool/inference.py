@@ -51,7 +51,8 @@ def restore_array(runner: Runner, manifest: dict[str, Any], pixels: np.ndarray, 
     multiple = int(manifest.get("tile_multiple", 1))
     padded = window_aligned(pixels, multiple)
     overlap = aligned_overlap(overlap, multiple, tile)
-    restored = tiling.run_tiled(padded, runner, tile=tile, scale=scale, batch=batch, overlap=overlap, on_tiles=on_tiles)
+    trim = int(manifest.get("blend_trim", 0))
+    restored = tiling.run_tiled(padded, runner, tile=tile, scale=scale, batch=batch, overlap=overlap, on_tiles=on_tiles, trim=trim)
     return restored[: height * scale, : width * scale]
 
 

@@ -61,6 +61,9 @@ class ModelEntry:
     task_index: int = 0
     # the model takes exactly its default tile (IPT: embeddings sized for one 48 px patch)
     fixed_tile: bool = False
+    # >0: tiles are blended by averaging their centres, this many input pixels in from inner
+    # edges (IPT's official chop); 0: linear ramps over the overlap
+    blend_trim: int = 0
     source_file: Path | None = field(default=None, compare=False)
 
     def check_tile(self, tile: tuple[int, int]) -> None:
@@ -152,6 +155,7 @@ def entry_from_dict(data: dict[str, Any], source_file: Path | None = None) -> Mo
             fold_limit_mb=float(data.get("fold_limit_mb", 1.0)),
             task_index=int(data.get("task_index", 0)),
             fixed_tile=bool(data.get("fixed_tile", False)),
+            blend_trim=int(data.get("blend_trim", 0)),
             source_file=source_file,
         )
     except KeyError as exc:

@@ -52,6 +52,16 @@ def _ramp_window(length: int, ramp: int, before: bool, after: bool) -> np.ndarra
     return window
 
 
+def _centre_window(length: int, trim: int, before: bool, after: bool) -> np.ndarray:
+    """1-D weights: 1 on the tile's centre, 0 on the `trim` pixels at edges that have a neighbour."""
+    window = np.ones(length, dtype=np.float32)
+    if before:
+        window[:trim] = 0.0
+    if after:
+        window[length - trim :] = 0.0
+    return window
+
+
 def _pad_mode(size: int, tile: int) -> str:
     # Reflection needs at least `pad + 1` pixels to mirror; tiny images fall back to edge.
     return "reflect" if tile - size <= size - 1 else "edge"
@@ -82,12 +92,15 @@ def run_tiled(
     batch: int,
     overlap: int,
     on_tiles: Callable[[int], None] | None = None,
+    trim: int = 0,
 ) -> np.ndarray:
     """Run `infer` over `image` (float32 HWC) in fixed-size tiles; return float32 HWC output.
 
     `infer` takes float32 (batch, C, tile_h, tile_w) and returns (batch, C_out, tile_h*scale,
     tile_w*scale). The result has shape (H*scale, W*scale, C_out). `on_tiles(n)` is called
-    after each batch with the number of real tiles it held.
+    after each batch with the number of real tiles it held. Overlaps are blended with linear
+    ramps; with `trim` > 0 instead, each tile contributes only its centre, `trim` input pixels
+    in from every edge that has a neighbour, and the centres are averaged (IPT's official chop).
     """
     _validate(image, tile, scale, batch, overlap)
     tile_h, tile_w = int(tile[0]), int(tile[1])
@@ -100,12 +113,14 @@ def run_tiled(
     positions = [(row, col) for row in range(len(ys)) for col in range(len(xs))]
 
     out_th, out_tw, ramp = tile_h * scale, tile_w * scale, overlap * scale
-    row_windows = {
-        (top, bottom): _ramp_window(out_th, ramp, top, bottom) for top in (False, True) for bottom in (False, True)
-    }
-    col_windows = {
-        (left, right): _ramp_window(out_tw, ramp, left, right) for left in (False, True) for right in (False, True)
-    }
+    # neighbours' centres cover a trimmed edge only while the overlap is at least two trims
+    trim = min(int(trim), overlap // 2) * scale
+
+    def window(length: int, before: bool, after: bool) -> np.ndarray:
+        return _centre_window(length, trim, before, after) if trim else _ramp_window(length, ramp, before, after)
+
+    row_windows = {(top, bottom): window(out_th, top, bottom) for top in (False, True) for bottom in (False, True)}
+    col_windows = {(left, right): window(out_tw, left, right) for left in (False, True) for right in (False, True)}
 
     result: np.ndarray | None = None
     band_values: np.ndarray | None = None  # (C_out, out_th, pad_w*scale): sum of weight*value

@@ -267,3 +267,27 @@ def test_invalid_arguments(kwargs: dict, image: np.ndarray | None) -> None:
 def test_wrong_infer_output_shape_is_reported() -> None:
     with pytest.raises(ValueError, match="infer returned shape"):
         run_tiled(_image(20, 20), _identity, tile=(16, 16), scale=2, batch=1, overlap=4)
+
+
+def test_centre_blend_averages_the_centres_of_the_tiles_covering_a_pixel():
+    """IPT's official chop: 48 px tiles at a stride of 12, 12 px dropped at inner edges, centres
+    averaged. Each tile here outputs the mean row/column of its input, which names the tile."""
+    rows, cols = np.meshgrid(np.arange(96, dtype=np.float32), np.arange(96, dtype=np.float32), indexing="ij")
+    image = np.stack([rows, cols], axis=2)
+
+    def tile_names(batch):
+        return np.broadcast_to(batch.mean(axis=(2, 3), keepdims=True), batch.shape).copy()
+
+    out = run_tiled(image, tile_names, tile=(48, 48), scale=1, batch=4, overlap=36, trim=12)
+    # starts 0, 12, 24, 36, 48; pixel 60 lies in the centres [48, 72) of the tile at 36 and
+    # [60, 96) of the last tile (its outer edge is the image border, kept)
+    assert out[60, 60, 0] == pytest.approx(((36 + 23.5) + (48 + 23.5)) / 2)
+    # pixel 5 lies only in the first tile's kept border
+    assert out[5, 5, 1] == pytest.approx(23.5)
+    assert np.isfinite(out).all()
+
+
+def test_centre_blend_keeps_every_pixel_covered_when_the_overlap_is_small():
+    image = np.random.default_rng(0).random((70, 53, 3), dtype=np.float32)
+    out = run_tiled(image, lambda batch: batch.copy(), tile=(48, 48), scale=1, batch=2, overlap=8, trim=12)
+    np.testing.assert_allclose(out, image, atol=1e-6)  # trim is capped at half the overlap
