@@ -88,8 +88,8 @@ def build_reference(entry: ModelEntry, arch: dict[str, Any], state_dict: dict[st
     """The original model with the same weights, loaded strictly."""
     model = instantiate_reference(entry, arch)
     model.load_state_dict(state_dict, strict=True)
-    if entry.family == "ipt":
-        model = IptReference(model)
+    if entry.reference in CALLED_AS_ORIGINAL:
+        model = CALLED_AS_ORIGINAL[entry.reference](model)
     elif entry.reference_chop:
         model = ChoppedReference(model, scale=entry.scale, min_size=entry.reference_chop)
     return model.eval()
@@ -160,3 +160,7 @@ class IptReference(torch.nn.Module):
             raise ValueError(f"IPT's forward_chop takes one image of at least {patch}x{patch} px, got {tuple(x.shape)}")
         self.model.set_scale(0)
         return Model(self.model).forward_chop(x * rgb_range) / rgb_range
+
+
+# references whose original is not called as a plain module: the wrapper calls it as its own code does
+CALLED_AS_ORIGINAL: dict[str, Callable[[torch.nn.Module], torch.nn.Module]] = {"ipt": IptReference}

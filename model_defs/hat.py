@@ -21,7 +21,7 @@ deployment, none of them numerical:
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -217,11 +217,12 @@ class RHAG(nn.Module):
         return map_to_tokens(self.conv(tokens_to_map(self.residual_group(x, size, context), size))) + x
 
 
-class AttentionContext:
+class AttentionContext(NamedTuple):
     """What every block of one forward shares: the bias indices and the shifted-window mask."""
 
-    def __init__(self, sa_index: Tensor, oca_index: Tensor, mask: BandMasks | None):
-        self.sa_index, self.oca_index, self.mask = sa_index, oca_index, mask
+    sa_index: Tensor
+    oca_index: Tensor
+    mask: BandMasks | None
 
 
 def overlap_relative_position_index(window: int, overlap_window: int) -> Tensor:

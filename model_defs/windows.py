@@ -40,28 +40,15 @@ def relative_position_index(window: int) -> Tensor:
     return relative[:, :, 0] * (2 * window - 1) + relative[:, :, 1]
 
 
-@functools.lru_cache(maxsize=32)
-def _shifted_window_mask_array(h: int, w: int, window: int, shift: int) -> np.ndarray:
-    region = np.zeros((h, w), dtype=np.float32)
-    bounds = ((0, -window), (-window, -shift), (-shift, None))
-    label = 0
-    for top, bottom in bounds:
-        for left, right in bounds:
-            region[slice(top, bottom), slice(left, right)] = label
-            label += 1
-    windows = region.reshape(h // window, window, w // window, window).transpose(0, 2, 1, 3)
-    windows = windows.reshape(-1, window * window)
-    different = windows[:, None, :] != windows[:, :, None]
-    # -100, not -inf: the originals use it, and it stays finite in FP16 softmax inputs.
-    return np.where(different, -100.0, 0.0).astype(np.float32)
-
-
 def shifted_window_mask(h: int, w: int, window: int, shift: int) -> Tensor:
     """The originals' attention mask (num_windows, window^2, window^2) of shifted windows on h x w.
 
     Kept for the per-block `attn_mask` buffers of official checkpoints; graphs use `BandMasks`.
     """
-    return torch.from_numpy(_shifted_window_mask_array(h, w, window, shift))
+    rows, cols = _axis_mask(h, window, shift, axis=0), _axis_mask(w, window, shift, axis=1)
+    different = (rows[:, None] + cols[None, :]) < 0
+    tokens = window * window
+    return torch.from_numpy(np.where(different, -100.0, 0.0).astype(np.float32).reshape(-1, tokens, tokens))
 
 
 def _bands(size: int, window: int, shift: int) -> np.ndarray:

@@ -83,6 +83,23 @@ def tiny_state_dict(entry: ModelEntry, seed: int = 0) -> dict[str, torch.Tensor]
     return state
 
 
+def assert_matches_original(model_id: str, shapes: list[tuple[int, int, int, int]], atol: float = 1e-5) -> None:
+    """Our definition and the original, given the same tiny weights, agree on inputs of `shapes`
+    (batch, channels, height, width), and both upscale by the id's scale."""
+    from deploytool.models import build_def
+    from deploytool.references import build_reference
+
+    entry = tiny_entry(model_id)
+    state = tiny_state_dict(entry)
+    ours, original = build_def(entry, state), build_reference(entry, entry.arch, state)
+    for shape in shapes:
+        x = torch.rand(shape, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            expected, actual = original(x), ours(x)
+        assert actual.shape == expected.shape == (shape[0], shape[1], shape[2] * entry.scale, shape[3] * entry.scale)
+        torch.testing.assert_close(actual, expected, atol=atol, rtol=0)
+
+
 def save_official(state: dict[str, torch.Tensor], path: Path, wrapper: str | None = "params") -> Path:
     torch.save({wrapper: state} if wrapper else state, path)
     return path

@@ -6,10 +6,9 @@ from torch import nn
 
 from deploytool.errors import CheckpointError
 from deploytool.models import build_def
-from deploytool.references import build_reference
 from model_defs.hat import overlap_relative_position_index
 from model_defs.windows import overlapping_windows
-from tests.helpers import full_size_state_dicts, hat_ids, tiny_entry, tiny_state_dict
+from tests.helpers import assert_matches_original, full_size_state_dicts, hat_ids, tiny_entry, tiny_state_dict
 
 
 def unfolded_windows(x: torch.Tensor, window: int, overlap_window: int) -> torch.Tensor:
@@ -44,18 +43,9 @@ def test_oca_index_needs_the_wrap_around_the_graph_does_not():
 
 @pytest.mark.parametrize("model_id", hat_ids())
 def test_matches_original_eagerly(model_id):
-    entry = tiny_entry(model_id)
-    state = tiny_state_dict(entry)
-    ours = build_def(entry, state)
-    original = build_reference(entry, entry.arch, state)
-    window = entry.arch["window_size"]
+    window = tiny_entry(model_id).arch["window_size"]
     # a window multiple with batch 2, and an unaligned size the model reflect-pads
-    for shape in [(2, 3, 2 * window, 3 * window), (1, 3, window + 5, 2 * window + 3)]:
-        x = torch.rand(shape, generator=torch.Generator().manual_seed(1))
-        with torch.no_grad():
-            expected, actual = original(x), ours(x)
-        assert actual.shape == expected.shape == (shape[0], 3, shape[2] * entry.scale, shape[3] * entry.scale)
-        torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
+    assert_matches_original(model_id, [(2, 3, 2 * window, 3 * window), (1, 3, window + 5, 2 * window + 3)])
 
 
 @pytest.mark.parametrize("model_id", ["hat-s-x2", "hat-x3", "hat-l-x4", "real-hat-gan-x4"])

@@ -8,22 +8,14 @@ import torch
 from deploytool.errors import CheckpointError
 from deploytool.models import build_def
 from deploytool.references import build_reference
-from tests.helpers import full_size_state_dicts, save_official, swinir_ids, tiny_entry, tiny_state_dict
+from tests.helpers import assert_matches_original, full_size_state_dicts, save_official, swinir_ids, tiny_entry, tiny_state_dict
 
 
 @pytest.mark.parametrize("model_id", swinir_ids())
 def test_matches_original_eagerly(model_id):
     entry = tiny_entry(model_id)
-    state = tiny_state_dict(entry)
-    ours = build_def(entry, state)
-    original = build_reference(entry, entry.arch, state)
-    window = entry.arch["window_size"]
-    for shape in [(2, entry.channels, 2 * window, 3 * window), (1, entry.channels, 2 * window + 3, 2 * window + 5)]:
-        x = torch.rand(shape, generator=torch.Generator().manual_seed(1))
-        with torch.no_grad():
-            expected, actual = original(x), ours(x)
-        assert actual.shape == expected.shape == (shape[0], shape[1], shape[2] * entry.scale, shape[3] * entry.scale)
-        torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
+    window, channels = entry.arch["window_size"], entry.channels
+    assert_matches_original(model_id, [(2, channels, 2 * window, 3 * window), (1, channels, 2 * window + 3, 2 * window + 5)])
 
 
 @pytest.mark.parametrize("model_id", swinir_ids())
