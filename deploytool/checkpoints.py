@@ -112,9 +112,7 @@ def _read_torch(path: Path) -> Any:
                 f"refusing to load {path}: it is a pickle that needs code to unpickle ({offending}); "
                 "only plain tensor checkpoints are loaded (weights_only=True)"
             ) from None
-        raise CheckpointError(
-            f"cannot read {path}: not a PyTorch or safetensors checkpoint ({_torch_failure_reason(path, exc, message)})"
-        ) from None
+        raise CheckpointError(f"cannot read {path}: not a PyTorch or safetensors checkpoint ({_torch_failure_reason(path, exc, message)})") from None
 
 
 def _global_from_torch_message(message: str) -> str | None:
@@ -230,10 +228,7 @@ def unwrap_state_dict(obj: Any, *, path: str | os.PathLike | None = None) -> tup
     """
     label = str(path) if path is not None else "checkpoint"
     if not isinstance(obj, Mapping):
-        raise CheckpointError(
-            f"{label} holds no model weights: expected a mapping of parameter names to tensors, "
-            f"got {type(obj).__name__}"
-        )
+        raise CheckpointError(f"{label} holds no model weights: expected a mapping of parameter names to tensors, got {type(obj).__name__}")
 
     wrapper_key: str | None = None
     state = obj
@@ -255,8 +250,7 @@ def unwrap_state_dict(obj: Any, *, path: str | os.PathLike | None = None) -> tup
                 f"{_preview([_show_key(k) for k in obj])}"
             )
         raise CheckpointError(
-            f"{where} is not a flat mapping of parameter names to tensors: "
-            f"{_preview([f'{_show_key(k)} holds {type(state[k]).__name__}' for k in bad])}"
+            f"{where} is not a flat mapping of parameter names to tensors: {_preview([f'{_show_key(k)} holds {type(state[k]).__name__}' for k in bad])}"
         )
 
     result: dict[str, torch.Tensor] = dict(state)
@@ -363,14 +357,11 @@ def fetch(
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CheckpointError(
-            f"cannot create the weights cache {target.parent} ({_one_line(exc.strerror or exc)}); "
-            "set DEPLOYTOOL_CACHE to a writable directory"
+            f"cannot create the weights cache {target.parent} ({_one_line(exc.strerror or exc)}); set DEPLOYTOOL_CACHE to a writable directory"
         ) from None
 
     def fail(reason: str) -> CheckpointError:
-        return CheckpointError(
-            f"cannot download {filename} from {url} ({reason}); download it yourself and pass --weights PATH"
-        )
+        return CheckpointError(f"cannot download {filename} from {url} ({reason}); download it yourself and pass --weights PATH")
 
     with atomic_path(target) as part:
         try:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
 import click
 
+from deploytool.backends import ORT_FP16, PARITY_BACKENDS, RUNTIMES
 from deploytool.errors import DeployError
 
 
@@ -61,7 +63,11 @@ def list_models(as_json: bool) -> None:
 
     entries = registry.all_entries().values()
     if as_json:
-        click.echo(json.dumps([{"id": e.id, "family": e.family, "task": e.task, "scale": e.scale, "channels": e.channels, "tile": list(e.tile)} for e in entries], indent=2))
+        click.echo(
+            json.dumps(
+                [{"id": e.id, "family": e.family, "task": e.task, "scale": e.scale, "channels": e.channels, "tile": list(e.tile)} for e in entries], indent=2
+            )
+        )
         return
     click.echo(f"{'model id':<24} {'task':<13} {'scale':>5} {'ch':>3}  tile")
     for e in entries:
@@ -89,7 +95,13 @@ def info(model_id: str, as_json: bool) -> None:
         "batch": entry.batch,
         "overlap": entry.overlap,
         "arch": entry.arch,
-        "weights": {"filename": entry.weights.filename, "url": entry.weights.url, "sha256": entry.weights.sha256, "also": list(entry.weights.also), "note": entry.weights.note},
+        "weights": {
+            "filename": entry.weights.filename,
+            "url": entry.weights.url,
+            "sha256": entry.weights.sha256,
+            "also": list(entry.weights.also),
+            "note": entry.weights.note,
+        },
         "tolerances": entry.tolerances,
         "config": str(entry.source_file),
     }
@@ -139,39 +151,76 @@ def export(model_id, out_dir, weights, random_init, seed, tile, batch, calibrati
     )
     manifest = exporter.export(request, progress=_say)
     if as_json:
-        click.echo(json.dumps(manifest, indent=2))
+        click.echo(json.dumps(manifest.to_json(), indent=2))
 
 
 @cli.command()
 @click.argument("export_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--images", "images_dir", type=click.Path(file_okay=False, path_type=Path), help="Real images: whole-image original vs tiled backends.")
 @click.option("--weights", type=click.Path(path_type=Path), help="The export's checkpoint, if it moved.")
-@click.option("--backends", default="torch,ort,ort-fp16,trt", show_default=True, help="Comma-separated backends to compare.")
+@click.option(
+    "--backends",
+    default=",".join(PARITY_BACKENDS),
+    show_default=True,
+    help="Comma-separated backends to run. Without --save-outputs the original always runs.",
+)
 @click.option("--overlap", type=int, help="Tile overlap for --images (default: the model's).")
 @click.option("--max-images", type=int, help="Use at most this many images.")
+@click.option(
+    "--save-outputs",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Save inputs and raw outputs to this .npz, to judge with `deploytool compare` (runs exactly --backends).",
+)
+@click.option("--report", "html", is_flag=True, help="Also write parity.html: error heat maps and worst crops.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def verify(export_dir, images_dir, weights, backends, overlap, max_images, as_json) -> None:
+def verify(export_dir, images_dir, weights, backends, overlap, max_images, save_outputs, html, as_json) -> None:
     """Compare the original model, our definition, ONNX FP32/FP16 and TensorRT on the same inputs."""
     from deploytool import parity
+    from deploytool.backends import parse_backends
 
     report = parity.verify(
         export_dir,
         images_dir=images_dir,
         weights=weights,
-        backends=[b.strip() for b in backends.split(",") if b.strip()],
+        backends=parse_backends(backends),
         overlap=overlap,
         max_images=max_images,
+        save_outputs=save_outputs,
+        html=html,
         progress=_say,
     )
+    if report is None:
+        _say(f"no original in this run: judge {save_outputs} with `deploytool compare` next to results that hold it")
+        return
+    _print_parity(report, as_json)
+
+
+def _print_parity(report: dict, as_json: bool) -> None:
+    from deploytool import parity
+
     click.echo(json.dumps(report, indent=2, default=str) if as_json else parity.markdown(report))
     parity.raise_on_failure(report)
+
+
+@cli.command()
+@click.argument("results", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), help="Write parity.json and parity.md here.")
+@click.option("--report", "html", is_flag=True, help="With --report-dir: also write parity.html.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def compare(results, report_dir, html, as_json) -> None:
+    """Judge results saved by `verify --save-outputs` (from any machines), without running a model."""
+    from deploytool import parity
+
+    if html and report_dir is None:
+        raise click.UsageError("--report needs --report-dir")
+    _print_parity(parity.compare(list(results), report_dir=report_dir, html=html), as_json)
 
 
 @cli.command()
 @click.argument("export_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output file (one input) or folder.")
-@click.option("--backend", type=click.Choice(["torch", "ort", "ort-fp16", "trt"]), default="ort-fp16", show_default=True)
+@click.option("--backend", type=click.Choice(RUNTIMES), default=ORT_FP16, show_default=True)
 @click.option("--overlap", type=int, help="Tile overlap in input pixels (default: the model's).")
 @click.option("--weights", type=click.Path(path_type=Path), help="The export's checkpoint, if it moved (torch backend).")
 @click.option("--cuda-graph", is_flag=True, help="TensorRT: replay one captured CUDA graph per batch of tiles.")
@@ -179,35 +228,38 @@ def verify(export_dir, images_dir, weights, backends, overlap, max_images, as_js
 def run(export_dir, inputs, output, backend, overlap, weights, cuda_graph, as_json) -> None:
     """Restore or upscale images of any size with an export, tile by tile.
 
-    Dual-view models (restormer-dual-defocus) take INPUTS in pairs: LEFT RIGHT [LEFT RIGHT ...].
+    Models of several views (restormer-dual-defocus) take INPUTS in groups, one file per view in
+    the manifest's order: LEFT RIGHT [LEFT RIGHT ...].
     """
     from tqdm import tqdm
 
-    from deploytool import inference, inputs as input_sources
+    from deploytool import inference
+    from deploytool import inputs as input_sources
     from deploytool.backends import open_runner
-    from deploytool.export import read_manifest
+    from deploytool.manifest import read_manifest
 
     manifest = read_manifest(export_dir)
-    overlap = int(manifest["overlap"]) if overlap is None else overlap
-    sources = [p for item in inputs for p in (input_sources.list_images(item) if item.is_dir() else [item])]
-    if int(manifest["channels"]) == 6:
-        if len(sources) % 2:
-            raise DeployError(f"{manifest['model_id']} takes images in pairs (left view, right view); {len(sources)} given")
-        sources = list(zip(sources[::2], sources[1::2]))
+    overlap = manifest.overlap(overlap)
+    sources = inference.group_sources(manifest, [p for item in inputs for p in (input_sources.list_images(item) if item.is_dir() else [item])])
     if len(sources) > 1 and output.suffix:
         raise DeployError(f"{len(sources)} inputs need an output folder, not the file {output}")
-    runner = open_runner(export_dir, manifest, backend, weights=weights, cuda_graph=cuda_graph)
     results = []
-    for source in sources:
-        first = source[0] if isinstance(source, tuple) else source
-        destination = output / first.name if (len(sources) > 1 or not output.suffix) else output
-        with tqdm(desc=first.name, unit="tile", file=sys.stderr, disable=None) as bar:
-            results.append(
-                inference.restore_file(
-                    runner, manifest, source, destination, overlap=overlap,
-                    on_tiles=bar.update, on_start=lambda total: setattr(bar, "total", total),
+    with open_runner(export_dir, manifest, backend, weights=weights, cuda_graph=cuda_graph) as runner:
+        for source in sources:
+            first = source[0] if isinstance(source, tuple) else source
+            destination = output / first.name if (len(sources) > 1 or not output.suffix) else output
+            with tqdm(desc=first.name, unit="tile", file=sys.stderr, disable=None) as bar:
+                results.append(
+                    inference.restore_file(
+                        runner,
+                        manifest,
+                        source,
+                        destination,
+                        overlap=overlap,
+                        on_tiles=bar.update,
+                        on_start=lambda total: setattr(bar, "total", total),
+                    )
                 )
-            )
     if as_json:
         click.echo(json.dumps({"backend": backend, "images": results}, indent=2))
     else:
@@ -219,7 +271,12 @@ def run(export_dir, inputs, output, backend, overlap, weights, cuda_graph, as_js
 @click.argument("export_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--dataset", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder with HR/ and LR_bicubic/X<scale>/.")
 @click.option("--scale", type=int, required=True)
-@click.option("--methods", default="reference,ort,ort-fp16,bicubic", show_default=True, help="reference (original, whole image), torch, ort, ort-fp16, trt (tiled), bicubic.")
+@click.option(
+    "--methods",
+    default="reference,ort,ort-fp16,bicubic",
+    show_default=True,
+    help="reference (original, whole image), torch, ort, ort-fp16, trt (tiled), bicubic.",
+)
 @click.option("--overlap", type=int, help="Tile overlap (default: the model's).")
 @click.option("--weights", type=click.Path(path_type=Path), help="The export's checkpoint, if it moved.")
 @click.option("--json", "as_json", is_flag=True)
@@ -227,12 +284,12 @@ def evaluate(export_dir, dataset, scale, methods, overlap, weights, as_json) -> 
     """PSNR/SSIM on the Y channel of an SR test set (BasicSR convention), with a bicubic baseline."""
     from deploytool import evaluation
     from deploytool.backends import open_runner
-    from deploytool.export import read_manifest
+    from deploytool.manifest import read_manifest
     from deploytool.models import export_weights
     from deploytool.parity import original_runner
 
     manifest = read_manifest(export_dir)
-    overlap = int(manifest["overlap"]) if overlap is None else overlap
+    overlap = manifest.overlap(overlap)
     chosen = {}
     for method in [m.strip() for m in methods.split(",") if m.strip()]:
         if method == evaluation.BICUBIC:
@@ -242,7 +299,7 @@ def evaluate(export_dir, dataset, scale, methods, overlap, weights, as_json) -> 
             chosen[method] = evaluation.whole_image_method(original_runner(entry, state_dict))
         else:
             chosen[method] = evaluation.tiled_method(open_runner(export_dir, manifest, method, weights=weights), manifest, overlap)
-    report = evaluation.evaluate(manifest, dataset, chosen, scale=scale, progress=_say)
+    report = evaluation.evaluate(manifest.model_id, manifest.scale, dataset, chosen, scale=scale, progress=_say)
     click.echo(json.dumps(report, indent=2) if as_json else evaluation.markdown(report))
 
 
@@ -271,14 +328,14 @@ def build(export_dir, workspace, opt_level, timing_cache, as_json) -> None:
     from deploytool import engines
 
     options = engines.BuildOptions(workspace_bytes=engines.parse_size(workspace), opt_level=opt_level, timing_cache=timing_cache)
-    entry = engines.build_engine(export_dir, options, progress=_say)
+    name, entry = engines.build_engine(export_dir, options, progress=_say)
     if as_json:
-        click.echo(json.dumps(entry, indent=2))
+        click.echo(json.dumps({"file": name, **dataclasses.asdict(entry)}, indent=2))
 
 
 @cli.command()
 @click.argument("export_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--backend", "backends", default="ort,ort-fp16", show_default=True, help="Comma-separated: torch, ort, ort-fp16, trt; ratios are against the first.")
+@click.option("--backend", "backends", default="ort,ort-fp16", show_default=True, help=f"Comma-separated: {', '.join(RUNTIMES)}; ratios are against the first.")
 @click.option("--runs", type=click.IntRange(1), default=10, show_default=True)
 @click.option("--warmup", type=click.IntRange(0), default=2, show_default=True)
 @click.option("--cuda-graph", is_flag=True, help="TensorRT: replay one captured CUDA graph per batch.")
@@ -287,10 +344,9 @@ def build(export_dir, workspace, opt_level, timing_cache, as_json) -> None:
 def bench(export_dir, backends, runs, warmup, cuda_graph, weights, as_json) -> None:
     """Latency and tiles/s of an export's backends on this machine, in one run."""
     from deploytool import benchmark
+    from deploytool.backends import parse_backends
 
-    report = benchmark.bench(
-        export_dir, [b.strip() for b in backends.split(",") if b.strip()], runs=runs, warmup=warmup, cuda_graph=cuda_graph, weights=weights, progress=_say
-    )
+    report = benchmark.bench(export_dir, parse_backends(backends, RUNTIMES), runs=runs, warmup=warmup, cuda_graph=cuda_graph, weights=weights, progress=_say)
     click.echo(json.dumps(report, indent=2) if as_json else benchmark.markdown(report))
 
 

@@ -11,6 +11,7 @@ import platform
 import sys
 from typing import Any
 
+from deploytool.backends import ORT, ORT_FP16, TORCH, TRT
 from deploytool.backends.tensorrt import NOT_INSTALLED
 
 
@@ -42,9 +43,7 @@ def probe() -> dict[str, Any]:
         if torch.cuda.is_available():
             for index in range(torch.cuda.device_count()):
                 props = torch.cuda.get_device_properties(index)
-                facts["gpus"].append(
-                    {"name": props.name, "compute_capability": [props.major, props.minor], "memory_gb": round(props.total_memory / 2**30, 1)}
-                )
+                facts["gpus"].append({"name": props.name, "compute_capability": [props.major, props.minor], "memory_gb": round(props.total_memory / 2**30, 1)})
     if facts["onnxruntime"]:
         import onnxruntime
 
@@ -58,9 +57,9 @@ def capabilities(facts: dict[str, Any]) -> dict[str, str]:
 
     gpu = facts["gpus"][0] if facts["gpus"] else None
     missing = [name for name in ("torch", "onnx", "onnxsim", "onnxruntime") if not facts.get(name)]
-    backends = [] if not facts.get("torch") else ["torch"]
+    backends = [] if not facts.get("torch") else [TORCH]
     if facts.get("onnxruntime"):
-        backends += ["ort", "ort-fp16"]
+        backends += [ORT, ORT_FP16]
     ort_device = "CUDA" if gpu and "CUDAExecutionProvider" in facts["ort_providers"] else "CPU"
 
     if not facts.get("tensorrt"):
@@ -77,7 +76,7 @@ def capabilities(facts: dict[str, Any]) -> dict[str, str]:
         else:
             build = f"yes: TensorRT {facts['tensorrt']} predates strongly typed networks; model.onnx with the FP16 flag and the FP32 islands pinned, for {gpu['name']} ({sm})"
         if build.startswith("yes"):
-            backends.append("trt")
+            backends.append(TRT)
 
     return {
         "export": f"no: missing {', '.join(missing)}" if missing else "yes (CPU is enough)",

@@ -11,23 +11,29 @@ islands. Everything but `build_engine` is pure and tested without TensorRT.
 
 from __future__ import annotations
 
-import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import onnx
 
-from deploytool import export
 from deploytool.backends.tensorrt import engine_filename, require_tensorrt
 from deploytool.errors import BackendUnavailable, DeployError
-from deploytool.fileio import atomic_path, sha256_file, write_text_atomic
+from deploytool.fileio import atomic_path, sha256_file
+from deploytool.graphs import tensor_types
+from deploytool.manifest import (
+    FP16_FILE,
+    FP32_FILE,
+    TIMING_CACHE,
+    EngineRecord,
+    read_manifest,
+)
 
 STRONGLY_TYPED_SINCE = (10, 12)
 OLDEST_SUPPORTED = (10, 0)
-TIMING_CACHE = "timing.cache"
 
 
 def parse_version(version: str) -> tuple[int, ...]:
@@ -60,8 +66,8 @@ def plan_build(trt_version: str, fp32_islands: tuple[str, ...]) -> BuildPlan:
     if version < OLDEST_SUPPORTED:
         raise DeployError(f"TensorRT {trt_version} is too old: deploytool builds with TensorRT 10 or 11")
     if version >= STRONGLY_TYPED_SINCE:
-        return BuildPlan(graph=export.FP16_FILE, strongly_typed=True, fp16_flag=False)
-    return BuildPlan(graph=export.FP32_FILE, strongly_typed=False, fp16_flag=True, fp32_layers=tuple(fp32_islands))
+        return BuildPlan(graph=FP16_FILE, strongly_typed=True, fp16_flag=False)
+    return BuildPlan(graph=FP32_FILE, strongly_typed=False, fp16_flag=True, fp32_layers=tuple(fp32_islands))
 
 
 def fp32_islands(fp16_model: onnx.ModelProto) -> tuple[str, ...]:
@@ -72,9 +78,7 @@ def fp32_islands(fp16_model: onnx.ModelProto) -> tuple[str, ...]:
     """
     from onnx import TensorProto
 
-    types = {vi.name: vi.type.tensor_type.elem_type for vi in onnx.shape_inference.infer_shapes(fp16_model).graph.value_info}
-    types.update({i.name: i.data_type for i in fp16_model.graph.initializer})
-    types.update({o.name: o.type.tensor_type.elem_type for o in fp16_model.graph.output})
+    types = {name: tensor.elem_type for name, tensor in tensor_types(fp16_model).items()}
     islands = []
     for node in fp16_model.graph.node:
         if node.op_type == "Cast":
@@ -100,26 +104,19 @@ class BuildOptions:
     timing_cache: Path | None = None  # default: timing.cache next to the engine
 
 
-def record(manifest: dict[str, Any], name: str, entry: dict[str, Any]) -> dict[str, Any]:
-    """The manifest with engine `name` recorded (other engines kept)."""
-    updated = json.loads(json.dumps(manifest))
-    updated.setdefault("engines", {})[name] = entry
-    return updated
-
-
-def build_engine(export_dir: str | Path, options: BuildOptions = BuildOptions(), progress: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
-    """Build the engine of an export for this GPU and TensorRT; returns its manifest record."""
+def build_engine(export_dir: str | Path, options: BuildOptions = BuildOptions(), progress: Callable[[str], None] = lambda m: None) -> tuple[str, EngineRecord]:
+    """Build the engine of an export for this GPU and TensorRT; returns its file name and record."""
     export_dir = Path(export_dir)
-    manifest = export.read_manifest(export_dir)
+    manifest = read_manifest(export_dir)
     trt = require_tensorrt()
     import torch
 
     if not torch.cuda.is_available():
         raise BackendUnavailable("building a TensorRT engine needs a CUDA GPU, and torch sees none on this machine")
     capability, version = torch.cuda.get_device_capability(), trt.__version__
-    islands = fp32_islands(onnx.load(str(export.check_file(export_dir, manifest, export.FP16_FILE)), load_external_data=False))
+    islands = fp32_islands(onnx.load(str(manifest.check_file(export_dir, FP16_FILE)), load_external_data=False))
     plan = plan_build(version, islands)
-    graph_path = export.check_file(export_dir, manifest, plan.graph)
+    graph_path = manifest.check_file(export_dir, plan.graph)
     progress(f"TensorRT {version} on {torch.cuda.get_device_name()} (sm{capability[0]}{capability[1]}): {plan.describe()}")
 
     logger = trt.Logger(trt.Logger.WARNING)
@@ -154,22 +151,21 @@ def build_engine(export_dir: str | Path, options: BuildOptions = BuildOptions(),
         tmp.write_bytes(bytes(serialized))
     with atomic_path(cache_path) as tmp:
         tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
-    entry = {
-        "file": name,
-        "sha256": sha256_file(export_dir / name),
-        "bytes": (export_dir / name).stat().st_size,
-        "gpu": torch.cuda.get_device_name(),
-        "compute_capability": list(capability),
-        "tensorrt": version,
-        "plan": asdict(plan) | {"fp32_layers": len(plan.fp32_layers)},
-        "workspace_bytes": options.workspace_bytes,
-        "opt_level": options.opt_level,
-        "timing_cache": str(cache_path),
-        "build_seconds": round(seconds, 1),
-    }
-    write_text_atomic(export_dir / export.MANIFEST, json.dumps(record(manifest, name, entry), indent=2) + "\n")
+    entry = EngineRecord(
+        sha256=sha256_file(export_dir / name),
+        bytes=(export_dir / name).stat().st_size,
+        gpu=torch.cuda.get_device_name(),
+        compute_capability=tuple(capability),
+        tensorrt=version,
+        plan=asdict(plan) | {"fp32_layers": len(plan.fp32_layers)},
+        workspace_bytes=options.workspace_bytes,
+        opt_level=options.opt_level,
+        timing_cache=str(cache_path),
+        build_seconds=round(seconds, 1),
+    )
+    manifest.with_engine(name, entry).write(export_dir)
     progress(f"engine {name} built in {seconds:.0f} s")
-    return entry
+    return name, entry
 
 
 def pin_fp32(network: Any, node_names: set[str], trt: Any) -> int:

@@ -7,10 +7,10 @@ BasicSR's `calculate_psnr(..., test_y_channel=True)` / `calculate_ssim` compute 
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import cv2
 import numpy as np
@@ -18,6 +18,8 @@ import numpy as np
 from deploytool import images, inference
 from deploytool import inputs as input_sources
 from deploytool.errors import DeployError
+from deploytool.manifest import Manifest
+from deploytool.metrics import psnr
 
 BICUBIC = "bicubic"
 REFERENCE = "reference"
@@ -33,11 +35,6 @@ def y_channel(rgb: np.ndarray) -> np.ndarray:
     if rgb.ndim == 2 or rgb.shape[2] == 1:
         rgb = np.repeat(rgb.reshape(rgb.shape[0], rgb.shape[1], 1), 3, axis=2)
     return rgb @ np.array([65.481, 128.553, 24.966]) + 16.0
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
 
 
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
@@ -60,7 +57,7 @@ def score(sr_uint8: np.ndarray, hr_uint8: np.ndarray, crop: int) -> tuple[float,
     sr_y, hr_y = y_channel(sr_uint8), y_channel(hr_uint8)
     if crop:
         sr_y, hr_y = sr_y[crop:-crop, crop:-crop], hr_y[crop:-crop, crop:-crop]
-    return psnr(sr_y, hr_y), ssim(sr_y, hr_y)
+    return psnr(sr_y, hr_y, peak=255.0), ssim(sr_y, hr_y)
 
 
 def bicubic_upscale(lr: np.ndarray, scale: int) -> np.ndarray:
@@ -96,7 +93,8 @@ def dataset_pairs(dataset: Path, scale: int) -> list[tuple[Path, Path]]:
 
 
 def evaluate(
-    manifest: dict[str, Any],
+    model_id: str,
+    model_scale: int,
     dataset: str | Path,
     methods: dict[str, Callable[[np.ndarray], np.ndarray] | None],
     *,
@@ -104,12 +102,12 @@ def evaluate(
     progress: Callable[[str], None] = lambda message: None,
 ) -> dict[str, Any]:
     """Score each method (a callable LR HWC [0,1] -> SR HWC, or None for bicubic) on a dataset."""
-    if scale != int(manifest["scale"]):
-        raise DeployError(f"--scale {scale} does not match the export's scale x{manifest['scale']}")
+    if scale != model_scale:
+        raise DeployError(f"--scale {scale} does not match the export's scale x{model_scale}")
     rows: list[ImageScore] = []
     for lr_path, hr_path in dataset_pairs(Path(dataset), scale):
-        lr = images.fit_channels(images.read_image(lr_path).pixels, 3, model_id=manifest["model_id"], path=lr_path)
-        hr = to_uint8(images.fit_channels(images.read_image(hr_path).pixels, 3, model_id=manifest["model_id"], path=hr_path))
+        lr = images.fit_channels(images.read_image(lr_path).pixels, 3, model_id=model_id, path=lr_path)
+        hr = to_uint8(images.fit_channels(images.read_image(hr_path).pixels, 3, model_id=model_id, path=hr_path))
         hr = hr[: lr.shape[0] * scale, : lr.shape[1] * scale]
         for method, run in methods.items():
             progress(f"{lr_path.name}: {method}")
@@ -124,7 +122,7 @@ def evaluate(
         }
         for method in methods
     }
-    return {"model_id": manifest["model_id"], "dataset": str(dataset), "scale": scale, "summary": summary, "images": [asdict(r) for r in rows]}
+    return {"model_id": model_id, "dataset": str(dataset), "scale": scale, "summary": summary, "images": [asdict(r) for r in rows]}
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -139,7 +137,7 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def tiled_method(runner, manifest: dict[str, Any], overlap: int) -> Callable[[np.ndarray], np.ndarray]:
+def tiled_method(runner, manifest: Manifest, overlap: int) -> Callable[[np.ndarray], np.ndarray]:
     return lambda lr: inference.restore_array(runner, manifest, lr, overlap=overlap)
 
 

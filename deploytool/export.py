@@ -1,22 +1,22 @@
 """torch -> ONNX at one static tile, simplified, checked, plus the FP16 deploy graph and manifest.
 
-The export directory is the contract every family follows:
-`model.onnx` (FP32, simplified), `model_fp16.onnx` (FP16 with FP32 islands, FP32 IO) and
-`manifest.json` (written last: a directory without it is an unfinished export).
+Writes an export folder (`deploytool.manifest` owns its layout): `model.onnx` (FP32,
+simplified), `model_fp16.onnx` (FP16 with FP32 islands, FP32 IO) and `manifest.json` (written
+last: a folder without it is an unfinished export). Only the exporter imports this module.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import onnx
@@ -26,19 +26,50 @@ from onnx import numpy_helper
 from deploytool import inputs as calib_inputs
 from deploytool import precision
 from deploytool.errors import DeployError, ExportError
-from deploytool.fileio import atomic_path, sha256_file, write_text_atomic
-from deploytool.models import WeightsSource, build_def, load_state_dict
+from deploytool.fileio import atomic_path, sha256_file
+from deploytool.graphs import tensor_types
+from deploytool.manifest import (
+    BLEND_CENTRE,
+    BLEND_RAMP,
+    FP16_FILE,
+    FP32_FILE,
+    INPUT_NAME,
+    MANIFEST_FILE,
+    OUTPUT_NAME,
+    PAD_REFLECT,
+    SCHEMA_VERSION,
+    VIEW_COLORS,
+    Blend,
+    FileRecord,
+    Fp16Summary,
+    GraphInput,
+    GraphOutput,
+    GraphStats,
+    Manifest,
+    ModelInfo,
+    Tiling,
+    WeightsSource,
+    views_for,
+)
+from deploytool.models import build_def, load_state_dict
 from deploytool.registry import ModelEntry
 
 OPSET = 17  # >= 17: LayerNorm exports as one LayerNormalization node
-INPUT_NAME, OUTPUT_NAME = "input", "output"
-MANIFEST = "manifest.json"
-FP32_FILE, FP16_FILE = "model.onnx", "model_fp16.onnx"
-MANIFEST_FORMAT = 1
 # Ops that mean shape arithmetic or data-dependent shapes, or that TensorRT cannot run (Col2Im).
 FORBIDDEN_OPS = frozenset({"Shape", "Size", "Col2Im", "NonZero", "ConstantOfShape", "Range", "Loop", "If", "Scan", "Unique"})
 # Inputs (by position) that must be constants for a static graph.
-STATIC_OPERANDS = {"Reshape": (1,), "Expand": (1,), "Tile": (1,), "Pad": (1, 2), "Slice": (1, 2, 3, 4), "Resize": (1, 2, 3), "Split": (1,), "Squeeze": (1,), "Unsqueeze": (1,), "TopK": (1,)}
+STATIC_OPERANDS = {
+    "Reshape": (1,),
+    "Expand": (1,),
+    "Tile": (1,),
+    "Pad": (1, 2),
+    "Slice": (1, 2, 3, 4),
+    "Resize": (1, 2, 3),
+    "Split": (1,),
+    "Squeeze": (1,),
+    "Unsqueeze": (1,),
+    "TopK": (1,),
+}
 
 Progress = Callable[[str], None]
 
@@ -104,15 +135,7 @@ def _hold_expanding_constants(model: onnx.ModelProto, limit_bytes: int) -> int:
     """Hide from constant folding the nodes that compute, from constants only, a tensor above
     `limit_bytes` and larger than every input (a bias gathered from a small table, a broadcast):
     folded, each becomes a large initializer. Returns how many were held."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    nbytes: dict[str, int] = {}
-    for init in model.graph.initializer:
-        nbytes[init.name] = int(np.prod(init.dims)) * onnx.helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
-    for vi in inferred.graph.value_info:
-        tensor_type = vi.type.tensor_type
-        if tensor_type.elem_type and all(d.HasField("dim_value") for d in tensor_type.shape.dim):
-            dims = [d.dim_value for d in tensor_type.shape.dim]
-            nbytes[vi.name] = int(np.prod(dims)) * onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).itemsize
+    nbytes = {name: tensor.nbytes for name, tensor in tensor_types(model).items()}
     constant = {init.name for init in model.graph.initializer}
     held = 0
     for node in model.graph.node:
@@ -189,11 +212,9 @@ def static_graph_violations(model: onnx.ModelProto) -> list[str]:
         for position in STATIC_OPERANDS.get(node.op_type, ()):
             if position < len(node.input) and node.input[position] and node.input[position] not in constants:
                 problems.append(f"{node.op_type} node {node.name} takes a computed operand {position}")
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
-    for vi in [*inferred.graph.input, *inferred.graph.output, *inferred.graph.value_info]:
-        dims = vi.type.tensor_type.shape.dim
-        if not vi.type.tensor_type.HasField("shape") or any(not d.HasField("dim_value") for d in dims):
-            problems.append(f"tensor {vi.name} has no static shape")
+    for name, tensor in tensor_types(model, strict=True).items():
+        if not tensor.static:
+            problems.append(f"tensor {name} has no static shape")
     return problems
 
 
@@ -235,7 +256,7 @@ def versions() -> dict[str, str]:
     }
 
 
-def export(request: ExportRequest, progress: Progress = lambda message: None) -> dict[str, Any]:
+def export(request: ExportRequest, progress: Progress = lambda message: None) -> Manifest:
     """Run every export stage into `request.out_dir`; returns the manifest."""
     entry, out_dir = request.entry, request.out_dir
     entry.check_tile(request.tile)
@@ -288,14 +309,13 @@ def export(request: ExportRequest, progress: Progress = lambda message: None) ->
             onnx.checker.check_model(fp16_graph, full_check=True)
             save_model(fp16_graph, staging / FP16_FILE)
             files.append(FP16_FILE)
-        manifest = build_manifest(request, staging, files, graph, traced_nodes, merged, fp16_report, time.perf_counter() - started)
-        manifest["unused_weights"] = unused
+        manifest = build_manifest(request, staging, files, graph, traced_nodes, merged, fp16_report, unused, time.perf_counter() - started)
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / MANIFEST).unlink(missing_ok=True)
+        (out_dir / MANIFEST_FILE).unlink(missing_ok=True)
         for name in files:
             shutil.move(str(staging / name), out_dir / name)
-        write_text_atomic(out_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
-    progress(f"done in {manifest['export_seconds']:.1f} s: {out_dir}")
+        manifest.write(out_dir)
+    progress(f"done in {manifest.export_seconds:.1f} s: {out_dir}")
     return manifest
 
 
@@ -312,62 +332,46 @@ def build_manifest(
     traced_nodes: int,
     merged_initializers: int,
     fp16_report: precision.Fp16Report | None,
+    unused: dict[str, str],
     seconds: float,
-) -> dict[str, Any]:
-    entry = request.entry
-    in_shape = [request.batch, entry.channels, *request.tile]
-    out_shape = [request.batch, entry.out_channels, request.tile[0] * entry.scale, request.tile[1] * entry.scale]
-    return {
-        "format": MANIFEST_FORMAT,
-        "model_id": entry.id,
-        "family": entry.family,
-        "task": entry.task,
-        "scale": entry.scale,
-        "channels": entry.channels,
-        "out_channels": entry.out_channels,
-        "tile": list(request.tile),
-        "tile_multiple": entry.tile_multiple,
-        "batch": request.batch,
-        "overlap": entry.overlap,
-        "blend_trim": entry.blend_trim,
-        "input": {"name": INPUT_NAME, "shape": in_shape, "dtype": "float32", "layout": "NCHW", "color": color_name(entry.channels), "range": [0.0, 1.0]},
-        "output": {"name": OUTPUT_NAME, "shape": out_shape, "dtype": "float32", "layout": "NCHW", "color": color_name(entry.out_channels), "range": [0.0, 1.0], "clamped": False},
-        "arch": entry.arch,
-        "opset": OPSET,
-        "exporter": "torch.onnx.export (TorchScript tracer, dynamo=False) + onnxsim",
-        "versions": versions(),
-        "source": request.source.to_json(),
-        "graph": {"traced_nodes": traced_nodes, "merged_initializers": merged_initializers, **graph_summary(graph)},
-        "fp16": fp16_report.to_json() if fp16_report else None,
-        "files": {name: {"sha256": sha256_file(staging / name), "bytes": (staging / name).stat().st_size} for name in files},
-        "tolerances": entry.tolerances,
-        "export_seconds": round(seconds, 2),
-    }
-
-
-def color_name(channels: int) -> str:
-    return {1: "gray", 3: "RGB", 6: "two RGB views stacked: left R,G,B then right R,G,B"}.get(channels, f"{channels}-channel")
-
-
-def read_manifest(export_dir: str | Path) -> dict[str, Any]:
-    path = Path(export_dir) / MANIFEST
-    if not path.is_file():
-        raise DeployError(f"{export_dir} is not a finished export (no {MANIFEST}); run `deploytool export` first")
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DeployError(f"cannot read {path}: {exc}") from None
-    if manifest.get("format") != MANIFEST_FORMAT:
-        raise DeployError(f"{path} has manifest format {manifest.get('format')!r}; this deploytool reads format {MANIFEST_FORMAT}")
-    return manifest
-
-
-def check_file(export_dir: str | Path, manifest: dict[str, Any], name: str) -> Path:
-    """Path of an exported file, refusing one that is missing or changed since export."""
-    path = Path(export_dir) / name
-    recorded = manifest["files"].get(name) or manifest.get("engines", {}).get(name)
-    if recorded is None or not path.is_file():
-        raise DeployError(f"{path} is missing from the export")
-    if sha256_file(path) != recorded["sha256"]:
-        raise DeployError(f"{path} changed since export (sha256 differs from manifest.json); re-export")
-    return path
+) -> Manifest:
+    entry, tile, batch = request.entry, request.tile, request.batch
+    return Manifest(
+        schema_version=SCHEMA_VERSION,
+        model_id=entry.id,
+        model=ModelInfo(
+            family=entry.family,
+            task=entry.task,
+            description=entry.description,
+            arch=entry.arch,
+            reference=entry.reference,
+            reference_chop=entry.reference_chop,
+            task_index=entry.task_index,
+        ),
+        scale=entry.scale,
+        input=GraphInput(name=INPUT_NAME, shape=(batch, entry.channels, *tile), views=views_for(entry.views, entry.channels)),
+        output=GraphOutput(
+            name=OUTPUT_NAME,
+            shape=(batch, entry.out_channels, tile[0] * entry.scale, tile[1] * entry.scale),
+            color=VIEW_COLORS.get(entry.out_channels, f"{entry.out_channels}-channel"),
+        ),
+        tiling=Tiling(
+            tile=tuple(tile),
+            tile_multiple=entry.tile_multiple,
+            fixed_tile=entry.fixed_tile,
+            batch=batch,
+            overlap=entry.overlap,
+            padding=PAD_REFLECT,
+            blend=Blend(BLEND_CENTRE, trim=entry.blend_trim) if entry.blend_trim else Blend(BLEND_RAMP, width=entry.overlap),
+        ),
+        opset=OPSET,
+        exporter="torch.onnx.export (TorchScript tracer, dynamo=False) + onnxsim",
+        versions=versions(),
+        source=request.source,
+        graph=GraphStats(traced_nodes=traced_nodes, merged_initializers=merged_initializers, **graph_summary(graph)),
+        fp16=None if fp16_report is None else Fp16Summary(**{**fp16_report.to_json(), "largest_ranges": tuple(fp16_report.largest_ranges)}),
+        files={name: FileRecord(sha256=sha256_file(staging / name), bytes=(staging / name).stat().st_size) for name in files},
+        tolerances=entry.tolerances,
+        export_seconds=round(seconds, 2),
+        unused_weights=unused,
+    )

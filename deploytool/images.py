@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import cv2
 import numpy as np
@@ -79,10 +79,7 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
     elif raw.dtype == np.uint16:
         bit_depth = 16
     else:
-        raise ImageError(
-            f"{path}: unsupported sample type {raw.dtype} ({raw.dtype.itemsize * 8}-bit); "
-            "only 8-bit and 16-bit integer images are supported"
-        )
+        raise ImageError(f"{path}: unsupported sample type {raw.dtype} ({raw.dtype.itemsize * 8}-bit); only 8-bit and 16-bit integer images are supported")
     if raw.size == 0:
         raise ImageError(f"{path}: image has zero size {raw.shape}")
     if raw.ndim == 2:
@@ -121,15 +118,9 @@ def write_image(
     if not cv2.haveImageWriter(f"x{suffix}"):
         raise ImageError(f"{path}: OpenCV cannot write {suffix} images")
     if bit_depth == 16 and suffix not in _SIXTEEN_BIT_SUFFIXES:
-        raise ImageError(
-            f"{path}: {suffix} cannot hold 16-bit samples; "
-            f"use one of {', '.join(sorted(_SIXTEEN_BIT_SUFFIXES))} or write 8-bit"
-        )
+        raise ImageError(f"{path}: {suffix} cannot hold 16-bit samples; use one of {', '.join(sorted(_SIXTEEN_BIT_SUFFIXES))} or write 8-bit")
     if alpha is not None and suffix not in _ALPHA_SUFFIXES:
-        raise ImageError(
-            f"{path}: {suffix} cannot hold an alpha channel; "
-            f"use one of {', '.join(sorted(_ALPHA_SUFFIXES))}"
-        )
+        raise ImageError(f"{path}: {suffix} cannot hold an alpha channel; use one of {', '.join(sorted(_ALPHA_SUFFIXES))}")
 
     pixels = np.asarray(pixels)
     if pixels.ndim == 2:
@@ -175,14 +166,10 @@ def write_image(
                 reason = ": " + " ".join(str(exc).split())
         if not ok:
             channels = out.shape[2] if out.ndim == 3 else 1
-            raise ImageError(
-                f"{path}: OpenCV could not write a {channels}-channel {bit_depth}-bit image as {suffix}{reason}"
-            )
+            raise ImageError(f"{path}: OpenCV could not write a {channels}-channel {bit_depth}-bit image as {suffix}{reason}")
 
 
-def fit_channels(
-    pixels: np.ndarray, channels: int, *, model_id: str, path: str | os.PathLike
-) -> np.ndarray:
+def fit_channels(pixels: np.ndarray, channels: int, *, model_id: str, path: str | os.PathLike) -> np.ndarray:
     """Return HWC `pixels` with exactly `channels` channels for the model `model_id`.
 
     Gray images are replicated for RGB models; RGB images are refused by gray models rather
@@ -194,9 +181,7 @@ def fit_channels(
     if channels == 3 and have == 1:
         return np.repeat(pixels, 3, axis=2)
     if channels == 1 and have == 3:
-        raise ImageError(
-            f"{model_id} takes 1-channel (grayscale) images; {path} is RGB: convert it to grayscale first"
-        )
+        raise ImageError(f"{model_id} takes 1-channel (grayscale) images; {path} is RGB: convert it to grayscale first")
     raise ImageError(f"{model_id} takes {channels}-channel images; {path} has {have} channels")
 
 

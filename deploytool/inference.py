@@ -2,29 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from deploytool import images, tiling
 from deploytool.backends import Runner
 from deploytool.errors import ImageError
+from deploytool.manifest import BLEND_CENTRE, Manifest
+from deploytool.tiling import round_up
 
 OnTiles = Callable[[int], None]
-
-
-def tile_shape(manifest: dict[str, Any]) -> tuple[tuple[int, int], int]:
-    return tuple(manifest["tile"]), int(manifest["batch"])
+# One image file, or one file per view for models that take several (dual-pixel: left, right)
+Source = str | Path | tuple[Path, ...]
 
 
 def aligned_overlap(overlap: int, multiple: int, tile: tuple[int, int]) -> int:
     """The overlap rounded up to a window multiple, and kept below the tile."""
-    return min(-(-overlap // multiple) * multiple, (min(tile) - 1) // multiple * multiple)
+    return min(round_up(overlap, multiple), (min(tile) - 1) // multiple * multiple)
 
 
 def padded_size(height: int, width: int, multiple: int) -> tuple[int, int]:
-    return -(-height // multiple) * multiple, -(-width // multiple) * multiple
+    return round_up(height, multiple), round_up(width, multiple)
 
 
 def window_aligned(pixels: np.ndarray, multiple: int) -> np.ndarray:
@@ -43,47 +44,58 @@ def window_aligned(pixels: np.ndarray, multiple: int) -> np.ndarray:
     return pixels
 
 
-def restore_array(runner: Runner, manifest: dict[str, Any], pixels: np.ndarray, *, overlap: int, on_tiles: OnTiles | None = None) -> np.ndarray:
+def restore_array(runner: Runner, manifest: Manifest, pixels: np.ndarray, *, overlap: int, on_tiles: OnTiles | None = None) -> np.ndarray:
     """HWC float32 in the model's channel count -> restored HWC float32 (unclamped)."""
-    tile, batch = tile_shape(manifest)
-    scale = int(manifest["scale"])
+    grid = manifest.tiling
     height, width = pixels.shape[:2]
-    multiple = int(manifest.get("tile_multiple", 1))
-    padded = window_aligned(pixels, multiple)
-    overlap = aligned_overlap(overlap, multiple, tile)
-    trim = int(manifest.get("blend_trim", 0))
-    restored = tiling.run_tiled(padded, runner, tile=tile, scale=scale, batch=batch, overlap=overlap, on_tiles=on_tiles, trim=trim)
-    return restored[: height * scale, : width * scale]
+    padded = window_aligned(pixels, grid.tile_multiple)
+    overlap = aligned_overlap(overlap, grid.tile_multiple, grid.tile)
+    trim = grid.blend.trim if grid.blend.mode == BLEND_CENTRE else 0
+    restored = tiling.run_tiled(padded, runner, tile=grid.tile, scale=manifest.scale, batch=grid.batch, overlap=overlap, on_tiles=on_tiles, trim=trim)
+    return restored[: height * manifest.scale, : width * manifest.scale]
 
 
-def tiles_for(manifest: dict[str, Any], height: int, width: int, overlap: int) -> int:
-    multiple = int(manifest.get("tile_multiple", 1))
-    tile = tuple(manifest["tile"])
-    return tiling.count_tiles(*padded_size(height, width, multiple), tile, aligned_overlap(overlap, multiple, tile))
+def tiles_for(manifest: Manifest, height: int, width: int, overlap: int) -> int:
+    grid = manifest.tiling
+    return tiling.count_tiles(*padded_size(height, width, grid.tile_multiple), grid.tile, aligned_overlap(overlap, grid.tile_multiple, grid.tile))
 
 
-def model_input(manifest: dict[str, Any], source: str | Path | tuple[Path, Path]) -> tuple[np.ndarray, images.LoadedImage]:
+def group_sources(manifest: Manifest, paths: list[Path]) -> list[Source]:
+    """Image files as the model takes them: one each, or in groups of one file per view."""
+    views = manifest.views
+    if len(views) == 1:
+        return list(paths)
+    names = ", ".join(v.name for v in views)
+    if len(paths) % len(views):
+        raise ImageError(f"{manifest.model_id} takes images in groups of {len(views)} ({names}); {len(paths)} given")
+    return [tuple(paths[i : i + len(views)]) for i in range(0, len(paths), len(views))]
+
+
+def model_input(manifest: Manifest, source: Source) -> tuple[np.ndarray, images.LoadedImage]:
     """HWC float32 with the graph's channels, and the image whose format the output keeps.
 
-    Dual-view models (6 channels) take a (left, right) pair, stacked left RGB then right RGB.
+    A model of several views takes one file per view, stacked on channels in the manifest's order.
     """
-    channels, model_id = int(manifest["channels"]), manifest["model_id"]
-    if channels != 6:
+    views, model_id = manifest.views, manifest.model_id
+    if len(views) == 1:
+        if isinstance(source, tuple):
+            raise ImageError(f"{model_id} takes one image, not {len(source)}")
         image = images.read_image(source)
-        return images.fit_channels(image.pixels, channels, model_id=model_id, path=source), image
-    if not isinstance(source, tuple):
-        raise ImageError(f"{model_id} takes two views of one scene (left, right); {source} is a single image")
-    left, right = (images.read_image(path) for path in source)
-    if left.pixels.shape[:2] != right.pixels.shape[:2]:
-        raise ImageError(f"{source[0]} and {source[1]} differ in size: the two views must match")
-    views = [images.fit_channels(view.pixels, 3, model_id=model_id, path=path) for view, path in zip((left, right), source)]
-    return np.concatenate(views, axis=2), left
+        return images.fit_channels(image.pixels, views[0].channels, model_id=model_id, path=source), image
+    names = ", ".join(v.name for v in views)
+    if not isinstance(source, tuple) or len(source) != len(views):
+        raise ImageError(f"{model_id} takes {len(views)} views of one scene ({names}); {source} is not such a group")
+    loaded = [images.read_image(path) for path in source]
+    if any(image.pixels.shape[:2] != loaded[0].pixels.shape[:2] for image in loaded):
+        raise ImageError(f"{' and '.join(map(str, source))} differ in size: the views must match")
+    stacked = [images.fit_channels(image.pixels, view.channels, model_id=model_id, path=path) for image, view, path in zip(loaded, views, source)]
+    return np.concatenate(stacked, axis=2), loaded[0]
 
 
 def restore_file(
     runner: Runner,
-    manifest: dict[str, Any],
-    source: str | Path | tuple[Path, Path],
+    manifest: Manifest,
+    source: Source,
     destination: str | Path,
     *,
     overlap: int,
@@ -97,7 +109,7 @@ def restore_file(
     if on_start:
         on_start(tiles)
     restored = restore_array(runner, manifest, pixels, overlap=overlap, on_tiles=on_tiles)
-    scale = int(manifest["scale"])
+    scale = manifest.scale
     alpha = None if image.alpha is None else (image.alpha if scale == 1 else images.resize_alpha(image.alpha, scale))
     images.write_image(destination, images.restore_channels(restored, image), alpha=alpha, bit_depth=image.bit_depth)
     return {

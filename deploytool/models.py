@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,31 +11,8 @@ import torch
 import model_defs
 from deploytool import checkpoints
 from deploytool.errors import CheckpointError, DeployError
-from deploytool.registry import ModelEntry
-
-
-@dataclass(frozen=True)
-class WeightsSource:
-    """Where a model's weights came from: an official-format checkpoint, or a seeded random init."""
-
-    kind: str  # "checkpoint" | "random-init"
-    path: str | None = None
-    sha256: str | None = None
-    wrapper_key: str | None = None
-    seed: int | None = None
-
-    def describe(self) -> str:
-        if self.kind == "random-init":
-            return f"random init (seed {self.seed}; UNTRAINED, for smoke tests only)"
-        wrapper = f", '{self.wrapper_key}' weights" if self.wrapper_key else ""
-        return f"{self.path} (sha256 {self.sha256[:12]}…{wrapper})"
-
-    def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "WeightsSource":
-        return cls(**data)
+from deploytool.manifest import Manifest, WeightsSource
+from deploytool.registry import ModelEntry, WeightsInfo
 
 
 def resolve_source(
@@ -58,9 +34,7 @@ def resolve_source(
             raise DeployError(f"{entry.id}: no weights given; pass --weights PATH or --random-init")
         if not entry.weights.url:
             raise DeployError(f"{entry.id} has no official download; pass --weights PATH")
-        weights = checkpoints.fetch(
-            entry.weights.url, filename=entry.weights.filename, sha256=entry.weights.sha256, progress=progress
-        )
+        weights = checkpoints.fetch(entry.weights.url, filename=entry.weights.filename, sha256=entry.weights.sha256, progress=progress)
     loaded = checkpoints.load_state_dict_file(weights)
     return WeightsSource(kind="checkpoint", path=str(Path(weights).resolve()), sha256=loaded.sha256, wrapper_key=loaded.wrapper_key)
 
@@ -107,18 +81,38 @@ def build_def(entry: ModelEntry, state_dict: dict[str, torch.Tensor], *, source:
     return model.eval()
 
 
-def entry_for_export(manifest: dict[str, Any]) -> ModelEntry:
-    """The registry entry of an export, with the hyperparameters and tolerances it was made with."""
-    from deploytool import registry
+def entry_for_export(manifest: Manifest) -> ModelEntry:
+    """The model entry an export was made from, rebuilt from its manifest alone: an export made
+    with a config that is no longer in the registry (DEPLOYTOOL_CONFIG_PATH unset) still runs."""
+    model, tiling = manifest.model, manifest.tiling
+    return ModelEntry(
+        id=manifest.model_id,
+        family=model.family,
+        task=model.task,
+        scale=manifest.scale,
+        channels=manifest.channels,
+        out_channels=manifest.out_channels,
+        tile=tiling.tile,
+        tile_multiple=tiling.tile_multiple,
+        batch=tiling.batch,
+        overlap=tiling.overlap,
+        arch=dict(model.arch),
+        weights=WeightsInfo(),
+        tolerances=dict(manifest.tolerances),
+        description=model.description,
+        reference=model.reference,
+        reference_chop=model.reference_chop,
+        task_index=model.task_index,
+        fixed_tile=tiling.fixed_tile,
+        blend_trim=tiling.blend.trim,
+        views=tuple(view.name for view in manifest.views),
+    )
 
-    entry = registry.get(manifest["model_id"])
-    return dataclasses.replace(entry, arch=manifest["arch"], tolerances=manifest["tolerances"])
 
-
-def export_weights(manifest: dict[str, Any], weights: str | Path | None = None) -> tuple[ModelEntry, WeightsSource, dict[str, torch.Tensor]]:
+def export_weights(manifest: Manifest, weights: str | Path | None = None) -> tuple[ModelEntry, WeightsSource, dict[str, torch.Tensor]]:
     """Entry, source and state dict an export was made from; `weights` relocates a moved checkpoint."""
     entry = entry_for_export(manifest)
-    source = WeightsSource.from_json(manifest["source"])
+    source = manifest.source
     if weights is not None:
         if source.kind != "checkpoint":
             raise DeployError(f"this export was made from a {source.describe()}; --weights does not apply")

@@ -1,5 +1,12 @@
 """The parity harness: the original implementation against every way we run the model.
 
+Running is apart from judging (as Polygraphy keeps `Comparator.run` apart from
+`compare_accuracy`). `run` executes backends on the same inputs and returns their raw outputs
+(`deploytool.results`, savable to one `.npz`); `judge` compares the original's outputs with every
+other backend's, across one or several results files, with the tolerances of the export's
+manifest. `verify` is run-then-judge in one process; `compare` judges saved files, so a TensorRT
+engine run on a GPU machine is judged against the original run elsewhere.
+
 Compared on the same inputs: the original PyTorch code (a third-party faithful port, never our
 code), our definition in PyTorch, ONNX Runtime on the FP32 and FP16 graphs, and a TensorRT
 engine when this export has one for this machine. Synthetic inputs have the graph's static
@@ -11,24 +18,48 @@ from __future__ import annotations
 
 import json
 import math
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from deploytool import images, inference
 from deploytool import inputs as input_sources
-from deploytool.backends import Runner, open_runner
+from deploytool import results as saved_results
+from deploytool.backends import (
+    ORIGINAL,
+    ORT,
+    ORT_FP16,
+    PARITY_BACKENDS,
+    TORCH,
+    TRT,
+    Runner,
+    open_runner,
+)
 from deploytool.backends.torch import TorchRunner
-from deploytool.errors import BackendUnavailable, ParityError
-from deploytool.export import read_manifest
+from deploytool.errors import (
+    BackendUnavailable,
+    CheckpointError,
+    DeployError,
+    ParityError,
+)
 from deploytool.fileio import write_text_atomic
+from deploytool.manifest import (
+    PARITY_HTML,
+    PARITY_JSON,
+    PARITY_MD,
+    Manifest,
+    read_manifest,
+)
+from deploytool.metrics import psnr
 from deploytool.models import arch_for, build_def, export_weights
 from deploytool.references import build_reference, reference_name
+from deploytool.results import IMAGE, SYNTHETIC, BackendRun, RunInput, RunResults
 
-ORIGINAL = "original"
-REPORT_JSON, REPORT_MD = "parity.json", "parity.md"
+Progress = Callable[[str], None]
 
 
 @dataclass
@@ -50,28 +81,28 @@ def metrics(reference: np.ndarray, candidate: np.ndarray) -> tuple[float, float,
     if not np.isfinite(candidate).all():
         return math.inf, math.inf, -math.inf
     diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
-    mse = float(np.mean((np.clip(reference, 0, 1).astype(np.float64) - np.clip(candidate, 0, 1)) ** 2))
-    psnr = math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
-    return float(diff.max()), float(diff.mean()), psnr
+    return float(diff.max()), float(diff.mean()), psnr(np.clip(reference, 0, 1), np.clip(candidate, 0, 1))
 
 
 def pair_limits(candidate: str, tolerances: dict[str, float], *, tiled: bool) -> tuple[float | None, float | None]:
-    """(max_abs limit, PSNR floor) for the original vs `candidate`."""
+    """(max_abs limit, PSNR floor) for the original vs `candidate` (a backend name)."""
     if tiled:
         return None, tolerances.get("tiled_psnr_min")
-    if candidate == "torch":
+    if candidate in (TORCH, ORIGINAL):  # the original on another machine: the same FP32 code
         return tolerances.get("def_max_abs"), None
-    if candidate == "ort":
+    if candidate == ORT:
         return tolerances.get("onnx_max_abs"), None
-    return tolerances.get("fp16_max_abs"), tolerances.get("fp16_psnr_min")
+    if candidate in (ORT_FP16, TRT):
+        return tolerances.get("fp16_max_abs"), tolerances.get("fp16_psnr_min")
+    raise DeployError(f"no tolerance is defined for backend {candidate!r}")
 
 
-def judge(inputs: str, reference: str, candidate: str, ref_out: np.ndarray, out: np.ndarray, limits: tuple[float | None, float | None]) -> Comparison:
-    max_abs, mean_abs, psnr = metrics(ref_out, out)
+def judge_pair(inputs: str, reference: str, candidate: str, ref_out: np.ndarray, out: np.ndarray, limits: tuple[float | None, float | None]) -> Comparison:
+    max_abs, mean_abs, value_psnr = metrics(ref_out, out)
     max_limit, psnr_floor = limits
-    passed = (max_limit is None or max_abs <= max_limit) and (psnr_floor is None or psnr >= psnr_floor)
+    passed = (max_limit is None or max_abs <= max_limit) and (psnr_floor is None or value_psnr >= psnr_floor)
     described = [f"max|d|<={max_limit:g}" if max_limit is not None else "", f"PSNR>={psnr_floor:g}" if psnr_floor is not None else ""]
-    return Comparison(inputs, reference, candidate, max_abs, mean_abs, psnr, ", ".join(d for d in described if d) or "report only", passed)
+    return Comparison(inputs, reference, candidate, max_abs, mean_abs, value_psnr, ", ".join(d for d in described if d) or "report only", passed)
 
 
 def original_runner(entry, state_dict) -> TorchRunner:
@@ -79,21 +110,219 @@ def original_runner(entry, state_dict) -> TorchRunner:
     return TorchRunner(build_reference(entry, arch_for(entry, state_dict), state_dict), name=ORIGINAL)
 
 
-def open_backends(export_dir: Path, manifest: dict[str, Any], names: list[str], def_model, skipped: dict[str, str]) -> dict[str, Runner]:
-    runners: dict[str, Runner] = {}
-    for name in names:
-        if name == "torch":
-            runners[name] = TorchRunner(def_model, name="torch")
-            continue
+# -- running
+
+
+def parity_inputs(
+    manifest: Manifest, *, synthetic_batches: int, images_dir: str | Path | None, max_images: int | None, skipped: dict[str, str]
+) -> list[RunInput]:
+    """The inputs every backend runs on: seeded synthetic tiles, then whole images."""
+    shape = manifest.input.shape
+    found = [
+        RunInput(f"synthetic#{seed} {'x'.join(map(str, shape))}", SYNTHETIC, input_sources.synthetic_batch(shape, seed=1000 + seed))
+        for seed in range(synthetic_batches)
+    ]
+    if images_dir is not None and len(manifest.views) > 1:
+        skipped["images"] = "models of several views take image groups; --images compares single images only"
+        images_dir = None
+    if images_dir is not None:
+        view = manifest.views[0]
+        for path in input_sources.list_images(images_dir)[: max_images or None]:
+            pixels = images.fit_channels(images.read_image(path).pixels, view.channels, model_id=manifest.model_id, path=path)
+            found.append(RunInput(f"image {path.name} tiled", IMAGE, pixels))
+    return found
+
+
+def _open(export_dir: Path, manifest: Manifest, name: str, weights: str | Path | None, state: dict[str, Any]) -> Runner:
+    if name in (ORIGINAL, TORCH):
+        if "loaded" not in state:
+            state["loaded"] = export_weights(manifest, weights)
+        entry, source, state_dict = state["loaded"]
+        if name == ORIGINAL:
+            return original_runner(entry, state_dict)
+        return TorchRunner(build_def(entry, state_dict, source=source.path or "random init"), name=TORCH)
+    return open_runner(export_dir, manifest, name)
+
+
+def run(
+    export_dir: str | Path,
+    backends: list[str],
+    *,
+    images_dir: str | Path | None = None,
+    weights: str | Path | None = None,
+    synthetic_batches: int = 2,
+    overlap: int | None = None,
+    max_images: int | None = None,
+    skip_missing_weights: bool = False,
+    progress: Progress = lambda message: None,
+) -> RunResults:
+    """Run `backends` on the same inputs, one backend at a time (each released before the next).
+
+    A backend this machine cannot run (no TensorRT, no engine for this GPU) is skipped with its
+    reason; so are the original and our PyTorch definition when the checkpoint is missing and
+    `skip_missing_weights` is set (a GPU machine that has the export but not the checkpoint).
+    """
+    export_dir = Path(export_dir)
+    manifest = read_manifest(export_dir)
+    unknown = [b for b in backends if b not in PARITY_BACKENDS]
+    if unknown:
+        raise DeployError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(PARITY_BACKENDS)}")
+    if ORT_FP16 in backends and not manifest.has_fp16:
+        backends = [b for b in backends if b != ORT_FP16]
+    overlap = manifest.overlap(overlap)
+    results = RunResults(
+        manifest=manifest, original=reference_name(manifest.model.reference), weights=manifest.source.describe(), host=saved_results.host_info()
+    )
+    results.inputs = {
+        item.label: item
+        for item in parity_inputs(manifest, synthetic_batches=synthetic_batches, images_dir=images_dir, max_images=max_images, skipped=results.skipped)
+    }
+    progress(f"original: {results.original}; weights: {results.weights}")
+    loaded: dict[str, Any] = {}
+    for name in backends:
         try:
-            runners[name] = open_runner(export_dir, manifest, name)
-        except BackendUnavailable as exc:
-            skipped[name] = str(exc)
-        except Exception as exc:  # noqa: BLE001 - an engine for another machine is reported, not fatal
-            if name != "trt":
+            runner = _open(export_dir, manifest, name, weights, loaded)
+        except CheckpointError as exc:
+            if not skip_missing_weights:
                 raise
-            skipped[name] = str(exc)
-    return runners
+            results.skipped[name] = str(exc)
+            progress(f"skipping {name}: {exc}")
+            continue
+        except BackendUnavailable as exc:
+            results.skipped[name] = str(exc)
+            progress(f"skipping {name}: {exc}")
+            continue
+        except DeployError as exc:
+            if name != TRT:  # an engine for another machine is reported, not fatal
+                raise
+            results.skipped[name] = str(exc)
+            progress(f"skipping {name}: {exc}")
+            continue
+        with runner:
+            record = BackendRun(name, runner.device, overlap=None if name == ORIGINAL else overlap)
+            for label, item in results.inputs.items():
+                if item.kind == SYNTHETIC:
+                    progress(f"{label}: {name}")
+                    record.outputs[label] = runner(item.array)
+                elif name == ORIGINAL:
+                    progress(f"{label}: original on the whole image ({item.array.shape[1]}x{item.array.shape[0]})")
+                    record.outputs[label] = runner(item.array.transpose(2, 0, 1)[None])[0].transpose(1, 2, 0)
+                else:
+                    progress(f"{label}: {name} (overlap {overlap})")
+                    record.outputs[label] = inference.restore_array(runner, manifest, item.array, overlap=overlap)
+        results.backends[name] = record
+    return results
+
+
+# -- judging
+
+
+def _qualified_backends(runs: list[RunResults]) -> list[tuple[str, str, RunResults]]:
+    """(display name, backend, results) for every backend of every file; a backend found in
+    several files is named with its file, e.g. 'torch (gpu.npz)'."""
+    counts: dict[str, int] = {}
+    for item in runs:
+        for name in item.backends:
+            counts[name] = counts.get(name, 0) + 1
+    found = []
+    for item in runs:
+        for name in item.backends:
+            display = name if counts[name] == 1 else f"{name} ({Path(item.source_file).name or 'this run'})"
+            found.append((display, name, item))
+    return found
+
+
+def _check_compatible(runs: list[RunResults]) -> None:
+    first = runs[0]
+    for other in runs[1:]:
+        if other.fingerprint != first.fingerprint:
+            raise DeployError(
+                f"{other.source_file or 'results'} and {first.source_file or 'results'} come from different exports "
+                f"({other.manifest.model_id} {other.fingerprint[:12]}… vs {first.manifest.model_id} {first.fingerprint[:12]}…)"
+            )
+        for label, item in other.inputs.items():
+            mine = first.inputs.get(label)
+            if mine is not None and mine.sha256 != item.sha256:
+                raise DeployError(
+                    f"input {label!r} differs between {first.source_file} and {other.source_file} (sha256 mismatch): they ran on different inputs"
+                )
+
+
+@dataclass
+class Judgement:
+    report: dict[str, Any]
+    # (comparison, reference output, candidate output) for pictures in the HTML report
+    pairs: list[tuple[Comparison, np.ndarray, np.ndarray]]
+
+
+def judge(runs: list[RunResults], *, export_dir: str | Path | None = None) -> Judgement:
+    """Compare the original's outputs with every other backend's, across `runs`."""
+    if not runs:
+        raise DeployError("nothing to judge: no results given")
+    _check_compatible(runs)
+    manifest = runs[0].manifest
+    backends = _qualified_backends(runs)
+    originals = [b for b in backends if b[1] == ORIGINAL]
+    if not originals:
+        raise DeployError("no results hold the original's outputs: run `deploytool verify --backends original,... --save-outputs FILE` where the checkpoint is")
+    _, _, reference_run = originals[0]
+    reference_outputs = reference_run.backends[ORIGINAL].outputs
+    inputs: dict[str, RunInput] = {}
+    for item in runs:
+        for label, value in item.inputs.items():
+            inputs.setdefault(label, value)
+    skipped: dict[str, str] = {}
+    for item in runs:
+        skipped.update(item.skipped)
+    comparisons: list[Comparison] = []
+    pairs: list[tuple[Comparison, np.ndarray, np.ndarray]] = []
+    for label, item in inputs.items():
+        if label not in reference_outputs:
+            skipped[f"inputs {label}"] = "the original did not run on it"
+            continue
+        for display, name, owner in backends:
+            if owner is reference_run and name == ORIGINAL:
+                continue
+            out = owner.backends[name].outputs.get(label)
+            if out is None:
+                continue
+            limits = pair_limits(name, manifest.tolerances, tiled=item.kind == IMAGE)
+            comparison = judge_pair(label, ORIGINAL, display, reference_outputs[label], out, limits)
+            comparisons.append(comparison)
+            pairs.append((comparison, reference_outputs[label], out))
+    report = {
+        "model_id": manifest.model_id,
+        "export_dir": str(export_dir) if export_dir is not None else None,
+        "original": reference_run.original,
+        "weights": reference_run.weights,
+        "backends": [display for display, name, owner in backends if not (owner is reference_run and name == ORIGINAL)],
+        "skipped": skipped,
+        "passed": bool(comparisons) and all(c.passed for c in comparisons),
+        "comparisons": [asdict(c) for c in comparisons],
+        "results": [saved_results.describe(item) for item in runs],
+    }
+    return Judgement(report, pairs)
+
+
+def write_reports(judgement: Judgement, out_dir: str | Path, *, html: bool = False) -> list[Path]:
+    """parity.json and parity.md (and parity.html) in `out_dir`, atomically."""
+    out_dir = Path(out_dir)
+    report = judgement.report
+    write_text_atomic(out_dir / PARITY_JSON, json.dumps(report, indent=2, default=_json_number) + "\n")
+    write_text_atomic(out_dir / PARITY_MD, markdown(report))
+    written = [out_dir / PARITY_JSON, out_dir / PARITY_MD]
+    if html:
+        from deploytool import report as html_report
+
+        visuals = [html_report.Visual(c.inputs, c.candidate, _as_picture(ref), _as_picture(out)) for c, ref, out in judgement.pairs]
+        html_report.write_html(out_dir / PARITY_HTML, report, visuals)
+        written.append(out_dir / PARITY_HTML)
+    return written
+
+
+def _as_picture(output: np.ndarray) -> np.ndarray:
+    """HWC float32: a synthetic batch's first tile (NCHW), or a whole image as it is (HWC)."""
+    return output[0].transpose(1, 2, 0) if output.ndim == 4 else output
 
 
 def verify(
@@ -105,63 +334,53 @@ def verify(
     synthetic_batches: int = 2,
     overlap: int | None = None,
     max_images: int | None = None,
-    progress: Callable[[str], None] = lambda message: None,
-) -> dict[str, Any]:
-    """Run the harness, write parity.json and parity.md into the export; raise ParityError on failure."""
-    export_dir = Path(export_dir)
-    manifest = read_manifest(export_dir)
-    entry, source, state_dict = export_weights(manifest, weights)
-    backends = backends or ["torch", "ort", "ort-fp16", "trt"]
-    if "ort-fp16" in backends and "model_fp16.onnx" not in manifest["files"]:
-        backends = [b for b in backends if b != "ort-fp16"]
-    progress(f"original: {reference_name(entry)}; weights: {source.describe()}")
-    original = original_runner(entry, state_dict)
-    def_model = build_def(entry, state_dict, source=source.path or "random init")
-    skipped: dict[str, str] = {}
-    runners = open_backends(export_dir, manifest, backends, def_model, skipped)
-    for name, reason in skipped.items():
-        progress(f"skipping {name}: {reason}")
+    save_outputs: str | Path | None = None,
+    html: bool = False,
+    progress: Progress = lambda message: None,
+) -> dict[str, Any] | None:
+    """Run, then judge: write parity.json and parity.md (and parity.html) into the export.
 
-    comparisons: list[Comparison] = []
-    shape = tuple(manifest["input"]["shape"])
-    for seed in range(synthetic_batches):
-        batch = input_sources.synthetic_batch(shape, seed=1000 + seed)
-        label = f"synthetic#{seed} {'x'.join(map(str, shape))}"
-        progress(f"{label}: original")
-        ref_out = original(batch)
-        for name, runner in runners.items():
-            progress(f"{label}: {name}")
-            comparisons.append(judge(label, ORIGINAL, name, ref_out, runner(batch), pair_limits(name, entry.tolerances, tiled=False)))
+    Without `save_outputs` the original always runs (there is nothing to judge without it).
+    With it, exactly `backends` run and their outputs are saved; the run is judged only when the
+    original is among them, else None is returned (judge later with `compare`).
+    """
+    backends = list(backends or PARITY_BACKENDS)
+    if save_outputs is None and ORIGINAL not in backends:
+        backends.insert(0, ORIGINAL)
+    results = run(
+        export_dir,
+        backends,
+        images_dir=images_dir,
+        weights=weights,
+        synthetic_batches=synthetic_batches,
+        overlap=overlap,
+        max_images=max_images,
+        skip_missing_weights=save_outputs is not None,
+        progress=progress,
+    )
+    if save_outputs is not None:
+        started = time.perf_counter()
+        saved = results.save(save_outputs)
+        results.source_file = str(saved)
+        progress(
+            f"saved inputs and outputs of {', '.join(results.backends) or 'no backend'} to {saved} "
+            f"({saved.stat().st_size / 1e6:.1f} MB in {time.perf_counter() - started:.2f} s)"
+        )
+        if ORIGINAL not in results.backends:
+            return None
+    judgement = judge([results], export_dir=export_dir)
+    write_reports(judgement, export_dir, html=html)
+    return judgement.report
 
-    if images_dir is not None and entry.channels == 6:
-        skipped["images"] = "dual-view models take image pairs; --images compares single images only"
-        images_dir = None
-    if images_dir is not None:
-        overlap = int(manifest["overlap"]) if overlap is None else overlap
-        paths = input_sources.list_images(images_dir)[: max_images or None]
-        for path in paths:
-            pixels = images.fit_channels(images.read_image(path).pixels, entry.channels, model_id=entry.id, path=path)
-            whole = pixels.transpose(2, 0, 1)[None]
-            progress(f"{path.name} ({pixels.shape[1]}x{pixels.shape[0]}): original on the whole image")
-            ref_out = original(whole)[0].transpose(1, 2, 0)
-            for name, runner in runners.items():
-                progress(f"{path.name}: {name}, tiled (overlap {overlap})")
-                out = inference.restore_array(runner, manifest, pixels, overlap=overlap)
-                comparisons.append(judge(f"image {path.name} tiled", ORIGINAL, name, ref_out, out, pair_limits(name, entry.tolerances, tiled=True)))
 
-    report = {
-        "model_id": entry.id,
-        "export_dir": str(export_dir),
-        "original": reference_name(entry),
-        "weights": source.describe(),
-        "backends": list(runners),
-        "skipped": skipped,
-        "passed": all(c.passed for c in comparisons),
-        "comparisons": [asdict(c) for c in comparisons],
-    }
-    write_text_atomic(export_dir / REPORT_JSON, json.dumps(report, indent=2, default=_json_number) + "\n")
-    write_text_atomic(export_dir / REPORT_MD, markdown(report))
-    return report
+def compare(paths: list[str | Path], *, report_dir: str | Path | None = None, html: bool = False) -> dict[str, Any]:
+    """Judge saved results files together, without running a model."""
+    if not paths:
+        raise DeployError("compare needs at least one results file")
+    judgement = judge([saved_results.load(p) for p in paths])
+    if report_dir is not None:
+        write_reports(judgement, report_dir, html=html)
+    return judgement.report
 
 
 def _json_number(value: Any) -> Any:
@@ -188,6 +407,8 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def raise_on_failure(report: dict[str, Any]) -> None:
+    if not report["comparisons"]:
+        raise ParityError(f"{report['model_id']}: no backend was compared with the original ({', '.join(report['skipped']) or 'none ran'})")
     failed = [c for c in report["comparisons"] if not c["passed"]]
     if failed:
         worst = failed[0]

@@ -22,15 +22,19 @@ run the overflow stress case in onnx's reference evaluator, which computes in tr
 from __future__ import annotations
 
 import collections
+import math
 import warnings
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from deploytool.backends.onnxruntime import open_session
 from deploytool.errors import ExportError
+from deploytool.graphs import tensor_types
+from deploytool.metrics import psnr
 
 FP16_MAX = 65504.0
 # Fused normalisations and softmax: their inner sums are not graph tensors, so there is nothing
@@ -42,6 +46,8 @@ REDUCTIONS = frozenset({"ReduceSum", "ReduceSumSquare", "ReduceL2", "ReduceMean"
 # Ranges are measured on a few inputs; real images can go further. Larger margins keep more in FP32.
 MARGINS = (16.0, 256.0, 4096.0)
 FLOP_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+# The export's own runs measure the graph itself, on CPU wherever the export happens
+CPU = ["CPUExecutionProvider"]
 
 
 @dataclass
@@ -70,9 +76,8 @@ class Fp16Report:
 
 def float_tensor_names(model: onnx.ModelProto) -> list[str]:
     """Every float32 activation of the graph (node outputs whose inferred type is float)."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    types = {vi.name: vi.type.tensor_type.elem_type for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
-    return [out for node in model.graph.node for out in node.output if types.get(out) == TensorProto.FLOAT]
+    types = tensor_types(model)
+    return [out for node in model.graph.node for out in node.output if out in types and types[out].elem_type == TensorProto.FLOAT]
 
 
 def measure_ranges(model: onnx.ModelProto, inputs: Sequence[np.ndarray]) -> dict[str, float]:
@@ -83,8 +88,6 @@ def measure_ranges(model: onnx.ModelProto, inputs: Sequence[np.ndarray]) -> dict
     at one inference's (appending the probes at the end kept every activation alive: 18 GB for
     SwinIR-M at 128 px instead of 0.8 GB).
     """
-    import onnxruntime as ort
-
     probed = onnx.ModelProto()
     probed.CopyFrom(model)
     wanted = set(float_tensor_names(model))
@@ -102,9 +105,7 @@ def measure_ranges(model: onnx.ModelProto, inputs: Sequence[np.ndarray]) -> dict
     del probed.graph.node[:]
     probed.graph.node.extend(nodes)
     probed.graph.output.extend(outputs)
-    options = calibration_session_options()
-    options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
-    session = ort.InferenceSession(probed.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = open_session(probed.SerializeToString(), providers=CPU, memory_arena=False, priority_order=True)
     input_name = model.graph.input[0].name
     ranges = dict.fromkeys(names, 0.0)
     for array in inputs:
@@ -138,11 +139,7 @@ def plan_islands(model: onnx.ModelProto, ranges: dict[str, float], margin: float
 
 
 def tensor_sizes(model: onnx.ModelProto) -> dict[str, int]:
-    inferred = onnx.shape_inference.infer_shapes(model)
-    sizes = {}
-    for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
-        sizes[vi.name] = int(np.prod([d.dim_value for d in vi.type.tensor_type.shape.dim]))
-    return sizes
+    return {name: tensor.elements for name, tensor in tensor_types(model).items()}
 
 
 def reduction_accumulator(node: onnx.NodeProto, ranges: dict[str, float], sizes: dict[str, int]) -> float:
@@ -280,12 +277,7 @@ def unshare_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def flop_counts(model: onnx.ModelProto) -> dict[str, int]:
     """Multiply-accumulates of Conv/MatMul/Gemm nodes, from the (static) inferred shapes."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    shapes = {}
-    for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
-        shapes[vi.name] = [d.dim_value for d in vi.type.tensor_type.shape.dim]
-    for init in model.graph.initializer:
-        shapes[init.name] = list(init.dims)
+    shapes = {name: list(tensor.shape or ()) for name, tensor in tensor_types(model).items()}
     flops: dict[str, int] = {}
     for node in model.graph.node:
         if node.op_type not in FLOP_OPS:
@@ -306,31 +298,18 @@ def flop_counts(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def _compare(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) -> tuple[float, float]:
-    max_abs, mse = 0.0, 0.0
+    """(max |diff|, PSNR of the worst batch) over calibration batches."""
+    max_abs, worst_psnr = 0.0, math.inf
     for a, b in zip(reference, candidate):
-        diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
-        max_abs = max(max_abs, float(np.nanmax(diff)) if np.isfinite(b).all() else float("inf"))
-        mse = max(mse, float(np.mean(diff**2)) if np.isfinite(b).all() else float("inf"))
-    psnr = float("inf") if mse == 0 else (10 * np.log10(1.0 / mse) if np.isfinite(mse) else float("-inf"))
-    return max_abs, psnr
-
-
-def calibration_session_options():
-    """ORT options for the export's own runs: no memory arena, whose cached blocks would add
-    up across the several sessions an export opens (measured: Restormer at 256 px, 3.3 -> 2.3 GB)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.enable_cpu_mem_arena = False
-    # errors only: ORT warns for every FP16 node it cannot pre-compute on CPU, which is expected
-    options.log_severity_level = 3
-    return options
+        if not np.isfinite(b).all():
+            return math.inf, -math.inf
+        max_abs = max(max_abs, float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max()))
+        worst_psnr = min(worst_psnr, psnr(a, b))
+    return max_abs, worst_psnr
 
 
 def run_graph(model: onnx.ModelProto, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(model.SerializeToString(), calibration_session_options(), providers=["CPUExecutionProvider"])
+    session = open_session(model.SerializeToString(), providers=CPU, memory_arena=False)
     name = session.get_inputs()[0].name
     return [session.run(None, {name: array})[0] for array in inputs]
 

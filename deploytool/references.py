@@ -8,7 +8,8 @@ with `model_defs/esrt.py`. All are imported lazily: only `deploytool verify` and
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -71,8 +72,9 @@ REFERENCE_NAMES = {
 }
 
 
-def reference_name(entry: ModelEntry) -> str:
-    return REFERENCE_NAMES.get(entry.reference, entry.reference)
+def reference_name(reference: str) -> str:
+    """How a reference (a model entry's `reference`) is named in reports."""
+    return REFERENCE_NAMES.get(reference, reference)
 
 
 def instantiate_reference(entry: ModelEntry, arch: dict[str, Any]) -> torch.nn.Module:

@@ -10,13 +10,17 @@ from __future__ import annotations
 import copy
 import functools
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deploytool.errors import DeployError
+import tomllib
 
+from deploytool.errors import DeployError
+from deploytool.tiling import round_up
+
+# tile overlap in input pixels for configs that name none; an export records its own in the manifest
+DEFAULT_OVERLAP = 16
 TASKS = ("sr", "real-sr", "denoise", "jpeg", "derain", "deblur", "defocus", "dual-defocus", "real-denoise")
 
 
@@ -64,23 +68,19 @@ class ModelEntry:
     # >0: tiles are blended by averaging their centres, this many input pixels in from inner
     # edges (IPT's official chop); 0: linear ramps over the overlap
     blend_trim: int = 0
+    # the images the model takes, stacked on channels in this order (dual-pixel: left, right)
+    views: tuple[str, ...] = ("image",)
     source_file: Path | None = field(default=None, compare=False)
 
     def check_tile(self, tile: tuple[int, int]) -> None:
         """Refuse export tiles the model cannot take as one static window grid."""
         if self.fixed_tile and tuple(tile) != tuple(self.tile):
-            raise DeployError(
-                f"{self.id} takes exactly {self.tile[0]}x{self.tile[1]} tiles, not {tile[0]}x{tile[1]}: {self.tile_reason}"
-            )
+            raise DeployError(f"{self.id} takes exactly {self.tile[0]}x{self.tile[1]} tiles, not {tile[0]}x{tile[1]}: {self.tile_reason}")
         if any(t <= 0 or t % self.tile_multiple for t in tile):
             raise DeployError(
                 f"{self.id}: tile {tile[0]}x{tile[1]} is not a multiple of {self.tile_multiple} "
-                f"(the model's window); try {_round_up(tile[0], self.tile_multiple)}"
+                f"(the model's window); try {max(self.tile_multiple, round_up(tile[0], self.tile_multiple))}"
             )
-
-
-def _round_up(value: int, multiple: int) -> int:
-    return max(multiple, -(-value // multiple) * multiple)
 
 
 def config_dirs() -> list[Path]:
@@ -138,7 +138,7 @@ def entry_from_dict(data: dict[str, Any], source_file: Path | None = None) -> Mo
             tile=_tile_pair(data["tile"]),
             tile_multiple=int(data.get("tile_multiple", 1)),
             batch=int(data.get("batch", 1)),
-            overlap=int(data.get("overlap", 16)),
+            overlap=int(data.get("overlap", DEFAULT_OVERLAP)),
             arch=dict(data["arch"]),
             weights=WeightsInfo(
                 filename=filename,
@@ -156,13 +156,14 @@ def entry_from_dict(data: dict[str, Any], source_file: Path | None = None) -> Mo
             task_index=int(data.get("task_index", 0)),
             fixed_tile=bool(data.get("fixed_tile", False)),
             blend_trim=int(data.get("blend_trim", 0)),
+            views=tuple(data.get("views", ("image",))),
             source_file=source_file,
         )
     except KeyError as exc:
         raise DeployError(f"model config {where} lacks the required key {exc.args[0]!r}") from None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_all(dirs: tuple[Path, ...]) -> dict[str, ModelEntry]:
     entries: dict[str, ModelEntry] = {}
     for directory in dirs:

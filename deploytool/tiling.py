@@ -8,11 +8,16 @@ tile size times the image width, never by the image area.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
 Infer = Callable[[np.ndarray], np.ndarray]
+
+
+def round_up(value: int, multiple: int) -> int:
+    """The smallest multiple of `multiple` that is >= `value`."""
+    return -(-value // multiple) * multiple
 
 
 def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
@@ -161,10 +166,7 @@ def run_tiled(
 
         outputs = np.asarray(infer(inputs), dtype=np.float32)
         if outputs.ndim != 4 or outputs.shape[0] != batch or outputs.shape[2:] != (out_th, out_tw):
-            raise ValueError(
-                f"infer returned shape {outputs.shape}, expected ({batch}, C_out, {out_th}, {out_tw}) "
-                f"for tile {tile_h}x{tile_w} at scale {scale}"
-            )
+            raise ValueError(f"infer returned shape {outputs.shape}, expected ({batch}, C_out, {out_th}, {out_tw}) for tile {tile_h}x{tile_w} at scale {scale}")
         if result is None:
             out_channels = outputs.shape[1]
             result = np.empty((height * scale, width * scale, out_channels), dtype=np.float32)
@@ -176,9 +178,7 @@ def run_tiled(
             if row != current_row:
                 flush(ys[row] * scale)
                 current_row = row
-            weight = np.outer(
-                row_windows[(row > 0, row < len(ys) - 1)], col_windows[(col > 0, col < len(xs) - 1)]
-            )
+            weight = np.outer(row_windows[(row > 0, row < len(ys) - 1)], col_windows[(col > 0, col < len(xs) - 1)])
             top = ys[row] * scale - band_y
             left = xs[col] * scale
             band_values[:, top : top + out_th, left : left + out_tw] += outputs[slot] * weight

@@ -20,7 +20,6 @@ Input NCHW RGB in [0, 1] (the official test.py feeds img / 255, no mean shift); 
 
 from __future__ import annotations
 
-
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F

@@ -21,7 +21,8 @@ deployment, none of them numerical:
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -153,9 +154,7 @@ class OCAB(nn.Module):
         self.scale = qk_scale or (dim // num_heads) ** -0.5
         self.norm1 = nn.LayerNorm(dim)
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.relative_position_bias_table = nn.Parameter(
-            torch.zeros((window_size + self.overlap_win_size - 1) ** 2, num_heads)
-        )
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((window_size + self.overlap_win_size - 1) ** 2, num_heads))
         self.proj = nn.Linear(dim, dim)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
@@ -181,8 +180,7 @@ class AttenBlocks(nn.Module):
     def __init__(self, dim: int, input_resolution: tuple[int, int], depth: int, num_heads: int, window_size: int, overlap_ratio: float, **block_kwargs):
         super().__init__()
         self.blocks = nn.ModuleList(
-            HAB(dim, input_resolution, num_heads, window_size, 0 if i % 2 == 0 else window_size // 2, **block_kwargs)
-            for i in range(depth)
+            HAB(dim, input_resolution, num_heads, window_size, 0 if i % 2 == 0 else window_size // 2, **block_kwargs) for i in range(depth)
         )
         self.overlap_attn = OCAB(
             dim,
@@ -194,7 +192,7 @@ class AttenBlocks(nn.Module):
             block_kwargs["mlp_ratio"],
         )
 
-    def forward(self, x: Tensor, size: tuple[int, int], context: "AttentionContext") -> Tensor:
+    def forward(self, x: Tensor, size: tuple[int, int], context: AttentionContext) -> Tensor:
         for block in self.blocks:
             x = block(x, size, context.sa_index, context.mask)
         return self.overlap_attn(x, size, context.oca_index)
@@ -203,7 +201,17 @@ class AttenBlocks(nn.Module):
 class RHAG(nn.Module):
     """Residual hybrid attention group: attention blocks, a conv, and a long skip."""
 
-    def __init__(self, dim: int, input_resolution: tuple[int, int], depth: int, num_heads: int, window_size: int, overlap_ratio: float, resi_connection: str, **block_kwargs):
+    def __init__(
+        self,
+        dim: int,
+        input_resolution: tuple[int, int],
+        depth: int,
+        num_heads: int,
+        window_size: int,
+        overlap_ratio: float,
+        resi_connection: str,
+        **block_kwargs,
+    ):
         super().__init__()
         self.residual_group = AttenBlocks(dim, input_resolution, depth, num_heads, window_size, overlap_ratio, **block_kwargs)
         if resi_connection == "1conv":
@@ -213,7 +221,7 @@ class RHAG(nn.Module):
         else:
             raise ValueError(f"resi_connection must be '1conv' or 'identity', not {resi_connection!r}")
 
-    def forward(self, x: Tensor, size: tuple[int, int], context: "AttentionContext") -> Tensor:
+    def forward(self, x: Tensor, size: tuple[int, int], context: AttentionContext) -> Tensor:
         return map_to_tokens(self.conv(tokens_to_map(self.residual_group(x, size, context), size))) + x
 
 
@@ -227,6 +235,7 @@ class AttentionContext(NamedTuple):
 
 def overlap_relative_position_index(window: int, overlap_window: int) -> Tensor:
     """Official OCA index (window^2, overlap_window^2); entries may be negative (wrap-around)."""
+
     def coords(size: int) -> Tensor:
         return torch.stack(torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")).flatten(1)
 

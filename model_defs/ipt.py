@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -319,9 +320,7 @@ class IPT(nn.Module):
         self.sub_mean = MeanShift(rgb_range, sign=-1)
         self.add_mean = MeanShift(rgb_range, sign=1)
         # one-element ModuleLists: the official keys are head.<task>.*, tail.<task>.*
-        self.head = nn.ModuleList(
-            [nn.Sequential(nn.Conv2d(n_colors, n_feats, 3, padding=1), ResBlock(n_feats, 5), ResBlock(n_feats, 5))]
-        )
+        self.head = nn.ModuleList([nn.Sequential(nn.Conv2d(n_colors, n_feats, 3, padding=1), ResBlock(n_feats, 5), ResBlock(n_feats, 5))])
         self.body = VisionTransformer(
             img_dim=patch_size,
             patch_dim=patch_dim,
@@ -335,9 +334,7 @@ class IPT(nn.Module):
             no_norm=no_norm,
         )
         # scale 1 gives an empty upsampler: the tail is then just the last conv (key tail.0.1)
-        self.tail = nn.ModuleList(
-            [nn.Sequential(PixelShuffleUpsample(upscale, n_feats), nn.Conv2d(n_feats, n_colors, 3, padding=1))]
-        )
+        self.tail = nn.ModuleList([nn.Sequential(PixelShuffleUpsample(upscale, n_feats), nn.Conv2d(n_feats, n_colors, 3, padding=1))])
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.sub_mean(x * self.rgb_range)
@@ -361,9 +358,7 @@ def _task_numbers(state_dict: dict[str, Tensor], part: str) -> set[int]:
     return {int(match.group(1)) for key in state_dict if (match := pattern.match(key))}
 
 
-def select_task(
-    state_dict: dict[str, Tensor], task_index: int, num_tasks: int | None = None
-) -> tuple[dict[str, Tensor], dict[str, str]]:
+def select_task(state_dict: dict[str, Tensor], task_index: int, num_tasks: int | None = None) -> tuple[dict[str, Tensor], dict[str, str]]:
     """One task of an official IPT state dict, in our single-task layout, and what was left out.
 
     Official files hold one head (`head.<i>.*`), one tail (`tail.<i>.*`) and one row of

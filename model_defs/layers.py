@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import math
-
-from typing import Callable
+from collections.abc import Callable
 
 from torch import Tensor, nn
 

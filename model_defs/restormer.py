@@ -18,7 +18,7 @@ output the restored image (3 or 1 channels), unclamped.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn

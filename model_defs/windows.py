@@ -7,7 +7,7 @@ and precomputed masks instead of the Shape/Gather/ScatterND arithmetic of the or
 from __future__ import annotations
 
 import functools
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -83,7 +83,7 @@ class BandMasks:
         self.rows = torch.from_numpy(_axis_mask(h, window, shift, axis=0))
         self.cols = torch.from_numpy(_axis_mask(w, window, shift, axis=1))
 
-    def to(self, like: Tensor) -> "BandMasks":
+    def to(self, like: Tensor) -> BandMasks:
         masks = BandMasks.__new__(BandMasks)
         masks.rows = self.rows.to(device=like.device, dtype=like.dtype)
         masks.cols = self.cols.to(device=like.device, dtype=like.dtype)

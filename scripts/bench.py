@@ -32,6 +32,7 @@ from deploytool.backends.onnxruntime import OrtRunner
 from deploytool.backends.torch import TorchRunner
 from deploytool.benchmark import median_seconds
 from deploytool.inputs import synthetic_batch
+from deploytool.manifest import FP16_FILE, FP32_FILE, read_manifest
 from deploytool.models import arch_for, build_def, load_state_dict, resolve_source
 from deploytool.references import build_reference
 
@@ -83,19 +84,32 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         # A separate process, so that the memory calibration held is returned before timing.
         weights = ["--weights", args.weights] if args.weights else ["--random-init"]
-        command = [sys.executable, "-m", "deploytool", "export", entry.id, "--out", str(out), "--tile", f"{tile[0]}x{tile[1]}", "--batch", str(args.batch), *weights]
+        command = [
+            sys.executable,
+            "-m",
+            "deploytool",
+            "export",
+            entry.id,
+            "--out",
+            str(out),
+            "--tile",
+            f"{tile[0]}x{tile[1]}",
+            "--batch",
+            str(args.batch),
+            *weights,
+        ]
         if subprocess.run(command).returncode:
             return 1
         export_seconds = time.perf_counter() - started
-        manifest = export.read_manifest(out)
+        manifest = read_manifest(out)
         print("timing the original, our definition, ONNX Runtime FP32 and FP16", file=sys.stderr)
         original = TorchRunner(build_reference(entry, arch, state_dict), name="original")
         ours = TorchRunner(build_def(entry, state_dict), name="ours")
         rows = [
             ("original PyTorch eager (spandrel)", median_latency(original, batch, args.runs)),
             ("our definition, PyTorch eager", median_latency(ours, batch, args.runs)),
-            ("ONNX Runtime FP32 (CPU)", median_latency(OrtRunner(out / export.FP32_FILE, name="ort"), batch, args.runs)),
-            ("ONNX Runtime FP16 graph (CPU)", median_latency(OrtRunner(out / export.FP16_FILE, name="ort-fp16"), batch, args.runs)),
+            ("ONNX Runtime FP32 (CPU)", median_latency(OrtRunner(out / FP32_FILE, name="ort"), batch, args.runs)),
+            ("ONNX Runtime FP16 graph (CPU)", median_latency(OrtRunner(out / FP16_FILE, name="ort-fp16"), batch, args.runs)),
         ]
         print("naive export of the original, then onnxsim", file=sys.stderr)
         sized_by_img_size = "img_size" in arch and tile[0] == tile[1]
@@ -121,12 +135,12 @@ def main(argv: list[str] | None = None) -> int:
         "latency_s": {name: round(seconds, 4) for name, seconds in rows},
         "tiles_per_s": {name: round(args.batch / seconds, 3) for name, seconds in rows},
         "speedup_vs_original": {name: round(baseline / seconds, 2) for name, seconds in rows},
-        "nodes_after_onnxsim": {"naive export of the original": naive_nodes, "ours": manifest["graph"]["nodes"]},
+        "nodes_after_onnxsim": {"naive export of the original": naive_nodes, "ours": manifest.graph.nodes},
         "naive_traced_nodes_at_shipped_img_size": as_shipped,
-        "model_onnx_mb": round(manifest["files"][export.FP32_FILE]["bytes"] / 1e6, 2),
+        "model_onnx_mb": round(manifest.files[FP32_FILE].bytes / 1e6, 2),
         "naive_model_onnx_mb": round(naive_mb, 2),
-        "model_fp16_onnx_mb": round(manifest["files"][export.FP16_FILE]["bytes"] / 1e6, 2),
-        "fp16_flop_share": round(manifest["fp16"]["fp16_flop_share"], 4),
+        "model_fp16_onnx_mb": round(manifest.files[FP16_FILE].bytes / 1e6, 2),
+        "fp16_flop_share": round(manifest.fp16.fp16_flop_share, 4),
         "export_wall_s": round(export_seconds, 1),
     }
     if args.json:
@@ -137,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---:|---:|---:|")
     for name, seconds in rows:
         print(f"| {name} | {seconds:.3f} | {args.batch / seconds:.2f} | {baseline / seconds:.2f}x |")
-    print(f"\nnodes after onnxsim: naive export of the original {naive_nodes}, ours {manifest['graph']['nodes']}")
+    print(f"\nnodes after onnxsim: naive export of the original {naive_nodes}, ours {manifest.graph.nodes}")
     print(f"model.onnx after onnxsim: naive export of the original {naive_mb:.1f} MB, ours {result['model_onnx_mb']} MB")
     if as_shipped:
         print(f"naive export of the original as shipped (img_size {arch.get('img_size')}, tile {tile[0]}): {as_shipped} nodes before onnxsim")

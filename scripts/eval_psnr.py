@@ -1,6 +1,6 @@
 """PSNR/SSIM of an export on an SR test set: `deploytool eval` as a script.
 
-    python scripts/eval_psnr.py build/esrt-x2 --dataset ../shared/testsets/Set5 --scale 2 [--json]
+python scripts/eval_psnr.py build/esrt-x2 --dataset ../shared/testsets/Set5 --scale 2 [--json]
 """
 
 import sys

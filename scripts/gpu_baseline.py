@@ -16,8 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,7 +53,7 @@ def measure(model: torch.nn.Module, batch: torch.Tensor, *, runs: int, compile_f
         for label, dtype in (("FP16", torch.float16), ("BF16", torch.bfloat16)):
             half_model, half_batch = model.to(dtype), batch.to(dtype)
             result["parity"][label] = drift(reference, half_model(half_batch))
-            result["latency_s"][f"eager {label}"] = latency(lambda: half_model(half_batch), runs, device)
+            result["latency_s"][f"eager {label}"] = latency(lambda m=half_model, b=half_batch: m(b), runs, device)
         model.float()
     if compile_fp16:
         compiled, half_batch = torch.compile(model.half()), batch.half()
@@ -114,7 +115,9 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["| model | input | half | max abs | mean abs | PSNR dB |", "|---|---|---|---:|---:|---:|"]
     for model in report["models"]:
         for label, d in model["parity"].items():
-            lines.append(f"| {model['model_id']} | {'x'.join(map(str, model['input_shape']))} | {label} | {d['max_abs']:.2e} | {d['mean_abs']:.2e} | {d['psnr']:.1f} |")
+            lines.append(
+                f"| {model['model_id']} | {'x'.join(map(str, model['input_shape']))} | {label} | {d['max_abs']:.2e} | {d['mean_abs']:.2e} | {d['psnr']:.1f} |"
+            )
     lines += ["", "| model | runtime | latency (ms) | vs eager FP32 |", "|---|---|---:|---:|"]
     for model in report["models"]:
         for name, seconds in model["latency_s"].items():

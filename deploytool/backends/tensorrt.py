@@ -7,12 +7,14 @@ for anything else is refused with one line instead of failing deep inside Tensor
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from deploytool.backends import TRT, ClosingRunner
 from deploytool.errors import BackendUnavailable, DeployError
+from deploytool.manifest import Manifest
 
 NOT_INSTALLED = "TensorRT is not installed: pip install deploytool[trt] on a machine with an NVIDIA GPU"
 
@@ -41,10 +43,10 @@ def current_target() -> tuple[tuple[int, int], str]:
     return torch.cuda.get_device_capability(), trt.__version__
 
 
-def matching_engine(manifest: dict[str, Any], compute_capability: tuple[int, int], trt_version: str) -> str:
-    """The engine file of this export that fits the given GPU and TensorRT, or a one-line refusal."""
+def matching_engine(engines: Iterable[str], compute_capability: tuple[int, int], trt_version: str) -> str:
+    """The engine file (of an export's `engines`) that fits the given GPU and TensorRT, or a one-line refusal."""
     wanted = engine_filename(compute_capability, trt_version)
-    engines = manifest.get("engines", {})
+    engines = set(engines)
     if wanted in engines:
         return wanted
     built = ", ".join(sorted(engines)) or "none"
@@ -54,7 +56,7 @@ def matching_engine(manifest: dict[str, Any], compute_capability: tuple[int, int
     )
 
 
-class TrtRunner:
+class TrtRunner(ClosingRunner):
     """Runs a deserialized engine with `execute_async_v3` on its own CUDA stream.
 
     Input and output live in PyTorch CUDA tensors (no other CUDA binding is needed). With
@@ -63,11 +65,12 @@ class TrtRunner:
     per-launch CPU overhead that dominates small tiles.
     """
 
-    def __init__(self, path: str | Path, *, name: str = "trt", cuda_graph: bool = False):
+    def __init__(self, path: str | Path, *, name: str = TRT, cuda_graph: bool = False):
         trt = require_tensorrt()
         import torch
 
         self.name = name
+        self.device = f"cuda ({torch.cuda.get_device_name()})"
         self._torch = torch
         logger = trt.Logger(trt.Logger.WARNING)
         self.engine = trt.Runtime(logger).deserialize_cuda_engine(Path(path).read_bytes())
@@ -100,14 +103,14 @@ class TrtRunner:
             raise DeployError("TensorRT failed to run the engine")
 
     @classmethod
-    def for_export(cls, export_dir: str | Path, manifest: dict[str, Any], *, cuda_graph: bool = False) -> "TrtRunner":
-        from deploytool.export import check_file
-
+    def for_export(cls, export_dir: str | Path, manifest: Manifest, *, cuda_graph: bool = False) -> TrtRunner:
         capability, version = current_target()
-        return cls(check_file(export_dir, manifest, matching_engine(manifest, capability, version)), cuda_graph=cuda_graph)
+        return cls(manifest.check_file(export_dir, matching_engine(manifest.engines, capability, version)), cuda_graph=cuda_graph)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         torch = self._torch
+        if self.context is None:
+            raise DeployError(f"{self.name}: the runner was closed")
         if tuple(batch.shape) != self.input_shape:
             raise DeployError(f"trt: input shape {tuple(batch.shape)} does not match the engine's {self.input_shape}")
         with torch.cuda.stream(self.stream):
@@ -119,3 +122,14 @@ class TrtRunner:
             result = self.output.cpu()
         self.stream.synchronize()
         return result.numpy()
+
+    def close(self) -> None:
+        """Release the CUDA graph, buffers, context and engine (in that order: each uses the next)."""
+        if self.context is None:
+            return
+        self.stream.synchronize()
+        self.graph = None
+        self.input = self.output = None
+        self.context = None
+        self.engine = None
+        self._torch.cuda.empty_cache()

@@ -34,7 +34,7 @@ Things in the official code that look odd and are reproduced on purpose:
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -191,8 +191,14 @@ class BasicConv(nn.Module):
         self.out_channels = out_planes
         self.in_channels = in_planes
         self.conv = nn.Conv2d(
-            in_planes, out_planes, kernel_size=kernel_size, stride=stride, padding=padding,
-            dilation=dilation, groups=groups, bias=bias,
+            in_planes,
+            out_planes,
+            kernel_size=kernel_size,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            bias=bias,
         )
         self.relu = nn.ReLU(inplace=True) if relu else None
 
@@ -258,8 +264,9 @@ class Updownblock(nn.Module):
 
 
 class Mlp(nn.Module):
-    def __init__(self, in_features: int, hidden_features: int | None = None, out_features: int | None = None,
-                 act_layer: type[nn.Module] = nn.ReLU, drop: float = 0.0):
+    def __init__(
+        self, in_features: int, hidden_features: int | None = None, out_features: int | None = None, act_layer: type[nn.Module] = nn.ReLU, drop: float = 0.0
+    ):
         super().__init__()
         out_features = out_features or in_features
         hidden_features = hidden_features or in_features // 4
@@ -276,12 +283,11 @@ class Mlp(nn.Module):
 class EffAttention(nn.Module):
     """EMHA: reduce dim -> dim/2, qkv, attention within chunks of N // 4 tokens, project back to dim."""
 
-    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False, qk_scale: float | None = None,
-                 attn_drop: float = 0.0, proj_drop: float = 0.0):
+    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False, qk_scale: float | None = None, attn_drop: float = 0.0, proj_drop: float = 0.0):
         super().__init__()
         self.num_heads = num_heads
         head_dim = dim // num_heads  # of the unreduced dim, as officially (the heads see dim // 2)
-        self.scale = qk_scale or head_dim ** -0.5
+        self.scale = qk_scale or head_dim**-0.5
         self.reduce = nn.Linear(dim, dim // 2, bias=qkv_bias)
         self.qkv = nn.Linear(dim // 2, dim // 2 * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim // 2, dim)
@@ -308,9 +314,19 @@ class MLABlock(nn.Module):
     Takes an image [B, n_feat, H, W]; returns tokens [B, H*W, dim] (dim = 9 * n_feat).
     """
 
-    def __init__(self, n_feat: int = 64, dim: int = 768, num_heads: int = 8, mlp_ratio: float = 4.0,
-                 qkv_bias: bool = False, qk_scale: float | None = None, drop: float = 0.0, attn_drop: float = 0.0,
-                 drop_path: float = 0.0, act_layer: type[nn.Module] = nn.ReLU):
+    def __init__(
+        self,
+        n_feat: int = 64,
+        dim: int = 768,
+        num_heads: int = 8,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = False,
+        qk_scale: float | None = None,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        act_layer: type[nn.Module] = nn.ReLU,
+    ):
         super().__init__()
         # As officially, num_heads / qkv_bias / qk_scale / dropouts given here are not passed on.
         self.dim = dim

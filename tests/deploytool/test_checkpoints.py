@@ -237,9 +237,7 @@ def test_reduce_to_callable_is_refused_without_running_it(tmp_path: Path, capsys
 
 
 @pytest.mark.parametrize("protocol", [0, 2, pickle.DEFAULT_PROTOCOL])
-def test_raw_pickle_is_refused_without_running_it(
-    tmp_path: Path, capsys: pytest.CaptureFixture, protocol: int
-) -> None:
+def test_raw_pickle_is_refused_without_running_it(tmp_path: Path, capsys: pytest.CaptureFixture, protocol: int) -> None:
     path = tmp_path / "raw.pkl"
     path.write_bytes(pickle.dumps(ReducesToPrint(), protocol=protocol))
     assert_refused(path, "print")
@@ -330,8 +328,7 @@ def test_mixed_mismatch_counts_are_singular() -> None:
     with pytest.raises(CheckpointError) as info:
         load_strict(TinyNet(), sd, model_id="tiny", source="mixed.pth")
     assert str(info.value) == (
-        "mixed.pth does not fit tiny: 1 missing key (scale), 1 unexpected key (extra), "
-        "1 shape mismatch (head.bias: checkpoint [3] vs model [2])"
+        "mixed.pth does not fit tiny: 1 missing key (scale), 1 unexpected key (extra), 1 shape mismatch (head.bias: checkpoint [3] vs model [2])"
     )
 
 
@@ -464,8 +461,7 @@ def test_download_uses_default_cache_dir(server: LocalServer, tmp_path: Path, mo
 
 def test_sha256_mismatch_leaves_no_file(server: LocalServer, tmp_path: Path) -> None:
     with pytest.raises(CheckpointError) as info:
-        fetch(f"{server.url}/weights.pth", filename="w.pth", sha256="0" * 64, cache_dir=tmp_path, progress=False,
-              timeout=TIMEOUT)
+        fetch(f"{server.url}/weights.pth", filename="w.pth", sha256="0" * 64, cache_dir=tmp_path, progress=False, timeout=TIMEOUT)
     message = str(info.value)
     assert "\n" not in message and "sha256" in message and "w.pth" in message
     assert leftovers(tmp_path) == []

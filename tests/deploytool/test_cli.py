@@ -36,13 +36,36 @@ def tiny_config_dir(tmp_path_factory):
     """A user-added model id (DEPLOYTOOL_CONFIG_PATH): a tiny SwinIR x2, to keep the CLI fast."""
     folder = tmp_path_factory.mktemp("configs")
     (folder / "tiny-swinir-x2.toml").write_text(
-        '\n'.join([
-            'id = "tiny-swinir-x2"', 'family = "swinir"', 'task = "sr"', "scale = 2", "channels = 3", "tile = 16",
-            "tile_multiple = 8", "overlap = 4", "[arch]", "upscale = 2", "img_size = 16", "window_size = 8",
-            "embed_dim = 16", "depths = [2]", "num_heads = [2]", "mlp_ratio = 2.0", 'upsampler = "pixelshuffle"',
-            "[weights]", 'filename = "tiny.pth"', 'url = "http://127.0.0.1:9/tiny.pth"',
-            "[tolerances]", "def_max_abs = 1e-4", "onnx_max_abs = 1e-3", "fp16_max_abs = 0.03", "fp16_psnr_min = 40", "tiled_psnr_min = 30",
-        ])
+        "\n".join(
+            [
+                'id = "tiny-swinir-x2"',
+                'family = "swinir"',
+                'task = "sr"',
+                "scale = 2",
+                "channels = 3",
+                "tile = 16",
+                "tile_multiple = 8",
+                "overlap = 4",
+                "[arch]",
+                "upscale = 2",
+                "img_size = 16",
+                "window_size = 8",
+                "embed_dim = 16",
+                "depths = [2]",
+                "num_heads = [2]",
+                "mlp_ratio = 2.0",
+                'upsampler = "pixelshuffle"',
+                "[weights]",
+                'filename = "tiny.pth"',
+                'url = "http://127.0.0.1:9/tiny.pth"',
+                "[tolerances]",
+                "def_max_abs = 1e-4",
+                "onnx_max_abs = 1e-3",
+                "fp16_max_abs = 0.03",
+                "fp16_psnr_min = 40",
+                "tiled_psnr_min = 30",
+            ]
+        )
     )
     return folder
 
@@ -183,7 +206,10 @@ def test_export_accepts_safetensors_and_params_ema(tmp_path, env):
     import model_defs
 
     torch.manual_seed(0)
-    state = model_defs.build_model("swinir", {"upscale": 2, "img_size": 16, "window_size": 8, "embed_dim": 16, "depths": [2], "num_heads": [2], "mlp_ratio": 2.0, "upsampler": "pixelshuffle"}).state_dict()
+    state = model_defs.build_model(
+        "swinir",
+        {"upscale": 2, "img_size": 16, "window_size": 8, "embed_dim": 16, "depths": [2], "num_heads": [2], "mlp_ratio": 2.0, "upsampler": "pixelshuffle"},
+    ).state_dict()
     save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "w.safetensors")
     save_official(state, tmp_path / "w.pth", wrapper="params_ema")
     for name in ("w.safetensors", "w.pth"):
@@ -195,7 +221,9 @@ def test_export_accepts_safetensors_and_params_ema(tmp_path, env):
 
 @pytest.mark.skipif(not (SHARED / "testsets" / "Set5").is_dir(), reason="../shared/testsets/Set5 is not present")
 def test_verify_with_real_images_measures_seams(exported, env):
-    result = invoke("verify", exported, "--images", SHARED / "testsets" / "Set5" / "LR_bicubic" / "X2", "--backends", "ort-fp16", "--max-images", "2", "--json", env=env)
+    result = invoke(
+        "verify", exported, "--images", SHARED / "testsets" / "Set5" / "LR_bicubic" / "X2", "--backends", "ort-fp16", "--max-images", "2", "--json", env=env
+    )
     assert result.exit_code == 0, result.output
     tiled = [c for c in json.loads(result.stdout)["comparisons"] if c["inputs"].startswith("image")]
     assert len(tiled) == 2 and all(c["psnr"] > 30 for c in tiled)
@@ -236,3 +264,28 @@ def test_bench_times_the_backends_against_the_first(exported, env):
     report = json.loads(result.stdout)
     assert [r["backend"] for r in report["results"]] == ["ort", "ort-fp16"]
     assert report["results"][0]["speed_vs_first"] == 1.0 and all(r["tiles_per_s"] > 0 for r in report["results"])
+
+
+def test_an_export_runs_without_the_config_that_made_it(exported, tmp_path):
+    """tiny-swinir-x2 exists only through DEPLOYTOOL_CONFIG_PATH: unset, its export still works."""
+    without = {"DEPLOYTOOL_CONFIG_PATH": None}
+    assert_one_line_error(invoke("info", "tiny-swinir-x2", env=without), "unknown model id")
+    verified = invoke("verify", exported, "--backends", "original,torch", env=without)
+    assert verified.exit_code == 0, verified.output
+    source = write_png(tmp_path / "in.png", 3)
+    ran = invoke("run", exported, source, "-o", tmp_path / "out.png", "--backend", "torch", env=without)
+    assert ran.exit_code == 0, ran.output
+    dataset = tmp_path / "set"
+    images.write_image((dataset / "HR").joinpath("a.png"), synthetic_batch((1, 3, 32, 32), seed=1)[0].transpose(1, 2, 0))
+    images.write_image((dataset / "LR_bicubic" / "X2").joinpath("ax2.png"), synthetic_batch((1, 3, 16, 16), seed=2)[0].transpose(1, 2, 0))
+    evaluated = invoke("eval", exported, "--dataset", dataset, "--scale", "2", "--methods", "reference,torch", env=without)
+    assert evaluated.exit_code == 0, evaluated.output
+
+
+def test_verify_report_writes_a_self_contained_html_page(exported, tmp_path):
+    folder = tmp_path / "images"
+    write_png(folder / "a.png", 3)
+    result = invoke("verify", exported, "--images", folder, "--backends", "ort", "--report", env=None)
+    assert result.exit_code == 0, result.output
+    page = (exported / "parity.html").read_text()
+    assert "image a.png tiled" in page and page.count("data:image/png;base64,") >= 4 and "http://" not in page.split("<body", 1)[1]

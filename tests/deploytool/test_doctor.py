@@ -3,8 +3,17 @@
 from deploytool import doctor
 
 NO_GPU = {
-    "python": "3.11.7", "platform": "Linux", "torch": "2.15.0", "onnx": "1.23", "onnxsim": "0.8", "onnxruntime": "1.31",
-    "tensorrt": None, "spandrel": "0.4.2", "cuda": "13.2", "gpus": [], "ort_providers": ["CPUExecutionProvider"],
+    "python": "3.11.7",
+    "platform": "Linux",
+    "torch": "2.15.0",
+    "onnx": "1.23",
+    "onnxsim": "0.8",
+    "onnxruntime": "1.31",
+    "tensorrt": None,
+    "spandrel": "0.4.2",
+    "cuda": "13.2",
+    "gpus": [],
+    "ort_providers": ["CPUExecutionProvider"],
 }
 H100 = {"name": "NVIDIA H100", "compute_capability": [9, 0], "memory_gb": 79.1}
 

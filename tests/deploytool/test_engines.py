@@ -1,23 +1,22 @@
 """TensorRT engine planning and records: everything that does not need TensorRT or a GPU."""
 
-import json
-
 import onnx
 import pytest
 
-from deploytool import engines, export
+from deploytool import engines
 from deploytool.errors import DeployError
+from deploytool.manifest import FP16_FILE, FP32_FILE, EngineRecord, read_manifest
 from tests.helpers import export_tiny
 
 
 @pytest.mark.parametrize(
     "version, graph, typed, fp16_flag",
     [
-        ("11.0.0", export.FP16_FILE, True, False),
-        ("10.13.0.35", export.FP16_FILE, True, False),
-        ("10.12.0", export.FP16_FILE, True, False),
-        ("10.11.0.33", export.FP32_FILE, False, True),
-        ("10.3.0", export.FP32_FILE, False, True),  # JetPack 6
+        ("11.0.0", FP16_FILE, True, False),
+        ("10.13.0.35", FP16_FILE, True, False),
+        ("10.12.0", FP16_FILE, True, False),
+        ("10.11.0.33", FP32_FILE, False, True),
+        ("10.3.0", FP32_FILE, False, True),  # JetPack 6
     ],
 )
 def test_the_graph_and_flags_follow_the_tensorrt_version(version, graph, typed, fp16_flag):
@@ -33,11 +32,11 @@ def test_tensorrt_before_10_is_refused():
 
 def test_fallback_pins_exactly_the_islands_the_fp16_graph_records(tmp_path):
     manifest = export_tiny("swinir-s-x2", tmp_path / "e")
-    fp16 = onnx.load(str(tmp_path / "e" / export.FP16_FILE))
-    fp32_names = {n.name for n in onnx.load(str(tmp_path / "e" / export.FP32_FILE)).graph.node}
+    fp16 = onnx.load(str(tmp_path / "e" / FP16_FILE))
+    fp32_names = {n.name for n in onnx.load(str(tmp_path / "e" / FP32_FILE)).graph.node}
     islands = engines.fp32_islands(fp16)
     assert set(islands) <= fp32_names  # every pinned name exists in the graph the fallback builds
-    assert len(islands) == sum(manifest["fp16"]["fp32_by_op"].values())
+    assert len(islands) == sum(manifest.fp16.fp32_by_op.values())
     by_op = {n.name: n.op_type for n in fp16.graph.node}
     assert {by_op[name] for name in islands} >= {"LayerNormalization", "Softmax"}
 
@@ -88,23 +87,40 @@ def test_bad_workspace_size_is_one_line():
         engines.parse_size("lots")
 
 
-def test_record_adds_an_engine_and_keeps_the_others():
-    manifest = {"files": {}, "engines": {"model.sm86-trt10.13.0.engine": {"sha256": "a"}}}
-    updated = engines.record(manifest, "model.sm90-trt11.0.0.engine", {"sha256": "b"})
-    assert set(updated["engines"]) == {"model.sm86-trt10.13.0.engine", "model.sm90-trt11.0.0.engine"}
-    assert manifest["engines"] == {"model.sm86-trt10.13.0.engine": {"sha256": "a"}}  # not modified in place
+def engine_record(sha256: str) -> EngineRecord:
+    return EngineRecord(
+        sha256=sha256,
+        bytes=17,
+        gpu="NVIDIA H100",
+        compute_capability=(9, 0),
+        tensorrt="10.13.0",
+        plan={"graph": FP16_FILE},
+        workspace_bytes=2**30,
+        opt_level=3,
+        timing_cache="timing.cache",
+        build_seconds=1.0,
+    )
+
+
+def test_recording_an_engine_keeps_the_others(tmp_path):
+    export_tiny("swinir-s-x2", tmp_path / "e", fp16=False)
+    manifest = read_manifest(tmp_path / "e").with_engine("model.sm86-trt10.13.0.engine", engine_record("a" * 64))
+    updated = manifest.with_engine("model.sm90-trt11.0.0.engine", engine_record("b" * 64))
+    assert set(updated.engines) == {"model.sm86-trt10.13.0.engine", "model.sm90-trt11.0.0.engine"}
+    assert set(manifest.engines) == {"model.sm86-trt10.13.0.engine"}  # not modified in place
+    updated.write(tmp_path / "e")
+    assert read_manifest(tmp_path / "e") == updated  # engines survive the round trip through JSON
 
 
 def test_a_recorded_engine_is_checked_like_the_other_files(tmp_path):
     from deploytool.fileio import sha256_file
 
     export_tiny("swinir-s-x2", tmp_path / "e", fp16=False)
-    manifest = export.read_manifest(tmp_path / "e")
+    manifest = read_manifest(tmp_path / "e")
     engine = tmp_path / "e" / "model.sm90-trt10.13.0.engine"
     engine.write_bytes(b"serialized engine")
-    manifest = engines.record(manifest, engine.name, {"sha256": sha256_file(engine)})
-    assert export.check_file(tmp_path / "e", manifest, engine.name) == engine
+    manifest = manifest.with_engine(engine.name, engine_record(sha256_file(engine)))
+    assert manifest.check_file(tmp_path / "e", engine.name) == engine
     engine.write_bytes(b"another engine")
     with pytest.raises(DeployError, match="changed since export"):
-        export.check_file(tmp_path / "e", manifest, engine.name)
-    json.dumps(manifest)
+        manifest.check_file(tmp_path / "e", engine.name)

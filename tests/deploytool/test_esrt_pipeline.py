@@ -7,6 +7,7 @@ import pytest
 
 from deploytool import export, parity, registry
 from deploytool.checkpoints import load_state_dict_file
+from deploytool.manifest import FP16_FILE, FP32_FILE
 from deploytool.models import WeightsSource
 
 WEIGHTS = Path(__file__).resolve().parents[3] / "shared" / "weights"
@@ -22,7 +23,7 @@ def export_esrt(tmp_path, model_id, source, tile=(16, 16)):
 @pytest.mark.parametrize("model_id", ["esrt-x2", "esrt-x3", "esrt-x4"])
 def test_every_scale_exports_static_and_verifies(tmp_path, model_id):
     out, manifest = export_esrt(tmp_path, model_id, WeightsSource(kind="random-init", seed=1))
-    for name in (export.FP32_FILE, export.FP16_FILE):
+    for name in (FP32_FILE, FP16_FILE):
         model = onnx.load(str(out / name))
         assert not {n.op_type for n in model.graph.node} & {"Col2Im", "Shape", "ScatterND"}
         assert export.static_graph_violations(model) == []
@@ -45,6 +46,6 @@ def test_real_checkpoints_export_and_verify(tmp_path, epoch):
     loaded = load_state_dict_file(path)
     source = WeightsSource(kind="checkpoint", path=str(path), sha256=loaded.sha256, wrapper_key=loaded.wrapper_key)
     out, manifest = export_esrt(tmp_path, "esrt-x2", source, tile=(32, 32))
-    assert manifest["source"]["sha256"] == loaded.sha256
+    assert manifest.source.sha256 == loaded.sha256
     report = parity.verify(out, backends=["torch", "ort", "ort-fp16"], synthetic_batches=1)
     assert report["passed"], parity.markdown(report)

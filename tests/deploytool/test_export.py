@@ -8,6 +8,7 @@ import pytest
 from deploytool import export, parity
 from deploytool.errors import DeployError
 from deploytool.fileio import sha256_file
+from deploytool.manifest import FP16_FILE, FP32_FILE, MANIFEST_FILE, SCHEMA_VERSION, read_manifest
 from tests.helpers import export_tiny, swinir_ids
 
 
@@ -22,13 +23,13 @@ def export_static_and_verified(model_id: str, out) -> tuple[dict, set[str]]:
     """A tiny export of `model_id`: both graphs static and as recorded, all backends matching the
     original. Returns the manifest and the op types of the FP32 graph."""
     manifest = export_tiny(model_id, out)
-    for name in (export.FP32_FILE, export.FP16_FILE):
+    for name in (FP32_FILE, FP16_FILE):
         assert_static(onnx.load(str(out / name)))
-        assert manifest["files"][name]["sha256"] == sha256_file(out / name)
+        assert manifest.files[name].sha256 == sha256_file(out / name)
     report = parity.verify(out, backends=["torch", "ort", "ort-fp16"], synthetic_batches=1)
     assert report["passed"], parity.markdown(report)
     assert {c["candidate"] for c in report["comparisons"]} == {"torch", "ort", "ort-fp16"}
-    return manifest, {n.op_type for n in onnx.load(str(out / export.FP32_FILE)).graph.node}
+    return manifest, {n.op_type for n in onnx.load(str(out / FP32_FILE)).graph.node}
 
 
 @pytest.mark.parametrize("model_id", swinir_ids())
@@ -40,15 +41,32 @@ def test_every_id_exports_a_static_graph_that_matches_the_original(tmp_path, mod
 def test_manifest_records_the_contract(tmp_path):
     out = tmp_path / "m"
     manifest = export_tiny("swinir-m-x4", out, batch=2)
-    on_disk = json.loads((out / export.MANIFEST).read_text())
-    assert on_disk == json.loads(json.dumps(manifest))
-    assert manifest["input"] == {"name": "input", "shape": [2, 3, 16, 16], "dtype": "float32", "layout": "NCHW", "color": "RGB", "range": [0.0, 1.0]}
-    assert manifest["output"]["shape"] == [2, 3, 64, 64] and manifest["output"]["clamped"] is False
-    assert manifest["opset"] >= 17 and "TorchScript" in manifest["exporter"]
-    assert manifest["source"]["kind"] == "checkpoint" and len(manifest["source"]["sha256"]) == 64
-    assert set(manifest["versions"]) >= {"torch", "onnx", "onnxruntime", "onnxsim"}
-    assert manifest["fp16"]["fp32_by_op"]["LayerNormalization"] > 0
-    graph = onnx.load(str(out / export.FP32_FILE))
+    on_disk = json.loads((out / MANIFEST_FILE).read_text())
+    assert on_disk == manifest.to_json() and read_manifest(out) == manifest
+    assert on_disk["schema_version"] == SCHEMA_VERSION
+    assert on_disk["input"] == {
+        "name": "input",
+        "shape": [2, 3, 16, 16],
+        "dtype": "float32",
+        "layout": "NCHW",
+        "range": [0.0, 1.0],
+        "views": [{"name": "image", "channels": 3, "color": "RGB"}],
+    }
+    assert on_disk["output"]["shape"] == [2, 3, 64, 64] and on_disk["output"]["clamped"] is False
+    assert on_disk["tiling"] == {
+        "tile": [16, 16],
+        "tile_multiple": 8,
+        "fixed_tile": False,
+        "batch": 2,
+        "overlap": 16,
+        "padding": "reflect",
+        "blend": {"mode": "ramp", "width": 16, "trim": 0},
+    }
+    assert manifest.opset >= 17 and "TorchScript" in manifest.exporter
+    assert manifest.source.kind == "checkpoint" and len(manifest.source.sha256) == 64
+    assert set(manifest.versions) >= {"torch", "onnx", "onnxruntime", "onnxsim"}
+    assert manifest.fp16.fp32_by_op["LayerNormalization"] > 0
+    graph = onnx.load(str(out / FP32_FILE))
     assert [d.dim_value for d in graph.graph.input[0].type.tensor_type.shape.dim] == [2, 3, 16, 16]
     assert [d.dim_value for d in graph.graph.output[0].type.tensor_type.shape.dim] == [2, 3, 64, 64]
 
@@ -58,8 +76,8 @@ def test_any_window_multiple_exports_with_one_shared_mask(tmp_path):
     # the tiny model's per-block bias plus masks is 0.06-0.8 MB, below the ids' 1 MB fold limit
     at_img_size = export_tiny("swinir-m-x2", tmp_path / "a", fp16=False, fold_limit_mb=0.05)
     larger = export_tiny("swinir-m-x2", tmp_path / "b", fp16=False, tile=(32, 48), fold_limit_mb=0.05)
-    assert larger["graph"]["nodes"] == at_img_size["graph"]["nodes"]
-    model = onnx.load(str(tmp_path / "b" / export.FP32_FILE))
+    assert larger.graph.nodes == at_img_size.graph.nodes
+    model = onnx.load(str(tmp_path / "b" / FP32_FILE))
     # 4 x 6 windows of 8 x 8: one row mask for the 4 rows and one column mask for the 6 columns
     masks = sorted(list(init.dims) for init in model.graph.initializer if list(init.dims)[-2:] == [64, 64] and init.dims[0] in (4, 6))
     assert masks == [[4, 1, 1, 64, 64], [6, 1, 64, 64]], masks
@@ -82,13 +100,13 @@ def test_a_failed_export_leaves_no_manifest(tmp_path, monkeypatch):
     monkeypatch.setattr(export, "simplify", broken)
     with pytest.raises(DeployError):
         export_tiny("swinir-s-x2", out, fp16=False)
-    assert (out / export.MANIFEST).exists()  # the earlier export is intact: nothing was replaced
+    assert (out / MANIFEST_FILE).exists()  # the earlier export is intact: nothing was replaced
     assert not list(tmp_path.glob("**/*.part*"))
 
 
 def test_deduplicate_initializers_merges_identical_constants():
-    from onnx import helper, numpy_helper
     import numpy as np
+    from onnx import helper, numpy_helper
 
     values = numpy_helper.from_array(np.ones((4, 4), np.float32), "a")
     copy = numpy_helper.from_array(np.ones((4, 4), np.float32), "b")

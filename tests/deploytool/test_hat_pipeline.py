@@ -6,7 +6,8 @@ import numpy as np
 import onnx
 import pytest
 
-from deploytool import export, parity
+from deploytool import parity
+from deploytool.manifest import FP32_FILE
 from tests.deploytool.test_export import export_static_and_verified
 from tests.helpers import export_tiny, hat_ids, tiny_entry, tiny_state_dict
 
@@ -16,7 +17,7 @@ SET5_X4 = Path(__file__).resolve().parents[3] / "shared" / "testsets" / "Set5" /
 @pytest.mark.parametrize("model_id", hat_ids())
 def test_every_id_exports_a_static_graph_that_matches_the_original(tmp_path, model_id):
     manifest, ops = export_static_and_verified(model_id, tmp_path / model_id)
-    assert manifest["fp16"]["fp16_flop_share"] > 0.9
+    assert manifest.fp16.fp16_flop_share > 0.9
     assert not ops & {"Im2Col", "Col2Im"}
 
 
@@ -36,15 +37,15 @@ def test_graph_holds_weights_not_per_block_biases_or_masks(tmp_path, model_id):
     # the tiny model's 2 heads make each gathered bias 512 KB, below the ids' 1 MB limit
     small = export_tiny(model_id, tmp_path / "small", fp16=False, tile=(32, 32), fold_limit_mb=0.25)
     large = export_tiny(model_id, tmp_path / "large", fp16=False, tile=(64, 96), fold_limit_mb=0.25)
-    model = onnx.load(str(tmp_path / "large" / export.FP32_FILE))
+    model = onnx.load(str(tmp_path / "large" / FP32_FILE))
     initializers = {init.name: init for init in model.graph.initializer}
     gathers = bias_gathers(model)
     blocks = 2 * (2 + 1)  # tiny: 2 groups of 2 window-attention blocks and one OCAB
     assert len(gathers) == blocks
     assert all(node.input[0] in initializers and len(initializers[node.input[0]].dims) == 2 for node in gathers)
     assert len({node.input[1] for node in gathers}) == 2  # one index for window attention, one for OCAB
-    assert large["graph"]["nodes"] == small["graph"]["nodes"]
-    growth = large["files"][export.FP32_FILE]["bytes"] - small["files"][export.FP32_FILE]["bytes"]
+    assert large.graph.nodes == small.graph.nodes
+    growth = large.files[FP32_FILE].bytes - small.files[FP32_FILE].bytes
     # 4 x 6 windows: row and column masks of 4 and 6 windows of 256 x 256 (each 256 KB)
     assert growth <= (4 + 6 - 2 - 2) * 256 * 256 * 4 + 4096, growth
     float_constants = sum(int(np.prod(i.dims)) * 4 for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT)

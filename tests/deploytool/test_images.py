@@ -236,9 +236,7 @@ def test_fit_channels_gray_to_rgb_model() -> None:
 def test_fit_channels_rgb_to_gray_model_refused() -> None:
     with pytest.raises(ImageError) as error:
         fit_channels(_levels((4, 5, 3), 8), 1, model_id="dncnn-gray", path=Path("photo.png"))
-    assert str(error.value) == (
-        "dncnn-gray takes 1-channel (grayscale) images; photo.png is RGB: convert it to grayscale first"
-    )
+    assert str(error.value) == ("dncnn-gray takes 1-channel (grayscale) images; photo.png is RGB: convert it to grayscale first")
 
 
 def test_restore_channels(tmp_path: Path) -> None:

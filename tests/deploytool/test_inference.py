@@ -6,8 +6,8 @@ import pytest
 from deploytool import inference, parity
 from deploytool.backends import open_runner
 from deploytool.backends.torch import TorchRunner
-from deploytool.export import read_manifest
 from deploytool.inputs import synthetic_batch
+from deploytool.manifest import read_manifest
 from deploytool.models import arch_for, export_weights
 from deploytool.references import build_reference
 from tests.helpers import export_tiny

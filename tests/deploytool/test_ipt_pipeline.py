@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from deploytool import export, parity
+from deploytool import parity
 from deploytool.backends.onnxruntime import OrtRunner
 from deploytool.errors import DeployError
 from deploytool.inputs import synthetic_batch
+from deploytool.manifest import FP32_FILE
 from tests.deploytool.test_export import export_static_and_verified
 from tests.helpers import export_tiny, ipt_ids, save_official, tiny_entry
 
@@ -32,7 +33,7 @@ def original_state(seed: int = 0, **changes) -> dict[str, torch.Tensor]:
 def test_every_id_exports_a_static_graph_that_matches_the_original(tmp_path, model_id):
     manifest, ops = export_static_and_verified(model_id, tmp_path / model_id)
     assert not ops & {"Col2Im", "Im2Col", "Gather"}
-    assert manifest["unused_weights"] == {}
+    assert manifest.unused_weights == {}
 
 
 @pytest.mark.parametrize("model_id", ["ipt-sr-x3", "ipt-dn-50"])
@@ -42,7 +43,7 @@ def test_pretraining_file_exports_one_task_and_lists_the_rest(tmp_path, model_id
     weights = save_official(state, tmp_path / "IPT_pretrain.pt", wrapper=None)
     out = tmp_path / model_id
     manifest = export_tiny(model_id, out, weights=weights)
-    unused = manifest["unused_weights"]
+    unused = manifest.unused_weights
     other_tasks = {t for t in range(6) if t != entry.task_index}
     expected = {k for k in state if k.split(".")[0] in ("head", "tail") and int(k.split(".")[1]) in other_tasks}
     expected |= {f"body.query_embed.weight[{t}]" for t in other_tasks}
@@ -60,7 +61,7 @@ def test_pretraining_file_exports_one_task_and_lists_the_rest(tmp_path, model_id
     x = synthetic_batch((1, 3, 48, 48), seed=4)
     with torch.no_grad():
         expected_out = original(torch.from_numpy(x) * 255).numpy() / 255
-    np.testing.assert_allclose(OrtRunner(out / export.FP32_FILE)(x), expected_out, atol=1e-3)
+    np.testing.assert_allclose(OrtRunner(out / FP32_FILE)(x), expected_out, atol=1e-3)
 
 
 def test_other_tiles_are_refused_with_the_reason(tmp_path):
@@ -72,21 +73,23 @@ def test_other_tiles_are_refused_with_the_reason(tmp_path):
 def test_a_batch_of_tiles_gives_each_tile_its_own_result(tmp_path):
     out = tmp_path / "b"
     export_tiny("ipt-derain", out, batch=4, fp16=False)
-    runner = OrtRunner(out / export.FP32_FILE)
+    runner = OrtRunner(out / FP32_FILE)
     tiles = np.concatenate([synthetic_batch((1, 3, 48, 48), seed) for seed in range(4)])
     together = runner(tiles)
     single = export_tiny("ipt-derain", tmp_path / "s", batch=1, fp16=False)
-    alone = OrtRunner(tmp_path / "s" / export.FP32_FILE)
+    alone = OrtRunner(tmp_path / "s" / FP32_FILE)
     for i in range(4):
         np.testing.assert_allclose(together[i : i + 1], alone(tiles[i : i + 1]), atol=1e-4)
-    assert single["input"]["shape"][0] == 1 and together.shape[0] == 4
+    assert single.input.shape[0] == 1 and together.shape[0] == 4
 
 
 def test_planned_fp16_survives_a_feature_stream_beyond_fp16_range(tmp_path):
     """The body's last projection scaled 1000 times and the tail's first conv scaled back: the
     body output and the residual sum overflow FP16 while the model stays sane (weights stay
     below the converter's 1e4 clamp)."""
-    from tests.deploytool.test_precision import assert_planned_fp16_holds_where_naive_fp16_overflows
+    from tests.deploytool.test_precision import (
+        assert_planned_fp16_holds_where_naive_fp16_overflows,
+    )
 
     state = original_state(scale=[4])
     factor = 1e3
@@ -110,7 +113,7 @@ def test_whole_images_agree_with_the_official_chop(tmp_path):
     out = tmp_path / "ipt"
     manifest = export_tiny("ipt-sr-x4", out, batch=4, fp16=False)
     pixels = images.read_image(SET5_X4 / "birdx4.png").pixels.astype(np.float32)  # 72 x 72
-    ours = inference.restore_array(OrtRunner(out / export.FP32_FILE), manifest, pixels, overlap=manifest["overlap"])
+    ours = inference.restore_array(OrtRunner(out / FP32_FILE), manifest, pixels, overlap=manifest.tiling.overlap)
     entry, _, state = export_weights(manifest)
     official = original_runner(entry, state)(pixels.transpose(2, 0, 1)[None].copy())[0].transpose(1, 2, 0)
     assert ours.shape == official.shape == (288, 288, 3)

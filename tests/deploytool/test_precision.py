@@ -4,8 +4,9 @@ import numpy as np
 import onnx
 import pytest
 
-from deploytool import export, precision
+from deploytool import precision
 from deploytool.inputs import synthetic_batch
+from deploytool.manifest import FP16_FILE, FP32_FILE
 from tests.helpers import export_tiny, save_official, tiny_entry, tiny_state_dict
 
 # The layer that reads the long skip (conv_first + conv_after_body): scaled down by the factor
@@ -45,22 +46,22 @@ def test_planned_fp16_survives_a_residual_stream_beyond_fp16_range(tmp_path, mod
 def assert_planned_fp16_holds_where_naive_fp16_overflows(out, manifest: dict) -> None:
     """On a stressed export: activations beyond FP16's range, which a naive FP16 graph turns
     into inf/NaN and the planned graph keeps within tolerance, in true FP16 and in ORT."""
-    fp32 = onnx.load(str(out / export.FP32_FILE))
-    batch = [synthetic_batch(tuple(manifest["input"]["shape"]), seed) for seed in (7, 8)]
+    fp32 = onnx.load(str(out / FP32_FILE))
+    batch = [synthetic_batch(manifest.input.shape, seed) for seed in (7, 8)]
     ranges = precision.measure_ranges(fp32, batch)
     assert max(ranges.values()) > precision.FP16_MAX  # the stress is real
 
     reference = precision.run_graph(fp32, batch)
     naive = precision.convert(fp32, None)
-    planned = onnx.load(str(out / export.FP16_FILE))
-    limit = manifest["tolerances"]["fp16_max_abs"]
+    planned = onnx.load(str(out / FP16_FILE))
+    limit = manifest.tolerances["fp16_max_abs"]
     for expected, array in zip(reference, batch):
         assert not np.isfinite(run_in_true_fp16(naive, array)).all(), "naive FP16 should overflow"
         actual = run_in_true_fp16(planned, array)
         assert np.isfinite(actual).all() and np.abs(expected - actual).max() < limit
     for expected, actual in zip(reference, precision.run_graph(planned, batch)):
         assert np.abs(expected - actual).max() < limit
-    assert manifest["fp16"]["fp32_by_reason"].get("range", 0) > 0
+    assert manifest.fp16.fp32_by_reason.get("range", 0) > 0
 
 
 def test_measure_ranges_reports_every_activation():
@@ -81,8 +82,14 @@ def test_measure_ranges_reports_every_activation():
 def test_plan_keeps_normalisations_and_large_tensors_in_fp32():
     from onnx import TensorProto, helper
 
-    nodes = [helper.make_node("Softmax", ["x"], ["s"], name="soft"), helper.make_node("Add", ["s", "x"], ["big"], name="add"), helper.make_node("Relu", ["big"], ["out"], name="relu")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])], [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2])])
+    nodes = [
+        helper.make_node("Softmax", ["x"], ["s"], name="soft"),
+        helper.make_node("Add", ["s", "x"], ["big"], name="add"),
+        helper.make_node("Relu", ["big"], ["out"], name="relu"),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])], [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2])]
+    )
     plan = precision.plan_islands(helper.make_model(graph), {"x": 1.0, "s": 1.0, "big": 60000.0, "out": 1.0}, margin=16)
     assert plan.fp32_nodes == {"soft", "add", "relu"}
     assert plan.reasons == {"soft": "op:Softmax", "add": "range", "relu": "range"}

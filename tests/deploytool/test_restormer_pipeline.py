@@ -10,6 +10,7 @@ from deploytool import export, images, inference, parity, precision, registry
 from deploytool.backends import open_runner
 from deploytool.checkpoints import load_state_dict_file
 from deploytool.inputs import synthetic_batch
+from deploytool.manifest import FP16_FILE, FP32_FILE
 from deploytool.models import WeightsSource
 from tests.helpers import save_official
 from tests.model_defs.test_restormer import restormer_ids, tiny_entry, tiny_state
@@ -29,11 +30,11 @@ def test_every_id_exports_static_and_verifies(tmp_path, model_id):
     entry = tiny_entry(model_id)
     out = tmp_path / model_id
     manifest = export_entry(entry, tiny_state(entry), out)
-    assert manifest["input"]["shape"][1] == entry.channels and manifest["output"]["shape"][1] == entry.out_channels
-    for name in (export.FP32_FILE, export.FP16_FILE):
+    assert manifest.channels == entry.channels and manifest.out_channels == entry.out_channels
+    for name in (FP32_FILE, FP16_FILE):
         model = onnx.load(str(out / name))
         assert export.static_graph_violations(model) == []
-    ops = {n.op_type for n in onnx.load(str(out / export.FP32_FILE)).graph.node}
+    ops = {n.op_type for n in onnx.load(str(out / FP32_FILE)).graph.node}
     assert ("LayerNormalization" in ops) == (entry.arch["LayerNorm_type"] == "WithBias")
     report = parity.verify(out, backends=["torch", "ort", "ort-fp16"], synthetic_batches=1)
     assert report["passed"], parity.markdown(report)
@@ -54,19 +55,19 @@ def test_fp16_keeps_the_tile_wide_sum_of_squares_in_fp32(tmp_path):
             state[key][:q_and_k] *= 30
     out = tmp_path / "stress"
     manifest = export_entry(entry, state, out)
-    fp32 = onnx.load(str(out / export.FP32_FILE))
+    fp32 = onnx.load(str(out / FP32_FILE))
     batch = synthetic_batch((1, 3, 32, 32), seed=3)
     ranges = precision.measure_ranges(fp32, [batch])
     sizes = precision.tensor_sizes(fp32)
     norms = [n for n in fp32.graph.node if n.op_type == "ReduceL2"]
     assert norms and max(precision.reduction_accumulator(n, ranges, sizes) for n in norms) > precision.FP16_MAX
-    assert manifest["fp16"]["fp32_by_reason"].get("accumulator", 0) > 0
+    assert manifest.fp16.fp32_by_reason.get("accumulator", 0) > 0
 
     expected = precision.run_graph(fp32, [batch])[0]
-    limit = manifest["tolerances"]["fp16_max_abs"]
+    limit = manifest.tolerances["fp16_max_abs"]
     naive = run_in_true_fp16(precision.convert(fp32, None), batch)
     assert not (np.isfinite(naive).all() and np.abs(naive - expected).max() < limit), "naive FP16 should break"
-    planned = run_in_true_fp16(onnx.load(str(out / export.FP16_FILE)), batch)
+    planned = run_in_true_fp16(onnx.load(str(out / FP16_FILE)), batch)
     assert np.isfinite(planned).all() and np.abs(planned - expected).max() < limit
 
 
@@ -109,4 +110,4 @@ def test_dual_view_run_takes_pairs(tmp_path):
     assert result.exit_code == 0, result.output
     assert images.read_image(tmp_path / "sharp.png").pixels.shape == (40, 52, 3)
     single = CliRunner().invoke(cli, ["run", str(out), str(left), "-o", str(tmp_path / "x.png"), "--backend", "ort"])
-    assert single.exit_code == 2 and "pairs" in single.stderr
+    assert single.exit_code == 2 and "groups of 2 (left, right); 1 given" in single.stderr

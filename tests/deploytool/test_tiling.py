@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tracemalloc
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -136,9 +136,7 @@ def _layout(height: int, width: int, tile: tuple[int, int], overlap: int) -> lis
     return [(y, x) for y in ys for x in xs]
 
 
-@pytest.mark.parametrize(
-    "height, width, overlap, batch", [(50, 61, 6, 1), (40, 40, 10, 3), (33, 20, 0, 2), (32, 48, 0, 2)]
-)
+@pytest.mark.parametrize("height, width, overlap, batch", [(50, 61, 6, 1), (40, 40, 10, 3), (33, 20, 0, 2), (32, 48, 0, 2)])
 def test_non_equivariant_model_blends_within_tile_outputs(height: int, width: int, overlap: int, batch: int) -> None:
     """Each tile adds its own mean: overlaps differ, so weights must sum to 1 and stay convex."""
     tile, scale = (16, 16), 2

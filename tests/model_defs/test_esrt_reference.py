@@ -8,7 +8,13 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from model_defs.reference.esrt import ESRT, EffAttention, extract_image_patches, reverse_patches, same_padding
+from model_defs.reference.esrt import (
+    ESRT,
+    EffAttention,
+    extract_image_patches,
+    reverse_patches,
+    same_padding,
+)
 
 SHARED = Path(__file__).resolve().parents[3] / "shared"
 WEIGHTS = SHARED / "weights"
@@ -29,7 +35,7 @@ def load_checkpoint(name: str) -> dict[str, torch.Tensor]:
     if not path.is_file():
         pytest.skip("../shared/weights is not present")
     state = torch.load(path, map_location="cpu", weights_only=True)
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    return {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
 
 
 @pytest.mark.parametrize("epoch", [10, 20])

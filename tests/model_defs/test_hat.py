@@ -8,7 +8,13 @@ from deploytool.errors import CheckpointError
 from deploytool.models import build_def
 from model_defs.hat import overlap_relative_position_index
 from model_defs.windows import overlapping_windows
-from tests.helpers import assert_matches_original, full_size_state_dicts, hat_ids, tiny_entry, tiny_state_dict
+from tests.helpers import (
+    assert_matches_original,
+    full_size_state_dicts,
+    hat_ids,
+    tiny_entry,
+    tiny_state_dict,
+)
 
 
 def unfolded_windows(x: torch.Tensor, window: int, overlap_window: int) -> torch.Tensor:

@@ -3,7 +3,13 @@
 import pytest
 import torch
 
-from model_defs.ipt import IPT, patches_to_tokens, reconcile_arch, select_task, tokens_to_patches
+from model_defs.ipt import (
+    IPT,
+    patches_to_tokens,
+    reconcile_arch,
+    select_task,
+    tokens_to_patches,
+)
 
 # The real structure at toy size: 24 px tiles of 3x3 patches (64 tokens of width 8*9 = 72).
 TINY = dict(patch_size=24, patch_dim=3, n_feats=8, num_heads=4, num_layers=2)
@@ -18,10 +24,7 @@ def original_with_state(seed: int = 0, **arch):
     torch.manual_seed(seed)
     original = OriginalIPT(**arch).eval()
     generator = torch.Generator().manual_seed(seed)
-    state = {
-        k: v + 0.05 * torch.randn(v.shape, generator=generator) if v.is_floating_point() else v
-        for k, v in original.state_dict().items()
-    }
+    state = {k: v + 0.05 * torch.randn(v.shape, generator=generator) if v.is_floating_point() else v for k, v in original.state_dict().items()}
     original.load_state_dict(state, strict=True)
     return original, state
 
@@ -64,9 +67,7 @@ def test_matches_original(task):
     torch.testing.assert_close(actual, run_original(original, x), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize(
-    "flags", [dict(pos_every=True), dict(no_pos=True), dict(mlp=False), dict(no_norm=True)], ids=lambda f: next(iter(f))
-)
+@pytest.mark.parametrize("flags", [dict(pos_every=True), dict(no_pos=True), dict(mlp=False), dict(no_norm=True)], ids=lambda f: next(iter(f)))
 def test_structure_flags_match_original(flags):
     original, state = original_with_state(seed=5, scale=[2], **TINY, **flags)
     ours = ours_loaded(state, scale=[2], **TINY, **flags)

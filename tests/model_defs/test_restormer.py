@@ -57,7 +57,7 @@ def test_norms_are_exact():
     with_bias.bias.data = torch.randn(6)
     tokens = x.flatten(2).transpose(1, 2)
     sigma = tokens.var(-1, keepdim=True, unbiased=False)
-    expected_bias = ((tokens - tokens.mean(-1, keepdim=True)) / torch.sqrt(sigma + 1e-5) * with_bias.weight + with_bias.bias)
+    expected_bias = (tokens - tokens.mean(-1, keepdim=True)) / torch.sqrt(sigma + 1e-5) * with_bias.weight + with_bias.bias
     expected_free = tokens / torch.sqrt(sigma + 1e-5) * bias_free.weight
     for norm, expected in ((with_bias, expected_bias), (bias_free, expected_free)):
         torch.testing.assert_close(norm(x).flatten(2).transpose(1, 2), expected, atol=1e-5, rtol=0)

@@ -8,7 +8,14 @@ import torch
 from deploytool.errors import CheckpointError
 from deploytool.models import build_def
 from deploytool.references import build_reference
-from tests.helpers import assert_matches_original, full_size_state_dicts, save_official, swinir_ids, tiny_entry, tiny_state_dict
+from tests.helpers import (
+    assert_matches_original,
+    full_size_state_dicts,
+    save_official,
+    swinir_ids,
+    tiny_entry,
+    tiny_state_dict,
+)
 
 
 @pytest.mark.parametrize("model_id", swinir_ids())
@@ -51,9 +58,7 @@ def test_training_patch_size_is_read_from_the_masks():
 def test_tampered_buffer_is_refused():
     entry = tiny_entry("swinir-m-x2")
     state = tiny_state_dict(entry)
-    state["layers.1.residual_group.blocks.0.attn.relative_position_index"] = state[
-        "layers.1.residual_group.blocks.0.attn.relative_position_index"
-    ].flip(0)
+    state["layers.1.residual_group.blocks.0.attn.relative_position_index"] = state["layers.1.residual_group.blocks.0.attn.relative_position_index"].flip(0)
     with pytest.raises(CheckpointError, match="relative_position_index differs"):
         build_def(entry, state, source="tampered.pth")
 

@@ -1,7 +1,13 @@
 import pytest
 import torch
 
-from model_defs.windows import pad_to_multiple, relative_position_index, shifted_window_mask, window_partition, window_reverse
+from model_defs.windows import (
+    pad_to_multiple,
+    relative_position_index,
+    shifted_window_mask,
+    window_partition,
+    window_reverse,
+)
 
 
 def original_mask(h: int, w: int, window: int, shift: int) -> torch.Tensor:

@@ -6,6 +6,7 @@ import pytest
 
 from deploytool.backends import tensorrt
 from deploytool.errors import BackendUnavailable, DeployError
+from deploytool.manifest import FP16_FILE, TIMING_CACHE, read_manifest
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 
@@ -16,11 +17,11 @@ def test_engine_names_carry_gpu_and_tensorrt_version():
 
 
 def test_an_engine_for_another_gpu_or_version_is_refused_in_one_line():
-    manifest = {"engines": {"model.sm86-trt10.13.0.engine": {}}}
-    assert tensorrt.matching_engine(manifest, (8, 6), "10.13.0") == "model.sm86-trt10.13.0.engine"
+    engines = ["model.sm86-trt10.13.0.engine"]
+    assert tensorrt.matching_engine(engines, (8, 6), "10.13.0") == "model.sm86-trt10.13.0.engine"
     for target in [((9, 0), "10.13.0"), ((8, 6), "11.0.1")]:
         with pytest.raises(DeployError) as error:
-            tensorrt.matching_engine(manifest, *target)
+            tensorrt.matching_engine(engines, *target)
         message = str(error.value)
         assert "\n" not in message and "model.sm86-trt10.13.0.engine" in message and "deploytool build" in message
 
@@ -57,22 +58,22 @@ needs_gpu_tensorrt = pytest.mark.skipif(
 def test_tiny_engine_builds_runs_and_matches_the_fp16_graph(tmp_path, model_id):
     import numpy as np
 
-    from deploytool import engines, export, parity
+    from deploytool import engines, parity
     from deploytool.backends.onnxruntime import OrtRunner
     from deploytool.inputs import synthetic_batch
     from tests.helpers import export_tiny
 
     out = tmp_path / model_id
     manifest = export_tiny(model_id, out, batch=2)
-    entry = engines.build_engine(out)
-    manifest = export.read_manifest(out)
-    assert entry["file"] in manifest["engines"] and (out / engines.TIMING_CACHE).is_file()
-    batch = synthetic_batch(tuple(manifest["input"]["shape"]), seed=5)
-    expected = OrtRunner(out / export.FP16_FILE)(batch)
+    name, _ = engines.build_engine(out)
+    manifest = read_manifest(out)
+    assert name in manifest.engines and (out / TIMING_CACHE).is_file()
+    batch = synthetic_batch(manifest.input.shape, seed=5)
+    expected = OrtRunner(out / FP16_FILE)(batch)
     for cuda_graph in (False, True):
         actual = tensorrt.TrtRunner.for_export(out, manifest, cuda_graph=cuda_graph)(batch)
-        assert np.abs(actual - expected).max() < manifest["tolerances"]["fp16_max_abs"]
+        assert np.abs(actual - expected).max() < manifest.tolerances["fp16_max_abs"]
     report = parity.verify(out, backends=["ort-fp16", "trt"], synthetic_batches=1)
     assert report["passed"], parity.markdown(report)
-    rebuilt = engines.build_engine(out)  # the saved timing cache is read back
-    assert rebuilt["file"] == entry["file"]
+    rebuilt, _ = engines.build_engine(out)  # the saved timing cache is read back
+    assert rebuilt == name
