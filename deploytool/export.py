@@ -51,7 +51,7 @@ from deploytool.manifest import (
     WeightsSource,
     views_for,
 )
-from deploytool.models import build_def, load_state_dict
+from deploytool.models import build_def, load_state_dict, original_name
 from deploytool.registry import ModelEntry
 
 OPSET = 17  # >= 17: LayerNorm exports as one LayerNormalization node
@@ -344,7 +344,7 @@ def build_manifest(
             task=entry.task,
             description=entry.description,
             arch=entry.arch,
-            reference=entry.reference,
+            reference=original_name(entry),
             reference_chop=entry.reference_chop,
             task_index=entry.task_index,
         ),

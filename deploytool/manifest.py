@@ -108,7 +108,7 @@ class ModelInfo:
     task: str
     description: str
     arch: dict[str, Any]
-    reference: str  # the original implementation parity is measured against
+    reference: str  # the name of the original implementation parity is measured against
     reference_chop: int  # >0: the original runs whole images chopped below this many pixels
     task_index: int  # this id's task in a multi-task checkpoint
 

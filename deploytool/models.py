@@ -10,9 +10,10 @@ import torch
 
 import model_defs
 from deploytool import checkpoints
-from deploytool.errors import CheckpointError, DeployError
+from deploytool.errors import BackendUnavailable, CheckpointError, DeployError
 from deploytool.manifest import Manifest, WeightsSource
 from deploytool.registry import ModelEntry, WeightsInfo
+from model_defs.family import OriginalUnavailable
 
 
 def resolve_source(
@@ -63,6 +64,25 @@ def load_state_dict(entry: ModelEntry, source: WeightsSource, *, unused: dict[st
     return state_dict
 
 
+def instantiate_original(entry: ModelEntry, arch: dict[str, Any]) -> torch.nn.Module:
+    """The original implementation of the entry's family (the parity reference), with its own init."""
+    try:
+        return model_defs.family(entry.family).original.build(**arch)
+    except OriginalUnavailable as exc:
+        raise BackendUnavailable(f"{entry.id}: {exc}") from None
+
+
+def build_original(entry: ModelEntry, arch: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """The original with these weights, loaded strictly, called as its own code calls it."""
+    model = instantiate_original(entry, arch)
+    model.load_state_dict(state_dict, strict=True)
+    return model_defs.family(entry.family).original.call_as_original(model, entry).eval()
+
+
+def original_name(entry: ModelEntry) -> str:
+    return model_defs.family(entry.family).original.name
+
+
 def arch_for(entry: ModelEntry, state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
     return model_defs.reconcile_arch(entry.family, entry.arch, state_dict)
 
@@ -100,7 +120,6 @@ def entry_for_export(manifest: Manifest) -> ModelEntry:
         weights=WeightsInfo(),
         tolerances=dict(manifest.tolerances),
         description=model.description,
-        reference=model.reference,
         reference_chop=model.reference_chop,
         task_index=model.task_index,
         fixed_tile=tiling.fixed_tile,

@@ -55,8 +55,7 @@ from deploytool.manifest import (
     read_manifest,
 )
 from deploytool.metrics import psnr
-from deploytool.models import arch_for, build_def, export_weights
-from deploytool.references import build_reference, reference_name
+from deploytool.models import arch_for, build_def, build_original, export_weights
 from deploytool.results import IMAGE, SYNTHETIC, BackendRun, RunInput, RunResults
 
 Progress = Callable[[str], None]
@@ -107,7 +106,7 @@ def judge_pair(inputs: str, reference: str, candidate: str, ref_out: np.ndarray,
 
 def original_runner(entry, state_dict) -> TorchRunner:
     """The original implementation with these weights, as a runner."""
-    return TorchRunner(build_reference(entry, arch_for(entry, state_dict), state_dict), name=ORIGINAL)
+    return TorchRunner(build_original(entry, arch_for(entry, state_dict), state_dict), name=ORIGINAL)
 
 
 # -- running
@@ -170,9 +169,7 @@ def run(
     if ORT_FP16 in backends and not manifest.has_fp16:
         backends = [b for b in backends if b != ORT_FP16]
     overlap = manifest.overlap(overlap)
-    results = RunResults(
-        manifest=manifest, original=reference_name(manifest.model.reference), weights=manifest.source.describe(), host=saved_results.host_info()
-    )
+    results = RunResults(manifest=manifest, original=manifest.model.reference, weights=manifest.source.describe(), host=saved_results.host_info())
     results.inputs = {
         item.label: item
         for item in parity_inputs(manifest, synthetic_batches=synthetic_batches, images_dir=images_dir, max_images=max_images, skipped=results.skipped)

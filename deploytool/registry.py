@@ -53,7 +53,6 @@ class ModelEntry:
     tolerances: dict[str, float]
     description: str = ""
     tile_reason: str = ""
-    reference: str = ""
     # >0: run the original on whole images the way its official test script does, chopped into
     # overlapping quadrants until each has fewer pixels than this (ESRT's forward_chop)
     reference_chop: int = 0
@@ -150,7 +149,6 @@ def entry_from_dict(data: dict[str, Any], source_file: Path | None = None) -> Mo
             tolerances={k: float(v) for k, v in data.get("tolerances", {}).items()},
             description=data.get("description", ""),
             tile_reason=data.get("tile_reason", ""),
-            reference=data.get("reference", data["family"]),
             reference_chop=int(data.get("reference_chop", 0)),
             fold_limit_mb=float(data.get("fold_limit_mb", 1.0)),
             task_index=int(data.get("task_index", 0)),

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from model_defs.family import EntryLike, Family, Original
 from model_defs.layers import Mlp, PixelShuffleUpsample, static_shape
 
 PATCH = 3  # the efficient transformer's patch (kernel) size
@@ -245,3 +246,29 @@ class ESRT(nn.Module):
         shallow = self.head(x)
         deep = self.reduce(self.body(shallow))
         return self.tail(deep) + self.up(shallow)
+
+
+def build_original(**arch) -> nn.Module:
+    from model_defs.reference.esrt import ESRT as OfficialESRT
+
+    return OfficialESRT(**arch)
+
+
+def as_official_test(model: nn.Module, entry: EntryLike) -> nn.Module:
+    """Whole images through the official test.py's forward_chop, whose quadrants stay below
+    `reference_chop` pixels (ESRT's attention over N/4 tokens of a whole image does not fit in
+    memory beyond about 100x100 px)."""
+    from model_defs.reference.esrt import ChoppedReference
+
+    return ChoppedReference(model, scale=entry.scale, min_size=entry.reference_chop) if entry.reference_chop else model
+
+
+FAMILY = Family(
+    name="esrt",
+    display_name="ESRT",
+    model=ESRT,
+    # no third-party port exists: our rewrite of the official structure, sharing no code with ESRT above
+    original=Original("model_defs.reference.esrt (official structure)", build_original, as_official_test),
+    tiny_arch=dict,  # ESRT is small (0.68 M parameters): the real structure is the test structure
+    tiny_tile=lambda arch: (16, 16),
+)

@@ -22,11 +22,12 @@ deployment, none of them numerical:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
+from model_defs.family import Family, Original, spandrel_original
 from model_defs.layers import (
     Mlp,
     PatchNorm,
@@ -339,3 +340,20 @@ class HAT(nn.Module):
         x = self.conv_last(self.upsample(self.conv_before_upsample(x)))
         x = x / self.img_range + self.mean
         return x[:, :, : h * self.upscale, : w * self.upscale]
+
+
+def tiny_arch(arch: dict[str, Any]) -> dict[str, Any]:
+    """The id's structure at toy size; the channel-attention branch divides the width by both
+    ratios, so each quotient stays at least 2."""
+    width = 2 * max(arch["compress_ratio"], arch["squeeze_factor"])
+    return {**arch, "embed_dim": width, "depths": [2, 2], "num_heads": [2, 2], "img_size": 2 * arch["window_size"]}
+
+
+FAMILY = Family(
+    name="hat",
+    display_name="HAT",
+    model=HAT,
+    original=Original("spandrel HAT", spandrel_original("HAT")),
+    tiny_arch=tiny_arch,
+    tiny_tile=lambda arch: (2 * arch["window_size"],) * 2,
+)

@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from model_defs.family import EntryLike, Family, Original, spandrel_original
 from model_defs.layers import PixelShuffleUpsample, static_shape
 
 RGB_MEAN = (0.4488, 0.4371, 0.4040)
@@ -434,3 +435,47 @@ def select_task_weights(state_dict: dict[str, Tensor], task_index: int) -> tuple
             task = f" ({names[row]})" if names else ""
             unused[f"{QUERY_KEY}[{row}]"] = f"query of task {row}{task}; this export is task {task_index}"
     return selected, unused
+
+
+class IptReference(torch.nn.Module):
+    """spandrel's IPT called as spandrel calls it: on [0, rgb_range] values, whole images through
+    the official forward_chop (48 px tiles at a stride of 12, the central parts averaged).
+
+    Unclamped, unlike spandrel's call and the official test, so that every backend is compared
+    on the same unclamped output.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rgb_range, patch = self.model.rgb_range, self.model.patch_size
+        if tuple(x.shape[-2:]) == (patch, patch):
+            return self.model(x * rgb_range) / rgb_range
+        from spandrel.architectures.IPT import Model
+
+        if x.shape[0] != 1 or min(x.shape[-2:]) < patch:
+            raise ValueError(f"IPT's forward_chop takes one image of at least {patch}x{patch} px, got {tuple(x.shape)}")
+        self.model.set_scale(0)
+        return Model(self.model).forward_chop(x * rgb_range) / rgb_range
+
+
+def as_official_test(model: nn.Module, entry: EntryLike) -> nn.Module:
+    return IptReference(model)
+
+
+def tiny_arch(arch: dict[str, Any]) -> dict[str, Any]:
+    """The real 48 px tile (256 tokens of 3x3 patches), narrower (8 * 9 = 72 wide) and 2 layers deep."""
+    return {**arch, "n_feats": 8, "num_heads": 4, "num_layers": 2}
+
+
+FAMILY = Family(
+    name="ipt",
+    display_name="IPT",
+    model=IPT,
+    original=Original("spandrel IPT (whole images through its forward_chop)", spandrel_original("IPT"), as_official_test),
+    reconcile_arch=reconcile_arch,
+    select_task_weights=select_task_weights,
+    tiny_arch=tiny_arch,
+)

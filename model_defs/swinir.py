@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from model_defs.family import Family, Original, spandrel_original
 from model_defs.layers import (
     Mlp,
     PatchNorm,
@@ -275,3 +276,19 @@ def reconcile_arch(arch: dict[str, Any], state_dict: dict[str, Tensor]) -> dict[
         window = arch.get("window_size", 7)
         arch["img_size"] = round(math.sqrt(mask.shape[0])) * window
     return arch
+
+
+def tiny_arch(arch: dict[str, Any]) -> dict[str, Any]:
+    """The id's structure (upsampler, residual conv, window, range, channels, scale) at toy size."""
+    return {**arch, "embed_dim": 16, "depths": [2, 2], "num_heads": [2, 2], "img_size": 2 * arch["window_size"]}
+
+
+FAMILY = Family(
+    name="swinir",
+    display_name="SwinIR",
+    model=SwinIR,
+    original=Original("spandrel SwinIR", spandrel_original("SwinIR")),
+    reconcile_arch=reconcile_arch,
+    tiny_arch=tiny_arch,
+    tiny_tile=lambda arch: (2 * arch["window_size"],) * 2,
+)

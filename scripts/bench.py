@@ -33,8 +33,7 @@ from deploytool.backends.torch import TorchRunner
 from deploytool.benchmark import median_seconds
 from deploytool.inputs import synthetic_batch
 from deploytool.manifest import FP16_FILE, FP32_FILE, read_manifest
-from deploytool.models import arch_for, build_def, load_state_dict, resolve_source
-from deploytool.references import build_reference
+from deploytool.models import arch_for, build_def, build_original, load_state_dict, resolve_source
 
 
 def median_latency(run, batch: np.ndarray, runs: int) -> float:
@@ -103,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         export_seconds = time.perf_counter() - started
         manifest = read_manifest(out)
         print("timing the original, our definition, ONNX Runtime FP32 and FP16", file=sys.stderr)
-        original = TorchRunner(build_reference(entry, arch, state_dict), name="original")
+        original = TorchRunner(build_original(entry, arch, state_dict), name="original")
         ours = TorchRunner(build_def(entry, state_dict), name="ours")
         rows = [
             ("original PyTorch eager (spandrel)", median_latency(original, batch, args.runs)),
@@ -114,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         print("naive export of the original, then onnxsim", file=sys.stderr)
         sized_by_img_size = "img_size" in arch and tile[0] == tile[1]
         reference_arch = {**arch, "img_size": tile[0]} if sized_by_img_size else arch
-        naive_model = build_reference(entry, reference_arch, _with_masks_for(entry, reference_arch, state_dict))
+        naive_model = build_original(entry, reference_arch, _with_masks_for(entry, reference_arch, state_dict))
         naive = export.simplify(naive_export(naive_model, shape))
         naive_path = Path(tmp) / "naive.onnx"
         onnx.save(naive, str(naive_path))
@@ -162,9 +161,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _with_masks_for(entry, arch, state_dict):
     """The state dict with masks recomputed for the reference's img_size (only buffers differ)."""
-    from deploytool.references import instantiate_reference
+    from deploytool.models import instantiate_original
 
-    fresh = instantiate_reference(entry, arch).state_dict()
+    fresh = instantiate_original(entry, arch).state_dict()
     return {key: (fresh[key] if key.endswith("attn_mask") else value) for key, value in state_dict.items()}
 
 

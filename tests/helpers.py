@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+import model_defs
 from deploytool import export, registry
 from deploytool.models import WeightsSource
 from deploytool.registry import ModelEntry
@@ -16,65 +17,42 @@ def family_ids(family: str) -> list[str]:
     return sorted(i for i, e in registry.all_entries().items() if e.family == family)
 
 
-def swinir_ids() -> list[str]:
-    return family_ids("swinir")
-
-
-def hat_ids() -> list[str]:
-    return family_ids("hat")
-
-
-def ipt_ids() -> list[str]:
-    return family_ids("ipt")
-
-
 def full_size_state_dicts(model_id: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """(ours, original) state dicts of a model id at its real size, asserted to share one layout.
 
-    The original defines the official checkpoints' keys: the same keys, order and shapes mean
-    those files load strictly into our definition.
+    The original defines the official checkpoints' keys: the same keys and shapes mean those
+    files load strictly into our definition.
     """
-    import model_defs
-    from deploytool.references import instantiate_reference
+    from deploytool.models import instantiate_original
 
     entry = registry.get(model_id)
-    original = instantiate_reference(entry, entry.arch).state_dict()
+    original = instantiate_original(entry, entry.arch).state_dict()
     ours = model_defs.build_model(entry.family, entry.arch).state_dict()
-    assert list(ours) == list(original)
     assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in original.items()}
     return ours, original
 
 
-def tiny_arch(entry: ModelEntry) -> dict:
-    """The id's structure (upsampler, residual conv, window, range, channels, scale) at toy size."""
-    arch = dict(entry.arch)
-    if entry.family == "ipt":
-        # the real 48 px tile (256 tokens of 3x3 patches), narrower (8 * 9 = 72 wide) and 2 layers deep
-        arch.update(n_feats=8, num_heads=4, num_layers=2)
-        return arch
-    window = arch["window_size"]
-    arch.update(embed_dim=16, depths=[2, 2], num_heads=[2, 2], img_size=2 * window)
-    if entry.family == "hat":
-        # the channel-attention branch divides the width by both ratios: keep each at least 2
-        arch["embed_dim"] = 2 * max(arch["compress_ratio"], arch["squeeze_factor"])
-    return arch
+def all_ids() -> list[str]:
+    """Every model id of every discovered family."""
+    return sorted(registry.all_entries())
 
 
 def tiny_entry(model_id: str) -> ModelEntry:
+    """The id's structure (upsampler, residual conv, window, range, channels, scale) at the toy
+    size its family declares, with that configuration's tile."""
     entry = registry.get(model_id)
-    arch = tiny_arch(entry)
-    if entry.family == "ipt":
-        return dataclasses.replace(entry, arch=arch)
-    side = 2 * arch["window_size"]
-    return dataclasses.replace(entry, arch=arch, tile=(side, side))
+    family = model_defs.family(entry.family)
+    arch = family.tiny_arch(dict(entry.arch))
+    tile = family.tiny_tile(arch) if family.tiny_tile else entry.tile
+    return dataclasses.replace(entry, arch=arch, tile=tile)
 
 
 def tiny_state_dict(entry: ModelEntry, seed: int = 0) -> dict[str, torch.Tensor]:
     """Weights in the official layout, made by the original implementation (spandrel)."""
-    from deploytool.references import instantiate_reference
+    from deploytool.models import instantiate_original
 
     torch.manual_seed(seed)
-    state = instantiate_reference(entry, entry.arch).state_dict()
+    state = instantiate_original(entry, entry.arch).state_dict()
     # Random but not degenerate: biases and norms away from their 0/1 init.
     generator = torch.Generator().manual_seed(seed)
     for key, value in state.items():
@@ -86,17 +64,16 @@ def tiny_state_dict(entry: ModelEntry, seed: int = 0) -> dict[str, torch.Tensor]
 def assert_matches_original(model_id: str, shapes: list[tuple[int, int, int, int]], atol: float = 1e-5) -> None:
     """Our definition and the original, given the same tiny weights, agree on inputs of `shapes`
     (batch, channels, height, width), and both upscale by the id's scale."""
-    from deploytool.models import build_def
-    from deploytool.references import build_reference
+    from deploytool.models import build_def, build_original
 
     entry = tiny_entry(model_id)
     state = tiny_state_dict(entry)
-    ours, original = build_def(entry, state), build_reference(entry, entry.arch, state)
+    ours, original = build_def(entry, state), build_original(entry, entry.arch, state)
     for shape in shapes:
         x = torch.rand(shape, generator=torch.Generator().manual_seed(1))
         with torch.no_grad():
             expected, actual = original(x), ours(x)
-        assert actual.shape == expected.shape == (shape[0], shape[1], shape[2] * entry.scale, shape[3] * entry.scale)
+        assert actual.shape == expected.shape == (shape[0], entry.out_channels, shape[2] * entry.scale, shape[3] * entry.scale)
         torch.testing.assert_close(actual, expected, atol=atol, rtol=0)
 
 

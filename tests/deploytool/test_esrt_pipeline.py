@@ -20,8 +20,8 @@ def export_esrt(tmp_path, model_id, source, tile=(16, 16)):
     return out, manifest
 
 
-@pytest.mark.parametrize("model_id", ["esrt-x2", "esrt-x3", "esrt-x4"])
-def test_every_scale_exports_static_and_verifies(tmp_path, model_id):
+def test_unfold_and_fold_become_static_slices(tmp_path):
+    model_id = "esrt-x3"
     out, manifest = export_esrt(tmp_path, model_id, WeightsSource(kind="random-init", seed=1))
     for name in (FP32_FILE, FP16_FILE):
         model = onnx.load(str(out / name))

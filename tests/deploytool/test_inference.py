@@ -8,8 +8,7 @@ from deploytool.backends import open_runner
 from deploytool.backends.torch import TorchRunner
 from deploytool.inputs import synthetic_batch
 from deploytool.manifest import read_manifest
-from deploytool.models import arch_for, export_weights
-from deploytool.references import build_reference
+from deploytool.models import arch_for, build_original, export_weights
 from tests.helpers import export_tiny
 
 
@@ -32,7 +31,7 @@ def test_window_aligned_pads_to_the_grid_and_rounds_overlap():
 def test_tiled_matches_the_original_on_the_whole_image(exported, size):
     manifest = read_manifest(exported)
     entry, _, state_dict = export_weights(manifest)
-    original = TorchRunner(build_reference(entry, arch_for(entry, state_dict), state_dict))
+    original = TorchRunner(build_original(entry, arch_for(entry, state_dict), state_dict))
     pixels = synthetic_batch((1, 3, *size), seed=5)[0].transpose(1, 2, 0)
     whole = original(pixels.transpose(2, 0, 1)[None])[0].transpose(1, 2, 0)
     tiled = inference.restore_array(open_runner(exported, manifest, "ort"), manifest, pixels, overlap=8)

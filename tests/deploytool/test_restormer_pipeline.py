@@ -13,7 +13,7 @@ from deploytool.inputs import synthetic_batch
 from deploytool.manifest import FP16_FILE, FP32_FILE
 from deploytool.models import WeightsSource
 from tests.helpers import save_official
-from tests.model_defs.test_restormer import restormer_ids, tiny_entry, tiny_state
+from tests.model_defs.test_restormer import tiny_entry, tiny_state
 
 RAIN100L = Path(__file__).resolve().parents[3] / "shared" / "testsets" / "Rain100L"
 
@@ -25,8 +25,8 @@ def export_entry(entry, state, out: Path, tile=(32, 32)):
     return export.export(export.ExportRequest(entry, source, out, tile, 1, calibration_count=2))
 
 
-@pytest.mark.parametrize("model_id", restormer_ids())
-def test_every_id_exports_static_and_verifies(tmp_path, model_id):
+@pytest.mark.parametrize("model_id", ["restormer-derain", "restormer-dn-gray-15", "restormer-dual-defocus"])
+def test_norms_and_views_export_static_and_verify(tmp_path, model_id):
     entry = tiny_entry(model_id)
     out = tmp_path / model_id
     manifest = export_entry(entry, tiny_state(entry), out)

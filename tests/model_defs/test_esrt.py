@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from deploytool import registry
-from deploytool.models import build_def
-from deploytool.references import build_reference
+from deploytool.models import build_def, build_original
 from model_defs.esrt import ESRT, fold_3x3, patches_3x3
 
 WEIGHTS = Path(__file__).resolve().parents[3] / "shared" / "weights" / "esrt_x2_partial_epoch20.pth"
@@ -32,7 +31,7 @@ def test_patches_and_fold_equal_unfold_and_fold():
 def test_matches_the_reference(scale):
     entry = registry.get(f"esrt-x{scale}")
     state = random_state(scale)
-    ours, original = build_def(entry, state), build_reference(entry, entry.arch, state)
+    ours, original = build_def(entry, state), build_original(entry, entry.arch, state)
     # 16x12: four equal chunks (the batched path); 9x7: N % 4 != 0 (the uneven path)
     for shape in [(2, 3, 16, 12), (1, 3, 9, 7)]:
         x = torch.rand(shape, generator=torch.Generator().manual_seed(0))
@@ -46,7 +45,7 @@ def test_real_checkpoint_loads_strictly_and_matches():
 
     entry = registry.get("esrt-x2")
     state = load_state_dict_file(WEIGHTS).state_dict
-    ours, original = build_def(entry, state), build_reference(entry, entry.arch, state)
+    ours, original = build_def(entry, state), build_original(entry, entry.arch, state)
     x = torch.rand(1, 3, 20, 24, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         torch.testing.assert_close(ours(x), original(x), atol=1e-5, rtol=0)
@@ -54,7 +53,7 @@ def test_real_checkpoint_loads_strictly_and_matches():
 
 def test_chopped_reference_stitches_quadrants_at_the_model_scale():
     """The official forward_chop protocol, with the model's scale: an identity-like model survives it."""
-    from deploytool.references import ChoppedReference
+    from model_defs.reference.esrt import ChoppedReference
 
     upsample = torch.nn.Upsample(scale_factor=2, mode="nearest")
     chopped = ChoppedReference(upsample, scale=2, min_size=500)

@@ -10,8 +10,8 @@ from model_defs.hat import overlap_relative_position_index
 from model_defs.windows import overlapping_windows
 from tests.helpers import (
     assert_matches_original,
+    family_ids,
     full_size_state_dicts,
-    hat_ids,
     tiny_entry,
     tiny_state_dict,
 )
@@ -47,7 +47,7 @@ def test_oca_index_needs_the_wrap_around_the_graph_does_not():
     assert torch.equal(table[official.reshape(-1)], table[(official % entries).reshape(-1)])
 
 
-@pytest.mark.parametrize("model_id", hat_ids())
+@pytest.mark.parametrize("model_id", family_ids("hat"))
 def test_matches_original_eagerly(model_id):
     window = tiny_entry(model_id).arch["window_size"]
     # a window multiple with batch 2, and an unaligned size the model reflect-pads

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from deploytool import registry
-from deploytool.models import build_def
-from deploytool.references import build_reference, instantiate_reference
+from deploytool.models import build_def, build_original, instantiate_original
 from model_defs.restormer import BiasFreeNorm, WithBiasNorm
 from tests.helpers import family_ids, full_size_state_dicts
 
@@ -24,7 +23,7 @@ def tiny_entry(model_id: str):
 
 def tiny_state(entry, seed: int = 0) -> dict[str, torch.Tensor]:
     torch.manual_seed(seed)
-    state = instantiate_reference(entry, entry.arch).state_dict()
+    state = instantiate_original(entry, entry.arch).state_dict()
     generator = torch.Generator().manual_seed(seed)
     return {k: v + 0.1 * torch.randn(v.shape, generator=generator) for k, v in state.items()}
 
@@ -33,7 +32,7 @@ def tiny_state(entry, seed: int = 0) -> dict[str, torch.Tensor]:
 def test_matches_original(model_id):
     entry = tiny_entry(model_id)
     state = tiny_state(entry)
-    ours, original = build_def(entry, state), build_reference(entry, entry.arch, state)
+    ours, original = build_def(entry, state), build_original(entry, entry.arch, state)
     x = torch.rand(2, entry.channels, 32, 24, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected, actual = original(x), ours(x)

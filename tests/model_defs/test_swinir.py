@@ -6,26 +6,25 @@ import pytest
 import torch
 
 from deploytool.errors import CheckpointError
-from deploytool.models import build_def
-from deploytool.references import build_reference
+from deploytool.models import build_def, build_original
 from tests.helpers import (
     assert_matches_original,
+    family_ids,
     full_size_state_dicts,
     save_official,
-    swinir_ids,
     tiny_entry,
     tiny_state_dict,
 )
 
 
-@pytest.mark.parametrize("model_id", swinir_ids())
+@pytest.mark.parametrize("model_id", family_ids("swinir"))
 def test_matches_original_eagerly(model_id):
     entry = tiny_entry(model_id)
     window, channels = entry.arch["window_size"], entry.channels
     assert_matches_original(model_id, [(2, channels, 2 * window, 3 * window), (1, channels, 2 * window + 3, 2 * window + 5)])
 
 
-@pytest.mark.parametrize("model_id", swinir_ids())
+@pytest.mark.parametrize("model_id", family_ids("swinir"))
 def test_full_size_keys_and_shapes_match_the_original(model_id):
     ours, _ = full_size_state_dicts(model_id)
     assert any(k.endswith("attn_mask") for k in ours) and any(k.endswith("relative_position_index") for k in ours)
@@ -52,7 +51,7 @@ def test_training_patch_size_is_read_from_the_masks():
     ours = build_def(entry, state)
     x = torch.rand(1, 3, 16, 16)
     with torch.no_grad():
-        torch.testing.assert_close(ours(x), build_reference(trained_at_3_windows, trained_at_3_windows.arch, state)(x), atol=1e-5, rtol=0)
+        torch.testing.assert_close(ours(x), build_original(trained_at_3_windows, trained_at_3_windows.arch, state)(x), atol=1e-5, rtol=0)
 
 
 def test_tampered_buffer_is_refused():
