@@ -84,13 +84,30 @@ def original_name(entry: ModelEntry) -> str:
 
 
 def arch_for(entry: ModelEntry, state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
-    return model_defs.reconcile_arch(entry.family, entry.arch, state_dict)
+    try:
+        return model_defs.reconcile_arch(entry.family, entry.arch, state_dict)
+    except ValueError as exc:
+        raise CheckpointError(f"{entry.id}: {exc}") from None
+
+
+def _computed_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Persistent buffers the definition computes from its hyperparameters (position indices,
+    training-size masks): a checkpoint must hold the same. BatchNorm running statistics are
+    learned, not computed, so they are left out."""
+    learned = {
+        f"{module_name}.{buffer_name}" if module_name else buffer_name
+        for module_name, module in model.named_modules()
+        if isinstance(module, torch.nn.modules.batchnorm._NormBase)
+        for buffer_name, _ in module.named_buffers(recurse=False)
+    }
+    persistent = model.state_dict()
+    return {name: buffer.clone() for name, buffer in model.named_buffers() if name in persistent and name not in learned}
 
 
 def build_def(entry: ModelEntry, state_dict: dict[str, torch.Tensor], *, source: str = "checkpoint") -> torch.nn.Module:
     """Our export-friendly definition, strictly loaded, with carried buffers checked."""
     model = model_defs.build_model(entry.family, arch_for(entry, state_dict))
-    computed = {name: buffer.clone() for name, buffer in model.named_buffers() if name in model.state_dict()}
+    computed = _computed_buffers(model)
     checkpoints.load_strict(model, state_dict, model_id=entry.id, source=source)
     for name, expected in computed.items():
         if not torch.equal(model.get_buffer(name).to(expected.dtype), expected):

@@ -32,6 +32,7 @@ from model_defs.layers import (
     PixelShuffleUpsample,
     init_transformer_weights,
     map_to_tokens,
+    residual_conv,
     static_shape,
     tokens_to_map,
 )
@@ -126,21 +127,6 @@ class BasicLayer(nn.Module):
         for block in self.blocks:
             x = block(x, size, mask)
         return x
-
-
-def residual_conv(dim: int, kind: str) -> nn.Module:
-    """The convolution closing a residual group: '1conv', or the parameter-saving '3conv'."""
-    if kind == "1conv":
-        return nn.Conv2d(dim, dim, 3, 1, 1)
-    if kind == "3conv":
-        return nn.Sequential(
-            nn.Conv2d(dim, dim // 4, 3, 1, 1),
-            nn.LeakyReLU(negative_slope=0.2, inplace=True),
-            nn.Conv2d(dim // 4, dim // 4, 1, 1, 0),
-            nn.LeakyReLU(negative_slope=0.2, inplace=True),
-            nn.Conv2d(dim // 4, dim, 3, 1, 1),
-        )
-    raise ValueError(f"resi_connection must be '1conv' or '3conv', not {kind!r}")
 
 
 class RSTB(nn.Module):

@@ -32,22 +32,30 @@ def window_reverse(windows: Tensor, window: int, h: int, w: int) -> Tensor:
     return x.permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
 
 
-def relative_position_index(window: int) -> Tensor:
-    """Index into a (2*window-1)^2 bias table for every pair of positions in a window (Swin)."""
-    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij"))
+def relative_position_index(window: int, window_w: int | None = None) -> Tensor:
+    """Index into a (2*window-1)^2 bias table for every pair of positions in a window (Swin).
+
+    With `window_w`, the window is `window` rows by `window_w` columns and the table
+    (2*window-1) x (2*window_w-1), row-major (DAT's rectangular windows).
+    """
+    window_w = window if window_w is None else window_w
+    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window_w), indexing="ij"))
     coords = coords.flatten(1)
-    relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window - 1)
-    return relative[:, :, 0] * (2 * window - 1) + relative[:, :, 1]
+    relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)
+    return (relative[:, :, 0] + window - 1) * (2 * window_w - 1) + relative[:, :, 1] + window_w - 1
 
 
-def shifted_window_mask(h: int, w: int, window: int, shift: int) -> Tensor:
+def shifted_window_mask(h: int, w: int, window: int, shift: int, window_w: int | None = None, shift_w: int | None = None) -> Tensor:
     """The originals' attention mask (num_windows, window^2, window^2) of shifted windows on h x w.
 
     Kept for the per-block `attn_mask` buffers of official checkpoints; graphs use `BandMasks`.
+    With `window_w`/`shift_w`, windows are `window` x `window_w` and shifted by `shift` rows and
+    `shift_w` columns (DAT's rectangular windows).
     """
-    rows, cols = _axis_mask(h, window, shift, axis=0), _axis_mask(w, window, shift, axis=1)
+    window_w, shift_w = (window, shift) if window_w is None else (window_w, shift_w)
+    rows, cols = _axis_mask(h, window, shift, axis=0, across=window_w), _axis_mask(w, window_w, shift_w, axis=1, across=window)
     different = (rows[:, None] + cols[None, :]) < 0
-    tokens = window * window
+    tokens = window * window_w
     return torch.from_numpy(np.where(different, -100.0, 0.0).astype(np.float32).reshape(-1, tokens, tokens))
 
 
@@ -61,9 +69,12 @@ def _bands(size: int, window: int, shift: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=64)
-def _axis_mask(size: int, window: int, shift: int, axis: int) -> np.ndarray:
+def _axis_mask(size: int, window: int, shift: int, axis: int, across: int | None = None) -> np.ndarray:
+    """(windows along `axis`, tokens, tokens) for windows `window` long on that axis and `across`
+    (default: `window`) on the other; tokens in row-major order."""
     band = _bands(size, window, shift)
-    token_band = np.repeat(band, window, axis=1) if axis == 0 else np.tile(band, (1, window))
+    across = window if across is None else across
+    token_band = np.repeat(band, across, axis=1) if axis == 0 else np.tile(band, (1, across))
     different = token_band[:, None, :] != token_band[:, :, None]
     return np.where(different, -100.0, 0.0).astype(np.float32)
 
@@ -79,9 +90,11 @@ class BandMasks:
     already below FP32 resolution next to an unmasked logit).
     """
 
-    def __init__(self, h: int, w: int, window: int, shift: int):
-        self.rows = torch.from_numpy(_axis_mask(h, window, shift, axis=0))
-        self.cols = torch.from_numpy(_axis_mask(w, window, shift, axis=1))
+    def __init__(self, h: int, w: int, window: int, shift: int, window_w: int | None = None, shift_w: int | None = None):
+        # window_w/shift_w: a rectangular window (`window` rows by `window_w` columns, DAT)
+        window_w, shift_w = (window, shift) if window_w is None else (window_w, shift_w)
+        self.rows = torch.from_numpy(_axis_mask(h, window, shift, axis=0, across=window_w))
+        self.cols = torch.from_numpy(_axis_mask(w, window_w, shift_w, axis=1, across=window))
 
     def to(self, like: Tensor) -> BandMasks:
         masks = BandMasks.__new__(BandMasks)

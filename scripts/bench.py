@@ -164,7 +164,7 @@ def _with_masks_for(entry, arch, state_dict):
     from deploytool.models import instantiate_original
 
     fresh = instantiate_original(entry, arch).state_dict()
-    return {key: (fresh[key] if key.endswith("attn_mask") else value) for key, value in state_dict.items()}
+    return {key: (fresh[key] if key.rsplit(".", 1)[-1].startswith("attn_mask") else value) for key, value in state_dict.items()}
 
 
 if __name__ == "__main__":

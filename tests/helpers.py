@@ -52,11 +52,13 @@ def tiny_state_dict(entry: ModelEntry, seed: int = 0) -> dict[str, torch.Tensor]
     from deploytool.models import instantiate_original
 
     torch.manual_seed(seed)
-    state = instantiate_original(entry, entry.arch).state_dict()
-    # Random but not degenerate: biases and norms away from their 0/1 init.
+    original = instantiate_original(entry, entry.arch)
+    state, parameters = original.state_dict(), dict(original.named_parameters())
+    # Random but not degenerate: biases, norms and BatchNorm statistics away from their 0/1 init
+    # (computed buffers, e.g. position indices, stay: loading checks them)
     generator = torch.Generator().manual_seed(seed)
     for key, value in state.items():
-        if value.is_floating_point() and ("bias" in key or "norm" in key):
+        if (key in parameters and ("bias" in key or "norm" in key)) or ".running_" in key:
             state[key] = value + 0.05 * torch.randn(value.shape, generator=generator)
     return state
 

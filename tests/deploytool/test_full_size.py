@@ -8,7 +8,7 @@ from deploytool.models import WeightsSource
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("model_id", ["swinir-m-x4", "swinir-s-x2", "hat-x4", "ipt-sr-x4"])
+@pytest.mark.parametrize("model_id", ["swinir-m-x4", "swinir-s-x2", "hat-x4", "ipt-sr-x4", "dat-x4"])
 def test_full_size_export_verifies(tmp_path, model_id):
     entry = registry.get(model_id)
     out = tmp_path / model_id
