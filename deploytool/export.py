@@ -331,7 +331,7 @@ def build_manifest(
     graph: onnx.ModelProto,
     traced_nodes: int,
     merged_initializers: int,
-    fp16_report: precision.Fp16Report | None,
+    fp16_report: Fp16Summary | None,
     unused: dict[str, str],
     seconds: float,
 ) -> Manifest:
@@ -369,7 +369,7 @@ def build_manifest(
         versions=versions(),
         source=request.source,
         graph=GraphStats(traced_nodes=traced_nodes, merged_initializers=merged_initializers, **graph_summary(graph)),
-        fp16=None if fp16_report is None else Fp16Summary(**{**fp16_report.to_json(), "largest_ranges": tuple(fp16_report.largest_ranges)}),
+        fp16=fp16_report,
         files={name: FileRecord(sha256=sha256_file(staging / name), bytes=(staging / name).stat().st_size) for name in files},
         tolerances=entry.tolerances,
         export_seconds=round(seconds, 2),

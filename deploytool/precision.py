@@ -25,7 +25,7 @@ import collections
 import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -34,6 +34,7 @@ from onnx import TensorProto, helper, numpy_helper
 from deploytool.backends.onnxruntime import open_session
 from deploytool.errors import ExportError
 from deploytool.graphs import tensor_types
+from deploytool.manifest import Fp16Summary
 from deploytool.metrics import psnr
 
 FP16_MAX = 65504.0
@@ -55,23 +56,6 @@ class Fp16Plan:
     fp32_nodes: set[str]
     reasons: dict[str, str]
     margin: float
-
-
-@dataclass
-class Fp16Report:
-    margin: float
-    fp32_nodes: int
-    total_nodes: int
-    fp32_by_op: dict[str, int]
-    fp32_by_reason: dict[str, int]
-    fp16_flop_share: float
-    max_abs_vs_fp32: float
-    psnr_vs_fp32: float
-    calibration: str
-    largest_ranges: list[tuple[str, float]] = field(default_factory=list)
-
-    def to_json(self) -> dict:
-        return dict(self.__dict__)
 
 
 def float_tensor_names(model: onnx.ModelProto) -> list[str]:
@@ -321,7 +305,7 @@ def build_fp16(
     max_abs_tolerance: float,
     calibration_label: str,
     progress: Callable[[str], None] = lambda message: None,
-) -> tuple[onnx.ModelProto, Fp16Report]:
+) -> tuple[onnx.ModelProto, Fp16Summary]:
     """Plan FP32 islands from measured ranges, convert, validate; widen the margin until it holds."""
     progress(f"calibrating on {len(calibration)} input(s) ({calibration_label})")
     ranges = measure_ranges(model, calibration)
@@ -332,12 +316,12 @@ def build_fp16(
     for margin in MARGINS:
         plan = plan_islands(model, ranges, margin)
         candidate = convert(model, plan.fp32_nodes)
-        max_abs, psnr = _compare(reference, run_graph(candidate, calibration))
+        max_abs, value_psnr = _compare(reference, run_graph(candidate, calibration))
         progress(f"FP16 plan with range margin {margin:g}: {len(plan.fp32_nodes)} FP32 nodes, max |err| {max_abs:.3g}")
-        best = (candidate, plan, max_abs, psnr)
+        best = (candidate, plan, max_abs, value_psnr)
         if max_abs <= max_abs_tolerance:
             break
-    candidate, plan, max_abs, psnr = best
+    candidate, plan, max_abs, value_psnr = best
     if not max_abs <= max_abs_tolerance:
         raise ExportError(
             f"no FP16 plan meets the tolerance {max_abs_tolerance:g} (best max |err| {max_abs:.3g} with margin "
@@ -347,7 +331,7 @@ def build_fp16(
     by_reason = collections.Counter(r.split(":")[0] for r in plan.reasons.values())
     fp32_flops = sum(v for k, v in flops.items() if k in plan.fp32_nodes)
     largest = sorted(((k, v) for k, v in ranges.items()), key=lambda kv: -kv[1])[:5]
-    report = Fp16Report(
+    report = Fp16Summary(
         margin=plan.margin,
         fp32_nodes=len(plan.fp32_nodes),
         total_nodes=len(model.graph.node),
@@ -355,9 +339,9 @@ def build_fp16(
         fp32_by_reason=dict(by_reason),
         fp16_flop_share=1.0 - fp32_flops / total_flops,
         max_abs_vs_fp32=max_abs,
-        psnr_vs_fp32=psnr,
+        psnr_vs_fp32=value_psnr if math.isfinite(value_psnr) else None,
         calibration=calibration_label,
-        largest_ranges=[(k, round(v, 3)) for k, v in largest],
+        largest_ranges=tuple((k, round(v, 3)) for k, v in largest),
     )
     return candidate, report
 
@@ -373,7 +357,6 @@ def ensure_named(model: onnx.ModelProto) -> None:
 
 __all__ = [
     "ALWAYS_FP32_OPS",
-    "Fp16Report",
     "build_fp16",
     "convert",
     "ensure_named",
