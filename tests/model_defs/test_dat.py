@@ -28,6 +28,7 @@ from tests.helpers import (
 OFFICIAL = {
     "dat-s": {"split_size": [8, 16], "expansion_factor": 2.0, "resi_connection": "1conv", "embed_dim": 180, "depth": [6] * 6, "upsampler": "pixelshuffle"},
     "dat": {"split_size": [8, 32], "expansion_factor": 4.0, "resi_connection": "1conv", "embed_dim": 180, "depth": [6] * 6, "upsampler": "pixelshuffle"},
+    "dat-l": {"split_size": [8, 32], "expansion_factor": 4.0, "resi_connection": "1conv", "embed_dim": 180, "depth": [6] * 6, "upsampler": "pixelshuffle"},
     "dat-2": {"split_size": [8, 32], "expansion_factor": 2.0, "resi_connection": "1conv", "embed_dim": 180, "depth": [6] * 6, "upsampler": "pixelshuffle"},
     "dat-light": {
         "split_size": [8, 32],
@@ -38,7 +39,7 @@ OFFICIAL = {
         "upsampler": "pixelshuffledirect",
     },
 }
-FILES = {"dat-s": "DAT_S", "dat": "DAT", "dat-2": "DAT_2", "dat-light": "DAT_light"}
+FILES = {"dat-s": "DAT_S", "dat": "DAT", "dat-l": "DAT_L", "dat-2": "DAT_2", "dat-light": "DAT_light"}
 # parameters (millions, x4): the official README's model table; DAT-light's 573K from the paper
 PARAMS_M = {"dat-s-x4": 11.21, "dat-x4": 14.80, "dat-2-x4": 11.21, "dat-light-x4": 0.573}
 
