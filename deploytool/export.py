@@ -7,13 +7,17 @@ last: a folder without it is an unfinished export). Only the exporter imports th
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import io
+import resource
 import shutil
+import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +51,7 @@ from deploytool.manifest import (
     GraphStats,
     Manifest,
     ModelInfo,
+    StageCost,
     Tiling,
     WeightsSource,
     views_for,
@@ -256,65 +261,102 @@ def versions() -> dict[str, str]:
     }
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (Linux reports kilobytes, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+class StageClock:
+    """Announces each export stage, then records its wall time and the peak memory after it."""
+
+    def __init__(self, total: int, progress: Progress):
+        self.total, self.progress, self.done = total, progress, 0
+        self.costs: dict[str, StageCost] = {}
+
+    @contextlib.contextmanager
+    def stage(self, name: str, message: str) -> Iterator[None]:
+        self.done += 1
+        self.progress(f"[{self.done}/{self.total}] {message}")
+        started = time.perf_counter()
+        yield
+        cost = StageCost(seconds=round(time.perf_counter() - started, 2), peak_rss_mb=round(peak_rss_mb(), 1))
+        self.costs[name] = cost
+        self.progress(f"      {name}: {cost.seconds:.1f} s, peak RSS so far {cost.peak_rss_mb / 1024:.2f} GB")
+
+
 def export(request: ExportRequest, progress: Progress = lambda message: None) -> Manifest:
-    """Run every export stage into `request.out_dir`; returns the manifest."""
+    """Run every export stage into `request.out_dir`; returns the manifest.
+
+    When no FP16 plan meets the model's tolerance, the FP32 export is still written (without
+    model_fp16.onnx) before the ExportError says so.
+    """
     entry, out_dir = request.entry, request.out_dir
     entry.check_tile(request.tile)
     if request.batch < 1:
         raise DeployError(f"batch must be at least 1, not {request.batch}")
     started = time.perf_counter()
-    stages = 5 if request.fp16 else 4
-    step = iter(range(1, stages + 1))
+    clock = StageClock(6 if request.fp16 else 5, progress)
 
-    progress(f"[{next(step)}/{stages}] loading weights: {request.source.describe()}")
     unused: dict[str, str] = {}
-    state_dict = load_state_dict(entry, request.source, unused=unused)
-    if unused:
-        progress(f"      left out {len(unused)} checkpoint entries of other tasks, as expected (manifest.json lists them under unused_weights)")
-    model = build_def(entry, state_dict, source=request.source.path or "random init")
+    with clock.stage("load", f"loading weights: {request.source.describe()}"):
+        state_dict = load_state_dict(entry, request.source, unused=unused)
+        if unused:
+            progress(f"      left out {len(unused)} checkpoint entries of other tasks, as expected (manifest.json lists them under unused_weights)")
+        model = build_def(entry, state_dict, source=request.source.path or "random init")
     shape = (request.batch, entry.channels, *request.tile)
 
-    progress(f"[{next(step)}/{stages}] tracing {entry.id} at {shape} (opset {OPSET})")
-    traced = trace(model, torch.zeros(shape))
-    traced_nodes = len(traced.graph.node)
+    with clock.stage("trace", f"tracing {entry.id} at {shape} (opset {OPSET})"):
+        traced = trace(model, torch.zeros(shape))
+        traced_nodes = len(traced.graph.node)
 
-    progress(f"[{next(step)}/{stages}] simplifying {traced_nodes} nodes with onnxsim")
-    graph = simplify(traced, entry.fold_limit_mb)
-    constants_to_initializers(graph)
-    merged = deduplicate_initializers(graph)
-    precision.ensure_named(graph)
+    with clock.stage("simplify", f"simplifying {traced_nodes} nodes with onnxsim"):
+        graph = simplify(traced, entry.fold_limit_mb)
+        del traced
+        constants_to_initializers(graph)
+        merged = deduplicate_initializers(graph)
+        precision.ensure_named(graph)
 
-    progress(f"[{next(step)}/{stages}] checking the static graph ({len(graph.graph.node)} nodes)")
-    problems = static_graph_violations(graph)
-    if problems:
-        raise ExportError(f"{entry.id}: exported graph is not static: {'; '.join(problems[:5])}")
-    onnx.checker.check_model(graph, full_check=True)
+    with clock.stage("check", f"checking the static graph ({len(graph.graph.node)} nodes)"):
+        problems = static_graph_violations(graph)
+        if problems:
+            raise ExportError(f"{entry.id}: exported graph is not static: {'; '.join(problems[:5])}")
+        onnx.checker.check_model(graph, full_check=True)
 
     with tempfile.TemporaryDirectory(prefix=".export-", dir=_parent(out_dir)) as staging:
         staging = Path(staging)
-        save_model(graph, staging / FP32_FILE)
-        files = [FP32_FILE]
-        fp16_report = None
+        files, fp16_report, fp16_failure = [FP32_FILE], None, None
         if request.fp16:
-            progress(f"[{next(step)}/{stages}] building the FP16 deploy graph")
-            batches, label = calibration_batches(request, shape)
-            fp16_graph, fp16_report = precision.build_fp16(
-                graph,
-                batches,
-                max_abs_tolerance=entry.tolerances.get("fp16_calibration_max_abs", 0.02),
-                calibration_label=label,
-                progress=lambda message: progress(f"      {message}"),
-            )
-            deduplicate_initializers(fp16_graph)
-            onnx.checker.check_model(fp16_graph, full_check=True)
-            save_model(fp16_graph, staging / FP16_FILE)
-            files.append(FP16_FILE)
-        manifest = build_manifest(request, staging, files, graph, traced_nodes, merged, fp16_report, unused, time.perf_counter() - started)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / MANIFEST_FILE).unlink(missing_ok=True)
-        for name in files:
-            shutil.move(str(staging / name), out_dir / name)
+            with clock.stage("fp16", "building the FP16 deploy graph"):
+                batches, label = calibration_batches(request, shape)
+                try:
+                    fp16_graph, fp16_report = precision.build_fp16(
+                        graph,
+                        batches,
+                        max_abs_tolerance=entry.tolerances.get("fp16_calibration_max_abs", 0.02),
+                        calibration_label=label,
+                        progress=lambda message: progress(f"      {message}"),
+                    )
+                except ExportError as exc:
+                    fp16_failure = exc
+                else:
+                    deduplicate_initializers(fp16_graph)
+                    onnx.checker.check_model(fp16_graph, full_check=True)
+                    save_model(fp16_graph, staging / FP16_FILE)
+                    del fp16_graph
+                    files.append(FP16_FILE)
+        with clock.stage("save", f"writing {out_dir}"):
+            save_model(graph, staging / FP32_FILE)
+            manifest = build_manifest(request, staging, files, graph, traced_nodes, merged, fp16_report, unused, time.perf_counter() - started)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / MANIFEST_FILE).unlink(missing_ok=True)
+            (out_dir / FP16_FILE).unlink(missing_ok=True)  # an earlier export's would not match this one
+            for name in files:
+                shutil.move(str(staging / name), out_dir / name)
+        manifest = dataclasses.replace(manifest, export_seconds=round(time.perf_counter() - started, 2), export_stages=clock.costs)
         manifest.write(out_dir)
+    if fp16_failure is not None:
+        raise ExportError(f"{fp16_failure}; the FP32 export is written to {out_dir} without model_fp16.onnx (re-export with --no-fp16 to skip the FP16 graph)")
     progress(f"done in {manifest.export_seconds:.1f} s: {out_dir}")
     return manifest
 

@@ -10,7 +10,7 @@ else reads `manifest.json` by string key.
 Versioning (`schema_version`, "MAJOR.MINOR"): a reader of major M refuses any other major in one
 line naming both versions. Minor versions only add fields: a reader ignores fields it does not
 know (a newer minor's), and reads an older minor with the documented defaults of the fields that
-minor lacks (`MINOR_DEFAULTS`; schema 1.0 is the first, so none yet).
+minor lacks (`MINOR_DEFAULTS`).
 """
 
 from __future__ import annotations
@@ -27,14 +27,16 @@ from typing import Any
 from deploytool.errors import DeployError
 from deploytool.fileio import sha256_file, write_text_atomic
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 MANIFEST_FILE = "manifest.json"
 FP32_FILE, FP16_FILE = "model.onnx", "model_fp16.onnx"
 TIMING_CACHE = "timing.cache"
 PARITY_JSON, PARITY_MD, PARITY_HTML = "parity.json", "parity.md", "parity.html"
 INPUT_NAME, OUTPUT_NAME = "input", "output"
 # {minor: {dotted field: default}} for fields added after x.0; read when an older minor lacks them
-MINOR_DEFAULTS: dict[int, dict[str, Any]] = {}
+MINOR_DEFAULTS: dict[int, dict[str, Any]] = {
+    1: {"export_stages": {}},  # 1.1: what each export stage cost
+}
 
 BLEND_RAMP, BLEND_CENTRE = "ramp", "centre"
 PAD_REFLECT = "reflect"
@@ -185,6 +187,15 @@ class Fp16Summary:
 
 
 @dataclass(frozen=True)
+class StageCost:
+    """One export stage: its wall time, and the exporting process's peak resident memory so far
+    at the stage's end (a peak that rises during a stage was set by it)."""
+
+    seconds: float
+    peak_rss_mb: float
+
+
+@dataclass(frozen=True)
 class Manifest:
     schema_version: str
     model_id: str
@@ -204,6 +215,7 @@ class Manifest:
     export_seconds: float
     unused_weights: dict[str, str] = field(default_factory=dict)
     engines: dict[str, EngineRecord] = field(default_factory=dict)
+    export_stages: dict[str, StageCost] = field(default_factory=dict)  # since 1.1, in stage order
 
     # -- what consumers ask of an export
 
@@ -310,6 +322,7 @@ class Manifest:
                 name: _known(EngineRecord, {**record, "compute_capability": tuple(record["compute_capability"])})
                 for name, record in data.get("engines", {}).items()
             },
+            export_stages={name: _known(StageCost, cost) for name, cost in data.get("export_stages", {}).items()},
         )
 
     def write(self, export_dir: str | Path) -> Path:

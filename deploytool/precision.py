@@ -323,10 +323,7 @@ def build_fp16(
             break
     candidate, plan, max_abs, value_psnr = best
     if not max_abs <= max_abs_tolerance:
-        raise ExportError(
-            f"no FP16 plan meets the tolerance {max_abs_tolerance:g} (best max |err| {max_abs:.3g} with margin "
-            f"{plan.margin:g}); the FP32 graph is written, pass --no-fp16 to skip the FP16 graph"
-        )
+        raise ExportError(f"no FP16 plan meets the tolerance {max_abs_tolerance:g} (best max |err| {max_abs:.3g} with margin {plan.margin:g})")
     by_op = collections.Counter(n.op_type for n in model.graph.node if n.name in plan.fp32_nodes)
     by_reason = collections.Counter(r.split(":")[0] for r in plan.reasons.values())
     fp32_flops = sum(v for k, v in flops.items() if k in plan.fp32_nodes)

@@ -80,7 +80,7 @@ def exported(tmp_path_factory, env):
     out = tmp_path_factory.mktemp("export") / "tiny"
     result = invoke("export", "tiny-swinir-x2", "--random-init", "--out", out, env=env)
     assert result.exit_code == 0, result.output
-    assert "UNTRAINED" in result.stderr and "[5/5]" in result.stderr
+    assert "UNTRAINED" in result.stderr and "[6/6]" in result.stderr
     return out
 
 

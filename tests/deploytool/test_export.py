@@ -8,8 +8,8 @@ import onnx
 import pytest
 
 from deploytool import export
-from deploytool.errors import DeployError
-from deploytool.manifest import FP32_FILE, MANIFEST_FILE, SCHEMA_VERSION, read_manifest
+from deploytool.errors import DeployError, ExportError
+from deploytool.manifest import FP16_FILE, FP32_FILE, MANIFEST_FILE, SCHEMA_VERSION, read_manifest
 from tests.helpers import export_tiny
 
 
@@ -70,6 +70,29 @@ def test_tile_that_is_not_a_window_multiple_is_refused(tmp_path):
     with pytest.raises(DeployError, match="not a multiple of 8"):
         export_tiny("swinir-m-x2", tmp_path / "x", tile=(20, 16))
     assert not (tmp_path / "x").exists()
+
+
+def test_each_stage_records_its_time_and_memory(tmp_path):
+    manifest = export_tiny("swinir-s-x2", tmp_path / "s")
+    assert list(manifest.export_stages) == ["load", "trace", "simplify", "check", "fp16", "save"]
+    assert all(cost.seconds >= 0 and cost.peak_rss_mb > 100 for cost in manifest.export_stages.values())
+    peaks = [cost.peak_rss_mb for cost in manifest.export_stages.values()]
+    assert peaks == sorted(peaks)  # the peak so far never falls
+    assert sum(cost.seconds for cost in manifest.export_stages.values()) <= manifest.export_seconds
+
+
+def test_an_fp16_plan_that_misses_its_tolerance_still_writes_the_fp32_export(tmp_path, monkeypatch):
+    from deploytool import precision
+
+    def no_plan(*args, **kwargs):
+        raise ExportError("no FP16 plan meets the tolerance 0.08 (best max |err| 0.175 with margin 4096)")
+
+    monkeypatch.setattr(precision, "build_fp16", no_plan)
+    out = tmp_path / "f"
+    with pytest.raises(ExportError, match="the FP32 export is written to .* without model_fp16.onnx"):
+        export_tiny("swinir-s-x2", out)
+    written = read_manifest(out)
+    assert written.fp16 is None and set(written.files) == {FP32_FILE} and not (out / FP16_FILE).exists()
 
 
 def test_a_failed_export_leaves_no_manifest(tmp_path, monkeypatch):

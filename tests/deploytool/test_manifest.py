@@ -60,7 +60,7 @@ def test_the_schema_accepts_the_written_manifest_and_rejects_tampering(exported)
 @pytest.mark.tampered_manifests
 def test_a_tampered_manifest_is_refused_in_one_line(exported):
     mistyped = rewrite(exported, lambda d: d["tiling"].__setitem__("overlap", "16"))
-    with pytest.raises(DeployError, match=r"does not follow the manifest schema 1\.0: at tiling/overlap: '16' is not of type 'integer'"):
+    with pytest.raises(DeployError, match=rf"does not follow the manifest schema {SCHEMA_VERSION}: at tiling/overlap: '16' is not of type 'integer'"):
         read_manifest(mistyped)
     missing = rewrite(exported, lambda d: d["output"].pop("shape"))
     with pytest.raises(DeployError, match="'shape' is a required property"):
@@ -70,7 +70,7 @@ def test_a_tampered_manifest_is_refused_in_one_line(exported):
 @pytest.mark.tampered_manifests
 def test_versions(exported):
     newer_major = rewrite(exported, lambda d: d.__setitem__("schema_version", "2.0"))
-    with pytest.raises(DeployError, match=r"manifest schema 2\.0, a newer major version than this deploytool reads \(1\.0\); upgrade deploytool"):
+    with pytest.raises(DeployError, match=rf"manifest schema 2\.0, a newer major version than this deploytool reads \({SCHEMA_VERSION}\); upgrade deploytool"):
         read_manifest(newer_major)
     legacy = rewrite(exported, lambda d: (d.pop("schema_version"), d.__setitem__("format", 1)))
     with pytest.raises(DeployError, match="older deploytool .*re-export it"):
@@ -83,6 +83,13 @@ def test_versions(exported):
 
     # a newer minor only adds fields: they are ignored, and the rest reads as before
     assert read_manifest(rewrite(exported, newer_minor)).tiling == read_manifest(exported).tiling
+
+    def schema_1_0(data):
+        data["schema_version"] = "1.0"
+        del data["export_stages"]  # added in 1.1
+
+    older = read_manifest(rewrite(exported, schema_1_0))
+    assert older.export_stages == {} and older.files == read_manifest(exported).files
 
 
 def test_missing_or_changed_files_are_refused(exported, tmp_path):

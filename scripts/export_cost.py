@@ -1,0 +1,112 @@
+"""What `deploytool export` costs at the default tiles: wall time and peak memory per export, and
+where they go by stage, against the targets of the export-cost issue.
+
+    python scripts/export_cost.py [--ids hat-x4,swinir-m-x4] [--tile 64] [--json]
+
+Each export runs `deploytool export ID --random-init` in a child process of its own, so that its
+peak resident memory (from wait4's rusage) is its own; the per-stage table comes from the
+manifest it writes (`export_stages`: seconds, and the process's peak RSS so far at each stage's
+end). `--tile` overrides every id's default tile, for quick runs; the targets are for the
+defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from deploytool import registry
+from deploytool.errors import DeployError
+from deploytool.manifest import read_manifest
+
+# model id -> (wall seconds, peak GB) on a 2-core, 24 GB machine, at the id's default tile
+TARGETS = {
+    "hat-x4": (120, 6),
+    "hat-l-x4": (240, 8),
+    "restormer-derain": (180, 8),
+    "swinir-m-x4": (120, 6),
+    "ipt-sr-x4": (120, 6),
+    "esrt-x4": (120, 6),
+    "dat-x4": (120, 6),
+}
+
+
+def run_export(model_id: str, out: Path, tile: int | None) -> dict:
+    command = [sys.executable, "-m", "deploytool", "export", model_id, "--random-init", "--out", str(out)]
+    if tile:
+        command += ["--tile", str(tile)]
+    started = time.perf_counter()
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = child.stderr.read()
+    _, status, usage = os.wait4(child.pid, 0)
+    seconds = time.perf_counter() - started
+    result = {
+        "model_id": model_id,
+        "seconds": round(seconds, 1),
+        "peak_rss_gb": round(usage.ru_maxrss / 2**20, 2),
+        "exit_status": os.waitstatus_to_exitcode(status),
+    }
+    if result["exit_status"] == 0:
+        manifest = read_manifest(out)
+        result["tile"] = list(manifest.tiling.tile)
+        result["stages"] = {name: {"seconds": cost.seconds, "peak_rss_gb": round(cost.peak_rss_mb / 1024, 2)} for name, cost in manifest.export_stages.items()}
+    else:
+        result["error"] = log.strip().splitlines()[-1] if log.strip() else "no output"
+    return result
+
+
+def markdown(results: list[dict], tile_override: int | None) -> str:
+    lines = [
+        "| export, `--random-init` | tile | wall time | peak RSS | target | met |",
+        "|---|---|---:|---:|---|---|",
+    ]
+    for r in results:
+        target_s, target_gb = TARGETS.get(r["model_id"], (None, None))
+        tile = "x".join(map(str, r.get("tile", []))) or "?"
+        if r["exit_status"] != 0:
+            lines.append(f"| {r['model_id']} | {tile} | failed: {r['error']} | | | |")
+            continue
+        target = f"≤ {target_s} s, ≤ {target_gb} GB" if target_s else "none"
+        met = "n/a (not the default tile)" if tile_override or not target_s else ("yes" if r["seconds"] <= target_s and r["peak_rss_gb"] <= target_gb else "no")
+        lines.append(f"| {r['model_id']} | {tile} | {r['seconds']:.0f} s | {r['peak_rss_gb']:.1f} GB | {target} | {met} |")
+    stage_names = list(dict.fromkeys(name for r in results for name in r.get("stages", {})))
+    if stage_names:
+        lines += ["", "Per stage: seconds (peak RSS so far, GB)", "", "| export | " + " | ".join(stage_names) + " |", "|---|" + "---:|" * len(stage_names)]
+        for r in results:
+            stages = r.get("stages", {})
+            cells = [f"{stages[n]['seconds']:.1f} ({stages[n]['peak_rss_gb']:.1f})" if n in stages else "" for n in stage_names]
+            lines.append(f"| {r['model_id']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ids", default=",".join(TARGETS), help="comma-separated model ids (default: the targets' ids)")
+    parser.add_argument("--tile", type=int, help="square tile for every id instead of its default (quick runs; targets then do not apply)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    ids = [i.strip() for i in args.ids.split(",") if i.strip()]
+    for model_id in ids:
+        registry.get(model_id)  # unknown ids fail here, in one line, before any export runs
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for model_id in ids:
+            print(f"exporting {model_id}{f' at {args.tile} px' if args.tile else ''} in a child process", file=sys.stderr)
+            results.append(run_export(model_id, Path(tmp) / model_id, args.tile))
+            print(f"  {results[-1]['seconds']:.0f} s, peak RSS {results[-1]['peak_rss_gb']:.1f} GB", file=sys.stderr)
+    print(json.dumps(results, indent=2) if args.json else markdown(results, args.tile))
+    return 0 if all(r["exit_status"] == 0 for r in results) else 1
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except DeployError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,28 @@
+"""scripts/export_cost.py: exports in child processes, their wall time, peak RSS and stages."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "export_cost.py"
+
+
+def run(*args):
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=600)
+
+
+def test_reports_each_export_and_its_stages():
+    result = run("--ids", "esrt-x2", "--tile", "16", "--json")
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads(result.stdout)
+    assert row["model_id"] == "esrt-x2" and row["tile"] == [16, 16] and row["exit_status"] == 0
+    assert row["seconds"] > 0 and 0.1 < row["peak_rss_gb"] < 24
+    assert list(row["stages"]) == ["load", "trace", "simplify", "check", "fp16", "save"]
+    # the child's own peak is what the manifest saw at the end, not the parent's
+    assert abs(row["stages"]["save"]["peak_rss_gb"] - row["peak_rss_gb"]) < 0.2
+
+
+def test_an_unknown_id_is_one_line_before_any_export():
+    result = run("--ids", "esrt-x2,nonsense-x9", "--tile", "16")
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == ["error: unknown model id 'nonsense-x9'; `deploytool list` shows them all"]
