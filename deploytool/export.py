@@ -8,7 +8,6 @@ last: a folder without it is an unfinished export). Only the exporter imports th
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import io
 import resource
@@ -347,13 +346,13 @@ def export(request: ExportRequest, progress: Progress = lambda message: None) ->
                     files.append(FP16_FILE)
         with clock.stage("save", f"writing {out_dir}"):
             save_model(graph, staging / FP32_FILE)
-            manifest = build_manifest(request, staging, files, graph, traced_nodes, merged, fp16_report, unused, time.perf_counter() - started)
+            records = {name: FileRecord(sha256=sha256_file(staging / name), bytes=(staging / name).stat().st_size) for name in files}
             out_dir.mkdir(parents=True, exist_ok=True)
             (out_dir / MANIFEST_FILE).unlink(missing_ok=True)
             (out_dir / FP16_FILE).unlink(missing_ok=True)  # an earlier export's would not match this one
             for name in files:
                 shutil.move(str(staging / name), out_dir / name)
-        manifest = dataclasses.replace(manifest, export_seconds=round(time.perf_counter() - started, 2), export_stages=clock.costs)
+        manifest = build_manifest(request, records, graph, traced_nodes, merged, fp16_report, unused, time.perf_counter() - started, clock.costs)
         manifest.write(out_dir)
     if fp16_failure is not None:
         raise ExportError(f"{fp16_failure}; the FP32 export is written to {out_dir} without model_fp16.onnx (re-export with --no-fp16 to skip the FP16 graph)")
@@ -368,14 +367,14 @@ def _parent(path: Path) -> Path:
 
 def build_manifest(
     request: ExportRequest,
-    staging: Path,
-    files: list[str],
+    files: dict[str, FileRecord],
     graph: onnx.ModelProto,
     traced_nodes: int,
     merged_initializers: int,
     fp16_report: Fp16Summary | None,
     unused: dict[str, str],
     seconds: float,
+    stages: dict[str, StageCost],
 ) -> Manifest:
     entry, tile, batch = request.entry, request.tile, request.batch
     return Manifest(
@@ -412,8 +411,9 @@ def build_manifest(
         source=request.source,
         graph=GraphStats(traced_nodes=traced_nodes, merged_initializers=merged_initializers, **graph_summary(graph)),
         fp16=fp16_report,
-        files={name: FileRecord(sha256=sha256_file(staging / name), bytes=(staging / name).stat().st_size) for name in files},
+        files=files,
         tolerances=entry.tolerances,
         export_seconds=round(seconds, 2),
         unused_weights=unused,
+        export_stages=stages,
     )

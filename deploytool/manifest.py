@@ -408,8 +408,14 @@ def read_manifest(export_dir: str | Path) -> Manifest:
         raise DeployError(f"cannot read {path}: {exc}") from None
     if not isinstance(data, dict):
         raise DeployError(f"{path} is not a JSON object")
-    check_version(data, where=str(path))
-    validate(data, where=str(path))
+    return parse_manifest(data, where=str(path))
+
+
+def parse_manifest(data: dict[str, Any], *, where: str) -> Manifest:
+    """A manifest from its JSON form: version-checked (older minors get their defaults), then
+    schema-checked, then typed."""
+    check_version(data, where=where)
+    validate(data, where=where)
     return Manifest.from_json(data)
 
 

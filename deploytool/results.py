@@ -21,7 +21,7 @@ import numpy as np
 
 from deploytool.errors import DeployError
 from deploytool.fileio import atomic_path
-from deploytool.manifest import Manifest
+from deploytool.manifest import Manifest, parse_manifest
 
 FORMAT = "deploytool-parity-results"
 FORMAT_VERSION = 1
@@ -135,8 +135,6 @@ def host_info() -> dict[str, Any]:
 
 def load(path: str | Path) -> RunResults:
     """Results saved by `RunResults.save`, refusing anything else in one line."""
-    from deploytool.manifest import check_version, validate
-
     path = Path(path)
     if not path.is_file():
         raise DeployError(f"{path}: no such results file")
@@ -150,9 +148,7 @@ def load(path: str | Path) -> RunResults:
             arrays = {name: data[name] for name in data.files if name != _META}
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
         raise DeployError(f"{path} is not a readable results file ({exc})") from None
-    check_version(meta["manifest"], where=f"{path} (its manifest)")
-    validate(meta["manifest"], where=f"{path} (its manifest)")
-    manifest = Manifest.from_json(meta["manifest"])
+    manifest = parse_manifest(meta["manifest"], where=f"{path} (its manifest)")
     if manifest.fingerprint() != meta["export_fingerprint"]:
         raise DeployError(f"{path}: its manifest does not match its recorded export fingerprint (edited file?)")
     results = RunResults(

@@ -73,6 +73,11 @@ class Family:
     tiny_tile: Callable[[dict[str, Any]], tuple[int, int]] | None = None
 
 
+def two_windows(arch: dict[str, Any]) -> tuple[int, int]:
+    """A square tiny tile of two windows a side (Swin-style families' `tiny_tile`)."""
+    return (2 * arch["window_size"],) * 2
+
+
 def import_original(module: str, name: str, *, install_hint: str) -> Callable[..., nn.Module]:
     """A builder for class `name` of `module`, imported only when a reference is needed."""
 

@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from model_defs.family import Family, Original, spandrel_original
+from model_defs.family import Family, Original, spandrel_original, two_windows
 from model_defs.layers import (
     Mlp,
     PatchNorm,
@@ -355,5 +355,5 @@ FAMILY = Family(
     model=HAT,
     original=Original("spandrel HAT", spandrel_original("HAT")),
     tiny_arch=tiny_arch,
-    tiny_tile=lambda arch: (2 * arch["window_size"],) * 2,
+    tiny_tile=two_windows,
 )

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from model_defs.family import Family, Original, spandrel_original
+from model_defs.family import Family, Original, spandrel_original, two_windows
 from model_defs.layers import (
     Mlp,
     PatchNorm,
@@ -276,5 +276,5 @@ FAMILY = Family(
     original=Original("spandrel SwinIR", spandrel_original("SwinIR")),
     reconcile_arch=reconcile_arch,
     tiny_arch=tiny_arch,
-    tiny_tile=lambda arch: (2 * arch["window_size"],) * 2,
+    tiny_tile=two_windows,
 )
