@@ -174,6 +174,13 @@ def test_tile_growth_bounds_the_tile_wide_sums():
     actual = precision.measure_ranges(large, [image])
     for name in norms:
         assert actual[name] <= 1.25 * grown[name]
+    # and the plan follows the growth: a norm of 50 (a running sum of 2500) is FP16 at 32 px,
+    # while at 64 px its sum of squares (10000) passes the 16x margin below 65504
+    measured = {names[name]: 50.0 for name in norms}
+    kept = precision.plan_islands(large, precision.carried_ranges(measured, names, growth), margin=16.0)
+    assert all(kept.reasons[node[name].name] == "accumulator" for name in norms)
+    unscaled = precision.plan_islands(large, precision.carried_ranges(measured, names, {}), margin=16.0)
+    assert not any(node[name].name in unscaled.fp32_nodes for name in norms)
 
 
 def cancelling_ipt_checkpoint(path):
