@@ -177,11 +177,11 @@ def write_image(
 def _write_png(path: Path, samples: np.ndarray) -> None:
     # PNG goes through deploytool.png, not cv2: the same bytes as the C++ runtime writes.
     data = png.encode(samples)
-    with atomic_path(path) as tmp:
-        try:
+    try:
+        with atomic_path(path) as tmp:
             tmp.write_bytes(data)
-        except OSError as exc:
-            raise ImageError(f"{path}: cannot write the PNG file: {exc.strerror or exc}") from None
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot write the PNG file: {exc.strerror or exc}") from None
 
 
 def fit_channels(pixels: np.ndarray, channels: int, *, model_id: str, path: str | os.PathLike) -> np.ndarray:

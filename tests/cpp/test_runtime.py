@@ -1,0 +1,190 @@
+"""The C++ runtime (cpp/): built with CMake, its unit tests run by ctest, and its output compared
+byte for byte with the Python tool's on the same stand-in model, images and tiling."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from deploytool import inference, png
+from deploytool.images import read_image
+from deploytool.manifest import FP32_FILE, MANIFEST_FILE, read_manifest
+from tests.helpers import export_tiny, family_ids
+from tests.standin import registry_tiling_configs, standin_runner, write_standin_export
+
+REPO = Path(__file__).resolve().parents[2]
+TESTSETS = REPO.parent / "shared" / "testsets"
+CONFIGS = registry_tiling_configs()
+
+
+def _missing_tools() -> list[str]:
+    return [tool for tool in ("cmake", "g++") if shutil.which(tool) is None]
+
+
+@pytest.fixture(scope="session")
+def cpp_build() -> Path:
+    """cpp/ configured and built once per session (incrementally across sessions) in build/cpp-pytest."""
+    missing = _missing_tools()
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not on PATH: the C++ runtime cannot be built (scripts/setup.sh installs them as root)")
+    build = REPO / "build" / "cpp-pytest"
+    for command in (
+        ["cmake", "-S", str(REPO / "cpp"), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release"],
+        ["cmake", "--build", str(build), "-j", str(min(4, os.cpu_count() or 1))],
+    ):
+        done = subprocess.run(command, capture_output=True, text=True)
+        assert done.returncode == 0, f"{' '.join(command)} failed:\n{(done.stdout + done.stderr)[-4000:]}"
+    return build
+
+
+def test_ctest_unit_tests_pass(cpp_build: Path) -> None:
+    done = subprocess.run(["ctest", "--test-dir", str(cpp_build), "--output-on-failure"], capture_output=True, text=True)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    assert "tests passed" in done.stdout and " 0 tests failed" not in done.stdout.replace("100% tests passed, 0 tests failed", "")
+
+
+# -- same pixels as Python
+
+
+def _standin(cpp_build: Path) -> Path:
+    return cpp_build / "deploytool-standin"
+
+
+def _assert_same_png(cpp_png: Path, python_png: Path, what: str) -> None:
+    ours, theirs = cpp_png.read_bytes(), python_png.read_bytes()
+    if ours == theirs:
+        return
+    a = cv2.imread(str(cpp_png), cv2.IMREAD_UNCHANGED)
+    b = cv2.imread(str(python_png), cv2.IMREAD_UNCHANGED)
+    if a is None or b is None or a.shape != b.shape or a.dtype != b.dtype:
+        pytest.fail(f"{what}: C++ wrote {None if a is None else (a.shape, a.dtype)}, Python {None if b is None else (b.shape, b.dtype)}")
+    diff = np.abs(a.astype(np.int64) - b.astype(np.int64))
+    pytest.fail(f"{what}: PNG bytes differ; {np.count_nonzero(diff)} samples differ, at most by {diff.max()} (first at {np.argwhere(diff)[:1].tolist()})")
+
+
+def compare_with_python(cpp_build: Path, export_dir: Path, sources: list[Path], out_dir: Path, overlap: int | None = None) -> Path:
+    """Run both tilers with the stand-in model; assert identical PNG bytes; return the output."""
+    manifest = read_manifest(export_dir)
+    name = "+".join(s.stem for s in sources)
+    cpp_png, python_png = out_dir / f"{name}.cpp.png", out_dir / f"{name}.py.png"
+    command = [str(_standin(cpp_build)), str(export_dir), *map(str, sources), "-o", str(cpp_png)]
+    if overlap is not None:
+        command += ["--overlap", str(overlap)]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # runs while Python tiles
+    source = sources[0] if len(sources) == 1 else tuple(sources)
+    inference.restore_file(standin_runner(manifest), manifest, source, python_png, overlap=manifest.overlap(overlap))
+    _, stderr = child.communicate()
+    assert child.returncode == 0, f"deploytool-standin failed on {name}: {stderr.strip()}"
+    _assert_same_png(cpp_png, python_png, f"{manifest.model_id} tiling on {name}")
+    return python_png
+
+
+def _testset_images(scale: int) -> list[Path]:
+    """Set5 and Set14: HR for restoration models, the LR_bicubic set of the scale (x4 for x8) otherwise."""
+    images = []
+    for dataset in ("Set5", "Set14"):
+        folder = TESTSETS / dataset / ("HR" if scale == 1 else "LR_bicubic" / Path(f"X{min(scale, 4)}"))
+        images += sorted(folder.glob("*.png"))
+    return images
+
+
+def _levels(shape: tuple[int, ...], seed: int, depth: int) -> np.ndarray:
+    top = 255 if depth == 8 else 65535
+    rng = np.random.default_rng(seed)
+    # smooth gradients plus noise, like photos: exercises blending without being all noise
+    y, x = np.meshgrid(np.linspace(0, 1, shape[0]), np.linspace(0, 1, shape[1]), indexing="ij")
+    base = (0.5 + 0.4 * np.sin(6 * x + 3 * y))[..., None] * np.ones(shape[2:] or (1,))
+    noisy = np.clip(base + 0.08 * rng.standard_normal(base.shape), 0, 1)
+    return np.rint(noisy * top).astype(np.uint8 if depth == 8 else np.uint16).reshape(shape)
+
+
+@pytest.fixture(scope="session")
+def synthetic_images(tmp_path_factory) -> dict[str, Path]:
+    """Odd-sized images of every mode the CLI keeps: gray, RGB, gray+alpha, RGBA; 8 and 16 bit; JPEG."""
+    folder = tmp_path_factory.mktemp("synthetic")
+    specs = {
+        "rgb8-37x53": ((37, 53, 3), 8),
+        "rgb16-61x45": ((61, 45, 3), 16),
+        "rgba8-41x39": ((41, 39, 4), 8),
+        "rgba16-23x67": ((23, 67, 4), 16),
+        "gray8-29x71": ((29, 71, 1), 8),
+        "gray16-83x19": ((83, 19, 1), 16),
+        "grayalpha8-33x35": ((33, 35, 2), 8),
+        "grayalpha16-17x49": ((17, 49, 2), 16),
+        "rgb8-5x3": ((5, 3, 3), 8),  # smaller than any window: edge padding
+        "rgb8-131x149": ((131, 149, 3), 8),  # several tiles of the small-tile configurations
+    }
+    paths = {}
+    for seed, (name, (shape, depth)) in enumerate(specs.items()):
+        path = folder / f"{name}.png"
+        path.write_bytes(png.encode(_levels(shape, seed, depth)))
+        paths[name] = path
+    for name, shape in (("jpeg-rgb-45x58", (45, 58, 3)), ("jpeg-gray-39x27", (39, 27, 1))):
+        path = folder / f"{name}.jpg"
+        assert cv2.imwrite(str(path), _levels(shape, 99, 8)[..., ::-1] if shape[2] == 3 else _levels(shape, 98, 8)[..., 0], [cv2.IMWRITE_JPEG_QUALITY, 85])
+        paths[name] = path
+    return paths
+
+
+@pytest.fixture(scope="session")
+def standin_exports(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("standin-exports")
+    return {config.label: (write_standin_export(config, root / config.label), root / config.label)[1] for config in CONFIGS}
+
+
+def _fits(config, image: Path) -> bool:
+    """Whether the CLI accepts this image for this model (a gray model refuses RGB images)."""
+    if config.channels // len(config.views) == 1:
+        return read_image(image).pixels.shape[2] == 1
+    return True
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.label for c in CONFIGS])
+def test_same_png_bytes_as_python(config, cpp_build: Path, standin_exports: dict[str, Path], synthetic_images: dict[str, Path], tmp_path: Path) -> None:
+    export_dir = standin_exports[config.label]
+    images = list(synthetic_images.values())
+    testsets = _testset_images(config.scale) if TESTSETS.is_dir() else []
+    if config.channels // len(config.views) == 1:
+        # gray models: the test sets as gray images, written the way a user would (8-bit PNG)
+        gray_dir = tmp_path / "gray"
+        gray_dir.mkdir()
+        for path in testsets:
+            gray = cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2GRAY)
+            (gray_dir / path.name).write_bytes(png.encode(gray))
+        testsets = sorted(gray_dir.glob("*.png"))
+    images = [p for p in images + testsets if _fits(config, p)]
+    compared = 0
+    for image in images:
+        if len(config.views) == 1:
+            sources = [image]
+        else:
+            # a second view of the same size: the image mirrored, so left and right differ
+            pixels = cv2.imread(str(image), cv2.IMREAD_UNCHANGED)
+            right = tmp_path / f"{image.stem}-mirrored.png"
+            if image.suffix == ".png" and pixels.ndim == 3:
+                order = [2, 1, 0, 3][: pixels.shape[2]]
+                right.write_bytes(png.encode(np.ascontiguousarray(pixels[:, ::-1][..., order])))
+            else:
+                right.write_bytes(png.encode(np.ascontiguousarray(pixels[:, ::-1] if pixels.ndim == 2 else pixels[:, ::-1, ::-1])))
+            sources = [image, right]
+        compare_with_python(cpp_build, export_dir, sources, tmp_path)
+        compared += 1
+    # every synthetic image a model of these channels takes, and all of Set5 + Set14 when present
+    assert compared == len(images) and compared >= 4 + len(testsets)
+
+
+def test_overlap_override_and_batch_tail(cpp_build: Path, synthetic_images: dict[str, Path], tmp_path: Path) -> None:
+    """--overlap (rounded to the window) and a batch whose last call is filled with copies."""
+    base = next(c for c in CONFIGS if c.scale == 2 and not c.blend_trim and c.tile[0] <= 64)
+    for batch in (3, 5):
+        config = type(base)(**{**base.__dict__, "batch": batch})
+        export_dir = write_standin_export(config, tmp_path / f"b{batch}") and tmp_path / f"b{batch}"
+        for overlap in (0, 5, 24):
+            compare_with_python(cpp_build, export_dir, [synthetic_images["rgb8-131x149"]], tmp_path, overlap=overlap)
