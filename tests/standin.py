@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from deploytool import registry
+from deploytool.fileio import sha256_file
 from deploytool.manifest import (
     BLEND_CENTRE,
     BLEND_RAMP,
@@ -35,7 +36,6 @@ from deploytool.manifest import (
     WeightsSource,
     views_for,
 )
-from deploytool.fileio import sha256_file
 
 
 class StandinModel:
@@ -102,7 +102,16 @@ def registry_tiling_configs() -> list[TilingConfig]:
     configs: dict[tuple, TilingConfig] = {}
     for model_id, entry in sorted(registry.all_entries().items()):
         config = TilingConfig(
-            entry.scale, tuple(entry.tile), entry.tile_multiple, entry.batch, entry.overlap, entry.blend_trim, tuple(entry.views), entry.channels, entry.out_channels, model_id
+            entry.scale,
+            tuple(entry.tile),
+            entry.tile_multiple,
+            entry.batch,
+            entry.overlap,
+            entry.blend_trim,
+            tuple(entry.views),
+            entry.channels,
+            entry.out_channels,
+            model_id,
         )
         configs.setdefault(dataclasses.replace(config, model_id=""), config)
     return list(configs.values())

@@ -2,9 +2,12 @@
 // model.onnx is still checked against its sha256, as a real backend checks the file it loads).
 //   deploytool-standin EXPORT_DIR IMAGE [IMAGE ...] -o OUT.png [--overlap N]
 //   deploytool-standin --bench EXPORT_DIR IMAGE   (prints {"restore_s", "model_s", "tiles"} as JSON)
+//   deploytool-standin --manifest EXPORT_DIR [SM_MAJOR SM_MINOR TRT_VERSION]
+//     checks every recorded file, prints what the runtime read as JSON (and the engine it would pick)
 #include <chrono>
 #include <cstring>
 #include <iostream>
+#include <nlohmann/json.hpp>
 
 #include "deploytool/cli.hpp"
 #include "deploytool/runtime.hpp"
@@ -49,10 +52,46 @@ int bench(const char* export_dir, const char* image_path) {
   }
 }
 
+int check_manifest(int argc, char** argv) {
+  try {
+    Export exported = Export::open(argv[2]);
+    const deploytool::Manifest& manifest = exported.manifest();
+    nlohmann::json files = nlohmann::json::array();
+    for (const auto& [name, record] : manifest.files) files.push_back(exported.check_file(name).filename().string());
+    for (const auto& [name, record] : manifest.engines) files.push_back(exported.check_file(name).filename().string());
+    nlohmann::json views = nlohmann::json::array();
+    for (const auto& view : manifest.views) views.push_back({view.name, view.channels, view.color});
+    const auto& grid = manifest.tiling;
+    nlohmann::json read = {
+        {"schema_version", manifest.schema_version},
+        {"model_id", manifest.model_id},
+        {"scale", manifest.scale},
+        {"input_shape", manifest.input_shape},
+        {"output_shape", manifest.output_shape},
+        {"views", views},
+        {"tiling",
+         {{"tile", {grid.tile_h, grid.tile_w}},
+          {"tile_multiple", grid.tile_multiple},
+          {"fixed_tile", grid.fixed_tile},
+          {"batch", grid.batch},
+          {"overlap", grid.overlap},
+          {"padding", grid.padding},
+          {"blend", {{"mode", grid.blend.mode == deploytool::BlendMode::ramp ? "ramp" : "centre"}, {"width", grid.blend.width}, {"trim", grid.blend.trim}}}}},
+        {"checked_files", files}};
+    if (argc == 6) read["engine"] = deploytool::matching_engine(manifest, std::stoi(argv[3]), std::stoi(argv[4]), argv[5]);
+    std::cout << read.dump() << "\n";
+    return 0;
+  } catch (const std::exception& error) {
+    std::cerr << "error: " << error.what() << "\n";
+    return 1;
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc == 4 && std::strcmp(argv[1], "--bench") == 0) return bench(argv[2], argv[3]);
+  if ((argc == 3 || argc == 6) && std::strcmp(argv[1], "--manifest") == 0) return check_manifest(argc, argv);
   auto factory = [](const Export& exported, const deploytool::CliOptions&) { return standin_backend(exported, nullptr); };
   return deploytool::run_cli(argc, argv, factory, std::cout, std::cerr);
 }

@@ -13,10 +13,14 @@ import cv2
 import numpy as np
 import pytest
 
-from deploytool import inference, png
+import model_defs
+from deploytool import inference, png, registry
+from deploytool.backends.tensorrt import engine_filename, matching_engine
+from deploytool.errors import DeployError
+from deploytool.fileio import sha256_file
 from deploytool.images import read_image
-from deploytool.manifest import FP32_FILE, MANIFEST_FILE, read_manifest
-from tests.helpers import export_tiny, family_ids
+from deploytool.manifest import FP32_FILE, MANIFEST_FILE, EngineRecord, read_manifest
+from tests.helpers import export_tiny
 from tests.standin import registry_tiling_configs, standin_runner, write_standin_export
 
 REPO = Path(__file__).resolve().parents[2]
@@ -177,7 +181,7 @@ def test_same_png_bytes_as_python(config, cpp_build: Path, standin_exports: dict
         compare_with_python(cpp_build, export_dir, sources, tmp_path)
         compared += 1
     # every synthetic image a model of these channels takes, and all of Set5 + Set14 when present
-    assert compared == len(images) and compared >= 4 + len(testsets)
+    assert compared == len(images) and compared >= 3 + len(testsets)
 
 
 def test_overlap_override_and_batch_tail(cpp_build: Path, synthetic_images: dict[str, Path], tmp_path: Path) -> None:
@@ -188,3 +192,113 @@ def test_overlap_override_and_batch_tail(cpp_build: Path, synthetic_images: dict
         export_dir = write_standin_export(config, tmp_path / f"b{batch}") and tmp_path / f"b{batch}"
         for overlap in (0, 5, 24):
             compare_with_python(cpp_build, export_dir, [synthetic_images["rgb8-131x149"]], tmp_path, overlap=overlap)
+
+
+# -- the manifest reader over real exports and the bad cases
+
+
+def _ids_to_export() -> list[str]:
+    """One id per family, and one of each multi-view input (the views change the manifest's input)."""
+    chosen: dict[tuple, str] = {}
+    for model_id, entry in sorted(registry.all_entries().items()):
+        chosen.setdefault((entry.family, len(entry.views)), model_id)
+    return sorted(chosen.values())
+
+
+@pytest.fixture(scope="session")
+def real_exports(tmp_path_factory) -> dict[str, Path]:
+    """Tiny real exports (ONNX graphs and manifests written by the exporter) of every family."""
+    root = tmp_path_factory.mktemp("real-exports")
+    return {model_id: (export_tiny(model_id, root / model_id, fp16=False), root / model_id)[1] for model_id in _ids_to_export()}
+
+
+def _read_with_cpp(cpp_build: Path, export_dir: Path, *engine_target: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(_standin(cpp_build)), "--manifest", str(export_dir), *engine_target], capture_output=True, text=True)
+
+
+def test_manifest_reader_reads_real_exports_of_every_family(cpp_build: Path, real_exports: dict[str, Path]) -> None:
+    assert {registry.get(i).family for i in real_exports} == set(model_defs.families())
+    for model_id, export_dir in real_exports.items():
+        done = _read_with_cpp(cpp_build, export_dir)
+        assert done.returncode == 0, f"{model_id}: {done.stderr.strip()}"
+        read = json.loads(done.stdout)
+        manifest = read_manifest(export_dir)
+        grid = manifest.tiling
+        assert read == {
+            "schema_version": manifest.schema_version,
+            "model_id": model_id,
+            "scale": manifest.scale,
+            "input_shape": list(manifest.input.shape),
+            "output_shape": list(manifest.output.shape),
+            "views": [[v.name, v.channels, v.color] for v in manifest.views],
+            "tiling": {
+                "tile": list(grid.tile),
+                "tile_multiple": grid.tile_multiple,
+                "fixed_tile": grid.fixed_tile,
+                "batch": grid.batch,
+                "overlap": grid.overlap,
+                "padding": grid.padding,
+                "blend": {"mode": grid.blend.mode, "width": grid.blend.width, "trim": grid.blend.trim},
+            },
+            "checked_files": sorted(manifest.files),
+        }
+
+
+def _python_error(action) -> str:
+    with pytest.raises(DeployError) as error:
+        action()
+    return str(error.value)
+
+
+@pytest.mark.tampered_manifests
+def test_manifest_reader_refuses_bad_exports_in_pythons_words(cpp_build: Path, real_exports: dict[str, Path], tmp_path: Path) -> None:
+    source = next(iter(real_exports.values()))
+
+    def copy(name: str) -> Path:
+        return Path(shutil.copytree(source, tmp_path / name))
+
+    def assert_same_error(export_dir: Path, python_message: str, *engine_target: str) -> None:
+        done = _read_with_cpp(cpp_build, export_dir, *engine_target)
+        assert done.returncode == 1 and done.stdout == ""
+        assert done.stderr == f"error: {python_message}\n"
+
+    newer = copy("newer-major")
+    data = json.loads((newer / MANIFEST_FILE).read_text())
+    data["schema_version"] = "2.0"
+    (newer / MANIFEST_FILE).write_text(json.dumps(data))
+    assert_same_error(newer, _python_error(lambda: read_manifest(newer)))
+
+    tampered = copy("tampered")
+    with open(tampered / FP32_FILE, "ab") as graph:
+        graph.write(b"\0")
+    assert_same_error(tampered, _python_error(lambda: read_manifest(tampered).check_file(tampered, FP32_FILE)))
+
+    missing = copy("missing")
+    (missing / FP32_FILE).unlink()
+    assert_same_error(missing, _python_error(lambda: read_manifest(missing).check_file(missing, FP32_FILE)))
+
+    unfinished = copy("unfinished")
+    (unfinished / MANIFEST_FILE).unlink()
+    assert_same_error(unfinished, _python_error(lambda: read_manifest(unfinished)))
+
+    bad_json = copy("bad-json")
+    (bad_json / MANIFEST_FILE).write_text('{"schema_version": "1.1", ')
+    python_message = _python_error(lambda: read_manifest(bad_json))
+    done = _read_with_cpp(cpp_build, bad_json)
+    prefix = f"cannot read {bad_json / MANIFEST_FILE}: "
+    assert python_message.startswith(prefix)
+    assert done.returncode == 1 and done.stderr.startswith(f"error: {prefix}") and done.stderr.count("\n") == 1
+
+    # an engine built for another GPU: recorded (as `deploytool build` records it), refused for this one
+    other_gpu = copy("other-gpu")
+    manifest = read_manifest(other_gpu)
+    name = engine_filename((8, 6), "10.13.0.35")
+    (other_gpu / name).write_bytes(b"engine for sm86")
+    record = EngineRecord(sha256_file(other_gpu / name), (other_gpu / name).stat().st_size, "NVIDIA A10", (8, 6), "10.13.0.35", {}, 0, 3, "", 1.0)
+    manifest.with_engine(name, record).write(other_gpu)
+    done = _read_with_cpp(cpp_build, other_gpu, "8", "6", "10.13.0.35")
+    assert done.returncode == 0 and json.loads(done.stdout)["engine"] == name
+    assert_same_error(
+        other_gpu, _python_error(lambda: matching_engine(manifest.with_engine(name, record).engines, (9, 0), "10.13.0.35")), "9", "0", "10.13.0.35"
+    )
+    assert_same_error(other_gpu, _python_error(lambda: matching_engine({name: record}, (8, 6), "10.8.0.43")), "8", "6", "10.8.0.43")
