@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -302,3 +303,70 @@ def test_manifest_reader_refuses_bad_exports_in_pythons_words(cpp_build: Path, r
         other_gpu, _python_error(lambda: matching_engine(manifest.with_engine(name, record).engines, (9, 0), "10.13.0.35")), "9", "0", "10.13.0.35"
     )
     assert_same_error(other_gpu, _python_error(lambda: matching_engine({name: record}, (8, 6), "10.8.0.43")), "8", "6", "10.8.0.43")
+
+
+# -- deploytool-infer and the TensorRT backend
+
+
+def test_infer_without_tensorrt_refuses_in_one_line(
+    cpp_build: Path, standin_exports: dict[str, Path], synthetic_images: dict[str, Path], tmp_path: Path
+) -> None:
+    cache = (cpp_build / "CMakeCache.txt").read_text()
+    if "TensorRT_INCLUDE_DIR:PATH=" in cache and "TensorRT_INCLUDE_DIR-NOTFOUND" not in cache:
+        pytest.skip("this build has TensorRT: test_tensorrt_backend_matches_python_trt runs deploytool-infer instead")
+    export_dir = standin_exports[CONFIGS[0].label]
+    output = tmp_path / "out.png"
+    done = subprocess.run(
+        [str(cpp_build / "deploytool-infer"), str(export_dir), str(synthetic_images["rgb8-37x53"]), "-o", str(output)], capture_output=True, text=True
+    )
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: this deploytool runtime was built without TensorRT") and done.stderr.count("\n") == 1
+    assert not output.exists() and list(tmp_path.iterdir()) == []
+
+
+def _tensorrt_unavailable() -> str | None:
+    """Why the TensorRT comparison cannot run here, or None when it can."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return "TensorRT (Python) is not installed: `deploytool build` and `run --backend trt` need it, with an NVIDIA GPU"
+    import torch
+
+    if not torch.cuda.is_available():
+        return "no CUDA GPU: TensorRT engines need one"
+    if not os.environ.get("TensorRT_ROOT"):
+        return "set TensorRT_ROOT to the TensorRT prefix (include/NvInfer.h, lib/libnvinfer.so) to build the C++ TensorRT backend"
+    return None
+
+
+@pytest.mark.skipif(_tensorrt_unavailable() is not None, reason=str(_tensorrt_unavailable()))
+def test_tensorrt_backend_matches_python_trt(synthetic_images: dict[str, Path], tmp_path: Path) -> None:
+    """An engine built by `deploytool build`: deploytool-infer's output equals `deploytool run --backend trt`'s, byte for byte
+    (the same engine on the same GPU is deterministic for identical input batches)."""
+    build = REPO / "build" / "cpp-pytest-trt"
+    for command in (
+        ["cmake", "-S", str(REPO / "cpp"), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", f"-DTensorRT_ROOT={os.environ['TensorRT_ROOT']}"],
+        ["cmake", "--build", str(build), "-j", str(min(4, os.cpu_count() or 1))],
+    ):
+        done = subprocess.run(command, capture_output=True, text=True)
+        assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    assert "DEPLOYTOOL_HAVE_TENSORRT" in (build / "CMakeFiles" / "deploytool_runtime.dir" / "flags.make").read_text(), "CMake left the TensorRT backend out"
+    from deploytool import engines
+
+    model_id = _ids_to_export()[0]
+    export_dir = tmp_path / model_id
+    export_tiny(model_id, export_dir)
+    engines.build_engine(export_dir)
+    image = synthetic_images["rgb8-131x149"]
+    for cuda_graph in (False, True):
+        flag = ["--cuda-graph"] if cuda_graph else []
+        python_png, cpp_png = tmp_path / f"py{cuda_graph}.png", tmp_path / f"cpp{cuda_graph}.png"
+        done = subprocess.run(
+            [sys.executable, "-m", "deploytool", "run", str(export_dir), str(image), "-o", str(python_png), "--backend", "trt", *flag],
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stderr
+        done = subprocess.run([str(build / "deploytool-infer"), str(export_dir), str(image), "-o", str(cpp_png), *flag], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        _assert_same_png(cpp_png, python_png, f"{model_id} TensorRT engine (cuda graph {cuda_graph})")
