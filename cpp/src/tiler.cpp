@@ -158,17 +158,18 @@ Pixels run_tiled(const Pixels& image, Backend& backend, const TileOptions& optio
   std::vector<float> inputs(in_shape.elements()), outputs(out_shape.elements());
   const std::size_t in_tile = std::size_t(channels) * tile_h * tile_w, out_tile = std::size_t(out_channels) * out_th * out_tw;
   const int positions = rows * cols;
+  std::vector<int> columns(tile_w);
   for (int first = 0; first < positions; first += batch) {
     const int count = std::min(batch, positions - first);
     for (int slot = 0; slot < count; ++slot) {
       const int y = ys[(first + slot) / cols], x = xs[(first + slot) % cols];
       float* dst = &inputs[slot * in_tile];
+      for (int tx = 0; tx < tile_w; ++tx) columns[tx] = padded_index(x + tx, width, reflect_w);
       for (int ty = 0; ty < tile_h; ++ty) {
-        const int sy = padded_index(y + ty, height, reflect_h);
-        for (int tx = 0; tx < tile_w; ++tx) {
-          const int sx = padded_index(x + tx, width, reflect_w);
-          const float* src = &image.values[(std::size_t(sy) * width + sx) * channels];
-          for (int c = 0; c < channels; ++c) dst[(std::size_t(c) * tile_h + ty) * tile_w + tx] = src[c];
+        const float* source_row = &image.values[std::size_t(padded_index(y + ty, height, reflect_h)) * width * channels];
+        for (int c = 0; c < channels; ++c) {
+          float* dst_row = &dst[(std::size_t(c) * tile_h + ty) * tile_w];
+          for (int tx = 0; tx < tile_w; ++tx) dst_row[tx] = source_row[std::size_t(columns[tx]) * channels + c];
         }
       }
     }

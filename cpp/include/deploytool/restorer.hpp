@@ -31,6 +31,8 @@ class Restorer {
   std::function<void(int)> on_tiles;  // called after each batch with its number of real tiles
 
  private:
+  Image restore_views(const std::vector<const Image*>& views);
+
   Export exported_;
   std::unique_ptr<Backend> backend_;
   int overlap_;
