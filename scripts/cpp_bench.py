@@ -25,7 +25,8 @@ sys.path.insert(0, str(REPO))  # tests.standin: the stand-in model and exports
 
 import numpy as np  # noqa: E402
 
-from deploytool import inference, png  # noqa: E402
+from deploytool import inference, png, registry  # noqa: E402
+from deploytool.errors import DeployError  # noqa: E402
 from deploytool.manifest import read_manifest  # noqa: E402
 from tests.standin import registry_tiling_configs, standin_runner, write_standin_export  # noqa: E402
 
@@ -90,7 +91,10 @@ def build_from_scratch(build_dir: Path, jobs: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model-id", default="swinir-dn-color-15", help="a registry id whose tiling (tile, overlap, batch, scale, blend) to use")
+    parser.add_argument(
+        "--model-id",
+        help="a registry id whose tiling (tile, overlap, batch, scale, blend) to use; default: the first single-image RGB restoration (scale 1) tiling",
+    )
     parser.add_argument("--size", type=int, default=4096, help="image height and width")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel compile jobs")
     parser.add_argument("--python-child", nargs=2, metavar=("EXPORT_DIR", "IMAGE"), help=argparse.SUPPRESS)
@@ -99,12 +103,21 @@ def main() -> None:
         python_child(Path(args.python_child[0]), Path(args.python_child[1]))
         return
 
-    config = next((c for c in registry_tiling_configs() if c.model_id == args.model_id), None)
-    if config is None:
-        by_label = {c.label: c for c in registry_tiling_configs()}
-        config = next((c for c in by_label.values() if args.model_id in c.label), None)
-    if config is None:
-        sys.exit(f"error: {args.model_id} is not the first id of a distinct tiling; choose one of {', '.join(c.model_id for c in registry_tiling_configs())}")
+    configs = registry_tiling_configs()
+    if args.model_id is None:
+        config = next(c for c in configs if c.scale == 1 and c.views == ("image",) and c.channels == 3 and not c.blend_trim)
+    else:
+        try:
+            entry = registry.get(args.model_id)
+        except DeployError as error:
+            sys.exit(f"error: {error}")
+        config = next(
+            c
+            for c in configs
+            if (c.scale, c.tile, c.tile_multiple, c.batch, c.overlap, c.blend_trim, c.views)
+            == (entry.scale, entry.tile, entry.tile_multiple, entry.batch, entry.overlap, entry.blend_trim, entry.views)
+            and c.channels == entry.channels
+        )
     if len(config.views) != 1:
         sys.exit(f"error: {config.model_id} takes {len(config.views)} views; the benchmark runs single-image models")
 
