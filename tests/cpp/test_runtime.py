@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -52,7 +53,8 @@ def cpp_build() -> Path:
 def test_ctest_unit_tests_pass(cpp_build: Path) -> None:
     done = subprocess.run(["ctest", "--test-dir", str(cpp_build), "--output-on-failure"], capture_output=True, text=True)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
-    assert "tests passed" in done.stdout and " 0 tests failed" not in done.stdout.replace("100% tests passed, 0 tests failed", "")
+    ran = re.search(r"100% tests passed, 0 tests failed out of (\d+)", done.stdout)
+    assert ran and int(ran.group(1)) >= 20, done.stdout[-2000:]
 
 
 # -- same pixels as Python

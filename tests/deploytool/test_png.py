@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from deploytool import png
-from deploytool.images import resize_alpha
+from deploytool.errors import ImageError
+from deploytool.images import resize_alpha, write_image
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
@@ -49,3 +50,20 @@ def test_resize_alpha_is_opencv_bicubic(scale: int) -> None:
     theirs = np.clip(cv2.resize(alpha, (9 * scale, 13 * scale), interpolation=cv2.INTER_CUBIC), 0.0, 1.0)
     assert ours.shape == theirs.shape and ours.dtype == np.float32
     np.testing.assert_allclose(ours, theirs, atol=2e-6, rtol=0)
+
+
+def test_write_image_png_into_an_unwritable_place_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    target = blocker / "out.png"
+    with pytest.raises(ImageError) as error:
+        write_image(target, np.zeros((3, 4, 3), np.float32))
+    assert str(error.value).startswith(f"{target}: cannot write the PNG file: ") and "\n" not in str(error.value)
+    assert [p.name for p in tmp_path.iterdir()] == ["a-file"]
+
+
+def test_write_image_png_bytes_are_the_encoders(tmp_path: Path) -> None:
+    pixels = np.random.default_rng(3).random((9, 7, 3), dtype=np.float32)
+    write_image(tmp_path / "x.png", pixels, alpha=pixels[:, :, 0], bit_depth=16)
+    samples = np.rint(np.clip(np.concatenate([pixels, pixels[:, :, :1]], axis=2), 0, 1) * np.float32(65535)).astype(np.uint16)
+    assert (tmp_path / "x.png").read_bytes() == png.encode(samples)
