@@ -165,8 +165,16 @@ Pixels run_tiled(const Pixels& image, Backend& backend, const TileOptions& optio
       const int y = ys[(first + slot) / cols], x = xs[(first + slot) % cols];
       float* dst = &inputs[slot * in_tile];
       for (int tx = 0; tx < tile_w; ++tx) columns[tx] = padded_index(x + tx, width, reflect_w);
+      const bool inside = x + tile_w <= width;
       for (int ty = 0; ty < tile_h; ++ty) {
         const float* source_row = &image.values[std::size_t(padded_index(y + ty, height, reflect_h)) * width * channels];
+        if (inside) {  // the common case: a contiguous run of pixels, de-interleaved into planes
+          const float* source = source_row + std::size_t(x) * channels;
+          for (int tx = 0; tx < tile_w; ++tx) {
+            for (int c = 0; c < channels; ++c) dst[(std::size_t(c) * tile_h + ty) * tile_w + tx] = source[std::size_t(tx) * channels + c];
+          }
+          continue;
+        }
         for (int c = 0; c < channels; ++c) {
           float* dst_row = &dst[(std::size_t(c) * tile_h + ty) * tile_w];
           for (int tx = 0; tx < tile_w; ++tx) dst_row[tx] = source_row[std::size_t(columns[tx]) * channels + c];
