@@ -372,3 +372,34 @@ def test_tensorrt_backend_matches_python_trt(synthetic_images: dict[str, Path], 
         done = subprocess.run([str(build / "deploytool-infer"), str(export_dir), str(image), "-o", str(cpp_png), *flag], capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
         _assert_same_png(cpp_png, python_png, f"{model_id} TensorRT engine (cuda graph {cuda_graph})")
+
+
+def test_rarer_png_forms_are_read_as_opencv_reads_them(cpp_build: Path, standin_exports: dict[str, Path], tmp_path: Path) -> None:
+    """Palette (with and without transparency), 1/2/4-bit gray, RGB with a tRNS colour key, interlaced:
+    the C++ decoder (libpng) must give the samples cv2.imread(IMREAD_UNCHANGED) gives."""
+    from PIL import Image
+
+    rgb = _levels((27, 31, 3), 5, 8)
+    forms = {
+        "palette": Image.fromarray(rgb).quantize(colors=37),
+        "gray1": Image.fromarray(_levels((27, 31, 1), 6, 8)[..., 0]).convert("1"),
+        "interlaced": Image.fromarray(rgb),
+    }
+    with_alpha = Image.fromarray(rgb).quantize(colors=16)
+    with_alpha.info["transparency"] = bytes([0, 128] + [255] * 14)
+    paths = []
+    for name, image in forms.items():
+        path = tmp_path / f"{name}.png"
+        image.save(path, interlace=name == "interlaced")
+        paths.append(path)
+    with_alpha.save(tmp_path / "palette-trns.png", transparency=bytes([0, 128] + [255] * 14))
+    Image.fromarray(rgb).save(tmp_path / "rgb-trns.png", transparency=tuple(int(v) for v in rgb[0, 0]))
+    Image.fromarray(_levels((27, 31, 1), 7, 8)[..., 0]).convert("L").quantize(colors=4).convert("L").save(tmp_path / "gray2.png", bits=2)
+    paths += [tmp_path / "palette-trns.png", tmp_path / "rgb-trns.png", tmp_path / "gray2.png"]
+    config = next(c for c in CONFIGS if c.scale == 2 and c.channels == 3 and len(c.views) == 1 and not c.blend_trim)
+    modes = set()
+    for path in paths:
+        raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        modes.add((raw.ndim, raw.shape[2] if raw.ndim == 3 else 1))
+        compare_with_python(cpp_build, standin_exports[config.label], [path], tmp_path)
+    assert modes == {(2, 1), (3, 3), (3, 4)}  # gray, RGB and RGBA readings all exercised
