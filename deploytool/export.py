@@ -80,7 +80,8 @@ Progress = Callable[[str], None]
 # FP16 ranges are measured on the same graph traced at this side (rounded up to the tile multiple,
 # and at least three multiples: at two windows a shifted-window graph folds its masks otherwise),
 # and carried to the export's tile by precision.tile_growth: at 256 px a HAT run costs 16 times
-# a 64 px one, and memory grows alike.
+# a 64 px one, and memory grows alike. The calibration graph's batch is 1 (IPT exports 16 tiles
+# a run): a tile's ranges do not depend on the others in its batch.
 CALIBRATION_SIDE = 64
 
 
@@ -404,19 +405,25 @@ def export(request: ExportRequest, progress: Progress = lambda message: None) ->
 
 
 def calibration_graph(model: torch.nn.Module, export_graph: FinishedGraph, request: ExportRequest, progress: Progress) -> onnx.ModelProto | None:
-    """The export's graph traced again at `calibration_tile`, or None where that is the export's
-    tile or the smaller graph's nodes differ (ranges are then measured at the export's tile)."""
-    small = calibration_tile(request.entry, request.tile)
-    if small == tuple(request.tile):
+    """The export's graph traced again at batch 1 and `calibration_tile`, or None where that is
+    the export's shape or the smaller graph's nodes differ (ranges are then measured on the
+    export's graph)."""
+    shape = (1, request.entry.channels, *calibration_tile(request.entry, request.tile))
+    exported = (request.batch, request.entry.channels, *request.tile)
+    if shape == exported:
         return None
     started = time.perf_counter()
-    traced = trace(model, torch.zeros((request.batch, request.entry.channels, *small)))
+    traced = trace(model, torch.zeros(shape))
     small_graph = finish_graph(traced, request.entry.fold_limit_mb, hold=export_graph.held).graph
     if precision.corresponding_tensors(small_graph, export_graph.graph) is None:
-        progress(f"the graph at {small[0]}x{small[1]} has other nodes than at {request.tile[0]}x{request.tile[1]}: measuring ranges at the export's tile")
+        progress(f"the graph at {_shape_text(shape)} has other nodes than at {_shape_text(exported)}: measuring ranges on the export's graph")
         return None
-    progress(f"traced the same graph at {small[0]}x{small[1]} for calibration ({time.perf_counter() - started:.1f} s)")
+    progress(f"traced the same graph at {_shape_text(shape)} for calibration ({time.perf_counter() - started:.1f} s)")
     return small_graph
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape))
 
 
 def _parent(path: Path) -> Path:

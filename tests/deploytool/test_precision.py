@@ -142,7 +142,7 @@ def test_ranges_are_measured_at_the_export_tile_where_the_smaller_graph_differs(
     monkeypatch.setattr(export, "export", functools.partial(export.export, progress=messages.append))
     manifest = export_tiny("swinir-m-x2", tmp_path / "e", tile=(64, 64))
     assert manifest.fp16.calibration_tile == (64, 64) and manifest.fp16.grown_tensors == 0
-    assert any("the graph at 32x32 has other nodes than at 64x64: measuring ranges at the export's tile" in m for m in messages)
+    assert any("the graph at 1x3x32x32 has other nodes than at 1x3x64x64: measuring ranges on the export's graph" in m for m in messages)
 
 
 def test_tile_growth_bounds_the_tile_wide_sums():
