@@ -108,6 +108,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return probe.getsockname()[1]
 
 
+def is_ready(url: str) -> bool:
+    """Whether a Triton server at `url` answers that it and all its models are ready."""
+    try:
+        with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 def server_environment(env: ServerEnvironment) -> dict[str, str]:
     """The process environment tritonserver (and its Python stubs, its children) run in."""
     variables = dict(os.environ)
@@ -181,11 +190,7 @@ class TritonServer:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=server_environment(self.environment), start_new_session=True)
 
     def ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.url}/v2/health/ready", timeout=2) as response:
-                return response.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
+        return is_ready(self.url)
 
     def models(self) -> list[dict]:
         request = urllib.request.Request(f"{self.url}/v2/repository/index", data=b"{}", method="POST")
