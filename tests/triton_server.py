@@ -42,8 +42,9 @@ def export_for_serving(model_id: str, out_dir: Path) -> Path:
         source = resolve_source(entry, weights=ESRT_WEIGHTS)
         export.export(export.ExportRequest(entry=entry, source=source, out_dir=out_dir, tile=(64, 64), batch=1, fp16=False, calibration_count=2))
     else:
-        # batch 2: the server fills the last batch up, as `run` does
-        export_tiny(model_id, out_dir, fp16=False, batch=2)
+        # a 48 px tile (the tiny default, 16, means thousands of tiles per image); batch 2: the
+        # server fills the last batch up, as `run` does
+        export_tiny(model_id, out_dir, fp16=False, tile=(48, 48), batch=2)
     return out_dir
 
 
@@ -62,9 +63,9 @@ def write_python_ort_repository(exports: list[Path], repo: Path, **changes) -> P
     return repo
 
 
-def variant_images(source: Path, out_dir: Path) -> list[Path]:
-    """From one 8-bit RGB image: 16-bit RGB, RGBA (8 and 16 bit), gray, gray+alpha, as PNGs."""
-    bgr = cv2.imread(str(source), cv2.IMREAD_COLOR)
+def variant_images(source: Path, out_dir: Path, size: int = 72) -> list[Path]:
+    """From a crop of one 8-bit RGB image: 16-bit RGB, RGBA (8 and 16 bit), gray, gray+alpha, as PNGs."""
+    bgr = cv2.imread(str(source), cv2.IMREAD_COLOR)[:size, : size + 8]
     height, width = bgr.shape[:2]
     rng = np.random.default_rng(0)
     deep = (bgr.astype(np.uint16) * 257 + rng.integers(0, 257, bgr.shape, dtype=np.uint16)).astype(np.uint16)
