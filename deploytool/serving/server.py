@@ -262,12 +262,14 @@ def serve_forever(server: TritonServer, *, ready_timeout: float = 180.0, say=lam
 
 def _serve(server: TritonServer, say) -> None:
     with server:
-        names = sorted(model["name"] for model in server.models() if model.get("state") == "READY")
-        say(f"serving {len(names)} model(s) at {server.url}: {', '.join(names)} (log: {server.log}); Ctrl-C stops")
         try:
+            names = sorted(model["name"] for model in server.models() if model.get("state") == "READY")
+            say(f"serving {len(names)} model(s) at {server.url}: {', '.join(names)} (log: {server.log}); Ctrl-C stops")
             while server.process is not None and server.process.poll() is None:
                 time.sleep(0.5)
         except KeyboardInterrupt:
+            # a second Ctrl-C must not cut the shutdown short and leave the server behind
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
             say("stopping tritonserver")
             return
         raise DeployError(f"tritonserver exited ({server.process.returncode if server.process else '?'}): {_first_error(server.log)}")
