@@ -92,3 +92,29 @@ def test_read_samples_is_rgb_order(tmp_path):
     bgr[:, :, 0] = 200  # blue in OpenCV's order
     cv2.imwrite(str(tmp_path / "blue.png"), bgr)
     assert images.read_samples(tmp_path / "blue.png")[0, 0].tolist() == [0, 0, 200]
+
+
+def test_a_dual_view_model_takes_one_image_per_view(served):
+    """Views stacked on channels in the manifest's order, as `run` stacks one file per view."""
+    import dataclasses
+
+    from deploytool.manifest import View
+
+    _, manifest, _ = served
+    batch, _, height, width = manifest.input.shape
+    views = (View("left", 3, "RGB"), View("right", 3, "RGB"))
+    dual = dataclasses.replace(manifest, input=dataclasses.replace(manifest.input, views=views, shape=(batch, 6, height, width)))
+
+    def infer(tiles: np.ndarray) -> np.ndarray:  # left minus half of right, upscaled: depends on both views, in order
+        mixed = tiles[:, :3] - 0.5 * tiles[:, 3:]
+        return mixed.repeat(dual.scale, axis=2).repeat(dual.scale, axis=3)
+
+    left, right = samples(20, 22, 3, seed=1), samples(20, 22, 3, seed=2)
+    output = restore_request(dual, infer, {"left_uint8": left, "right_uint8": right}, max_pixels=10_000, overlap=8)["restored_uint8"]
+    stacked = np.concatenate([left, right], axis=2).astype(np.float32) / np.float32(255)
+    expected = images.quantize(inference.restore_array(infer, dual, stacked, overlap=8), 8)
+    np.testing.assert_array_equal(output, expected)
+    with pytest.raises(ImageError, match="right_uint8 missing"):
+        restore_request(dual, infer, {"left_uint8": left}, max_pixels=10_000, overlap=8)
+    with pytest.raises(ImageError, match="differ in size"):
+        restore_request(dual, infer, {"left_uint8": left, "right_uint8": right[:10]}, max_pixels=10_000, overlap=8)
