@@ -84,7 +84,8 @@ def find_environment(env: Path | None = None) -> ServerEnvironment:
         raise DeployError(f"no server environment at {chosen}: {SETUP_HINT}")
     probe = subprocess.run([str(python), "-c", _PROBE], capture_output=True, text=True, timeout=60)
     if probe.returncode != 0:
-        raise DeployError(f"{python} does not run: {probe.stderr.strip().splitlines()[-1:] or probe.returncode}")
+        last = (probe.stderr.strip().splitlines() or [f"exit status {probe.returncode}"])[-1]
+        raise DeployError(f"{python} does not run: {last}")
     facts = json.loads(probe.stdout)
     found = ServerEnvironment(chosen.resolve(), facts["version"], Path(facts["purelib"]), Path(facts["libdir"]))
     if not found.binary.is_file():
@@ -140,15 +141,22 @@ def _backends(env: ServerEnvironment, into: Path) -> Path:
     return into / "backends"
 
 
+# Logged as errors by the wheel's Triton on every machine without a GPU; not why anything failed.
+_BENIGN_ERRORS = ("CudaDriverHelper has not been initialized",)
+
+
 def _first_error(log: Path) -> str:
-    """The first error Triton logged (lines 'E<date> ...'), flattened to one line."""
+    """The first error Triton logged (lines 'E<date> <time> <thread> <file:line>] "message"'),
+    its message's first line only."""
     try:
         lines = log.read_text(errors="replace").splitlines()
     except OSError:
         return "no log"
-    errors = [line for line in lines if line[:1] == "E" and line[1:5].isdigit()]
-    chosen = errors[0] if errors else (lines[-1] if lines else "no output")
-    return " ".join(chosen.split(" ", 3)[-1].split())[:600]
+    errors = [line for line in lines if line[:1] == "E" and line[1:5].isdigit() and not any(b in line for b in _BENIGN_ERRORS)]
+    if not errors:
+        return " ".join((lines[-1] if lines else "no output").split())[:600]
+    message = errors[0].split("] ", 1)[-1].strip().strip('"')
+    return " ".join(message.split("\\n")[0].split())[:600]
 
 
 class TritonServer:
@@ -161,6 +169,7 @@ class TritonServer:
         self.process: subprocess.Popen | None = None
         self.workdir: Path | None = None
         self.log = log
+        self.kept_log = log
         self.ready_timeout = 180.0
 
     @property
@@ -173,6 +182,7 @@ class TritonServer:
         self.workdir = Path(tempfile.mkdtemp(prefix="deploytool-triton-"))
         backends = _backends(self.environment, self.workdir)
         self.log = self.log or self.workdir / "tritonserver.log"
+        self.kept_log = Path(tempfile.gettempdir()) / f"deploytool-tritonserver-{os.getpid()}-{self.http_port}.log"
         command = [
             str(self.environment.binary),
             f"--model-repository={self.repo}",
@@ -197,16 +207,22 @@ class TritonServer:
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read())
 
+    def failure(self, what: str) -> DeployError:
+        """`what` with Triton's first error, the full log kept where the message says."""
+        if self.log is not None and self.log.exists() and self.log != self.kept_log:
+            shutil.copyfile(self.log, self.kept_log)
+        return DeployError(f"{what}: {_first_error(self.log)} (log: {self.kept_log})")
+
     def wait_ready(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process is None or self.process.poll() is not None:
                 code = None if self.process is None else self.process.returncode
-                raise DeployError(f"tritonserver exited ({code}) before its models were ready: {_first_error(self.log)} (log: {self.log})")
+                raise self.failure(f"tritonserver exited ({code}) before its models were ready")
             if self.ready():
                 return
             time.sleep(0.2)
-        raise DeployError(f"tritonserver's models were not ready after {timeout:.0f} s: {_first_error(self.log)} (log: {self.log})")
+        raise self.failure(f"tritonserver's models were not ready after {timeout:.0f} s")
 
     def stop(self, timeout: float = 20.0) -> None:
         """SIGINT (Triton unloads its models and exits), then SIGKILL for the whole session after `timeout`."""
@@ -226,10 +242,6 @@ class TritonServer:
                 pass
             process.wait()
         if self.workdir is not None:
-            if self.log is not None and self.log.parent == self.workdir and self.log.exists():
-                kept = Path(tempfile.gettempdir()) / f"deploytool-tritonserver-{os.getpid()}-{self.http_port}.log"
-                shutil.copyfile(self.log, kept)
-                self.log = kept
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
 
@@ -261,6 +273,7 @@ def serve_forever(server: TritonServer, *, ready_timeout: float = 180.0, say=lam
 
 
 def _serve(server: TritonServer, say) -> None:
+    say(f"starting tritonserver on {server.repo} at {server.url}, models from {server.environment.prefix}; waiting until they are ready")
     with server:
         try:
             names = sorted(model["name"] for model in server.models() if model.get("state") == "READY")
@@ -272,4 +285,4 @@ def _serve(server: TritonServer, say) -> None:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             say("stopping tritonserver")
             return
-        raise DeployError(f"tritonserver exited ({server.process.returncode if server.process else '?'}): {_first_error(server.log)}")
+        raise server.failure(f"tritonserver exited ({server.process.returncode if server.process else '?'})")

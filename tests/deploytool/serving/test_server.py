@@ -240,6 +240,7 @@ def test_deploytool_serve_waits_for_the_models_and_stops_on_ctrl_c(repo):
         text=True,
     )
     try:
+        assert process.stderr.readline().startswith("starting tritonserver on")
         line = process.stderr.readline()  # printed once the models are ready
         assert line.startswith(f"serving 4 model(s) at http://127.0.0.1:{port}"), line
         process.send_signal(signal.SIGINT)
