@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,17 +11,15 @@ import numpy as np
 import pytest
 
 from deploytool import export, registry
-from deploytool.backends import TRITON_PYTHON_ORT
 from deploytool.errors import DeployError
 from deploytool.models import resolve_source
-from deploytool.serving import repository, server
+from deploytool.serving import server
 from tests.helpers import export_tiny
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
 ESRT_WEIGHTS = SHARED / "weights" / "esrt_x2_partial_epoch20.pth"
 TESTSETS = SHARED / "testsets"
-SERVED_IDS = ("esrt-x2", "swinir-s-x2")
 # small enough that a synthetic image can exceed it cheaply, larger than every Set5/Set14 x2 input
 TEST_MAX_PIXELS = 200_000
 
@@ -57,12 +54,6 @@ def running_server(repo: Path) -> Iterator[server.TritonServer]:
         yield triton
 
 
-def write_python_ort_repository(exports: list[Path], repo: Path, **changes) -> Path:
-    options = dataclasses.replace(repository.RepositoryOptions(runtime=TRITON_PYTHON_ORT, max_pixels=TEST_MAX_PIXELS), **changes)
-    repository.write_repository(exports, repo, options)
-    return repo
-
-
 def variant_images(source: Path, out_dir: Path, size: int = 72) -> list[Path]:
     """From a crop of one 8-bit RGB image: 16-bit RGB, RGBA (8 and 16 bit), gray, gray+alpha, as PNGs."""
     bgr = cv2.imread(str(source), cv2.IMREAD_COLOR)[:size, : size + 8]
@@ -87,10 +78,6 @@ def variant_images(source: Path, out_dir: Path, size: int = 72) -> list[Path]:
         assert cv2.imwrite(str(path), samples)
         paths.append(path)
     return paths
-
-
-def decoded(path: Path) -> np.ndarray:
-    return cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
 
 
 def invoke(*args):
