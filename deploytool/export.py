@@ -57,6 +57,7 @@ from deploytool.manifest import (
 )
 from deploytool.models import build_def, load_state_dict, original_name
 from deploytool.registry import ModelEntry
+from deploytool.tiling import round_up
 
 OPSET = 17  # >= 17: LayerNorm exports as one LayerNormalization node
 # Ops that mean shape arithmetic or data-dependent shapes, or that TensorRT cannot run (Col2Im).
@@ -76,6 +77,11 @@ STATIC_OPERANDS = {
 }
 
 Progress = Callable[[str], None]
+# FP16 ranges are measured on the same graph traced at this side (rounded up to the tile multiple,
+# and at least three multiples: at two windows a shifted-window graph folds its masks otherwise),
+# and carried to the export's tile by precision.tile_growth: at 256 px a HAT run costs 16 times
+# a 64 px one, and memory grows alike.
+CALIBRATION_SIDE = 64
 
 
 @dataclass(frozen=True)
@@ -118,39 +124,75 @@ def trace(model: torch.nn.Module, example: torch.Tensor) -> onnx.ModelProto:
     return onnx.load_from_string(buffer.getvalue())
 
 
-def simplify(model: onnx.ModelProto, fold_limit_mb: float = 0.0) -> onnx.ModelProto:
-    """onnxsim; with `fold_limit_mb`, constants that a node expands beyond that size stay computed."""
+@dataclass
+class FinishedGraph:
+    graph: onnx.ModelProto
+    merged_initializers: int
+    held: frozenset[str]  # traced nodes kept from constant folding (see simplify)
+
+
+def finish_graph(traced: onnx.ModelProto, fold_limit_mb: float, hold: frozenset[str] | None = None) -> FinishedGraph:
+    """The traced graph simplified, its constants deduplicated and its nodes named."""
+    graph, held = simplify(traced, fold_limit_mb, hold)
+    constants_to_initializers(graph)
+    merged = deduplicate_initializers(graph)
+    precision.ensure_named(graph)
+    return FinishedGraph(graph, merged, held)
+
+
+def calibration_tile(entry: ModelEntry, tile: tuple[int, int]) -> tuple[int, int]:
+    """The smaller tile the FP16 plan's ranges are measured at (see CALIBRATION_SIDE)."""
+    if entry.fixed_tile:
+        return tuple(tile)
+    side = round_up(max(CALIBRATION_SIDE, 3 * entry.tile_multiple), entry.tile_multiple)
+    return (min(side, tile[0]), min(side, tile[1]))
+
+
+def simplify(model: onnx.ModelProto, fold_limit_mb: float = 0.0, hold: frozenset[str] | None = None) -> tuple[onnx.ModelProto, frozenset[str]]:
+    """onnxsim; with `fold_limit_mb`, constants that a node expands beyond that size stay
+    computed. Returns the graph and the names of the nodes so held; `hold` holds those nodes
+    instead (the same graph at another tile, whose constants have other sizes, folds alike)."""
     import onnxsim
 
-    kept = _hold_expanding_constants(model, int(fold_limit_mb * 2**20)) if fold_limit_mb else 0
+    if hold is None:
+        hold = _expanding_constants(model, int(fold_limit_mb * 2**20)) if fold_limit_mb else frozenset()
+    held = _hold_nodes(model, hold)
     simplified, ok = onnxsim.simplify(model)
     if not ok:
         raise ExportError("onnxsim could not validate the simplified graph against the traced one")
-    if kept:
+    if held:
         _release_held_nodes(simplified)
-    return simplified
+    return simplified, held
 
 
 # A domain onnxsim does not know, so it cannot fold the nodes moved there; moved back after.
 _HOLD_DOMAIN = "ai.deploytool.hold"
 
 
-def _hold_expanding_constants(model: onnx.ModelProto, limit_bytes: int) -> int:
-    """Hide from constant folding the nodes that compute, from constants only, a tensor above
-    `limit_bytes` and larger than every input (a bias gathered from a small table, a broadcast):
-    folded, each becomes a large initializer. Returns how many were held."""
+def _expanding_constants(model: onnx.ModelProto, limit_bytes: int) -> frozenset[str]:
+    """The nodes that compute, from constants only, a tensor above `limit_bytes` and larger
+    than every input (a bias gathered from a small table, a broadcast): folded, each would
+    become a large initializer."""
     nbytes = {name: tensor.nbytes for name, tensor in tensor_types(model).items()}
     constant = {init.name for init in model.graph.initializer}
-    held = 0
+    expanding = set()
     for node in model.graph.node:
         inputs = [name for name in node.input if name]
         if node.op_type == "Constant" or (inputs and all(name in constant for name in inputs)):
             out_bytes = nbytes.get(node.output[0], 0)
             if node.op_type != "Constant" and out_bytes > limit_bytes and out_bytes > max(nbytes.get(n, 0) for n in inputs):
-                node.domain = _HOLD_DOMAIN
-                held += 1
+                expanding.add(node.name)
             else:
                 constant.update(node.output)
+    return frozenset(expanding)
+
+
+def _hold_nodes(model: onnx.ModelProto, names: frozenset[str]) -> frozenset[str]:
+    """Hide the named nodes from constant folding; returns the names found."""
+    held = frozenset(node.name for node in model.graph.node if node.name in names)
+    for node in model.graph.node:
+        if node.name in held:
+            node.domain = _HOLD_DOMAIN
     if held:
         model.opset_import.append(onnx.helper.make_opsetid(_HOLD_DOMAIN, 1))
     return held
@@ -310,11 +352,9 @@ def export(request: ExportRequest, progress: Progress = lambda message: None) ->
         traced_nodes = len(traced.graph.node)
 
     with clock.stage("simplify", f"simplifying {traced_nodes} nodes with onnxsim"):
-        graph = simplify(traced, entry.fold_limit_mb)
+        finished = finish_graph(traced, entry.fold_limit_mb)
+        graph, merged = finished.graph, finished.merged_initializers
         del traced
-        constants_to_initializers(graph)
-        merged = deduplicate_initializers(graph)
-        precision.ensure_named(graph)
 
     with clock.stage("check", f"checking the static graph ({len(graph.graph.node)} nodes)"):
         problems = static_graph_violations(graph)
@@ -327,13 +367,16 @@ def export(request: ExportRequest, progress: Progress = lambda message: None) ->
         files, fp16_report, fp16_failure = [FP32_FILE], None, None
         if request.fp16:
             with clock.stage("fp16", "building the FP16 deploy graph"):
-                batches, label = calibration_batches(request, shape)
+                small_graph = calibration_graph(model, finished, request, lambda message: progress(f"      {message}"))
+                del model
+                batches, label = calibration_batches(request, shape if small_graph is None else precision.input_shape(small_graph))
                 try:
                     fp16_graph, fp16_report = precision.build_fp16(
                         graph,
                         batches,
                         max_abs_tolerance=entry.tolerances.get("fp16_calibration_max_abs", 0.02),
                         calibration_label=label,
+                        calibration_model=small_graph,
                         progress=lambda message: progress(f"      {message}"),
                     )
                 except ExportError as exc:
@@ -358,6 +401,22 @@ def export(request: ExportRequest, progress: Progress = lambda message: None) ->
         raise ExportError(f"{fp16_failure}; the FP32 export is written to {out_dir} without model_fp16.onnx (re-export with --no-fp16 to skip the FP16 graph)")
     progress(f"done in {manifest.export_seconds:.1f} s: {out_dir}")
     return manifest
+
+
+def calibration_graph(model: torch.nn.Module, export_graph: FinishedGraph, request: ExportRequest, progress: Progress) -> onnx.ModelProto | None:
+    """The export's graph traced again at `calibration_tile`, or None where that is the export's
+    tile or the smaller graph's nodes differ (ranges are then measured at the export's tile)."""
+    small = calibration_tile(request.entry, request.tile)
+    if small == tuple(request.tile):
+        return None
+    started = time.perf_counter()
+    traced = trace(model, torch.zeros((request.batch, request.entry.channels, *small)))
+    small_graph = finish_graph(traced, request.entry.fold_limit_mb, hold=export_graph.held).graph
+    if precision.corresponding_tensors(small_graph, export_graph.graph) is None:
+        progress(f"the graph at {small[0]}x{small[1]} has other nodes than at {request.tile[0]}x{request.tile[1]}: measuring ranges at the export's tile")
+        return None
+    progress(f"traced the same graph at {small[0]}x{small[1]} for calibration ({time.perf_counter() - started:.1f} s)")
+    return small_graph
 
 
 def _parent(path: Path) -> Path:

@@ -16,6 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from deploytool import png
 from deploytool.errors import ImageError
 from deploytool.fileio import atomic_path
 
@@ -184,12 +185,16 @@ def write_samples(path: str | os.PathLike, out: np.ndarray, *, alpha: np.ndarray
     _check_writable(path, bit_depth, alpha is not None)
     if alpha is not None:
         if out.shape[2] == 1:
-            # cv2 writes no 2-channel images: store gray+alpha as RGBA with equal colour channels.
+            # cv2 writes no 2-channel images: gray+alpha is stored as RGBA with equal colour channels.
             out = np.repeat(out, 3, axis=2)
-        out = np.concatenate([out[:, :, ::-1], alpha[:, :, None]], axis=2)
-    elif out.shape[2] == 3:
-        out = out[:, :, ::-1]  # RGB -> BGR
-    else:
+        out = np.concatenate([out, alpha[:, :, None]], axis=2)
+
+    if suffix == ".png":
+        _write_png(path, out)
+        return
+    if out.shape[2] >= 3:
+        out = np.concatenate([out[:, :, 2::-1], out[:, :, 3:]], axis=2)  # RGB(A) -> BGR(A)
+    if out.shape[2] == 1:
         out = out[:, :, 0]
     out = np.ascontiguousarray(out)
 
@@ -204,6 +209,16 @@ def write_samples(path: str | os.PathLike, out: np.ndarray, *, alpha: np.ndarray
         if not ok:
             channels = out.shape[2] if out.ndim == 3 else 1
             raise ImageError(f"{path}: OpenCV could not write a {channels}-channel {bit_depth}-bit image as {suffix}{reason}")
+
+
+def _write_png(path: Path, samples: np.ndarray) -> None:
+    # PNG goes through deploytool.png, not cv2: the same bytes as the C++ runtime writes.
+    data = png.encode(samples)
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot write the PNG file: {exc.strerror or exc}") from None
 
 
 def fit_channels(pixels: np.ndarray, channels: int, *, model_id: str, path: str | os.PathLike) -> np.ndarray:
@@ -235,13 +250,59 @@ def restore_channels(pixels: np.ndarray, like: LoadedImage) -> np.ndarray:
     raise ValueError(f"cannot turn {have}-channel pixels into {want} channels")
 
 
+# OpenCV's bicubic kernel (a = -0.75), which cv2.resize(INTER_CUBIC) used here before
+_CUBIC_A = -0.75
+
+
+def cubic_weights(scale: int) -> list[tuple[float, float, float, float]]:
+    """The four source weights of each of the `scale` output phases of an integer upscale.
+
+    Output pixel x samples the source at (x + 0.5) / scale - 0.5 (pixel centres aligned); the
+    weights are computed in double precision in this exact order (the C++ runtime mirrors it),
+    then rounded to float32.
+    """
+    weights = []
+    a = _CUBIC_A
+    for phase in range(scale):
+        position = (phase + 0.5) / scale - 0.5
+        t = position - np.floor(position)
+        w0 = ((a * (t + 1.0) - 5.0 * a) * (t + 1.0) + 8.0 * a) * (t + 1.0) - 4.0 * a
+        w1 = ((a + 2.0) * t - (a + 3.0)) * t * t + 1.0
+        w2 = ((a + 2.0) * (1.0 - t) - (a + 3.0)) * (1.0 - t) * (1.0 - t) + 1.0
+        w3 = 1.0 - w0 - w1 - w2
+        weights.append((float(w0), float(w1), float(w2), float(w3)))
+    return weights
+
+
+def _cubic_axis(values: np.ndarray, scale: int, axis: int) -> np.ndarray:
+    """Upscale float32 `values` along `axis` by `scale`, replicating the border samples."""
+    size = values.shape[axis]
+    out_index = np.arange(size * scale)
+    # floor((x + 0.5) / scale - 0.5) for every output x, in integers
+    first = np.floor_divide(2 * out_index + 1 - scale, 2 * scale)
+    table = np.asarray(cubic_weights(scale), dtype=np.float32)[out_index % scale]
+    total = None
+    for k in range(4):
+        source = np.clip(first - 1 + k, 0, size - 1)
+        shape = [1, 1]
+        shape[axis] = -1
+        term = np.take(values, source, axis=axis) * table[:, k].reshape(shape)
+        total = term if total is None else total + term
+    return total
+
+
 def resize_alpha(alpha: np.ndarray, scale: int) -> np.ndarray:
-    """Upscale an HW alpha channel by an integer `scale` (bicubic), clipped to [0, 1]."""
+    """Upscale an HW alpha channel by an integer `scale` (bicubic), clipped to [0, 1].
+
+    OpenCV's bicubic (kernel, centre alignment, replicated border) with the arithmetic spelled
+    out: rows first, then columns, each a float32 sum of four weighted samples in order. cv2.resize
+    computes the same up to float rounding in its SIMD paths; this is reproducible exactly by the
+    C++ runtime, so both write the same alpha bytes.
+    """
     if scale < 1 or int(scale) != scale:
         raise ValueError(f"scale must be a positive integer, got {scale}")
     alpha = np.asarray(alpha, dtype=np.float32)
     if scale == 1:
         return alpha.copy()
-    height, width = alpha.shape
-    resized = cv2.resize(alpha, (width * int(scale), height * int(scale)), interpolation=cv2.INTER_CUBIC)
+    resized = _cubic_axis(_cubic_axis(alpha, int(scale), axis=1), int(scale), axis=0)
     return np.clip(resized, 0.0, 1.0, out=resized)

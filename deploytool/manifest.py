@@ -27,7 +27,7 @@ from typing import Any
 from deploytool.errors import DeployError
 from deploytool.fileio import sha256_file, write_text_atomic
 
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 MANIFEST_FILE = "manifest.json"
 FP32_FILE, FP16_FILE = "model.onnx", "model_fp16.onnx"
 TIMING_CACHE = "timing.cache"
@@ -36,6 +36,7 @@ INPUT_NAME, OUTPUT_NAME = "input", "output"
 # {minor: {dotted field: default}} for fields added after x.0; read when an older minor lacks them
 MINOR_DEFAULTS: dict[int, dict[str, Any]] = {
     1: {"export_stages": {}},  # 1.1: what each export stage cost
+    2: {"fp16.calibration_tile": None, "fp16.grown_tensors": 0, "fp16.sensitivity_blocks": []},  # 1.2: how the FP16 plan was found
 }
 
 BLEND_RAMP, BLEND_CENTRE = "ramp", "centre"
@@ -184,6 +185,11 @@ class Fp16Summary:
     psnr_vs_fp32: float | None  # None: identical outputs (infinite PSNR)
     calibration: str
     largest_ranges: tuple[tuple[str, float], ...]
+    # 1.2: where ranges were measured (None before 1.2: the export's tile), how many tensors'
+    # ranges were grown from there to the export's tile, the blocks the sensitivity search kept FP32
+    calibration_tile: tuple[int, int] | None
+    grown_tensors: int
+    sensitivity_blocks: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -313,7 +319,7 @@ class Manifest:
             versions=data["versions"],
             source=_known(WeightsSource, data["source"]),
             graph=_known(GraphStats, data["graph"]),
-            fp16=None if fp16 is None else _known(Fp16Summary, {**fp16, "largest_ranges": tuple(tuple(r) for r in fp16["largest_ranges"])}),
+            fp16=None if fp16 is None else _known(Fp16Summary, {**fp16, **_fp16_tuples(fp16)}),
             files={name: _known(FileRecord, record) for name, record in data["files"].items()},
             tolerances=data["tolerances"],
             export_seconds=data["export_seconds"],
@@ -342,6 +348,15 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
         return None
     return value
+
+
+def _fp16_tuples(fp16: dict[str, Any]) -> dict[str, Any]:
+    tile = fp16["calibration_tile"]
+    return {
+        "largest_ranges": tuple(tuple(r) for r in fp16["largest_ranges"]),
+        "calibration_tile": None if tile is None else tuple(tile),
+        "sensitivity_blocks": tuple(fp16["sensitivity_blocks"]),
+    }
 
 
 def _known(cls: type, data: dict[str, Any]):
@@ -377,7 +392,8 @@ def check_version(data: dict[str, Any], *, where: str) -> None:
                 target = data
                 for key in parents:
                     target = target.setdefault(key, {})
-                target.setdefault(leaf, default)
+                if target is not None:  # a null parent (no FP16 graph) has no fields to fill
+                    target.setdefault(leaf, default)
 
 
 @functools.lru_cache(maxsize=1)

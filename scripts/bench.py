@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         sized_by_img_size = "img_size" in arch and tile[0] == tile[1]
         reference_arch = {**arch, "img_size": tile[0]} if sized_by_img_size else arch
         naive_model = build_original(entry, reference_arch, _with_masks_for(entry, reference_arch, state_dict))
-        naive = export.simplify(naive_export(naive_model, shape))
+        naive, _ = export.simplify(naive_export(naive_model, shape))
         naive_path = Path(tmp) / "naive.onnx"
         onnx.save(naive, str(naive_path))
         naive_nodes, naive_mb = len(naive.graph.node), naive_path.stat().st_size / 1e6

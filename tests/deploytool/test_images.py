@@ -208,7 +208,7 @@ def test_failed_write_keeps_existing_file(tmp_path: Path) -> None:
 
 
 def test_failed_write_via_exception_keeps_existing_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = tmp_path / "keep.png"
+    path = tmp_path / "keep.tiff"
     write_image(path, _levels((5, 6, 3), 8))
     before = path.read_bytes()
 
@@ -220,7 +220,7 @@ def test_failed_write_via_exception_keeps_existing_file(tmp_path: Path, monkeypa
     with pytest.raises(ImageError, match="disk on fire"):
         write_image(path, np.zeros((5, 6, 3), dtype=np.float32))
     assert path.read_bytes() == before
-    assert [p.name for p in tmp_path.iterdir()] == ["keep.png"]
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.tiff"]
 
 
 def test_fit_channels_gray_to_rgb_model() -> None:

@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "deploytool"
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     out = tmp_path_factory.mktemp("manifest") / "e"
-    export_tiny("swinir-s-x2", out, fp16=False)
+    export_tiny("swinir-s-x2", out)
     return out
 
 
@@ -84,12 +84,28 @@ def test_versions(exported):
     # a newer minor only adds fields: they are ignored, and the rest reads as before
     assert read_manifest(rewrite(exported, newer_minor)).tiling == read_manifest(exported).tiling
 
+    def schema_1_1(data):
+        data["schema_version"] = "1.1"
+        for added in ("calibration_tile", "grown_tensors", "sensitivity_blocks"):  # in 1.2
+            del data["fp16"][added]
+
     def schema_1_0(data):
+        schema_1_1(data)
         data["schema_version"] = "1.0"
         del data["export_stages"]  # added in 1.1
 
-    older = read_manifest(rewrite(exported, schema_1_0))
-    assert older.export_stages == {} and older.files == read_manifest(exported).files
+    current = read_manifest(exported)
+    older = read_manifest(rewrite(exported, schema_1_1))
+    assert (older.fp16.calibration_tile, older.fp16.grown_tensors, older.fp16.sensitivity_blocks) == (None, 0, ())
+    assert older.fp16.margin == current.fp16.margin and older.export_stages == current.export_stages
+    oldest = read_manifest(rewrite(exported, schema_1_0))
+    assert oldest.export_stages == {} and oldest.files == current.files and oldest.fp16.grown_tensors == 0
+
+    def schema_1_1_without_fp16(data):
+        schema_1_1(data)
+        data["fp16"] = None
+
+    assert read_manifest(rewrite(exported, schema_1_1_without_fp16)).fp16 is None
 
 
 def test_missing_or_changed_files_are_refused(exported, tmp_path):
@@ -103,6 +119,7 @@ def test_missing_or_changed_files_are_refused(exported, tmp_path):
         handle.write(b"\0")
     with pytest.raises(DeployError, match="changed since export"):
         manifest.check_file(copy, "model.onnx")
+    (copy / "model_fp16.onnx").unlink()
     with pytest.raises(DeployError, match="missing from the export"):
         manifest.check_file(copy, "model_fp16.onnx")
     with pytest.raises(DeployError, match="not a finished export"):

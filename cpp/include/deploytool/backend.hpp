@@ -1,0 +1,47 @@
+#pragma once
+// What runs the model: a static batch of float32 NCHW tiles in, a static batch out.
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include <string>
+
+namespace deploytool {
+
+class Export;
+
+struct BatchShape {
+  int batch = 0, channels = 0, height = 0, width = 0;
+  std::size_t elements() const { return std::size_t(batch) * channels * height * width; }
+  bool operator==(const BatchShape& other) const {
+    return batch == other.batch && channels == other.channels && height == other.height && width == other.width;
+  }
+  std::string str() const;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+  virtual BatchShape input_shape() const = 0;
+  virtual BatchShape output_shape() const = 0;
+  // `input` holds input_shape().elements() floats; fill output_shape().elements() floats of `output`.
+  virtual void infer(const float* input, float* output) = 0;
+};
+
+// An application's own runtime as a backend: `run(input, output)` with the export's graph shapes.
+using BatchFunction = std::function<void(const float* input, float* output)>;
+std::unique_ptr<Backend> function_backend(const Export& exported, BatchFunction run, std::string name = "function");
+std::unique_ptr<Backend> function_backend(BatchShape input, BatchShape output, BatchFunction run, std::string name = "function");
+
+struct TensorRtOptions {
+  bool cuda_graph = false;  // capture one launch and replay it for every batch
+  int device = 0;
+};
+
+// True when this library was built with TensorRT (CMake found it).
+bool tensorrt_available();
+// The export's engine built for this GPU and TensorRT version (sha256-checked), deserialised and
+// ready; throws BackendUnavailable in a build without TensorRT, Error when no engine fits.
+std::unique_ptr<Backend> tensorrt_backend(const Export& exported, TensorRtOptions options = {});
+
+}  // namespace deploytool

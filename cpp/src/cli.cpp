@@ -1,0 +1,110 @@
+#include "deploytool/cli.hpp"
+
+#include <cstdio>
+#include <exception>
+#include <optional>
+#include <new>
+#include <string>
+#include <vector>
+
+#include "deploytool/errors.hpp"
+#include "deploytool/image.hpp"
+#include "deploytool/restorer.hpp"
+
+namespace deploytool {
+namespace {
+
+constexpr const char* kUsage = "usage: %s EXPORT_DIR IMAGE [IMAGE ...] -o OUTPUT.png [--overlap N] [--cuda-graph]";
+
+struct Arguments {
+  std::string export_dir;
+  std::vector<std::string> images;
+  std::string output;
+  std::optional<int> overlap;
+  CliOptions options;
+};
+
+class UsageError : public Error {
+ public:
+  using Error::Error;
+};
+
+int parse_int(const std::string& text, const std::string& option) {
+  std::size_t used = 0;
+  int value = 0;
+  try {
+    value = std::stoi(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used == 0 || used != text.size()) throw UsageError(option + " takes an integer, not '" + text + "'");
+  return value;
+}
+
+Arguments parse(int argc, const char* const* argv) {
+  Arguments arguments;
+  std::vector<std::string> positional;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) throw UsageError(arg + " needs a value");
+      return argv[++i];
+    };
+    if (arg == "-o" || arg == "--output") {
+      arguments.output = value();
+    } else if (arg == "--overlap") {
+      arguments.overlap = parse_int(value(), arg);
+      if (*arguments.overlap < 0) throw UsageError("--overlap must be >= 0, got " + std::to_string(*arguments.overlap));
+    } else if (arg == "--cuda-graph") {
+      arguments.options.cuda_graph = true;
+    } else if (arg.size() > 1 && arg[0] == '-') {
+      throw UsageError("unknown option " + arg);
+    } else {
+      positional.push_back(arg);
+    }
+  }
+  if (positional.size() < 2) throw UsageError("give an export folder and at least one image");
+  if (arguments.output.empty()) throw UsageError("give the output file with -o OUTPUT.png");
+  arguments.export_dir = positional.front();
+  arguments.images.assign(positional.begin() + 1, positional.end());
+  return arguments;
+}
+
+}  // namespace
+
+int run_cli(int argc, const char* const* argv, const BackendFactory& make_backend, std::ostream& out, std::ostream& err) {
+  const std::string program = argc > 0 ? argv[0] : "deploytool-infer";
+  try {
+    Arguments arguments = parse(argc, argv);
+    Export exported = Export::open(arguments.export_dir);
+    const Manifest& manifest = exported.manifest();
+    if (arguments.images.size() != manifest.views.size()) {
+      std::string names;
+      for (const View& view : manifest.views) names += (names.empty() ? "" : ", ") + view.name;
+      throw ImageError(manifest.model_id + " takes " +
+                       (manifest.views.size() == 1 ? std::string("one image") : std::to_string(manifest.views.size()) + " images (" + names + ")") +
+                       "; " + std::to_string(arguments.images.size()) + " given");
+    }
+    std::vector<Image> views;
+    for (const std::string& path : arguments.images) views.push_back(read_image(path));
+    Restorer restorer(exported, make_backend(exported, arguments.options), arguments.overlap);
+    Image restored = restorer.restore(views);
+    write_image(arguments.output, restored);
+    out << arguments.output << ": " << restored.pixels.width << "x" << restored.pixels.height << " " << restored.mode() << " "
+        << restored.bit_depth << "-bit, " << restorer.tiles_for(views.front().pixels.height, views.front().pixels.width) << " tiles\n";
+    return 0;
+  } catch (const UsageError& error) {
+    char usage[256];
+    std::snprintf(usage, sizeof usage, kUsage, program.c_str());
+    err << usage << "\nerror: " << error.what() << "\n";
+    return 2;
+  } catch (const std::bad_alloc&) {
+    err << "error: out of memory\n";
+    return 1;
+  } catch (const std::exception& error) {
+    err << "error: " << error.what() << "\n";
+    return 1;
+  }
+}
+
+}  // namespace deploytool

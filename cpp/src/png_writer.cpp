@@ -1,0 +1,181 @@
+// PNG output with exactly deploytool/png.py's layout (IHDR, one IDAT of zlib level 6 over rows
+// that all use the Up filter, IEND), so both runtimes write the same bytes.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+
+#include "deploytool/errors.hpp"
+#include "deploytool/image.hpp"
+
+namespace deploytool {
+namespace {
+
+constexpr int kCompressionLevel = 6;
+constexpr unsigned char kFilterUp = 2;
+
+void put_u32(std::vector<unsigned char>& out, std::uint32_t value) {
+  for (int shift = 24; shift >= 0; shift -= 8) out.push_back(static_cast<unsigned char>(value >> shift));
+}
+
+void put_chunk(std::vector<unsigned char>& out, const char* kind, const unsigned char* data, std::size_t size) {
+  put_u32(out, static_cast<std::uint32_t>(size));
+  std::size_t start = out.size();
+  out.insert(out.end(), kind, kind + 4);
+  out.insert(out.end(), data, data + size);
+  uLong crc = crc32(0L, Z_NULL, 0);
+  // crc32 takes uInt lengths: feed large chunks in pieces
+  for (std::size_t at = start; at < out.size();) {
+    std::size_t piece = std::min<std::size_t>(out.size() - at, 1u << 30);
+    crc = crc32(crc, out.data() + at, static_cast<uInt>(piece));
+    at += piece;
+  }
+  put_u32(out, static_cast<std::uint32_t>(crc));
+}
+
+int png_color_type(int channels) {
+  switch (channels) {
+    case 1: return 0;
+    case 2: return 4;
+    case 3: return 2;
+    case 4: return 6;
+  }
+  throw Error("PNG samples must have 1-4 channels, got " + std::to_string(channels));
+}
+
+}  // namespace
+
+std::vector<unsigned char> encode_png(const std::vector<unsigned short>& samples, int height, int width, int channels, int bit_depth) {
+  if (bit_depth != 8 && bit_depth != 16) throw Error("PNG bit depth must be 8 or 16, not " + std::to_string(bit_depth));
+  if (height <= 0 || width <= 0 || samples.size() != std::size_t(height) * width * channels) throw Error("PNG samples do not match their shape");
+  const int color_type = png_color_type(channels);
+  const std::size_t row_bytes = std::size_t(width) * channels * (bit_depth / 8);
+
+  z_stream stream{};
+  if (deflateInit(&stream, kCompressionLevel) != Z_OK) throw Error("zlib could not start compressing");
+  std::vector<unsigned char> compressed;
+  std::vector<unsigned char> previous(row_bytes, 0), current(row_bytes), filtered(row_bytes + 1);
+  unsigned char buffer[1 << 16];
+  auto pump = [&](int flush) {
+    do {
+      stream.next_out = buffer;
+      stream.avail_out = sizeof buffer;
+      int status = deflate(&stream, flush);
+      if (status == Z_STREAM_ERROR) {
+        deflateEnd(&stream);
+        throw Error("zlib failed while compressing the PNG");
+      }
+      compressed.insert(compressed.end(), buffer, buffer + (sizeof buffer - stream.avail_out));
+    } while (stream.avail_out == 0 || (flush == Z_FINISH && stream.avail_in > 0));
+  };
+  const std::size_t row_samples = std::size_t(width) * channels;
+  for (int y = 0; y < height; ++y) {
+    const unsigned short* row = &samples[std::size_t(y) * row_samples];
+    if (bit_depth == 8) {
+      for (std::size_t i = 0; i < row_samples; ++i) current[i] = static_cast<unsigned char>(row[i]);
+    } else {
+      for (std::size_t i = 0; i < row_samples; ++i) {
+        current[2 * i] = static_cast<unsigned char>(row[i] >> 8);
+        current[2 * i + 1] = static_cast<unsigned char>(row[i] & 0xff);
+      }
+    }
+    filtered[0] = kFilterUp;
+    for (std::size_t i = 0; i < row_bytes; ++i) filtered[i + 1] = static_cast<unsigned char>(current[i] - previous[i]);
+    std::swap(previous, current);
+    stream.next_in = filtered.data();
+    stream.avail_in = static_cast<uInt>(filtered.size());
+    pump(Z_NO_FLUSH);
+  }
+  stream.next_in = nullptr;
+  stream.avail_in = 0;
+  int status;
+  do {
+    stream.next_out = buffer;
+    stream.avail_out = sizeof buffer;
+    status = deflate(&stream, Z_FINISH);
+    compressed.insert(compressed.end(), buffer, buffer + (sizeof buffer - stream.avail_out));
+  } while (status == Z_OK);
+  deflateEnd(&stream);
+  if (status != Z_STREAM_END) throw Error("zlib failed while finishing the PNG");
+
+  std::vector<unsigned char> png = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+  std::vector<unsigned char> header;
+  put_u32(header, static_cast<std::uint32_t>(width));
+  put_u32(header, static_cast<std::uint32_t>(height));
+  header.insert(header.end(), {static_cast<unsigned char>(bit_depth), static_cast<unsigned char>(color_type), 0, 0, 0});
+  put_chunk(png, "IHDR", header.data(), header.size());
+  put_chunk(png, "IDAT", compressed.data(), compressed.size());
+  put_chunk(png, "IEND", nullptr, 0);
+  return png;
+}
+
+void write_image(const std::filesystem::path& path, const Pixels& pixels, const Pixels* alpha, int bit_depth) {
+  const std::string name = path.string();
+  if (bit_depth != 8 && bit_depth != 16) throw ImageError(name + ": bit depth must be 8 or 16, not " + std::to_string(bit_depth));
+  std::string suffix = path.extension().string();
+  std::transform(suffix.begin(), suffix.end(), suffix.begin(), [](unsigned char c) { return char(std::tolower(c)); });
+  if (suffix.empty()) throw ImageError(name + ": no file extension, so no image format to write");
+  if (suffix != ".png") throw ImageError(name + ": the C++ runtime writes PNG only; name the output .png");
+  if (pixels.channels != 1 && pixels.channels != 3) throw Error("pixels must have 1 or 3 channels, got " + std::to_string(pixels.channels));
+  if (alpha && (alpha->height != pixels.height || alpha->width != pixels.width || alpha->channels != 1)) {
+    throw Error("alpha shape does not match the pixels");
+  }
+  std::size_t bad = 0;
+  for (float v : pixels.values) bad += !std::isfinite(v);
+  if (alpha) {
+    for (float v : alpha->values) bad += !std::isfinite(v);
+  }
+  if (bad) throw ImageError(name + ": refusing to write " + std::to_string(bad) + " non-finite (NaN/inf) sample(s)");
+
+  const float top = bit_depth == 16 ? 65535.0f : 255.0f;
+  auto quantize = [top](float value) { return static_cast<unsigned short>(std::nearbyint(std::min(std::max(value, 0.0f), 1.0f) * top)); };
+  // With alpha, gray is stored as RGBA with equal colour channels (as the Python CLI, after cv2).
+  const int colour = alpha ? 3 : pixels.channels;
+  const int channels = alpha ? 4 : pixels.channels;
+  const std::size_t count = std::size_t(pixels.height) * pixels.width;
+  std::vector<unsigned short> samples(count * channels);
+  for (std::size_t i = 0; i < count; ++i) {
+    for (int c = 0; c < colour; ++c) samples[i * channels + c] = quantize(pixels.values[i * pixels.channels + (pixels.channels == 1 ? 0 : c)]);
+    if (alpha) samples[i * channels + 3] = quantize(alpha->values[i]);
+  }
+  std::vector<unsigned char> data = encode_png(samples, pixels.height, pixels.width, channels, bit_depth);
+
+  auto fail = [&name](int code) { throw ImageError(name + ": cannot write the PNG file: " + std::strerror(code)); };
+  std::filesystem::path folder = path.parent_path();
+  std::error_code error;
+  if (!folder.empty()) {
+    std::filesystem::create_directories(folder, error);
+    if (error) fail(error.value());
+  }
+  std::string temp = (folder / ("." + path.filename().string() + ".XXXXXX.part.png")).string();
+  int fd = mkstemps(temp.data(), 9);
+  if (fd < 0) fail(errno);
+  mode_t mask = umask(0);
+  umask(mask);
+  fchmod(fd, 0666 & ~mask);
+  std::size_t written = 0;
+  while (written < data.size()) {
+    ssize_t n = ::write(fd, data.data() + written, data.size() - written);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      int code = errno;
+      ::close(fd);
+      ::unlink(temp.c_str());
+      fail(code);
+    }
+    written += std::size_t(n);
+  }
+  if (::close(fd) != 0 || std::rename(temp.c_str(), name.c_str()) != 0) {
+    int code = errno;
+    ::unlink(temp.c_str());
+    fail(code);
+  }
+}
+
+}  // namespace deploytool

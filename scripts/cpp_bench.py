@@ -1,0 +1,153 @@
+"""The C++ runtime against the Python tool, measured in one run: the tilers' own overhead on one
+large image with the deterministic stand-in model (tests/standin.py and cpp/tests/standin.cpp,
+the same arithmetic), peak resident memory of each (child processes, from os.wait4), and the
+build time of cpp/ from scratch (Release).
+
+    scripts/cpp_bench.py [--model-id ID] [--size 4096] [--jobs N]
+
+Overhead is each tiler's restore time minus the time spent inside the stand-in model: cutting,
+padding, batching, blending and cropping, the part a real backend does not change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # tests.standin: the stand-in model and exports
+
+import numpy as np  # noqa: E402
+
+from deploytool import inference, png, registry  # noqa: E402
+from deploytool.errors import DeployError  # noqa: E402
+from deploytool.manifest import read_manifest  # noqa: E402
+from tests.standin import registry_tiling_configs, standin_runner, write_standin_export  # noqa: E402
+
+
+def python_child(export_dir: Path, image: Path) -> None:
+    """Runs in a child process: the Python tiler over `image`; prints its timings as JSON."""
+    manifest = read_manifest(export_dir)
+    model = standin_runner(manifest)
+    model_seconds = 0.0
+
+    def timed(batch: np.ndarray) -> np.ndarray:
+        nonlocal model_seconds
+        started = time.perf_counter()
+        result = model(batch)
+        model_seconds += time.perf_counter() - started
+        return result
+
+    pixels, loaded = inference.model_input(manifest, image)
+    started = time.perf_counter()
+    restored = inference.restore_array(timed, manifest, pixels, overlap=manifest.tiling.overlap)
+    restored = inference.images.restore_channels(restored, loaded)
+    seconds = time.perf_counter() - started
+    tiles = inference.tiles_for(manifest, *pixels.shape[:2], manifest.tiling.overlap)
+    print(json.dumps({"restore_s": seconds, "model_s": model_seconds, "tiles": tiles, "output": list(restored.shape[:2])}))
+
+
+# Peak RSS is read with os.wait4 on a grandchild forked by this small launcher: a child spawned
+# straight from this process would inherit this process's (large) resident set in its ru_maxrss.
+LAUNCHER = """
+import json, os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as out:
+    json.dump({"exit": os.waitstatus_to_exitcode(status), "maxrss_kib": usage.ru_maxrss}, out)
+"""
+
+
+def run_child(command: list[str]) -> tuple[dict, float]:
+    """(the child's JSON, its peak RSS in MiB)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        usage_file = Path(scratch) / "usage.json"
+        done = subprocess.run([sys.executable, "-I", "-S", "-c", LAUNCHER, str(usage_file), *command], capture_output=True, text=True)
+        usage = json.loads(usage_file.read_text()) if usage_file.is_file() else {"exit": done.returncode}
+    if done.returncode or usage["exit"]:
+        sys.exit(f"error: {' '.join(command[:3])} failed: {done.stderr.strip()}")
+    return json.loads(done.stdout), usage["maxrss_kib"] / 1024  # Linux: KiB
+
+
+def build_from_scratch(build_dir: Path, jobs: int) -> float:
+    started = time.perf_counter()
+    for command in (
+        ["cmake", "-S", str(REPO / "cpp"), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release"],
+        ["cmake", "--build", str(build_dir), "-j", str(jobs)],
+    ):
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode:
+            sys.exit(f"error: {' '.join(command)} failed: {(done.stdout + done.stderr)[-2000:]}")
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--model-id",
+        help="a registry id whose tiling (tile, overlap, batch, scale, blend) to use; default: the first single-image RGB restoration (scale 1) tiling",
+    )
+    parser.add_argument("--size", type=int, default=4096, help="image height and width")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel compile jobs")
+    parser.add_argument("--python-child", nargs=2, metavar=("EXPORT_DIR", "IMAGE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.python_child:
+        python_child(Path(args.python_child[0]), Path(args.python_child[1]))
+        return
+
+    configs = registry_tiling_configs()
+    if args.model_id is None:
+        config = next(c for c in configs if c.scale == 1 and c.views == ("image",) and c.channels == 3 and not c.blend_trim)
+    else:
+        try:
+            entry = registry.get(args.model_id)
+        except DeployError as error:
+            sys.exit(f"error: {error}")
+        config = next(
+            c
+            for c in configs
+            if (c.scale, c.tile, c.tile_multiple, c.batch, c.overlap, c.blend_trim, c.views)
+            == (entry.scale, entry.tile, entry.tile_multiple, entry.batch, entry.overlap, entry.blend_trim, entry.views)
+            and c.channels == entry.channels
+        )
+    if len(config.views) != 1:
+        sys.exit(f"error: {config.model_id} takes {len(config.views)} views; the benchmark runs single-image models")
+
+    with tempfile.TemporaryDirectory(prefix="cpp_bench_") as scratch:
+        scratch = Path(scratch)
+        build_seconds = build_from_scratch(scratch / "build", args.jobs)
+        export_dir = scratch / "export"
+        write_standin_export(config, export_dir)
+        image = scratch / "image.png"
+        y, x = np.meshgrid(np.linspace(0, 1, args.size), np.linspace(0, 1, args.size), indexing="ij")
+        rng = np.random.default_rng(0)
+        base = 0.5 + 0.4 * np.sin(9 * x[..., None] + 5 * y[..., None] + np.arange(config.channels // len(config.views)))
+        image.write_bytes(png.encode(np.rint(np.clip(base + 0.05 * rng.standard_normal(base.shape), 0, 1) * 255).astype(np.uint8)))
+
+        cpp, cpp_rss = run_child([str(scratch / "build" / "deploytool-standin"), "--bench", str(export_dir), str(image)])
+        python, python_rss = run_child([sys.executable, str(Path(__file__).resolve()), "--python-child", str(export_dir), str(image)])
+
+    assert cpp["tiles"] == python["tiles"] and cpp["output"] == python["output"], (cpp, python)
+    cpp_overhead, python_overhead = cpp["restore_s"] - cpp["model_s"], python["restore_s"] - python["model_s"]
+    print(f"{config.model_id} tiling ({config.label}) on a {args.size}x{args.size} image: {cpp['tiles']} tiles, output {cpp['output'][0]}x{cpp['output'][1]}")
+    print(f"cores {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}")
+    print()
+    print("| | restore s | in stand-in model s | tiler overhead s | peak RSS MiB |")
+    print("|---|---:|---:|---:|---:|")
+    print(f"| Python (numpy) | {python['restore_s']:.2f} | {python['model_s']:.2f} | {python_overhead:.2f} | {python_rss:.0f} |")
+    print(f"| C++ | {cpp['restore_s']:.2f} | {cpp['model_s']:.2f} | {cpp_overhead:.2f} | {cpp_rss:.0f} |")
+    print()
+    print(f"tiler overhead ratio Python / C++: {python_overhead / cpp_overhead:.1f}x; peak RSS ratio Python / C++: {python_rss / cpp_rss:.1f}x")
+    print(f"cpp/ built from scratch (Release, -j{args.jobs}, library, deploytool-infer, tests): {build_seconds:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,405 @@
+"""The C++ runtime (cpp/): built with CMake, its unit tests run by ctest, and its output compared
+byte for byte with the Python tool's on the same stand-in model, images and tiling."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import model_defs
+from deploytool import inference, png, registry
+from deploytool.backends.tensorrt import engine_filename, matching_engine
+from deploytool.errors import DeployError
+from deploytool.fileio import sha256_file
+from deploytool.images import read_image
+from deploytool.manifest import FP32_FILE, MANIFEST_FILE, EngineRecord, read_manifest
+from tests.helpers import export_tiny
+from tests.standin import registry_tiling_configs, standin_runner, write_standin_export
+
+REPO = Path(__file__).resolve().parents[2]
+TESTSETS = REPO.parent / "shared" / "testsets"
+CONFIGS = registry_tiling_configs()
+
+
+def _missing_tools() -> list[str]:
+    return [tool for tool in ("cmake", "g++") if shutil.which(tool) is None]
+
+
+@pytest.fixture(scope="session")
+def cpp_build() -> Path:
+    """cpp/ configured and built once per session (incrementally across sessions) in build/cpp-pytest."""
+    missing = _missing_tools()
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not on PATH: the C++ runtime cannot be built (scripts/setup.sh installs them as root)")
+    build = REPO / "build" / "cpp-pytest"
+    for command in (
+        ["cmake", "-S", str(REPO / "cpp"), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release"],
+        ["cmake", "--build", str(build), "-j", str(min(4, os.cpu_count() or 1))],
+    ):
+        done = subprocess.run(command, capture_output=True, text=True)
+        assert done.returncode == 0, f"{' '.join(command)} failed:\n{(done.stdout + done.stderr)[-4000:]}"
+    return build
+
+
+def test_ctest_unit_tests_pass(cpp_build: Path) -> None:
+    done = subprocess.run(["ctest", "--test-dir", str(cpp_build), "--output-on-failure"], capture_output=True, text=True)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    ran = re.search(r"100% tests passed, 0 tests failed out of (\d+)", done.stdout)
+    assert ran and int(ran.group(1)) >= 20, done.stdout[-2000:]
+
+
+# -- same pixels as Python
+
+
+def _standin(cpp_build: Path) -> Path:
+    return cpp_build / "deploytool-standin"
+
+
+def _assert_same_png(cpp_png: Path, python_png: Path, what: str) -> None:
+    ours, theirs = cpp_png.read_bytes(), python_png.read_bytes()
+    if ours == theirs:
+        return
+    a = cv2.imread(str(cpp_png), cv2.IMREAD_UNCHANGED)
+    b = cv2.imread(str(python_png), cv2.IMREAD_UNCHANGED)
+    if a is None or b is None or a.shape != b.shape or a.dtype != b.dtype:
+        pytest.fail(f"{what}: C++ wrote {None if a is None else (a.shape, a.dtype)}, Python {None if b is None else (b.shape, b.dtype)}")
+    diff = np.abs(a.astype(np.int64) - b.astype(np.int64))
+    pytest.fail(f"{what}: PNG bytes differ; {np.count_nonzero(diff)} samples differ, at most by {diff.max()} (first at {np.argwhere(diff)[:1].tolist()})")
+
+
+def compare_with_python(cpp_build: Path, export_dir: Path, sources: list[Path], out_dir: Path, overlap: int | None = None) -> Path:
+    """Run both tilers with the stand-in model; assert identical PNG bytes; return the output."""
+    manifest = read_manifest(export_dir)
+    name = "+".join(s.stem for s in sources)
+    cpp_png, python_png = out_dir / f"{name}.cpp.png", out_dir / f"{name}.py.png"
+    command = [str(_standin(cpp_build)), str(export_dir), *map(str, sources), "-o", str(cpp_png)]
+    if overlap is not None:
+        command += ["--overlap", str(overlap)]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # runs while Python tiles
+    source = sources[0] if len(sources) == 1 else tuple(sources)
+    inference.restore_file(standin_runner(manifest), manifest, source, python_png, overlap=manifest.overlap(overlap))
+    _, stderr = child.communicate()
+    assert child.returncode == 0, f"deploytool-standin failed on {name}: {stderr.strip()}"
+    _assert_same_png(cpp_png, python_png, f"{manifest.model_id} tiling on {name}")
+    return python_png
+
+
+def _testset_images(scale: int) -> list[Path]:
+    """Set5 and Set14: HR for restoration models, the LR_bicubic set of the scale (x4 for x8) otherwise."""
+    images = []
+    for dataset in ("Set5", "Set14"):
+        folder = TESTSETS / dataset / ("HR" if scale == 1 else "LR_bicubic" / Path(f"X{min(scale, 4)}"))
+        images += sorted(folder.glob("*.png"))
+    return images
+
+
+def _levels(shape: tuple[int, ...], seed: int, depth: int) -> np.ndarray:
+    top = 255 if depth == 8 else 65535
+    rng = np.random.default_rng(seed)
+    # smooth gradients plus noise, like photos: exercises blending without being all noise
+    y, x = np.meshgrid(np.linspace(0, 1, shape[0]), np.linspace(0, 1, shape[1]), indexing="ij")
+    base = (0.5 + 0.4 * np.sin(6 * x + 3 * y))[..., None] * np.ones(shape[2:] or (1,))
+    noisy = np.clip(base + 0.08 * rng.standard_normal(base.shape), 0, 1)
+    return np.rint(noisy * top).astype(np.uint8 if depth == 8 else np.uint16).reshape(shape)
+
+
+@pytest.fixture(scope="session")
+def synthetic_images(tmp_path_factory) -> dict[str, Path]:
+    """Odd-sized images of every mode the CLI keeps: gray, RGB, gray+alpha, RGBA; 8 and 16 bit; JPEG."""
+    folder = tmp_path_factory.mktemp("synthetic")
+    specs = {
+        "rgb8-37x53": ((37, 53, 3), 8),
+        "rgb16-61x45": ((61, 45, 3), 16),
+        "rgba8-41x39": ((41, 39, 4), 8),
+        "rgba16-23x67": ((23, 67, 4), 16),
+        "gray8-29x71": ((29, 71, 1), 8),
+        "gray16-83x19": ((83, 19, 1), 16),
+        "grayalpha8-33x35": ((33, 35, 2), 8),
+        "grayalpha16-17x49": ((17, 49, 2), 16),
+        "rgb8-5x3": ((5, 3, 3), 8),  # smaller than any window: edge padding
+        "rgb8-131x149": ((131, 149, 3), 8),  # several tiles of the small-tile configurations
+    }
+    paths = {}
+    for seed, (name, (shape, depth)) in enumerate(specs.items()):
+        path = folder / f"{name}.png"
+        path.write_bytes(png.encode(_levels(shape, seed, depth)))
+        paths[name] = path
+    for name, shape in (("jpeg-rgb-45x58", (45, 58, 3)), ("jpeg-gray-39x27", (39, 27, 1))):
+        path = folder / f"{name}.jpg"
+        assert cv2.imwrite(str(path), _levels(shape, 99, 8)[..., ::-1] if shape[2] == 3 else _levels(shape, 98, 8)[..., 0], [cv2.IMWRITE_JPEG_QUALITY, 85])
+        paths[name] = path
+    return paths
+
+
+@pytest.fixture(scope="session")
+def standin_exports(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("standin-exports")
+    return {config.label: (write_standin_export(config, root / config.label), root / config.label)[1] for config in CONFIGS}
+
+
+def _fits(config, image: Path) -> bool:
+    """Whether the CLI accepts this image for this model (a gray model refuses RGB images)."""
+    if config.channels // len(config.views) == 1:
+        return read_image(image).pixels.shape[2] == 1
+    return True
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.label for c in CONFIGS])
+def test_same_png_bytes_as_python(config, cpp_build: Path, standin_exports: dict[str, Path], synthetic_images: dict[str, Path], tmp_path: Path) -> None:
+    export_dir = standin_exports[config.label]
+    images = list(synthetic_images.values())
+    testsets = _testset_images(config.scale) if TESTSETS.is_dir() else []
+    if config.channels // len(config.views) == 1:
+        # gray models: the test sets as gray images, written the way a user would (8-bit PNG)
+        gray_dir = tmp_path / "gray"
+        gray_dir.mkdir()
+        for path in testsets:
+            gray = cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2GRAY)
+            (gray_dir / path.name).write_bytes(png.encode(gray))
+        testsets = sorted(gray_dir.glob("*.png"))
+    images = [p for p in images + testsets if _fits(config, p)]
+    compared = 0
+    for image in images:
+        if len(config.views) == 1:
+            sources = [image]
+        else:
+            # a second view of the same size: the image mirrored, so left and right differ
+            pixels = cv2.imread(str(image), cv2.IMREAD_UNCHANGED)
+            right = tmp_path / f"{image.stem}-mirrored.png"
+            if image.suffix == ".png" and pixels.ndim == 3:
+                order = [2, 1, 0, 3][: pixels.shape[2]]
+                right.write_bytes(png.encode(np.ascontiguousarray(pixels[:, ::-1][..., order])))
+            else:
+                right.write_bytes(png.encode(np.ascontiguousarray(pixels[:, ::-1] if pixels.ndim == 2 else pixels[:, ::-1, ::-1])))
+            sources = [image, right]
+        compare_with_python(cpp_build, export_dir, sources, tmp_path)
+        compared += 1
+    # every synthetic image a model of these channels takes, and all of Set5 + Set14 when present
+    assert compared == len(images) and compared >= 3 + len(testsets)
+
+
+def test_overlap_override_and_batch_tail(cpp_build: Path, synthetic_images: dict[str, Path], tmp_path: Path) -> None:
+    """--overlap (rounded to the window) and a batch whose last call is filled with copies."""
+    base = next(c for c in CONFIGS if c.scale == 2 and not c.blend_trim and c.tile[0] <= 64)
+    for batch in (3, 5):
+        config = type(base)(**{**base.__dict__, "batch": batch})
+        export_dir = write_standin_export(config, tmp_path / f"b{batch}") and tmp_path / f"b{batch}"
+        for overlap in (0, 5, 24):
+            compare_with_python(cpp_build, export_dir, [synthetic_images["rgb8-131x149"]], tmp_path, overlap=overlap)
+
+
+# -- the manifest reader over real exports and the bad cases
+
+
+def _ids_to_export() -> list[str]:
+    """One id per family, and one of each multi-view input (the views change the manifest's input)."""
+    chosen: dict[tuple, str] = {}
+    for model_id, entry in sorted(registry.all_entries().items()):
+        chosen.setdefault((entry.family, len(entry.views)), model_id)
+    return sorted(chosen.values())
+
+
+@pytest.fixture(scope="session")
+def real_exports(tmp_path_factory) -> dict[str, Path]:
+    """Tiny real exports (ONNX graphs and manifests written by the exporter) of every family."""
+    root = tmp_path_factory.mktemp("real-exports")
+    return {model_id: (export_tiny(model_id, root / model_id, fp16=False), root / model_id)[1] for model_id in _ids_to_export()}
+
+
+def _read_with_cpp(cpp_build: Path, export_dir: Path, *engine_target: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(_standin(cpp_build)), "--manifest", str(export_dir), *engine_target], capture_output=True, text=True)
+
+
+def test_manifest_reader_reads_real_exports_of_every_family(cpp_build: Path, real_exports: dict[str, Path]) -> None:
+    assert {registry.get(i).family for i in real_exports} == set(model_defs.families())
+    for model_id, export_dir in real_exports.items():
+        done = _read_with_cpp(cpp_build, export_dir)
+        assert done.returncode == 0, f"{model_id}: {done.stderr.strip()}"
+        read = json.loads(done.stdout)
+        manifest = read_manifest(export_dir)
+        grid = manifest.tiling
+        assert read == {
+            "schema_version": manifest.schema_version,
+            "model_id": model_id,
+            "scale": manifest.scale,
+            "input_shape": list(manifest.input.shape),
+            "output_shape": list(manifest.output.shape),
+            "views": [[v.name, v.channels, v.color] for v in manifest.views],
+            "tiling": {
+                "tile": list(grid.tile),
+                "tile_multiple": grid.tile_multiple,
+                "fixed_tile": grid.fixed_tile,
+                "batch": grid.batch,
+                "overlap": grid.overlap,
+                "padding": grid.padding,
+                "blend": {"mode": grid.blend.mode, "width": grid.blend.width, "trim": grid.blend.trim},
+            },
+            "checked_files": sorted(manifest.files),
+        }
+
+
+def _python_error(action) -> str:
+    with pytest.raises(DeployError) as error:
+        action()
+    return str(error.value)
+
+
+@pytest.mark.tampered_manifests
+def test_manifest_reader_refuses_bad_exports_in_pythons_words(cpp_build: Path, real_exports: dict[str, Path], tmp_path: Path) -> None:
+    source = next(iter(real_exports.values()))
+
+    def copy(name: str) -> Path:
+        return Path(shutil.copytree(source, tmp_path / name))
+
+    def assert_same_error(export_dir: Path, python_message: str, *engine_target: str) -> None:
+        done = _read_with_cpp(cpp_build, export_dir, *engine_target)
+        assert done.returncode == 1 and done.stdout == ""
+        assert done.stderr == f"error: {python_message}\n"
+
+    newer = copy("newer-major")
+    data = json.loads((newer / MANIFEST_FILE).read_text())
+    data["schema_version"] = "2.0"
+    (newer / MANIFEST_FILE).write_text(json.dumps(data))
+    assert_same_error(newer, _python_error(lambda: read_manifest(newer)))
+
+    tampered = copy("tampered")
+    with open(tampered / FP32_FILE, "ab") as graph:
+        graph.write(b"\0")
+    assert_same_error(tampered, _python_error(lambda: read_manifest(tampered).check_file(tampered, FP32_FILE)))
+
+    missing = copy("missing")
+    (missing / FP32_FILE).unlink()
+    assert_same_error(missing, _python_error(lambda: read_manifest(missing).check_file(missing, FP32_FILE)))
+
+    unfinished = copy("unfinished")
+    (unfinished / MANIFEST_FILE).unlink()
+    assert_same_error(unfinished, _python_error(lambda: read_manifest(unfinished)))
+
+    bad_json = copy("bad-json")
+    (bad_json / MANIFEST_FILE).write_text('{"schema_version": "1.1", ')
+    python_message = _python_error(lambda: read_manifest(bad_json))
+    done = _read_with_cpp(cpp_build, bad_json)
+    prefix = f"cannot read {bad_json / MANIFEST_FILE}: "
+    assert python_message.startswith(prefix)
+    assert done.returncode == 1 and done.stderr.startswith(f"error: {prefix}") and done.stderr.count("\n") == 1
+
+    # an engine built for another GPU: recorded (as `deploytool build` records it), refused for this one
+    other_gpu = copy("other-gpu")
+    manifest = read_manifest(other_gpu)
+    name = engine_filename((8, 6), "10.13.0.35")
+    (other_gpu / name).write_bytes(b"engine for sm86")
+    record = EngineRecord(sha256_file(other_gpu / name), (other_gpu / name).stat().st_size, "NVIDIA A10", (8, 6), "10.13.0.35", {}, 0, 3, "", 1.0)
+    manifest.with_engine(name, record).write(other_gpu)
+    done = _read_with_cpp(cpp_build, other_gpu, "8", "6", "10.13.0.35")
+    assert done.returncode == 0 and json.loads(done.stdout)["engine"] == name
+    assert_same_error(
+        other_gpu, _python_error(lambda: matching_engine(manifest.with_engine(name, record).engines, (9, 0), "10.13.0.35")), "9", "0", "10.13.0.35"
+    )
+    assert_same_error(other_gpu, _python_error(lambda: matching_engine({name: record}, (8, 6), "10.8.0.43")), "8", "6", "10.8.0.43")
+
+
+# -- deploytool-infer and the TensorRT backend
+
+
+def test_infer_without_tensorrt_refuses_in_one_line(
+    cpp_build: Path, standin_exports: dict[str, Path], synthetic_images: dict[str, Path], tmp_path: Path
+) -> None:
+    cache = (cpp_build / "CMakeCache.txt").read_text()
+    if "TensorRT_INCLUDE_DIR:PATH=" in cache and "TensorRT_INCLUDE_DIR-NOTFOUND" not in cache:
+        pytest.skip("this build has TensorRT: test_tensorrt_backend_matches_python_trt runs deploytool-infer instead")
+    export_dir = standin_exports[CONFIGS[0].label]
+    output = tmp_path / "out.png"
+    done = subprocess.run(
+        [str(cpp_build / "deploytool-infer"), str(export_dir), str(synthetic_images["rgb8-37x53"]), "-o", str(output)], capture_output=True, text=True
+    )
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: this deploytool runtime was built without TensorRT") and done.stderr.count("\n") == 1
+    assert not output.exists() and list(tmp_path.iterdir()) == []
+
+
+def _tensorrt_unavailable() -> str | None:
+    """Why the TensorRT comparison cannot run here, or None when it can."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return "TensorRT (Python) is not installed: `deploytool build` and `run --backend trt` need it, with an NVIDIA GPU"
+    import torch
+
+    if not torch.cuda.is_available():
+        return "no CUDA GPU: TensorRT engines need one"
+    if not os.environ.get("TensorRT_ROOT"):
+        return "set TensorRT_ROOT to the TensorRT prefix (include/NvInfer.h, lib/libnvinfer.so) to build the C++ TensorRT backend"
+    return None
+
+
+@pytest.mark.skipif(_tensorrt_unavailable() is not None, reason=str(_tensorrt_unavailable()))
+def test_tensorrt_backend_matches_python_trt(synthetic_images: dict[str, Path], tmp_path: Path) -> None:
+    """An engine built by `deploytool build`: deploytool-infer's output equals `deploytool run --backend trt`'s, byte for byte
+    (the same engine on the same GPU is deterministic for identical input batches)."""
+    build = REPO / "build" / "cpp-pytest-trt"
+    for command in (
+        ["cmake", "-S", str(REPO / "cpp"), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", f"-DTensorRT_ROOT={os.environ['TensorRT_ROOT']}"],
+        ["cmake", "--build", str(build), "-j", str(min(4, os.cpu_count() or 1))],
+    ):
+        done = subprocess.run(command, capture_output=True, text=True)
+        assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    assert "DEPLOYTOOL_HAVE_TENSORRT" in (build / "CMakeFiles" / "deploytool_runtime.dir" / "flags.make").read_text(), "CMake left the TensorRT backend out"
+    from deploytool import engines
+
+    model_id = _ids_to_export()[0]
+    export_dir = tmp_path / model_id
+    export_tiny(model_id, export_dir)
+    engines.build_engine(export_dir)
+    image = synthetic_images["rgb8-131x149"]
+    for cuda_graph in (False, True):
+        flag = ["--cuda-graph"] if cuda_graph else []
+        python_png, cpp_png = tmp_path / f"py{cuda_graph}.png", tmp_path / f"cpp{cuda_graph}.png"
+        done = subprocess.run(
+            [sys.executable, "-m", "deploytool", "run", str(export_dir), str(image), "-o", str(python_png), "--backend", "trt", *flag],
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stderr
+        done = subprocess.run([str(build / "deploytool-infer"), str(export_dir), str(image), "-o", str(cpp_png), *flag], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        _assert_same_png(cpp_png, python_png, f"{model_id} TensorRT engine (cuda graph {cuda_graph})")
+
+
+def test_rarer_png_forms_are_read_as_opencv_reads_them(cpp_build: Path, standin_exports: dict[str, Path], tmp_path: Path) -> None:
+    """Palette (with and without transparency), 1/2/4-bit gray, RGB with a tRNS colour key, interlaced:
+    the C++ decoder (libpng) must give the samples cv2.imread(IMREAD_UNCHANGED) gives."""
+    from PIL import Image
+
+    rgb = _levels((27, 31, 3), 5, 8)
+    forms = {
+        "palette": Image.fromarray(rgb).quantize(colors=37),
+        "gray1": Image.fromarray(_levels((27, 31, 1), 6, 8)[..., 0]).convert("1"),
+        "interlaced": Image.fromarray(rgb),
+    }
+    with_alpha = Image.fromarray(rgb).quantize(colors=16)
+    with_alpha.info["transparency"] = bytes([0, 128] + [255] * 14)
+    paths = []
+    for name, image in forms.items():
+        path = tmp_path / f"{name}.png"
+        image.save(path, interlace=name == "interlaced")
+        paths.append(path)
+    with_alpha.save(tmp_path / "palette-trns.png", transparency=bytes([0, 128] + [255] * 14))
+    Image.fromarray(rgb).save(tmp_path / "rgb-trns.png", transparency=tuple(int(v) for v in rgb[0, 0]))
+    Image.fromarray(_levels((27, 31, 1), 7, 8)[..., 0]).convert("L").quantize(colors=4).convert("L").save(tmp_path / "gray2.png", bits=2)
+    paths += [tmp_path / "palette-trns.png", tmp_path / "rgb-trns.png", tmp_path / "gray2.png"]
+    config = next(c for c in CONFIGS if c.scale == 2 and c.channels == 3 and len(c.views) == 1 and not c.blend_trim)
+    modes = set()
+    for path in paths:
+        raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        modes.add((raw.ndim, raw.shape[2] if raw.ndim == 3 else 1))
+        compare_with_python(cpp_build, standin_exports[config.label], [path], tmp_path)
+    assert modes == {(2, 1), (3, 3), (3, 4)}  # gray, RGB and RGBA readings all exercised

@@ -1,0 +1,166 @@
+"""A deterministic stand-in model and stand-in exports, shared by the C++ runtime's tests and
+scripts/cpp_bench.py.
+
+The model is implemented once here and once in `cpp/tests/standin.cpp`, with the same float32
+operations in the same order, so both tilers can be compared byte for byte without ONNX or a GPU.
+A stand-in export is a folder with a placeholder `model.onnx` and a schema-valid manifest.json
+whose graph shapes and tiling are a real model id's (or any tiling a test asks for).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from deploytool import registry
+from deploytool.fileio import sha256_file
+from deploytool.manifest import (
+    BLEND_CENTRE,
+    BLEND_RAMP,
+    FP32_FILE,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    PAD_REFLECT,
+    SCHEMA_VERSION,
+    VIEW_COLORS,
+    Blend,
+    FileRecord,
+    GraphInput,
+    GraphOutput,
+    GraphStats,
+    Manifest,
+    ModelInfo,
+    Tiling,
+    WeightsSource,
+    views_for,
+)
+
+
+class StandinModel:
+    """NCHW float32 batch -> nearest-neighbour x `scale` of the mean of input channels c, c + C_out, ...,
+    times 1.1 minus 0.05 (clipping shows), plus an offset from the tile's index in the run (a
+    misplaced tile shows) and a pattern from the pixel's place in the output tile (a wrong weight
+    or an off-by-one crop shows)."""
+
+    name = "stand-in"
+    device = "cpu"
+
+    def __init__(self, input_shape: tuple[int, int, int, int], output_shape: tuple[int, int, int, int]):
+        self.input_shape = tuple(input_shape)
+        self.output_shape = tuple(output_shape)
+        self.scale = output_shape[2] // input_shape[2]
+        self.calls = 0
+        _, channels, height, width = output_shape
+        y, x, c = np.meshgrid(np.arange(height), np.arange(width), np.arange(channels), indexing="ij")
+        pattern = 0.001 * ((y * 31 + x * 17 + c * 7) % 23).astype(np.float64)
+        self.pattern = pattern.astype(np.float32).transpose(2, 0, 1)  # (C_out, H, W)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        if batch.shape != self.input_shape or batch.dtype != np.float32:
+            raise ValueError(f"stand-in takes {self.input_shape} float32, got {batch.shape} {batch.dtype}")
+        size, out_channels = batch.shape[0], self.output_shape[1]
+        up = batch.repeat(self.scale, axis=2).repeat(self.scale, axis=3)
+        groups = batch.shape[1] // out_channels
+        total = up[:, :out_channels]
+        for group in range(1, groups):
+            total = total + up[:, group * out_channels : (group + 1) * out_channels]
+        base = total / np.float32(groups)
+        offsets = np.array([np.float32(0.003 * float((self.calls * size + b) % 17)) for b in range(size)], dtype=np.float32)
+        self.calls += 1
+        return ((base * np.float32(1.1) - np.float32(0.05)) + offsets[:, None, None, None]) + self.pattern[None]
+
+    def close(self) -> None:
+        pass
+
+
+@dataclasses.dataclass(frozen=True)
+class TilingConfig:
+    """What the tiler depends on in a manifest."""
+
+    scale: int
+    tile: tuple[int, int]
+    tile_multiple: int
+    batch: int
+    overlap: int
+    blend_trim: int
+    views: tuple[str, ...]
+    channels: int
+    out_channels: int
+    model_id: str  # one registry id with this configuration
+
+    @property
+    def label(self) -> str:
+        blend = f"centre{self.blend_trim}" if self.blend_trim else "ramp"
+        views = "+".join(self.views)
+        return f"x{self.scale}-t{self.tile[0]}x{self.tile[1]}-m{self.tile_multiple}-b{self.batch}-o{self.overlap}-{blend}-{views}-{self.channels}to{self.out_channels}"
+
+
+def registry_tiling_configs() -> list[TilingConfig]:
+    """The distinct tiling configurations of every registered model id, as their exports record them."""
+    configs: dict[tuple, TilingConfig] = {}
+    for model_id, entry in sorted(registry.all_entries().items()):
+        config = TilingConfig(
+            entry.scale,
+            tuple(entry.tile),
+            entry.tile_multiple,
+            entry.batch,
+            entry.overlap,
+            entry.blend_trim,
+            tuple(entry.views),
+            entry.channels,
+            entry.out_channels,
+            model_id,
+        )
+        configs.setdefault(dataclasses.replace(config, model_id=""), config)
+    return list(configs.values())
+
+
+def standin_manifest(config: TilingConfig, files: dict[str, FileRecord]) -> Manifest:
+    entry = registry.get(config.model_id)
+    tile, batch = config.tile, config.batch
+    return Manifest(
+        schema_version=SCHEMA_VERSION,
+        model_id=config.model_id,
+        model=ModelInfo(entry.family, entry.task, entry.description, {}, "stand-in", 0, 0),
+        scale=config.scale,
+        input=GraphInput(name=INPUT_NAME, shape=(batch, config.channels, *tile), views=views_for(config.views, config.channels)),
+        output=GraphOutput(
+            name=OUTPUT_NAME,
+            shape=(batch, config.out_channels, tile[0] * config.scale, tile[1] * config.scale),
+            color=VIEW_COLORS.get(config.out_channels, f"{config.out_channels}-channel"),
+        ),
+        tiling=Tiling(
+            tile=tuple(tile),
+            tile_multiple=config.tile_multiple,
+            fixed_tile=False,
+            batch=batch,
+            overlap=config.overlap,
+            padding=PAD_REFLECT,
+            blend=Blend(BLEND_CENTRE, trim=config.blend_trim) if config.blend_trim else Blend(BLEND_RAMP, width=config.overlap),
+        ),
+        opset=17,
+        exporter="stand-in (tests/standin.py)",
+        versions={},
+        source=WeightsSource(kind="random-init", seed=0),
+        graph=GraphStats(0, 0, 0, 0, 0),
+        fp16=None,
+        files=files,
+        tolerances={},
+        export_seconds=0.0,
+    )
+
+
+def write_standin_export(config: TilingConfig, out_dir: Path) -> Manifest:
+    """A stand-in export folder: a placeholder model.onnx (hashed like a real graph) and manifest.json."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    graph = out_dir / FP32_FILE
+    graph.write_bytes(f"stand-in graph for {config.label}\n".encode())
+    manifest = standin_manifest(config, {FP32_FILE: FileRecord(sha256=sha256_file(graph), bytes=graph.stat().st_size)})
+    manifest.write(out_dir)
+    return manifest
+
+
+def standin_runner(manifest: Manifest) -> StandinModel:
+    return StandinModel(manifest.input.shape, manifest.output.shape)
