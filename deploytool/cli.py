@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from deploytool.backends import ORT_FP16, PARITY_BACKENDS, RUNTIMES
+from deploytool.backends import ORT_FP16, PARITY_BACKENDS, RUNTIMES, TRITON_RUNTIMES, TRITON_TRT
 from deploytool.errors import DeployError
 
 
@@ -241,13 +241,11 @@ def run(export_dir, inputs, output, backend, overlap, weights, cuda_graph, as_js
     manifest = read_manifest(export_dir)
     overlap = manifest.overlap(overlap)
     sources = inference.group_sources(manifest, [p for item in inputs for p in (input_sources.list_images(item) if item.is_dir() else [item])])
-    if len(sources) > 1 and output.suffix:
-        raise DeployError(f"{len(sources)} inputs need an output folder, not the file {output}")
+    targets = inference.destinations(sources, output)
     results = []
     with open_runner(export_dir, manifest, backend, weights=weights, cuda_graph=cuda_graph) as runner:
-        for source in sources:
+        for source, destination in zip(sources, targets):
             first = source[0] if isinstance(source, tuple) else source
-            destination = output / first.name if (len(sources) > 1 or not output.suffix) else output
             with tqdm(desc=first.name, unit="tile", file=sys.stderr, disable=None) as bar:
                 results.append(
                     inference.restore_file(
@@ -348,6 +346,93 @@ def bench(export_dir, backends, runs, warmup, cuda_graph, weights, as_json) -> N
 
     report = benchmark.bench(export_dir, parse_backends(backends, RUNTIMES), runs=runs, warmup=warmup, cuda_graph=cuda_graph, weights=weights, progress=_say)
     click.echo(json.dumps(report, indent=2) if as_json else benchmark.markdown(report))
+
+
+@cli.command()
+@click.argument("export_dirs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--repo", type=click.Path(file_okay=False, path_type=Path), required=True, help="Triton model repository to write into (other models there are kept)."
+)
+@click.option(
+    "--runtime",
+    type=click.Choice(TRITON_RUNTIMES),
+    default=TRITON_TRT,
+    show_default=True,
+    help="What runs the tiles: a TensorRT engine, Triton's ONNX Runtime backend (GPU), or ONNX Runtime in a Python model (CPU).",
+)
+@click.option("--instances", type=int, default=1, show_default=True, help="Tile-model instances (on each GPU of --gpus).")
+@click.option("--gpus", help="GPU indices for the tile model's instances, e.g. 0,1  [default: every GPU]")
+@click.option("--max-pixels", default="16M", show_default=True, help="Largest image (per view) the whole-image model accepts, e.g. 16M, 500K.")
+@click.option("--fp32", is_flag=True, help="--runtime onnx: serve model.onnx instead of model_fp16.onnx.")
+@click.option("--json", "as_json", is_flag=True, help="Print the models written as JSON.")
+def triton(export_dirs, repo, runtime, instances, gpus, max_pixels, fp32, as_json) -> None:
+    """Write a Triton model repository: per export, EXPORT_ID-tiles (the static graph) and EXPORT_ID (whole images, tiled on the server)."""
+    from deploytool.serving import repository
+
+    options = repository.RepositoryOptions(
+        runtime=runtime, instances=instances, gpus=repository.parse_gpus(gpus), max_pixels=repository.parse_pixels(max_pixels), fp32=fp32
+    )
+    written = repository.write_repository(list(export_dirs), repo, options, progress=_say)
+    if as_json:
+        click.echo(json.dumps([{**dataclasses.asdict(m), "path": str(m.path)} for m in written], indent=2))
+
+
+@cli.command()
+@click.argument("repo", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--http-port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option(
+    "--env",
+    "env",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Environment with nvidia-pytriton and the models' packages  [default: $DEPLOYTOOL_SERVE_ENV, else .venv-serve]",
+)
+@click.option("--timeout", type=click.IntRange(1), default=180, show_default=True, help="Seconds to wait for the models to be ready.")
+def serve(repo, http_port, host, env, timeout) -> None:
+    """Serve REPO with the Triton server of the nvidia-pytriton wheel (CPU, Python backend) until Ctrl-C."""
+    from deploytool.serving import server
+
+    server.serve_forever(server.TritonServer(repo, host=host, http_port=http_port, env=env), ready_timeout=timeout, say=_say)
+
+
+@cli.command()
+@click.argument("url")
+@click.argument("model_id")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output file (one input) or folder.")
+@click.option("--concurrency", type=int, default=4, show_default=True, help="Requests in flight at once.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
+def client(url, model_id, inputs, output, concurrency, as_json) -> None:
+    """Restore images with MODEL_ID on the Triton server at URL (e.g. http://127.0.0.1:8000)."""
+    from tqdm import tqdm
+
+    from deploytool.serving.client import restore_remote
+
+    with tqdm(unit="image", file=sys.stderr, disable=None) as bar:
+
+        def failed(failure: dict) -> None:
+            bar.update(1)
+            bar.write(f"failed: {failure['input']}: {failure['error']}", file=sys.stderr)
+
+        report = restore_remote(
+            url,
+            model_id,
+            list(inputs),
+            output,
+            concurrency=concurrency,
+            on_start=lambda total: setattr(bar, "total", total),
+            on_done=lambda record: bar.update(1),
+            on_failure=failed,
+        )
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        for item in report.images:
+            _say(f"{item['input']} -> {item['output']} ({item['output_size'][0]}x{item['output_size'][1]}, {item['seconds']:.2f} s)")
+    if report.failures:
+        total = len(report.failures) + len(report.images)
+        first = report.failures[0]
+        raise DeployError(f"{len(report.failures)} of {total} image(s) failed; first: {first['input']}: {first['error']}")
 
 
 def main() -> None:

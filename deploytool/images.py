@@ -58,9 +58,7 @@ def _quiet_cv2() -> Iterator[None]:
         cv2.utils.logging.setLogLevel(level)
 
 
-def read_image(path: str | os.PathLike) -> LoadedImage:
-    """Read an 8- or 16-bit gray, gray+alpha, RGB or RGBA image."""
-    path = Path(path)
+def _imread(path: Path) -> np.ndarray:
     if not path.exists():
         raise ImageError(f"{path}: no such file")
     if not path.is_file():
@@ -74,7 +72,21 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
             raw = None
     if raw is None:
         raise ImageError(f"{path}: not a readable image (unknown format or corrupt file)")
+    return raw
 
+
+def read_image(path: str | os.PathLike) -> LoadedImage:
+    """Read an 8- or 16-bit gray, gray+alpha, RGB or RGBA image."""
+    return from_samples(read_samples(path), path)
+
+
+def from_samples(raw: np.ndarray, path: str | os.PathLike) -> LoadedImage:
+    """An image from integer samples (HW or HWC; gray, gray+alpha, RGB or RGBA order).
+
+    `read_image` and the Triton server both build their float pixels here, so an image sent as
+    samples is the same image a local run reads from the file.
+    """
+    path = Path(path)
     if raw.dtype == np.uint8:
         bit_depth = 8
     elif raw.dtype == np.uint16:
@@ -94,9 +106,38 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
     if channels in (2, 4):
         alpha = np.ascontiguousarray(data[:, :, -1])
         data = data[:, :, :-1]
-    if data.shape[2] == 3:
-        data = data[:, :, ::-1]  # BGR -> RGB
     return LoadedImage(np.ascontiguousarray(data), alpha, bit_depth, path)
+
+
+def read_samples(path: str | os.PathLike) -> np.ndarray:
+    """The integer samples of an image file as stored (uint8, uint16, ...), HWC in RGB[A] order."""
+    raw = _imread(Path(path))
+    if raw.ndim == 2:
+        return raw[:, :, None]
+    if raw.ndim == 3 and raw.shape[2] in (3, 4):
+        order = [2, 1, 0, 3][: raw.shape[2]]  # BGR[A] -> RGB[A]
+        return np.ascontiguousarray(raw[:, :, order])
+    return raw
+
+
+def quantize(values: np.ndarray, bit_depth: int) -> np.ndarray:
+    """Float samples -> 8- or 16-bit integers: clipped to [0, 1], rounded to the nearest level."""
+    scaled = np.clip(values.astype(np.float32, copy=False), 0.0, 1.0) * np.float32(_MAX_VALUE[bit_depth])
+    return np.rint(scaled).astype(_DTYPE_FOR_DEPTH[bit_depth])
+
+
+def _check_writable(path: Path, bit_depth: int, has_alpha: bool) -> None:
+    suffix = path.suffix.lower()
+    if bit_depth not in _MAX_VALUE:
+        raise ImageError(f"{path}: bit depth must be 8 or 16, not {bit_depth}")
+    if not suffix:
+        raise ImageError(f"{path}: no file extension, so no image format to write")
+    if not cv2.haveImageWriter(f"x{suffix}"):
+        raise ImageError(f"{path}: OpenCV cannot write {suffix} images")
+    if bit_depth == 16 and suffix not in _SIXTEEN_BIT_SUFFIXES:
+        raise ImageError(f"{path}: {suffix} cannot hold 16-bit samples; use one of {', '.join(sorted(_SIXTEEN_BIT_SUFFIXES))} or write 8-bit")
+    if has_alpha and suffix not in _ALPHA_SUFFIXES:
+        raise ImageError(f"{path}: {suffix} cannot hold an alpha channel; use one of {', '.join(sorted(_ALPHA_SUFFIXES))}")
 
 
 def write_image(
@@ -111,17 +152,7 @@ def write_image(
     Values are clipped to [0, 1] and rounded to the nearest 8- or 16-bit level.
     """
     path = Path(path)
-    suffix = path.suffix.lower()
-    if bit_depth not in _MAX_VALUE:
-        raise ImageError(f"{path}: bit depth must be 8 or 16, not {bit_depth}")
-    if not suffix:
-        raise ImageError(f"{path}: no file extension, so no image format to write")
-    if not cv2.haveImageWriter(f"x{suffix}"):
-        raise ImageError(f"{path}: OpenCV cannot write {suffix} images")
-    if bit_depth == 16 and suffix not in _SIXTEEN_BIT_SUFFIXES:
-        raise ImageError(f"{path}: {suffix} cannot hold 16-bit samples; use one of {', '.join(sorted(_SIXTEEN_BIT_SUFFIXES))} or write 8-bit")
-    if alpha is not None and suffix not in _ALPHA_SUFFIXES:
-        raise ImageError(f"{path}: {suffix} cannot hold an alpha channel; use one of {', '.join(sorted(_ALPHA_SUFFIXES))}")
+    _check_writable(path, bit_depth, alpha is not None)
 
     pixels = np.asarray(pixels)
     if pixels.ndim == 2:
@@ -141,16 +172,22 @@ def write_image(
     if bad:
         raise ImageError(f"{path}: refusing to write {bad} non-finite (NaN/inf) sample(s)")
 
-    def quantize(values: np.ndarray) -> np.ndarray:
-        scaled = np.clip(values.astype(np.float32, copy=False), 0.0, 1.0) * np.float32(_MAX_VALUE[bit_depth])
-        return np.rint(scaled).astype(_DTYPE_FOR_DEPTH[bit_depth])
+    write_samples(path, quantize(pixels, bit_depth), alpha=None if alpha is None else quantize(alpha, bit_depth))
 
-    out = quantize(pixels)
+
+def write_samples(path: str | os.PathLike, out: np.ndarray, *, alpha: np.ndarray | None = None) -> None:
+    """Write integer samples (HWC, 1 or 3 channels, RGB; HW alpha) atomically, as `write_image` does."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if out.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"samples must be uint8 or uint16, got {out.dtype}")
+    bit_depth = 16 if out.dtype == np.uint16 else 8
+    _check_writable(path, bit_depth, alpha is not None)
     if alpha is not None:
         if out.shape[2] == 1:
             # cv2 writes no 2-channel images: gray+alpha is stored as RGBA with equal colour channels.
             out = np.repeat(out, 3, axis=2)
-        out = np.concatenate([out, quantize(alpha)[:, :, None]], axis=2)
+        out = np.concatenate([out, alpha[:, :, None]], axis=2)
 
     if suffix == ".png":
         _write_png(path, out)

@@ -10,7 +10,7 @@ import numpy as np
 
 from deploytool import images, tiling
 from deploytool.backends import Runner
-from deploytool.errors import ImageError
+from deploytool.errors import DeployError, ImageError
 from deploytool.manifest import BLEND_CENTRE, Manifest
 from deploytool.tiling import round_up
 
@@ -62,12 +62,15 @@ def tiles_for(manifest: Manifest, height: int, width: int, overlap: int) -> int:
 
 def group_sources(manifest: Manifest, paths: list[Path]) -> list[Source]:
     """Image files as the model takes them: one each, or in groups of one file per view."""
-    views = manifest.views
+    return group_files(manifest.model_id, [v.name for v in manifest.views], paths)
+
+
+def group_files(model_id: str, views: list[str], paths: list[Path]) -> list[Source]:
+    """Image files for a model of `views` (names, in order): one each, or one file per view."""
     if len(views) == 1:
         return list(paths)
-    names = ", ".join(v.name for v in views)
     if len(paths) % len(views):
-        raise ImageError(f"{manifest.model_id} takes images in groups of {len(views)} ({names}); {len(paths)} given")
+        raise ImageError(f"{model_id} takes images in groups of {len(views)} ({', '.join(views)}); {len(paths)} given")
     return [tuple(paths[i : i + len(views)]) for i in range(0, len(paths), len(views))]
 
 
@@ -92,6 +95,32 @@ def model_input(manifest: Manifest, source: Source) -> tuple[np.ndarray, images.
     return np.concatenate(stacked, axis=2), loaded[0]
 
 
+def restore_image(
+    runner: Runner, manifest: Manifest, pixels: np.ndarray, image: images.LoadedImage, *, overlap: int, on_tiles: OnTiles | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The model's input pixels (from `model_input`) restored in the channels of `image`, and its
+    alpha scaled alongside (bicubic), or None: float32, not yet clipped or quantized."""
+    restored = restore_array(runner, manifest, pixels, overlap=overlap, on_tiles=on_tiles)
+    scale = manifest.scale
+    alpha = None if image.alpha is None else (image.alpha if scale == 1 else images.resize_alpha(image.alpha, scale))
+    return images.restore_channels(restored, image), alpha
+
+
+def destinations(sources: list[Source], output: Path) -> list[Path]:
+    """Where each source's result goes: `output` itself for one source and a file name with a
+    suffix, else `output/<name of the source's first file>`."""
+    if len(sources) > 1 and output.suffix:
+        raise DeployError(f"{len(sources)} inputs need an output folder, not the file {output}")
+    firsts = [source[0] if isinstance(source, tuple) else Path(source) for source in sources]
+    if len(sources) == 1 and output.suffix:
+        return [output]
+    names = [first.name for first in firsts]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise DeployError(f"several inputs are named {', '.join(repeated)}: their outputs in {output} would overwrite each other")
+    return [output / name for name in names]
+
+
 def restore_file(
     runner: Runner,
     manifest: Manifest,
@@ -108,10 +137,9 @@ def restore_file(
     tiles = tiles_for(manifest, height, width, overlap)
     if on_start:
         on_start(tiles)
-    restored = restore_array(runner, manifest, pixels, overlap=overlap, on_tiles=on_tiles)
+    restored, alpha = restore_image(runner, manifest, pixels, image, overlap=overlap, on_tiles=on_tiles)
+    images.write_image(destination, restored, alpha=alpha, bit_depth=image.bit_depth)
     scale = manifest.scale
-    alpha = None if image.alpha is None else (image.alpha if scale == 1 else images.resize_alpha(image.alpha, scale))
-    images.write_image(destination, images.restore_channels(restored, image), alpha=alpha, bit_depth=image.bit_depth)
     return {
         "input": " + ".join(map(str, source)) if isinstance(source, tuple) else str(source),
         "output": str(destination),

@@ -26,4 +26,6 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e ".[test]"
+.venv/bin/python -m pip install --quiet -e ".[test,client]"
+# the Triton server's models run in their own environment (numpy 1.x): .venv-serve
+bash scripts/setup_serve.sh

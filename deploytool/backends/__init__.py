@@ -21,6 +21,10 @@ ORIGINAL, TORCH, ORT, ORT_FP16, TRT = "original", "torch", "ort", "ort-fp16", "t
 RUNTIMES = (TORCH, ORT, ORT_FP16, TRT)  # what `run`, `bench` and `eval` can tile with
 PARITY_BACKENDS = (ORIGINAL, *RUNTIMES)  # what `verify` can run
 ONNX_FILES = {ORT: FP32_FILE, ORT_FP16: FP16_FILE}
+# What a Triton tile model runs (`deploytool triton --runtime`): a TensorRT engine, Triton's ONNX
+# Runtime backend on GPUs, or ONNX Runtime inside a Python-backend model (CPU servers).
+TRITON_TRT, TRITON_ONNX, TRITON_PYTHON_ORT = TRT, "onnx", "python-ort"
+TRITON_RUNTIMES = (TRITON_TRT, TRITON_ONNX, TRITON_PYTHON_ORT)
 
 
 class Runner(Protocol):

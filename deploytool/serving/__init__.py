@@ -1,0 +1,6 @@
+"""Serving exports with NVIDIA Triton Inference Server.
+
+`repository` writes a Triton model repository from exports, `triton_models` is the model code
+Triton runs (whole-image tiling over BLS, ONNX Runtime tiles on CPU), `server` starts the
+`tritonserver` binary of the nvidia-pytriton wheel, and `client` sends images to a server.
+"""

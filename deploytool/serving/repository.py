@@ -1,0 +1,292 @@
+"""A Triton model repository from exports: per export a tile model and a whole-image model.
+
+`<id>-tiles` runs the export's static graph ([batch, C, tile_h, tile_w] -> [batch, C, tile_h * s,
+tile_w * s]) with one of three runtimes: a TensorRT plan, Triton's ONNX Runtime backend, or ONNX
+Runtime inside a Python-backend model (CPU servers). `<id>` is a Python-backend model that takes
+whole images, tiles them with deploytool's own tiler and sends the tiles to `<id>-tiles` (BLS).
+The repository names no path of this machine: it can be copied to any Triton server whose
+Python backend can import deploytool (see README, "Serving with Triton").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from deploytool.backends import TRITON_ONNX, TRITON_PYTHON_ORT, TRITON_RUNTIMES, TRITON_TRT
+from deploytool.errors import DeployError
+from deploytool.manifest import FP16_FILE, FP32_FILE, MANIFEST_FILE, Manifest, read_manifest
+from deploytool.serving import protocol
+
+TRT_PLAN_FILE = "model.plan"
+ONNX_MODEL_FILE = "model.onnx"
+_PIXEL_UNITS = {"": 1, "K": 1_000, "M": 1_000_000, "G": 1_000_000_000}
+
+
+class Enum(str):
+    """A protobuf enum value: written bare in text format (`kind: KIND_GPU`), not quoted."""
+
+
+@dataclass(frozen=True)
+class RepositoryOptions:
+    runtime: str = TRITON_TRT
+    instances: int = 1  # tile-model instances, on each listed GPU (or on the CPU)
+    gpus: tuple[int, ...] = ()  # empty: every GPU the server sees
+    max_pixels: int = 16_000_000  # per view; larger images are refused by the whole-image model
+    fp32: bool = False  # onnx: model.onnx instead of model_fp16.onnx
+
+
+@dataclass(frozen=True)
+class WrittenModel:
+    name: str
+    path: Path
+    kind: str  # "tiles" | "whole-image"
+    runtime: str
+    source: str  # the export file it serves
+
+
+def parse_pixels(text: str) -> int:
+    """'16M' -> 16000000, '500K' -> 500000, '4000000' -> 4000000 (decimal units, as megapixels are)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]?)\s*", str(text).upper())
+    if not match or float(match.group(1)) * _PIXEL_UNITS[match.group(2)] < 1:
+        raise DeployError(f"--max-pixels {text!r}: use a pixel count such as 16M, 500K or 4000000")
+    return int(float(match.group(1)) * _PIXEL_UNITS[match.group(2)])
+
+
+def parse_gpus(text: str | None) -> tuple[int, ...]:
+    """'0,1' -> (0, 1); None or '' -> () (every GPU)."""
+    if not text:
+        return ()
+    try:
+        gpus = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise DeployError(f"--gpus {text!r}: use GPU indices separated by commas, e.g. 0,1") from None
+    if any(g < 0 for g in gpus) or len(set(gpus)) != len(gpus):
+        raise DeployError(f"--gpus {text!r}: GPU indices must be distinct and >= 0")
+    return gpus
+
+
+# -- config.pbtxt in protobuf text format
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, Enum):
+        return str(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # text format accepts C-style escapes, which JSON's are
+    raise TypeError(f"no text-format form for {type(value).__name__}")
+
+
+def to_pbtxt(message: dict[str, Any], indent: int = 0) -> str:
+    """A nested dict as protobuf text: dicts are messages, lists of dicts repeated messages,
+    lists of scalars repeated scalars."""
+    pad = "  " * indent
+    lines = []
+    for key, value in message.items():
+        if isinstance(value, dict):
+            lines += [f"{pad}{key} {{", to_pbtxt(value, indent + 1), f"{pad}}}"]
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            for item in value:
+                lines += [f"{pad}{key} {{", to_pbtxt(item, indent + 1), f"{pad}}}"]
+        elif isinstance(value, list):
+            lines.append(f"{pad}{key}: [{', '.join(_scalar(v) for v in value)}]")
+        else:
+            lines.append(f"{pad}{key}: {_scalar(value)}")
+    return "\n".join(line for line in lines if line)
+
+
+def _parameters(values: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"key": key, "value": {"string_value": str(value)}} for key, value in values.items()]
+
+
+def _tensor(name: str, data_type: str, dims: list[int], **extra: Any) -> dict[str, Any]:
+    return {"name": name, "data_type": Enum(data_type), "dims": dims, **extra}
+
+
+def tile_config(manifest: Manifest, options: RepositoryOptions) -> dict[str, Any]:
+    """The `<id>-tiles` model: the export's static shape, no batching by Triton (the graph's batch
+    dimension is fixed, so max_batch_size is 0 and the dims include it)."""
+    config: dict[str, Any] = {"name": protocol.tile_model_name(manifest.model_id)}
+    if options.runtime == TRITON_TRT:
+        config |= {"platform": "tensorrt_plan", "default_model_filename": TRT_PLAN_FILE}
+    elif options.runtime == TRITON_ONNX:
+        config |= {"backend": "onnxruntime", "default_model_filename": ONNX_MODEL_FILE}
+    else:
+        config |= {"backend": "python"}
+    config |= {
+        "max_batch_size": 0,
+        "input": [_tensor(manifest.input.name, "TYPE_FP32", list(manifest.input.shape))],
+        "output": [_tensor(manifest.output.name, "TYPE_FP32", list(manifest.output.shape))],
+    }
+    if options.runtime == TRITON_PYTHON_ORT:
+        config["instance_group"] = [{"count": options.instances, "kind": Enum("KIND_CPU")}]
+        config["parameters"] = _parameters({protocol.PARAM_THREADS: 0})
+    else:
+        group: dict[str, Any] = {"count": options.instances, "kind": Enum("KIND_GPU")}
+        if options.gpus:
+            group["gpus"] = list(options.gpus)
+        config["instance_group"] = [group]
+    return config
+
+
+def image_instances(options: RepositoryOptions) -> int:
+    """Whole-image instances: two per tile instance, so one image is cut and blended while
+    another's tiles run (an instance waits on its BLS calls)."""
+    return 2 * options.instances * max(1, len(options.gpus))
+
+
+def whole_image_config(manifest: Manifest, options: RepositoryOptions) -> dict[str, Any]:
+    views = [view.name for view in manifest.views]
+    inputs = [
+        _tensor(protocol.input_name(view, sample), protocol.TRITON_TYPES[sample], [-1, -1, -1], optional=True)
+        for view in views
+        for sample in protocol.SAMPLE_TYPES
+    ]
+    outputs = [_tensor(protocol.output_name(sample), protocol.TRITON_TYPES[sample], [-1, -1, -1]) for sample in protocol.SAMPLE_TYPES]
+    return {
+        "name": manifest.model_id,
+        "backend": "python",
+        "max_batch_size": 0,
+        "input": inputs,
+        "output": outputs,
+        "instance_group": [{"count": image_instances(options), "kind": Enum("KIND_CPU")}],
+        "parameters": _parameters(
+            {
+                protocol.PARAM_TILE_MODEL: protocol.tile_model_name(manifest.model_id),
+                protocol.PARAM_MAX_PIXELS: options.max_pixels,
+                protocol.PARAM_VIEWS: ",".join(views),
+                protocol.PARAM_OVERLAP: manifest.overlap(),
+            }
+        ),
+    }
+
+
+def _model_py(class_name: str, what: str) -> str:
+    return (
+        f'"""Triton Python-backend model written by `deploytool triton`: {what}.\n\n'
+        "The code is deploytool's own (deploytool.serving.triton_models), so the server tiles exactly as\n"
+        '`deploytool run` does; the Python backend\'s environment must import deploytool (see its README)."""\n\n'
+        f"from deploytool.serving.triton_models import {class_name} as TritonPythonModel  # noqa: F401\n"
+    )
+
+
+def _engine_file(export_dir: Path, manifest: Manifest) -> str:
+    """The engine `deploytool build` made for this GPU and TensorRT, or for the only target built."""
+    from deploytool.backends.tensorrt import current_target, matching_engine
+    from deploytool.errors import BackendUnavailable
+
+    build = f"deploytool build {export_dir}"
+    if not manifest.engines:
+        raise DeployError(f"{export_dir} has no TensorRT engine: run `{build}` on a machine with the server's GPU and TensorRT, or use --runtime onnx")
+    try:
+        capability, version = current_target()
+    except BackendUnavailable:
+        if len(manifest.engines) == 1:
+            return next(iter(manifest.engines))
+        raise DeployError(
+            f"{export_dir} has engines for several GPUs ({', '.join(sorted(manifest.engines))}) and this machine has no TensorRT GPU to choose: "
+            f"write the repository on the server's machine, or run `{build}` there"
+        ) from None
+    try:
+        return matching_engine(manifest.engines, capability, version)
+    except DeployError as exc:
+        raise DeployError(f"{exc} (`{build}`)") from None
+
+
+def _model_files(export_dir: Path, manifest: Manifest, options: RepositoryOptions) -> dict[str, Path]:
+    """{name in the version folder: exported file it is copied from} for the tile model."""
+    if options.runtime == TRITON_TRT:
+        return {TRT_PLAN_FILE: manifest.check_file(export_dir, _engine_file(export_dir, manifest))}
+    if options.runtime == TRITON_ONNX and not options.fp32:
+        if not manifest.has_fp16:
+            raise DeployError(f"{export_dir} has no {FP16_FILE} (exported with --no-fp16): add --fp32 to serve {FP32_FILE}")
+        return {ONNX_MODEL_FILE: manifest.check_file(export_dir, FP16_FILE)}
+    # python-ort runs model.onnx: on CPUs FP16 graphs bring no speed, and ONNX Runtime's CPU
+    # provider lacks FP16 kernels for many ops (it would insert casts around them)
+    return {ONNX_MODEL_FILE: manifest.check_file(export_dir, FP32_FILE)}
+
+
+def _write_model(repo: Path, name: str, config: dict[str, Any], files: dict[str, Path], texts: dict[str, str]) -> Path:
+    """Write one model folder beside its final place, then swap it in: a failed write leaves the
+    repository as it was."""
+    final = repo / name
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=repo))
+    try:
+        version = staging / protocol.VERSION
+        version.mkdir()
+        for target, source in files.items():
+            shutil.copyfile(source, version / target)
+        for target, text in texts.items():
+            (version / target).write_text(text)
+        (staging / "config.pbtxt").write_text(to_pbtxt(config) + "\n")
+        os.chmod(staging, 0o755)
+        if final.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".old", dir=repo))
+            os.replace(final, retired / name)
+            os.replace(staging, final)
+            shutil.rmtree(retired)
+        else:
+            os.replace(staging, final)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return final
+
+
+def validate_options(options: RepositoryOptions) -> None:
+    if options.runtime not in TRITON_RUNTIMES:
+        raise DeployError(f"unknown Triton runtime {options.runtime!r}; choose from {', '.join(TRITON_RUNTIMES)}")
+    if options.instances < 1:
+        raise DeployError(f"--instances must be at least 1, not {options.instances}")
+    if options.runtime == TRITON_PYTHON_ORT and options.gpus:
+        raise DeployError("--gpus places GPU instances; the python-ort runtime runs on the CPU (use --runtime onnx or trt)")
+    if options.runtime == TRITON_TRT and options.fp32:
+        raise DeployError("--fp32 chooses model.onnx for --runtime onnx; a TensorRT engine's precision is the one `deploytool build` gave it")
+    if options.max_pixels < 1:
+        raise DeployError(f"--max-pixels must be positive, not {options.max_pixels}")
+
+
+def write_repository(
+    export_dirs: list[Path], repo: Path, options: RepositoryOptions, progress: Callable[[str], None] = lambda message: None
+) -> list[WrittenModel]:
+    """Write `<id>-tiles` and `<id>` for every export into `repo` (other models there are kept)."""
+    validate_options(options)
+    exports = [(Path(d), read_manifest(d)) for d in export_dirs]
+    ids = [manifest.model_id for _, manifest in exports]
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:
+        raise DeployError(f"several exports are {', '.join(repeated)}: a repository holds one model per id")
+    # every export is checked (files, engines) before anything is written
+    plans = [(export_dir, manifest, _model_files(export_dir, manifest, options)) for export_dir, manifest in exports]
+    repo.mkdir(parents=True, exist_ok=True)
+    written = []
+    for export_dir, manifest, files in plans:
+        tiles = protocol.tile_model_name(manifest.model_id)
+        texts = (
+            {protocol.WHOLE_IMAGE_MODEL_FILE: _model_py("OrtTileModel", f"{tiles}, ONNX Runtime on the CPU")} if options.runtime == TRITON_PYTHON_ORT else {}
+        )
+        path = _write_model(repo, tiles, tile_config(manifest, options), files, texts)
+        source = next(iter(files.values())).name
+        written.append(WrittenModel(tiles, path, "tiles", options.runtime, source))
+        progress(f"{path}: {options.runtime} on {source}, {options.instances} instance(s){' per GPU' if options.runtime != TRITON_PYTHON_ORT else ''}")
+        whole = _write_model(
+            repo,
+            manifest.model_id,
+            whole_image_config(manifest, options),
+            {MANIFEST_FILE: export_dir / MANIFEST_FILE},
+            {protocol.WHOLE_IMAGE_MODEL_FILE: _model_py("WholeImageModel", f"{manifest.model_id}, whole images tiled onto {tiles}")},
+        )
+        written.append(WrittenModel(manifest.model_id, whole, "whole-image", "python", MANIFEST_FILE))
+        progress(f"{whole}: whole images up to {options.max_pixels} pixels, tiled onto {tiles}")
+    return written
