@@ -32,28 +32,20 @@ from deploytool.errors import DeployError, ExportError
 from deploytool.fileio import atomic_path, sha256_file
 from deploytool.graphs import tensor_types
 from deploytool.manifest import (
-    BLEND_CENTRE,
-    BLEND_RAMP,
     FP16_FILE,
     FP32_FILE,
     INPUT_NAME,
     MANIFEST_FILE,
     OUTPUT_NAME,
-    PAD_REFLECT,
     SCHEMA_VERSION,
-    VIEW_COLORS,
-    Blend,
     FileRecord,
     Fp16Summary,
-    GraphInput,
-    GraphOutput,
     GraphStats,
     Manifest,
     ModelInfo,
     StageCost,
-    Tiling,
     WeightsSource,
-    views_for,
+    tiled_graph,
 )
 from deploytool.models import build_def, load_state_dict, original_name
 from deploytool.registry import ModelEntry
@@ -456,20 +448,17 @@ def build_manifest(
             task_index=entry.task_index,
         ),
         scale=entry.scale,
-        input=GraphInput(name=INPUT_NAME, shape=(batch, entry.channels, *tile), views=views_for(entry.views, entry.channels)),
-        output=GraphOutput(
-            name=OUTPUT_NAME,
-            shape=(batch, entry.out_channels, tile[0] * entry.scale, tile[1] * entry.scale),
-            color=VIEW_COLORS.get(entry.out_channels, f"{entry.out_channels}-channel"),
-        ),
-        tiling=Tiling(
+        **tiled_graph(
+            batch=batch,
             tile=tuple(tile),
+            scale=entry.scale,
+            channels=entry.channels,
+            out_channels=entry.out_channels,
+            views=entry.views,
             tile_multiple=entry.tile_multiple,
             fixed_tile=entry.fixed_tile,
-            batch=batch,
             overlap=entry.overlap,
-            padding=PAD_REFLECT,
-            blend=Blend(BLEND_CENTRE, trim=entry.blend_trim) if entry.blend_trim else Blend(BLEND_RAMP, width=entry.overlap),
+            blend_trim=entry.blend_trim,
         ),
         opset=OPSET,
         exporter="torch.onnx.export (TorchScript tracer, dynamo=False) + onnxsim",

@@ -435,6 +435,40 @@ def parse_manifest(data: dict[str, Any], *, where: str) -> Manifest:
     return Manifest.from_json(data)
 
 
+def tiled_graph(
+    *,
+    batch: int,
+    tile: tuple[int, int],
+    scale: int,
+    channels: int,
+    out_channels: int,
+    views: tuple[str, ...],
+    tile_multiple: int,
+    fixed_tile: bool,
+    overlap: int,
+    blend_trim: int,
+) -> dict[str, Any]:
+    """A manifest's `input`, `output` and `tiling` for a model of these properties, exported at
+    `tile` and `batch`."""
+    return {
+        "input": GraphInput(name=INPUT_NAME, shape=(batch, channels, *tile), views=views_for(views, channels)),
+        "output": GraphOutput(
+            name=OUTPUT_NAME,
+            shape=(batch, out_channels, tile[0] * scale, tile[1] * scale),
+            color=VIEW_COLORS.get(out_channels, f"{out_channels}-channel"),
+        ),
+        "tiling": Tiling(
+            tile=tuple(tile),
+            tile_multiple=tile_multiple,
+            fixed_tile=fixed_tile,
+            batch=batch,
+            overlap=overlap,
+            padding=PAD_REFLECT,
+            blend=Blend(BLEND_CENTRE, trim=blend_trim) if blend_trim else Blend(BLEND_RAMP, width=overlap),
+        ),
+    }
+
+
 def views_for(names: tuple[str, ...], channels: int) -> tuple[View, ...]:
     """The views of a graph input of `channels` channels, split evenly in `names` order."""
     if channels % len(names):

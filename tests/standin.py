@@ -17,24 +17,14 @@ import numpy as np
 from deploytool import registry
 from deploytool.fileio import sha256_file
 from deploytool.manifest import (
-    BLEND_CENTRE,
-    BLEND_RAMP,
     FP32_FILE,
-    INPUT_NAME,
-    OUTPUT_NAME,
-    PAD_REFLECT,
     SCHEMA_VERSION,
-    VIEW_COLORS,
-    Blend,
     FileRecord,
-    GraphInput,
-    GraphOutput,
     GraphStats,
     Manifest,
     ModelInfo,
-    Tiling,
     WeightsSource,
-    views_for,
+    tiled_graph,
 )
 
 
@@ -125,20 +115,17 @@ def standin_manifest(config: TilingConfig, files: dict[str, FileRecord]) -> Mani
         model_id=config.model_id,
         model=ModelInfo(entry.family, entry.task, entry.description, {}, "stand-in", 0, 0),
         scale=config.scale,
-        input=GraphInput(name=INPUT_NAME, shape=(batch, config.channels, *tile), views=views_for(config.views, config.channels)),
-        output=GraphOutput(
-            name=OUTPUT_NAME,
-            shape=(batch, config.out_channels, tile[0] * config.scale, tile[1] * config.scale),
-            color=VIEW_COLORS.get(config.out_channels, f"{config.out_channels}-channel"),
-        ),
-        tiling=Tiling(
+        **tiled_graph(
+            batch=batch,
             tile=tuple(tile),
+            scale=config.scale,
+            channels=config.channels,
+            out_channels=config.out_channels,
+            views=config.views,
             tile_multiple=config.tile_multiple,
             fixed_tile=False,
-            batch=batch,
             overlap=config.overlap,
-            padding=PAD_REFLECT,
-            blend=Blend(BLEND_CENTRE, trim=config.blend_trim) if config.blend_trim else Blend(BLEND_RAMP, width=config.overlap),
+            blend_trim=config.blend_trim,
         ),
         opset=17,
         exporter="stand-in (tests/standin.py)",
