@@ -34,7 +34,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from deploytool.backends.onnxruntime import open_session
 from deploytool.errors import ExportError
-from deploytool.graphs import tensor_types
+from deploytool.graphs import TensorType, tensor_types
 from deploytool.manifest import Fp16Summary
 from deploytool.metrics import psnr
 
@@ -168,7 +168,9 @@ def corresponding_tensors(measured: onnx.ModelProto, target: onnx.ModelProto) ->
     return names
 
 
-def tile_growth(measured: onnx.ModelProto, target: onnx.ModelProto, names: dict[str, str]) -> dict[str, float]:
+def tile_growth(
+    measured: onnx.ModelProto, target: onnx.ModelProto, names: dict[str, str], target_types: dict[str, TensorType] | None = None
+) -> dict[str, float]:
     """For one graph at two tiles (`names`: `corresponding_tensors`): by how much each `target`
     tensor's max |value| can exceed the one measured on `measured` (tensors that cannot grow
     are left out).
@@ -180,7 +182,7 @@ def tile_growth(measured: onnx.ModelProto, target: onnx.ModelProto, names: dict[
     through sums and layout ops it is the largest of the inputs', and bounded ops (softmax,
     normalisations, sigmoid, tanh, erf) end it.
     """
-    small, large = tensor_types(measured), tensor_types(target)
+    small, large = tensor_types(measured), target_types or tensor_types(target)
     constants = {init.name: init for init in target.graph.initializer}
     growth: dict[str, float] = {}
 
@@ -235,8 +237,9 @@ def carried_ranges(ranges: dict[str, float], names: dict[str, str], growth: dict
     return carried
 
 
-def tensor_sizes(model: onnx.ModelProto) -> dict[str, int]:
-    return {name: tensor.elements for name, tensor in tensor_types(model).items()}
+def tensor_sizes(model: onnx.ModelProto, types: dict[str, TensorType] | None = None) -> dict[str, int]:
+    """Element counts; `types`: the model's `tensor_types`, where the caller has them already."""
+    return {name: tensor.elements for name, tensor in (types or tensor_types(model)).items()}
 
 
 def reduction_accumulator(node: onnx.NodeProto, ranges: dict[str, float], sizes: dict[str, int]) -> float:
@@ -384,9 +387,10 @@ def unshare_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     return unshared
 
 
-def flop_counts(model: onnx.ModelProto) -> dict[str, int]:
-    """Multiply-accumulates of Conv/MatMul/Gemm nodes, from the (static) inferred shapes."""
-    shapes = {name: list(tensor.shape or ()) for name, tensor in tensor_types(model).items()}
+def flop_counts(model: onnx.ModelProto, types: dict[str, TensorType] | None = None) -> dict[str, int]:
+    """Multiply-accumulates of Conv/MatMul/Gemm nodes, from the (static) inferred shapes
+    (`types`: the model's `tensor_types`, where the caller has them already)."""
+    shapes = {name: list(tensor.shape or ()) for name, tensor in (types or tensor_types(model)).items()}
     flops: dict[str, int] = {}
     for node in model.graph.node:
         if node.op_type not in FLOP_OPS:
@@ -556,15 +560,16 @@ def build_fp16(
     measurement = calibrate(measured, calibration)
     reference = measurement.outputs
     ranges, growth = measurement.ranges, {}
+    types = tensor_types(model)  # one shape inference of the export's graph for growth, sizes and FLOPs
     if measured is not model:
         names = corresponding_tensors(measured, model)
         if names is None:
             raise ExportError("the calibration graph has other nodes than the export's: ranges measured on it do not carry over")
-        growth = tile_growth(measured, model, names)
+        growth = tile_growth(measured, model, names, types)
         ranges = carried_ranges(ranges, names, growth)
     progress(f"ranges and FP32 reference measured ({time.perf_counter() - started:.1f} s)")
-    sizes = tensor_sizes(model)
-    flops = flop_counts(model)
+    sizes = tensor_sizes(model, types)
+    flops = flop_counts(model, types)
     total_flops = max(1, sum(flops.values()))
     prepared = prepare_conversion(measured)
     tried: list[tuple[Fp16Plan, Validation]] = []
