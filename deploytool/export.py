@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import math
 import resource
 import shutil
 import sys
@@ -314,7 +315,8 @@ class StageClock:
         self.progress(f"[{self.done}/{self.total}] {message}")
         started = time.perf_counter()
         yield
-        cost = StageCost(seconds=round(time.perf_counter() - started, 2), peak_rss_mb=round(peak_rss_mb(), 1))
+        # stages round down and the export's total up (to 0.01 s): the stages' sum stays within it
+        cost = StageCost(seconds=math.floor((time.perf_counter() - started) * 100) / 100, peak_rss_mb=round(peak_rss_mb(), 1))
         self.costs[name] = cost
         self.progress(f"      {name}: {cost.seconds:.1f} s, peak RSS so far {cost.peak_rss_mb / 1024:.2f} GB")
 
@@ -468,7 +470,7 @@ def build_manifest(
         fp16=fp16_report,
         files=files,
         tolerances=entry.tolerances,
-        export_seconds=round(seconds, 2),
+        export_seconds=math.ceil(seconds * 100) / 100,
         unused_weights=unused,
         export_stages=stages,
     )
