@@ -123,3 +123,11 @@ TEST(Export, PicksTheEngineForThisGpuOrRefuses) {
             "model.sm89-trt10.13.0.35.engine); run `deploytool build` here");
   EXPECT_EQ(message_of([&] { dt::matching_engine(exported.manifest(), 8, 9, "10.8.0.43"); }).rfind("no engine for this GPU (sm89) and TensorRT 10.8.0.43", 0), 0u);
 }
+
+TEST(Fixtures, FoldersOfOneNameAreDistinct) {
+  // Concurrent ctest runs (and two folders of one test) must never share files.
+  ExportFolder first("same"), second("same");
+  EXPECT_NE(first.dir, second.dir);
+  EXPECT_TRUE(fs::is_regular_file(first.dir / "model.onnx"));
+  EXPECT_TRUE(fs::is_regular_file(second.dir / "model.onnx"));
+}
