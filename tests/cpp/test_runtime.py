@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import model_defs
-from deploytool import inference, png, registry
+from deploytool import inference, png, registry, tiling
 from deploytool.backends.tensorrt import engine_filename, matching_engine
 from deploytool.errors import DeployError
 from deploytool.fileio import sha256_file
@@ -195,6 +195,34 @@ def test_overlap_override_and_batch_tail(cpp_build: Path, synthetic_images: dict
         export_dir = write_standin_export(config, tmp_path / f"b{batch}") and tmp_path / f"b{batch}"
         for overlap in (0, 5, 24):
             compare_with_python(cpp_build, export_dir, [synthetic_images["rgb8-131x149"]], tmp_path, overlap=overlap)
+
+
+def _edge_padded_to_window(pixels: np.ndarray, multiple: int) -> np.ndarray:
+    height, width = pixels.shape[:2]
+    padded_h, padded_w = inference.padded_size(height, width, multiple)
+    return np.pad(pixels, ((0, padded_h - height), (0, padded_w - width), (0, 0)), mode="edge")
+
+
+@pytest.mark.parametrize(
+    "shape, mutation",
+    [
+        # a multiple of the window (no window padding) but smaller than the tile: padded per tile
+        ((40, 44, 3), lambda monkeypatch: monkeypatch.setattr(tiling, "_pad_mode", lambda size, tile: "edge")),
+        # padded to the window multiple, whose padding the crop keeps next to the image's last pixels
+        ((37, 53, 3), lambda monkeypatch: monkeypatch.setattr(inference, "window_aligned", _edge_padded_to_window)),
+    ],
+    ids=["per-tile", "window"],
+)
+def test_comparison_sees_a_changed_padding_mode(shape, mutation, monkeypatch, cpp_build: Path, standin_exports: dict[str, Path], tmp_path: Path) -> None:
+    """The byte-identity comparison can fail: with Python's tiler padding by edge instead of reflect
+    (the C++ one unchanged), the stand-in carries the padded pixels into the output."""
+    config = next(c for c in CONFIGS if c.tile == (64, 64) and c.tile_multiple == 4 and c.scale == 2)
+    image = tmp_path / "image.png"
+    image.write_bytes(png.encode(_levels(shape, 11, 8)))
+    compare_with_python(cpp_build, standin_exports[config.label], [image], tmp_path)
+    mutation(monkeypatch)
+    with pytest.raises(pytest.fail.Exception, match="PNG bytes differ"):
+        compare_with_python(cpp_build, standin_exports[config.label], [image], tmp_path)
 
 
 # -- the manifest reader over real exports and the bad cases
