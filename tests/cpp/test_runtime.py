@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -223,6 +224,35 @@ def test_comparison_sees_a_changed_padding_mode(shape, mutation, monkeypatch, cp
     mutation(monkeypatch)
     with pytest.raises(pytest.fail.Exception, match="PNG bytes differ"):
         compare_with_python(cpp_build, standin_exports[config.label], [image], tmp_path)
+
+
+def _idat_lengths(data: bytes) -> list[int]:
+    lengths, at = [], 8
+    while at < len(data):
+        length, kind = struct.unpack(">I4s", data[at : at + 8])
+        if kind == b"IDAT":
+            lengths.append(length)
+        at += 12 + length
+    return lengths
+
+
+@pytest.mark.parametrize("shape, depth", [((29, 31, 3), 8), ((17, 23, 4), 16), ((41, 13, 1), 8)])
+def test_png_cut_into_several_idat_chunks_is_the_same_in_both_languages(cpp_build: Path, tmp_path: Path, shape, depth) -> None:
+    samples = _levels(shape, 3, depth)
+    max_idat_bytes = 97
+    python_png = png.encode(samples, max_idat_bytes=max_idat_bytes)
+    raw, cpp_png = tmp_path / "samples.u16", tmp_path / "cpp.png"
+    samples.astype(np.uint16).tofile(raw)
+    done = subprocess.run(
+        [str(_standin(cpp_build)), "--encode-png", str(raw), *map(str, shape), str(depth), str(max_idat_bytes), str(cpp_png)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    lengths = _idat_lengths(python_png)
+    assert len(lengths) >= 3 and set(lengths[:-1]) == {max_idat_bytes} and 0 < lengths[-1] <= max_idat_bytes
+    assert cpp_png.read_bytes() == python_png
+    decoded = cv2.imread(str(cpp_png), cv2.IMREAD_UNCHANGED)
+    expected = samples[..., 0] if shape[2] == 1 else np.concatenate([samples[..., 2::-1], samples[..., 3:]], axis=2)
+    np.testing.assert_array_equal(decoded, expected)
 
 
 # -- the manifest reader over real exports and the bad cases
