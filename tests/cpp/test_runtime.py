@@ -371,9 +371,11 @@ def test_manifest_reader_refuses_bad_exports_in_pythons_words(cpp_build: Path, r
 def test_infer_without_tensorrt_refuses_in_one_line(
     cpp_build: Path, standin_exports: dict[str, Path], synthetic_images: dict[str, Path], tmp_path: Path
 ) -> None:
-    cache = (cpp_build / "CMakeCache.txt").read_text()
-    if "TensorRT_INCLUDE_DIR:PATH=" in cache and "TensorRT_INCLUDE_DIR-NOTFOUND" not in cache:
-        pytest.skip("this build has TensorRT: test_tensorrt_backend_matches_python_trt runs deploytool-infer instead")
+    if built_with_tensorrt(cpp_build):
+        pytest.skip(
+            f"{cpp_build} includes the TensorRT backend (DEPLOYTOOL_WITH_TENSORRT in its CMakeCache.txt), so deploytool-infer runs engines "
+            "instead of refusing; test_tensorrt_backend_matches_python_trt runs them where TensorRT's Python package and a GPU are present"
+        )
     export_dir = standin_exports[CONFIGS[0].label]
     output = tmp_path / "out.png"
     done = subprocess.run(
@@ -382,6 +384,49 @@ def test_infer_without_tensorrt_refuses_in_one_line(
     assert done.returncode == 1
     assert done.stderr.startswith("error: this deploytool runtime was built without TensorRT") and done.stderr.count("\n") == 1
     assert not output.exists() and list(tmp_path.iterdir()) == []
+
+
+def built_with_tensorrt(build: Path) -> bool:
+    """Whether CMake put the TensorRT backend into the build in `build` (its cache says so)."""
+    found = re.search(r"^DEPLOYTOOL_WITH_TENSORRT:INTERNAL=(ON|OFF)$", (build / "CMakeCache.txt").read_text(), flags=re.MULTILINE)
+    assert found, f"{build / 'CMakeCache.txt'} does not record DEPLOYTOOL_WITH_TENSORRT"
+    return found.group(1) == "ON"
+
+
+def test_cmake_records_whether_it_built_the_tensorrt_backend(cpp_build: Path) -> None:
+    compiled_in = "DEPLOYTOOL_HAVE_TENSORRT" in (cpp_build / "CMakeFiles" / "deploytool_runtime.dir" / "flags.make").read_text()
+    assert built_with_tensorrt(cpp_build) == compiled_in
+
+
+def test_tensorrt_headers_without_cuda_leave_the_backend_out(tmp_path: Path) -> None:
+    """TensorRT's headers and library found but no CUDA toolkit (hidden from CMake): the backend is left out, and the
+    cache says so, so test_infer_without_tensorrt_refuses_in_one_line runs there instead of skipping."""
+    if shutil.which("cmake") is None:
+        pytest.skip("cmake not on PATH: the C++ runtime cannot be configured (scripts/setup.sh installs it as root)")
+    prefix = tmp_path / "tensorrt"
+    (prefix / "include").mkdir(parents=True)
+    (prefix / "lib").mkdir()
+    (prefix / "include" / "NvInfer.h").write_text("// headers only\n")
+    (prefix / "include" / "NvInferVersion.h").write_text("#define NV_TENSORRT_MAJOR 10\n")
+    (prefix / "lib" / "libnvinfer.so").write_bytes(b"")
+    build = tmp_path / "build"
+    done = subprocess.run(
+        [
+            "cmake",
+            "-S",
+            str(REPO / "cpp"),
+            "-B",
+            str(build),
+            f"-DTensorRT_ROOT={prefix}",
+            "-DCMAKE_DISABLE_FIND_PACKAGE_CUDAToolkit=ON",
+            "-DDEPLOYTOOL_BUILD_TESTS=OFF",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    assert "but not the CUDA toolkit" in done.stdout
+    assert not built_with_tensorrt(build)
 
 
 def _tensorrt_unavailable() -> str | None:
@@ -410,7 +455,7 @@ def test_tensorrt_backend_matches_python_trt(synthetic_images: dict[str, Path], 
     ):
         done = subprocess.run(command, capture_output=True, text=True)
         assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
-    assert "DEPLOYTOOL_HAVE_TENSORRT" in (build / "CMakeFiles" / "deploytool_runtime.dir" / "flags.make").read_text(), "CMake left the TensorRT backend out"
+    assert built_with_tensorrt(build), f"CMake left the TensorRT backend out (its reason is in {build / 'CMakeCache.txt'}'s configure log)"
     from deploytool import engines
 
     model_id = _ids_to_export()[0]
