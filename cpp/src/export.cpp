@@ -228,17 +228,42 @@ Export Export::open(const std::filesystem::path& dir) {
   return Export(dir, parse_manifest(text.str(), path.string()));
 }
 
-std::filesystem::path Export::check_file(const std::string& name) const {
-  std::filesystem::path path = dir_ / name;
+std::string Export::recorded_sha256(const std::string& name) const {
   std::string recorded;
   if (auto it = manifest_.files.find(name); it != manifest_.files.end()) recorded = it->second.sha256;
   if (auto it = manifest_.engines.find(name); recorded.empty() && it != manifest_.engines.end()) recorded = it->second.sha256;
   std::error_code error;
-  if (recorded.empty() || !std::filesystem::is_regular_file(path, error)) throw Error(path.string() + " is missing from the export");
+  if (recorded.empty() || !std::filesystem::is_regular_file(dir_ / name, error)) throw Error((dir_ / name).string() + " is missing from the export");
+  return recorded;
+}
+
+std::filesystem::path Export::check_file(const std::string& name) const {
+  const std::string recorded = recorded_sha256(name);
+  const std::filesystem::path path = dir_ / name;
   if (sha256_file(path) != recorded) {
     throw Error(path.string() + " changed since export (sha256 differs from " + kManifestFile + "); re-export");
   }
   return path;
+}
+
+std::vector<char> Export::read_checked(const std::string& name) const {
+  const std::string recorded = recorded_sha256(name);
+  const std::filesystem::path path = dir_ / name;
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error("cannot read " + path.string() + ": " + std::strerror(errno));
+  std::vector<char> bytes;
+  std::vector<char> chunk(1 << 20);
+  Sha256 hash;
+  // to the end of the file, however many reads that takes: a file cut short meanwhile fails the hash
+  while (in.read(chunk.data(), std::streamsize(chunk.size())) || in.gcount() > 0) {
+    bytes.insert(bytes.end(), chunk.data(), chunk.data() + in.gcount());
+    hash.update(chunk.data(), std::size_t(in.gcount()));
+  }
+  if (in.bad()) throw Error("cannot read " + path.string() + ": I/O error");
+  if (hash.hex_digest() != recorded) {
+    throw Error(path.string() + " changed since export (sha256 differs from " + kManifestFile + "); re-export");
+  }
+  return bytes;
 }
 
 std::string engine_filename(int compute_major, int compute_minor, const std::string& tensorrt_version) {
