@@ -496,3 +496,25 @@ def check_model_id(model_id: Any, *, where: str) -> None:
     shown = f" {json.dumps(model_id)}" if printable else ""
     raise DeployError(f"{where}: model_id{shown} is not a model id ({MODEL_ID_RULE})")
 
+
+# the names `deploytool build` gives engines (the schema's `engines` property names)
+ENGINE_FILE_PATTERN = r"model\.sm[0-9]+-trt[0-9.]+\.engine"
+
+
+def export_outputs(export_dir: str | Path) -> list[Path]:
+    """The files deploytool's commands write into an export folder that are there now: the
+    export's graphs and manifest, `verify`'s parity reports, `build`'s engines and timing cache,
+    and what an interrupted atomic write of any of them left. Other files are not deploytool's."""
+    import re
+
+    folder = Path(export_dir)
+    if not folder.is_dir():
+        return []
+    names = {MANIFEST_FILE, FP32_FILE, FP16_FILE, TIMING_CACHE, PARITY_JSON, PARITY_MD, PARITY_HTML}
+    ours = []
+    for path in sorted(folder.iterdir()):
+        # fileio.atomic_path's temporary files are `.<name>.<random>.part<suffix>`
+        name = path.name[1:].split(".part", 1)[0].rsplit(".", 1)[0] if path.name.startswith(".") and ".part" in path.name else path.name
+        if path.is_file() and (name in names or re.fullmatch(ENGINE_FILE_PATTERN, name)):
+            ours.append(path)
+    return ours
