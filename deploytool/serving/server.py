@@ -11,10 +11,11 @@ facts of that build decide how it is started:
   system's libpython is picked up with the system's standard library and packages.
 
 The embedded interpreter's `sys.prefix` is the base Python's, not the environment's, so the
-environment's site-packages and a folder holding only the `deploytool` package go on PYTHONPATH
-(the folder deploytool is installed in, e.g. the main environment's site-packages with numpy 2,
-must not shadow the server environment's packages). These are settings of the server process only; the repository names no path of this machine and stays portable
-(a per-model EXECUTION_ENV_PATH would tie it to this machine's environment).
+environment's site-packages go on PYTHONPATH, after a folder holding only the `deploytool`
+package (not the folder deploytool is installed in: the main environment's site-packages, with
+numpy 2, would shadow the server environment's packages). These are settings of the server
+process only; the repository names no path of this machine and stays portable (a per-model
+EXECUTION_ENV_PATH would tie it to this machine's environment).
 """
 
 from __future__ import annotations
