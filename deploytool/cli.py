@@ -133,10 +133,11 @@ def export(model_id, out_dir, weights, random_init, seed, tile, batch, calibrati
     """Export MODEL_ID to ONNX FP32 + FP16 with a manifest. Without --weights, the official file is downloaded."""
     from deploytool import export as exporter
     from deploytool import registry
+    from deploytool.fileio import inside
     from deploytool.models import resolve_source
 
     entry = registry.get(model_id)
-    out_dir = out_dir or Path("build") / model_id
+    out_dir = out_dir or inside(Path("build"), entry.id, "model id")
     source = resolve_source(entry, weights=weights, random_init=random_init, seed=seed)
     if source.kind == "random-init":
         _say(f"warning: {model_id} is exported with UNTRAINED random weights (seed {seed}); for smoke tests only")

@@ -20,7 +20,7 @@ from typing import Any
 
 from deploytool.backends.tensorrt import engine_filename, require_tensorrt
 from deploytool.errors import BackendUnavailable, DeployError
-from deploytool.fileio import atomic_path, sha256_file
+from deploytool.fileio import atomic_path, inside, sha256_file
 from deploytool.manifest import (
     FP16_FILE,
     TIMING_CACHE,
@@ -84,6 +84,12 @@ class BuildOptions:
     timing_cache: Path | None = None  # default: timing.cache next to the engine
 
 
+def engine_path(export_dir: Path, capability: tuple[int, int], trt_version: str) -> Path:
+    """Where the engine for this GPU and TensorRT goes: a file of the export folder, whatever the
+    version string holds."""
+    return inside(export_dir, engine_filename(capability, trt_version), "engine name")
+
+
 def build_engine(export_dir: str | Path, options: BuildOptions = BuildOptions(), progress: Callable[[str], None] = lambda m: None) -> tuple[str, EngineRecord]:
     """Build the engine of an export for this GPU and TensorRT; returns its file name and record."""
     export_dir = Path(export_dir)
@@ -94,6 +100,7 @@ def build_engine(export_dir: str | Path, options: BuildOptions = BuildOptions(),
     if not torch.cuda.is_available():
         raise BackendUnavailable("building a TensorRT engine needs a CUDA GPU, and torch sees none on this machine")
     capability, version = torch.cuda.get_device_capability(), trt.__version__
+    engine_file = engine_path(export_dir, capability, version)
     plan = plan_build(version, has_strongly_typed(trt))
     graph_path = manifest.check_file(export_dir, plan.graph)
     progress(f"TensorRT {version} on {torch.cuda.get_device_name()} (sm{capability[0]}{capability[1]}): {plan.describe()}")
@@ -120,7 +127,7 @@ def build_engine(export_dir: str | Path, options: BuildOptions = BuildOptions(),
     if serialized is None:
         raise DeployError("TensorRT failed to build the engine (its log above says why)")
     seconds = time.perf_counter() - started
-    name = engine_filename(capability, version)
+    name = engine_file.name
     with atomic_path(export_dir / name) as tmp:
         tmp.write_bytes(bytes(serialized))
     with atomic_path(cache_path) as tmp:

@@ -11,6 +11,7 @@ import numpy as np
 from deploytool import images, tiling
 from deploytool.backends import Runner
 from deploytool.errors import DeployError, ImageError
+from deploytool.fileio import inside
 from deploytool.manifest import BLEND_CENTRE, Manifest
 from deploytool.tiling import round_up
 
@@ -118,7 +119,7 @@ def destinations(sources: list[Source], output: Path) -> list[Path]:
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise DeployError(f"several inputs are named {', '.join(repeated)}: their outputs in {output} would overwrite each other")
-    return [output / name for name in names]
+    return [inside(output, name, "output name") for name in names]
 
 
 def restore_file(

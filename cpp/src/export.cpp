@@ -50,6 +50,21 @@ void check_version(const json& data, const std::string& where) {
   }
 }
 
+// deploytool/manifest.py's check_model_id, with its message: a model id names folders and files
+// (Triton models, output folders), so it is one plain name, never a path.
+void check_model_id(const json& data, const std::string& where) {
+  auto found = data.find("model_id");
+  if (found == data.end() || !found->is_string()) return;  // the schema check's to refuse
+  const std::string id = found->get<std::string>();
+  auto alnum = [](unsigned char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'); };
+  bool plain = !id.empty() && id.size() <= 64 && alnum(static_cast<unsigned char>(id[0])) &&
+               std::all_of(id.begin(), id.end(), [&](unsigned char c) { return alnum(c) || c == '.' || c == '_' || c == '-'; });
+  if (plain) return;
+  bool printable = id.size() <= 64 && std::all_of(id.begin(), id.end(), [](unsigned char c) { return c >= ' ' && c <= '~'; });
+  throw Error(where + ": model_id" + (printable ? " " + json(id).dump() : std::string()) +
+              " is not a model id (1 to 64 ASCII letters, digits, '.', '_' or '-', starting with a letter or digit)");
+}
+
 // Typed access with the schema's wording (jsonschema's messages) for what a runtime relies on.
 class Reader {
  public:
@@ -131,6 +146,7 @@ Manifest parse_manifest(const std::string& json_text, const std::string& where) 
   }
   if (!data.is_object()) throw Error(where + " is not a JSON object");
   check_version(data, where);
+  check_model_id(data, where);
 
   Reader read(where);
   Manifest manifest;

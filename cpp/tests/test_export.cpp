@@ -95,6 +95,26 @@ TEST(Export, RefusesInOneLineAsPythonDoes) {
   EXPECT_EQ(message_of([&] { dt::Export::open(folder.dir); }), where + " does not follow the manifest schema 1.2: at scale: \"2\" is not of type 'integer'");
 }
 
+TEST(Export, RefusesAModelIdThatIsNotAPlainNameAsPythonDoes) {
+  ExportFolder folder("model-id");
+  const std::string where = folder.where();
+  const std::string rule = " is not a model id (1 to 64 ASCII letters, digits, '.', '_' or '-', starting with a letter or digit)";
+  json data = minimal_manifest(dt::sha256_hex("graph"));
+  for (const std::string& id : {std::string("./../victim"), std::string(".."), std::string("/"), std::string("/tmp/victim"), std::string("a\"b"), std::string("")}) {
+    data["model_id"] = id;
+    folder.write(data);
+    EXPECT_EQ(message_of([&] { dt::Export::open(folder.dir); }), where + ": model_id " + json(id).dump() + rule) << id;
+  }
+  for (const std::string& id : {std::string("a\0b", 3), std::string(65, 'x'), std::string("caf\xc3\xa9")}) {
+    data["model_id"] = id;
+    folder.write(data);
+    EXPECT_EQ(message_of([&] { dt::Export::open(folder.dir); }), where + ": model_id" + rule) << id.size();
+  }
+  data["model_id"] = std::string(64, 'x');
+  folder.write(data);
+  EXPECT_EQ(dt::Export::open(folder.dir).manifest().model_id, std::string(64, 'x'));
+}
+
 TEST(Export, RefusesMissingAndChangedFiles) {
   ExportFolder folder("files");
   folder.write(minimal_manifest(dt::sha256_hex("other graph")));

@@ -23,6 +23,7 @@ import numpy as np
 
 from deploytool import images, inference
 from deploytool.errors import DeployError, ImageError
+from deploytool.manifest import check_model_id
 from deploytool.serving import protocol
 
 RETRY_DELAYS = (0.5, 1.0, 2.0)  # seconds before each retry of a request whose connection failed
@@ -200,6 +201,7 @@ def restore_remote(
 
     if concurrency < 1:
         raise DeployError(f"--concurrency must be at least 1, not {concurrency}")
+    check_model_id(model, where="deploytool client")  # it becomes part of the request URLs
     client = TritonImageClient(url, model)
     report = ClientReport(url, model)
     try:

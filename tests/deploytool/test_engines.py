@@ -118,3 +118,14 @@ def test_a_recorded_engine_is_checked_like_the_other_files(tmp_path):
     engine.write_bytes(b"another engine")
     with pytest.raises(DeployError, match="changed since export"):
         manifest.check_file(tmp_path / "e", engine.name)
+
+
+@pytest.mark.parametrize("version", ["10.13/../../../victim", "../10.13", "10.13\0", "1" * 300])
+def test_an_engine_name_that_would_leave_the_export_folder_is_refused(tmp_path, version):
+    with pytest.raises(DeployError, match="engine name") as caught:
+        engines.engine_path(tmp_path / "export", (9, 0), version)
+    assert "\n" not in str(caught.value)
+
+
+def test_an_engine_is_a_file_of_its_export_folder(tmp_path):
+    assert engines.engine_path(tmp_path, (8, 7), "10.3.0.30") == tmp_path / "model.sm87-trt10.3.0.30.engine"
