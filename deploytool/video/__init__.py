@@ -48,13 +48,16 @@ def split_inputs(inputs) -> tuple[list, list]:
     """(image files, video files) of command-line inputs: files and folders, in the order given."""
     from pathlib import Path
 
+    from deploytool.inputs import IMAGE_SUFFIXES
+
     found_images, found_videos = [], []
     for item in map(Path, inputs):
         if item.is_dir():
             folder_images, folder_videos = list_media(item)
             found_images += folder_images
             found_videos += folder_videos
-        elif is_video(item):
+        elif is_video(item) or (item.is_file() and item.suffix.lower() not in IMAGE_SUFFIXES):
+            # a named file that is neither is probed as a video, to say what it lacks
             found_videos.append(item)
         else:
             found_images.append(item)

@@ -54,27 +54,21 @@ class OutputPlan:
         return {"container": self.format, "codec": self.codec, "pix_fmt": self.pix_fmt, **({"options": self.options} if self.options else {})}
 
 
-def muxer_for(destination: Path) -> str:
+def muxer_for(destination: Path, source_container: str) -> str:
+    """The muxer the output's name asks for; the source's own container when the name gives none
+    (a video in a folder keeps its name, whatever it is)."""
     import av
 
-    try:
-        with av.open(io.BytesIO(), "w", format=_format_from_name(destination)) as probe:
-            return probe.format.name.split(",")[0]
-    except (av.FFmpegError, ValueError):
-        raise VideoError(f"{destination}: no video container is known for the name {destination.suffix or '(no extension)'}; use e.g. .mkv or .mp4") from None
-
-
-def _format_from_name(destination: Path) -> str:
-    import av
-
-    # guessing from the name alone: FFmpeg's own table, through a throwaway in-memory output
+    names = {"mkv": "matroska", "mka": "matroska", "m4v": "mp4", "ts": "mpegts", "m2ts": "mpegts"}
     suffix = destination.suffix.lower().lstrip(".")
-    if not suffix:
-        raise ValueError("no suffix")
-    names = {"mkv": "matroska", "mka": "matroska", "webm": "webm", "mp4": "mp4", "m4v": "mp4", "mov": "mov", "nut": "nut", "avi": "avi", "ts": "mpegts"}
-    name = names.get(suffix, suffix)
-    av.format.ContainerFormat(name, "w")
-    return name
+    for name in (names.get(suffix, suffix), source_container.split(",")[0]):
+        if not name:
+            continue
+        try:
+            return av.format.ContainerFormat(name, "w").name
+        except (av.FFmpegError, ValueError):
+            continue
+    raise VideoError(f"{destination}: no video container is known for the name {destination.suffix or '(no extension)'}; use e.g. .mkv or .mp4")
 
 
 def supported_codecs(muxer: str) -> set[str]:
@@ -88,7 +82,7 @@ def plan_output(info: VideoInfo, options: EncodeOptions, destination: Path, *, s
     """The encoder, its settings and the streams copied, or one line saying what cannot be done."""
     import av
 
-    muxer = muxer_for(destination)
+    muxer = muxer_for(destination, info.container)
     deep = info.bit_depth > 8
     if options.lossless:
         if options.codec not in (None, LOSSLESS_CODEC) or options.crf is not None or options.preset is not None:

@@ -1,0 +1,134 @@
+"""Small videos made with PyAV for the video tests, and what the tests read back from them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class Clip:
+    """What to write: every option a test varies."""
+
+    codec: str = "libx264"
+    pix_fmt: str = "yuv420p"
+    size: tuple[int, int] = (64, 48)  # width, height
+    pts: list[int] = field(default_factory=lambda: list(range(8)))
+    time_base: Fraction = Fraction(1, 12)
+    rate: Fraction = Fraction(12)
+    audio: bool = False
+    subtitles: str | None = None  # "mov_text" or "subrip"
+    sample_aspect_ratio: Fraction | None = None
+    rotation: int = 0
+    colour: tuple[int, int, int, int] | None = None  # primaries, transfer, matrix, range
+    options: dict = field(default_factory=dict)
+    container_options: dict = field(default_factory=dict)  # e.g. MP4's movflags=faststart
+    deep: bool = False  # 16-bit RGB source pictures (smooth ramps: more than 256 levels)
+    seed: int = 0
+    gop: int | None = None
+
+
+def pictures(clip: Clip) -> list[np.ndarray]:
+    """The RGB pictures the clip encodes: noise over gradients, different in every frame."""
+    width, height = clip.size
+    rng = np.random.default_rng(clip.seed)
+    ramp = np.linspace(0.0, 1.0, width, dtype=np.float64)[None, :, None] * np.linspace(0.3, 1.0, height)[:, None, None]
+    out = []
+    for index in range(len(clip.pts)):
+        base = np.concatenate([ramp, np.roll(ramp, index * 3, axis=1), 1.0 - ramp], axis=2)
+        noisy = np.clip(base * 0.8 + 0.1 + rng.normal(0, 0.04, base.shape), 0, 1)
+        out.append((noisy * 65535).round().astype(np.uint16) if clip.deep else (noisy * 255).round().astype(np.uint8))
+    return out
+
+
+def make_clip(path: Path, clip: Clip) -> list[np.ndarray]:
+    """Write `clip` to `path`; returns the RGB pictures it was made from."""
+    import av
+
+    frames = pictures(clip)
+    with av.open(str(path), "w", options=clip.container_options) as out:
+        video = out.add_stream(clip.codec, rate=clip.rate)
+        video.width, video.height, video.pix_fmt = *clip.size, clip.pix_fmt
+        video.codec_context.time_base = clip.time_base
+        video.time_base = clip.time_base
+        options = {"x265-params": "log-level=error"} if clip.codec == "libx265" else {}
+        if clip.codec in ("libx264", "libx265"):
+            options["preset"] = "ultrafast"
+        video.options = {**options, **clip.options}
+        if clip.gop:
+            video.codec_context.gop_size = clip.gop
+        if clip.colour:
+            context = video.codec_context
+            context.color_primaries, context.color_trc, context.colorspace, context.color_range = clip.colour
+        if clip.sample_aspect_ratio:
+            video.codec_context.sample_aspect_ratio = clip.sample_aspect_ratio
+        if clip.rotation:
+            video.set_display_rotation(clip.rotation)
+        audio = out.add_stream("aac", rate=16000) if clip.audio else None
+        if audio is not None:
+            audio.layout = "mono"
+        subtitles = out.add_mux_stream(clip.subtitles) if clip.subtitles else None
+        if subtitles is not None:
+            subtitles.time_base = Fraction(1, 1000)
+            for number, text in enumerate([b"hello", b"bye"]):
+                payload = len(text).to_bytes(2, "big") + text if clip.subtitles == "mov_text" else text
+                packet = av.Packet(payload)
+                packet.pts = packet.dts = number * 300
+                packet.duration, packet.time_base, packet.stream = 200, subtitles.time_base, subtitles
+                out.mux(packet)
+        for picture, pts in zip(frames, clip.pts):
+            frame = av.VideoFrame.from_ndarray(picture, format="rgb48le" if clip.deep else "rgb24")
+            if clip.colour:
+                matrix = {1: "ITU709", 9: "BT2020", 5: "ITU601", 6: "SMPTE170M"}.get(clip.colour[2])
+                if matrix and not av.VideoFormat(clip.pix_fmt).is_rgb:
+                    frame = frame.reformat(format=clip.pix_fmt, dst_colorspace=matrix, dst_color_range="JPEG" if clip.colour[3] == 2 else "MPEG")
+            frame.pts = pts
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+        if audio is not None:
+            rng = np.random.default_rng(1)
+            for number in range(8):
+                samples = av.AudioFrame.from_ndarray(rng.uniform(-0.2, 0.2, (1, 1024)).astype(np.float32), format="fltp", layout="mono")
+                samples.sample_rate, samples.pts = 16000, number * 1024
+                out.mux(audio.encode(samples))
+            out.mux(audio.encode(None))
+    return frames
+
+
+@dataclass
+class ReadBack:
+    frames: list[np.ndarray]  # decoded pictures, in the stream's own format as numpy (rgb24/rgb48le/gbrp*)
+    times: list[Fraction]  # every frame's timestamp in seconds
+    pix_fmt: str
+    colour: tuple[int, int, int, int]
+    sample_aspect_ratio: Fraction | None
+    rotation: int
+    size: tuple[int, int]
+    packets: dict[str, list[tuple[bytes, Fraction]]]  # by stream type (not video): bytes and time
+    average_rate: Fraction | None
+
+
+def read_back(path: Path, *, as_format: str | None = None) -> ReadBack:
+    """Everything the tests compare, decoded from `path`."""
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames, times = [], []
+        first = None
+        for frame in container.decode(stream):
+            first = first or frame
+            frames.append(frame.reformat(format=as_format).to_ndarray() if as_format else frame.to_ndarray())
+            times.append(Fraction(frame.pts) * frame.time_base)
+        colour = (first.color_primaries, first.color_trc, first.colorspace, first.color_range)
+        result = ReadBack(
+            frames, times, first.format.name, colour, stream.sample_aspect_ratio, int(first.rotation or 0), (first.width, first.height), {}, stream.average_rate
+        )
+    with av.open(str(path)) as container:
+        for packet in container.demux([s for s in container.streams if s.type != "video"]):
+            if packet.size:
+                result.packets.setdefault(packet.stream.type, []).append((bytes(packet), Fraction(packet.pts) * packet.time_base))
+    return result
