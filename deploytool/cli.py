@@ -431,13 +431,45 @@ def serve(repo, http_port, host, env, timeout) -> None:
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output file (one input) or folder.")
 @click.option("--concurrency", type=int, default=4, show_default=True, help="Requests in flight at once.")
+@click.option("--codec", help="Video encoder (as for `run`).")
+@click.option("--crf", type=int, help="Video quality (as for `run`).")
+@click.option("--pix-fmt", help="Video pixel format (as for `run`).")
+@click.option("--preset", help="Video encoder preset (as for `run`).")
+@click.option("--lossless", is_flag=True, help="Videos: FFV1 in Matroska storing RGB.")
+@click.option("--no-audio", is_flag=True, help="Videos: leave the audio streams out.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
-def client(url, model_id, inputs, output, concurrency, as_json) -> None:
-    """Restore images with MODEL_ID on the Triton server at URL (e.g. http://127.0.0.1:8000)."""
+def client(url, model_id, inputs, output, concurrency, codec, crf, pix_fmt, preset, lossless, no_audio, as_json) -> None:
+    """Restore images and videos with MODEL_ID on the Triton server at URL (e.g. http://127.0.0.1:8000)."""
     from tqdm import tqdm
 
-    from deploytool.serving.client import restore_remote
+    from deploytool import video as videos
+    from deploytool.serving.client import restore_remote, restore_remote_videos
 
+    image_paths, video_paths = videos.split_inputs(inputs)
+    if video_paths:
+        from deploytool.inference import destinations
+
+        targets = destinations(video_paths, output) if not image_paths else [output / p.name for p in video_paths]
+        encode = videos.EncodeOptions(codec=codec, crf=crf, pix_fmt=pix_fmt, preset=preset, lossless=lossless, audio=not no_audio)
+        with videos.sigterm_interrupts(), tqdm(unit="frame", file=sys.stderr, disable=None) as bar:
+            restored = restore_remote_videos(
+                url,
+                model_id,
+                video_paths,
+                targets,
+                encode,
+                concurrency=concurrency,
+                on_start=lambda source, total: bar.reset(total),
+                on_frame=lambda: bar.update(1),
+            )
+        if as_json and not image_paths:
+            click.echo(json.dumps({"url": url, "model": model_id, "videos": restored}, indent=2))
+        else:
+            for item in restored:
+                _say(videos.summary_line(item))
+        if not image_paths:
+            return
+        inputs = image_paths
     with tqdm(unit="image", file=sys.stderr, disable=None) as bar:
 
         def failed(failure: dict) -> None:
