@@ -45,7 +45,8 @@ class FrameRestorer(Protocol):
     scale: int
 
     def restore(self, frames: Iterable[framing.Frame], depth: int) -> Iterator[tuple[framing.Frame, np.ndarray]]:
-        """Each frame with its restored RGB as `depth`-bit integer samples, in order."""
+        """Each frame with its restored RGB, in order: float32 (rounded to `depth` bits by the
+        encode stage, off the model's thread) or `depth`-bit integer samples."""
         ...
 
 
@@ -87,7 +88,7 @@ class TiledRestorer:
             frame = order.popleft()
             height, width = frame.pixels.shape[:2]
             restored = inference.restored_array(self.manifest, tiled, height, width)
-            yield frame, framing.quantized(restored, depth, where=f"frame {frame.index}")
+            yield frame, restored
 
 
 class Stopped(Exception):
@@ -267,7 +268,8 @@ def _encode(run: _Run, output, stream, plan: OutputPlan, info: VideoInfo, mappin
                 packet.stream = mapping[item.stream_index]
                 output.mux(packet)
                 continue
-            pts, samples = item
+            index, pts, restored = item
+            samples = framing.quantized(restored, plan.depth, where=f"{info.path}: frame {index}") if restored.dtype.kind == "f" else restored
             frame = framing.encoder_frame(samples, pix_fmt=plan.pix_fmt, matrix=plan.matrix, color_range=range_tag)
             frame.pts, frame.time_base = pts, info.time_base
             frame.color_primaries, frame.color_trc = info.colour.primaries, info.colour.transfer
@@ -329,7 +331,7 @@ def run_stages(
     encoder.start()
     try:
         for frame, samples in restorer.restore(frames(), plan.depth):
-            run.put(restored_queue, (frame.pts, samples))
+            run.put(restored_queue, (frame.index, frame.pts, samples))
         run.put(restored_queue, _END)
         while encoder.is_alive():
             encoder.join(POLL_SECONDS)
