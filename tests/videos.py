@@ -26,6 +26,9 @@ class Clip:
     colour: tuple[int, int, int, int] | None = None  # primaries, transfer, matrix, range
     options: dict = field(default_factory=dict)
     container_options: dict = field(default_factory=dict)  # e.g. MP4's movflags=faststart
+    title: str | None = None  # container metadata
+    chapters: list[str] = field(default_factory=list)  # titles of chapters one frame long each
+    attachment: bytes | None = None  # a font file, as Matroska subtitles carry them
     deep: bool = False  # 16-bit RGB source pictures (smooth ramps: more than 256 levels)
     seed: int = 0
     gop: int | None = None
@@ -67,6 +70,15 @@ def make_clip(path: Path, clip: Clip) -> list[np.ndarray]:
             video.codec_context.sample_aspect_ratio = clip.sample_aspect_ratio
         if clip.rotation:
             video.set_display_rotation(clip.rotation)
+        if clip.title:
+            out.metadata["title"] = clip.title
+        if clip.attachment is not None:
+            out.add_attachment("font.ttf", "application/x-truetype-font", clip.attachment)
+        if clip.chapters:
+            tick = clip.time_base
+            out.set_chapters(
+                [{"id": n + 1, "start": n, "end": n + 1, "time_base": tick, "metadata": {"title": title}} for n, title in enumerate(clip.chapters)]
+            )
         audio = out.add_stream("aac", rate=16000) if clip.audio else None
         if audio is not None:
             audio.layout = "mono"
@@ -109,6 +121,9 @@ class ReadBack:
     size: tuple[int, int]
     packets: dict[str, list[tuple[bytes, Fraction]]]  # by stream type (not video): bytes and time
     average_rate: Fraction | None
+    metadata: dict = field(default_factory=dict)  # the container's
+    chapters: list[tuple[Fraction, Fraction, str]] = field(default_factory=list)  # start, end (s), title
+    attachments: list[tuple[str, str, bytes]] = field(default_factory=list)  # name, mimetype, data
 
 
 def read_back(path: Path, *, as_format: str | None = None) -> ReadBack:
@@ -127,8 +142,11 @@ def read_back(path: Path, *, as_format: str | None = None) -> ReadBack:
         result = ReadBack(
             frames, times, first.format.name, colour, stream.sample_aspect_ratio, int(first.rotation or 0), (first.width, first.height), {}, stream.average_rate
         )
+        result.metadata = dict(container.metadata)
+        result.chapters = [(c["start"] * c["time_base"], c["end"] * c["time_base"], c["metadata"].get("title")) for c in container.chapters()]
+        result.attachments = [(s.name, s.mimetype, bytes(s.data)) for s in container.streams if s.type == "attachment"]
     with av.open(str(path)) as container:
-        for packet in container.demux([s for s in container.streams if s.type != "video"]):
+        for packet in container.demux([s for s in container.streams if s.type not in ("video", "attachment")]):
             if packet.size:
                 result.packets.setdefault(packet.stream.type, []).append((bytes(packet), Fraction(packet.pts) * packet.time_base))
     return result

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from deploytool.errors import VideoError
 from deploytool.video import frames as framing
-from deploytool.video.probe import StreamInfo, VideoInfo
+from deploytool.video.probe import ATTACHMENT, StreamInfo, VideoInfo
 
 LOSSLESS_CODEC = "ffv1"
 LOSSLESS_CONTAINER = "matroska"
@@ -135,15 +135,25 @@ def _subsampled_odd(target, width: int, height: int) -> bool:
     return bool((target.chroma_width(width) != width and width % 2) or (target.chroma_height(height) != height and height % 2))
 
 
+def _holds(muxer: str, codecs: set[str], stream: StreamInfo) -> bool:
+    if stream.codec == ATTACHMENT:
+        return muxer == LOSSLESS_CONTAINER  # of the containers FFmpeg writes, Matroska alone keeps attachments
+    return stream.codec in codecs
+
+
 def check_container(muxer: str, destination: Path, codec: str, copied: tuple[StreamInfo, ...]) -> None:
     held = supported_codecs(muxer)
-    refused = [s for s in copied if s.codec not in held]
+    refused = [s for s in copied if not _holds(muxer, held, s)]
     video_refused = codec not in held
     if not refused and not video_refused:
         return
     names = ([f"the {codec} video"] if video_refused else []) + [f"stream {s.index} ({s.type}, {s.codec})" for s in refused]
-    wanted = {codec, *(s.codec for s in copied)}
-    suggestion = next((suffix for suffix, name in SUGGESTED if name != muxer and wanted <= supported_codecs(name)), None)
+
+    def holds_all(name: str) -> bool:
+        codecs = supported_codecs(name)
+        return codec in codecs and all(_holds(name, codecs, s) for s in copied)
+
+    suggestion = next((suffix for suffix, name in SUGGESTED if name != muxer and holds_all(name)), None)
     advice = f"use {suggestion}" if suggestion else "no container tried holds them all"
     no_audio = " or --no-audio" if refused and all(s.type == "audio" for s in refused) else ""
     raise VideoError(f"{destination}: {muxer} cannot hold {', '.join(names)}; {advice}{no_audio}; nothing was written")

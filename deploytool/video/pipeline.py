@@ -151,7 +151,7 @@ def _decode(run: _Run, path: Path, info: VideoInfo, copied: dict[int, Any], out:
         with av.open(str(path)) as container:
             video = container.streams.video[0]
             video.thread_type = "AUTO"
-            wanted = [video, *(s for s in container.streams if s.index in copied)]
+            wanted = [video, *(s for s in container.streams if s.index in copied and s.type != "attachment")]
             index = 0
 
             def emit(frames) -> None:
@@ -243,6 +243,9 @@ def open_output(
         _copy_metadata(source_container.metadata, output.metadata)
         _copy_metadata(source_container.streams.video[0].metadata, stream.metadata)
         for source in copied:
+            if source.type == "attachment":
+                output.add_attachment(source.name, source.mimetype, bytes(source.data))
+                continue
             target = output.add_stream_from_template(source)
             _copy_metadata(source.metadata, target.metadata)
             with contextlib.suppress(AttributeError, ValueError, TypeError):

@@ -17,6 +17,7 @@ from deploytool.errors import VideoError
 _IMAGE_DEMUXERS = ("image2",)
 _IMAGE_DEMUXER_SUFFIX = "_pipe"
 COPIED_TYPES = ("audio", "subtitle", "attachment", "data")
+ATTACHMENT = "attachment"
 
 
 @dataclass(frozen=True)
@@ -114,11 +115,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         codec = stream.codec_context.name if stream.codec_context else "unknown"
         if stream.codec_context is None or not stream.codec_context.codec:
             raise VideoError(f"{path}: this FFmpeg cannot decode its video codec")
-        others = tuple(
-            StreamInfo(s.index, s.type, s.codec_context.name if getattr(s, "codec_context", None) else _codec_name(s), s.language)
-            for s in container.streams
-            if s.index != stream.index and s.type in COPIED_TYPES
-        )
+        others = tuple(StreamInfo(s.index, s.type, _codec_name(s), s.language) for s in container.streams if s.index != stream.index and s.type in COPIED_TYPES)
         first = _first_frame(container, stream, path)
         try:
             pix = first.format
@@ -155,10 +152,10 @@ def probe(path: str | os.PathLike) -> VideoInfo:
 
 
 def _codec_name(stream) -> str:
-    try:
-        return stream.codec.name
-    except Exception:  # noqa: BLE001 - streams without a codec (attachments) have a name in metadata
-        return "none"
+    if stream.type == "attachment":
+        return ATTACHMENT  # a file in the header (fonts for subtitles), not a coded stream
+    context = getattr(stream, "codec_context", None)
+    return context.name if context is not None else "none"
 
 
 def _first_frame(container, stream, path: Path):

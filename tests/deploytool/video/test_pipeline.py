@@ -59,6 +59,21 @@ def test_h264_with_audio_and_subtitles_keeps_every_frame_timestamp_and_packet(ex
     assert "audio" not in read_back(tmp_path / "quiet.mp4").packets
 
 
+def test_matroska_metadata_chapters_and_attachments_are_copied(exported, tmp_path):
+    source = tmp_path / "film.mkv"
+    make_clip(source, Clip(title="A film", chapters=["Opening", "Middle"], attachment=b"font bytes", subtitles="subrip", pts=list(range(4))))
+    summary = run_video(exported, source, tmp_path / "film_x2.mkv")
+    before, after = read_back(source), read_back(tmp_path / "film_x2.mkv")
+    assert after.metadata["title"] == "A film"
+    assert after.chapters == before.chapters and [c[2] for c in after.chapters] == ["Opening", "Middle"]
+    assert after.attachments == before.attachments == [("font.ttf", "application/x-truetype-font", b"font bytes")]
+    assert after.packets["subtitle"] == before.packets["subtitle"] and len(before.packets["subtitle"]) == 2
+    assert sorted(s["type"] for s in summary["streams_copied"]) == ["attachment", "subtitle"]
+    refused = invoke("run", exported, source, "-o", tmp_path / "film_x2.mp4", "--backend", "ort")
+    assert_one_line_error(refused, "stream 1 (subtitle, ", "(attachment, attachment)", "use .mkv")
+    assert not (tmp_path / "film_x2.mp4").exists()
+
+
 def test_ten_bit_hevc_keeps_its_tags_and_more_than_256_levels(exported, tmp_path):
     source = tmp_path / "hdr.mkv"
     pq = (9, 16, 9, 1)  # BT.2020 primaries, PQ transfer, BT.2020 matrix, limited range
