@@ -85,3 +85,15 @@ def test_untagged_yuv_decodes_as_bt601_limited_like_ffmpeg():
     pixels = framing.to_rgb(frame, info_for("yuv444p", 8, 2, 0), 0).pixels
     assert np.abs(pixels[0, 0] - reference_rgb(120.0, 90.0, 200.0, depth=8, matrix=5, full=False)).max() < 5e-3
     assert np.abs(pixels[0, 0] - reference_rgb(120.0, 90.0, 200.0, depth=8, matrix=1, full=False)).max() > 2e-2
+
+
+def test_restored_frames_of_deep_sources_reach_the_encoder_with_more_than_256_levels():
+    from deploytool.video.output import EncodeOptions, plan_output
+
+    plan = plan_output(info_for("yuv420p10le", 10, 9, 1, size=(64, 8)), EncodeOptions(), Path("out.mkv"), scale=2)
+    assert (plan.codec, plan.pix_fmt, plan.depth) == ("libx265", "yuv420p10le", 16)
+    ramp = np.repeat(np.linspace(0.1, 0.9, 128 * 16, dtype=np.float32).reshape(16, 128, 1), 3, axis=2)
+    samples = framing.quantized(ramp, plan.depth, where="test")
+    frame = framing.encoder_frame(samples, pix_fmt=plan.pix_fmt, matrix=plan.matrix, color_range=plan.range_tag)
+    luma = np.frombuffer(bytes(frame.planes[0]), np.uint16).reshape(16, -1)[:, :128]
+    assert len(np.unique(luma)) > 256

@@ -3,6 +3,14 @@ joined into what one uninterrupted run writes."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
 import pytest
 
 from deploytool.backends import open_runner
@@ -11,7 +19,10 @@ from deploytool.manifest import read_manifest
 from deploytool.video import EncodeOptions, TiledRestorer, restore_video
 from deploytool.video.segments import plan_segments, state_folder
 from tests.helpers import export_tiny
+from tests.triton_server import leftovers
 from tests.videos import Clip, make_clip, read_back
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
@@ -72,3 +83,53 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_output(exported, t
     assert second.times == first.times == read_back(source).times
     assert all((a == b).all() for a, b in zip(first.frames, second.frames)) and len(second.frames) == 12
     assert second.packets["audio"] == first.packets["audio"] == read_back(source).packets["audio"]
+
+
+def test_resume_after_sigkill_mid_run_gives_the_uninterrupted_output(exported, tmp_path):
+    source = tmp_path / "long.mkv"
+    make_clip(source, Clip(pts=list(range(30)), gop=3, audio=True))
+    arguments = ["run", str(exported), str(source), "--backend", "ort", "--preset", "ultrafast", "--resume", "--segment-frames", "3", "--json"]
+    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    target = tmp_path / "killed.mkv"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "deploytool", *arguments, "-o", str(target)],
+        cwd=REPO_ROOT,
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while not list(state_folder(target).glob("segment-*.nut")) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    assert process.poll() is None, "the run ended before it could be killed"
+    process.kill()
+    process.wait(timeout=30)
+    done = len(list(state_folder(target).glob("segment-*.nut")))
+    assert not target.exists() and 1 <= done < 10
+
+    other = subprocess.run(
+        [sys.executable, "-m", "deploytool", *arguments, "--crf", "30", "-o", str(target)],
+        cwd=REPO_ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert other.returncode == 2 and other.stderr.strip().splitlines()[-1].startswith("error: ") and "another key" in other.stderr, other.stderr
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "deploytool", *arguments, "-o", str(target)], cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=300
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    report = json.loads(resumed.stdout)["videos"][0]
+    assert report["segments"] == {"total": 10, "skipped": done} and report["frames"] == 30
+    whole = tmp_path / "whole.mkv"
+    uninterrupted = subprocess.run(
+        [sys.executable, "-m", "deploytool", *arguments, "-o", str(whole)], cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=300
+    )
+    assert uninterrupted.returncode == 0, uninterrupted.stderr
+    first, second = read_back(whole), read_back(target)
+    assert second.times == first.times and len(second.frames) == 30
+    assert all(np.array_equal(a, b) for a, b in zip(first.frames, second.frames))
+    assert second.packets == first.packets == read_back(source).packets
+    assert not state_folder(target).exists() and not leftovers(tmp_path)
