@@ -34,7 +34,7 @@ from deploytool.video.probe import VideoInfo, probe
 QUEUE_FRAMES = 8  # frames waiting between two stages
 POLL_SECONDS = 0.1  # how often a waiting stage looks whether the run was stopped
 # container and stream metadata FFmpeg writes itself (and would contradict when copied)
-_OWN_METADATA = {"encoder", "major_brand", "minor_version", "compatible_brands", "duration", "creation_time", "_statistics_tags", "number_of_frames", "bps"}
+_OWN_METADATA = {"encoder", "major_brand", "minor_version", "compatible_brands", "duration", "_statistics_tags", "number_of_frames", "bps"}
 
 
 class FrameRestorer(Protocol):

@@ -35,3 +35,14 @@ def test_client_video_frames_equal_local_lossless_run(tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(expected.frames, actual.frames))
     assert actual.packets == expected.packets
     assert not leftovers(tmp_path)
+
+
+def test_an_unreachable_server_is_one_line_for_a_video_and_writes_nothing(tmp_path):
+    from deploytool.serving.server import free_port
+    from tests.triton_server import assert_one_line_error
+
+    source = tmp_path / "clip.mkv"
+    make_clip(source, Clip(pts=[0, 1]))
+    url = f"http://127.0.0.1:{free_port()}"
+    assert_one_line_error(invoke("client", url, "swinir-s-x2", source, "-o", tmp_path / "out.mkv"), "cannot reach a Triton server at", url)
+    assert not (tmp_path / "out.mkv").exists() and not leftovers(tmp_path)
