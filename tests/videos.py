@@ -150,3 +150,17 @@ def read_back(path: Path, *, as_format: str | None = None) -> ReadBack:
             if packet.size:
                 result.packets.setdefault(packet.stream.type, []).append((bytes(packet), Fraction(packet.pts) * packet.time_base))
     return result
+
+
+def make_audio_only(path: Path) -> None:
+    """An AAC file with no video stream."""
+    import av
+
+    with av.open(str(path), "w") as out:
+        audio = out.add_stream("aac", rate=16000)
+        audio.layout = "mono"
+        for number in range(4):
+            samples = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            samples.sample_rate, samples.pts = 16000, number * 1024
+            out.mux(audio.encode(samples))
+        out.mux(audio.encode(None))

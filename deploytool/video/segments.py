@@ -114,6 +114,8 @@ def restore_segmented(
         frames += result.frames
         busy += result.busy_seconds
         seconds += result.seconds
+    if frames < info.expected_frames:
+        raise VideoError(f"{info.path}: truncated or damaged: {frames} frames decoded, {info.expected_frames - frames} lost; nothing was written")
     _join(info, plan, files, destination)
     shutil.rmtree(folder, ignore_errors=True)
     report = {"total": len(segments), "skipped": skipped}

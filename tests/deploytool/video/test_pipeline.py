@@ -16,19 +16,10 @@ import numpy as np
 import pytest
 
 from deploytool import images
-from tests.helpers import export_tiny
 from tests.triton_server import assert_one_line_error, invoke, leftovers
-from tests.videos import Clip, make_clip, read_back
+from tests.videos import Clip, make_audio_only, make_clip, read_back
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """A tiny SwinIR x2 whose batch of 4 takes tiles of two frames at once (6 tiles a frame)."""
-    out = tmp_path_factory.mktemp("video-export") / "swinir"
-    export_tiny("swinir-s-x2", out, fp16=False, tile=(32, 32), batch=4)
-    return out
 
 
 def run_video(exported, source, target, *extra):
@@ -144,7 +135,7 @@ def test_bad_input_is_one_line_and_writes_nothing(exported, tmp_path):
     assert_one_line_error(invoke("run", exported, corrupt, "-o", out / "a.mp4", "--backend", "ort"), "corrupt.mp4")
 
     audio_only = tmp_path / "audio.m4a"
-    _audio_only(audio_only)
+    make_audio_only(audio_only)
     assert_one_line_error(invoke("run", exported, audio_only, "-o", out / "b.mp4", "--backend", "ort"), "no video stream", "audio")
 
     gray = tmp_path / "gray.mkv"
@@ -167,19 +158,6 @@ def test_bad_input_is_one_line_and_writes_nothing(exported, tmp_path):
     assert_one_line_error(invoke("run", exported, whole, "-o", corrupt / "g.mp4", "--backend", "ort"), "cannot write there")
     assert not out.exists() or not any(out.iterdir()), list(out.iterdir())
     assert not leftovers(tmp_path)
-
-
-def _audio_only(path: Path) -> None:
-    import av
-
-    with av.open(str(path), "w") as out:
-        audio = out.add_stream("aac", rate=16000)
-        audio.layout = "mono"
-        for number in range(4):
-            samples = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-            samples.sample_rate, samples.pts = 16000, number * 1024
-            out.mux(audio.encode(samples))
-        out.mux(audio.encode(None))
 
 
 def test_gray_and_dual_view_models_refuse_video(tmp_path):

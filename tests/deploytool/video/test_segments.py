@@ -18,18 +18,10 @@ from deploytool.errors import VideoError
 from deploytool.manifest import read_manifest
 from deploytool.video import EncodeOptions, TiledRestorer, restore_video
 from deploytool.video.segments import plan_segments, state_folder
-from tests.helpers import export_tiny
 from tests.triton_server import leftovers
 from tests.videos import Clip, make_clip, read_back
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    out = tmp_path_factory.mktemp("segments-export") / "swinir"
-    export_tiny("swinir-s-x2", out, fp16=False, tile=(32, 32), batch=4)
-    return out
 
 
 class InterruptedAfter:
