@@ -224,7 +224,7 @@ def markdown(report: dict) -> str:
     rows = [
         "| measure | value |",
         "|---|---|",
-        f"| clip | {report['size']} , {p['frames']} frames, {report['export']} ({report['backend']}) |",
+        f"| clip | {report['size']}, {p['frames']} frames, {report['export']} ({report['backend']}) |",
         f"| pipeline frames/s | {p['fps']} |",
         f"| model alone frames/s (same tiles) | {m['fps']} |",
         f"| pipeline / model alone (frames/s) | {report['pipeline_vs_model_alone']} |",
