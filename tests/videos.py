@@ -164,3 +164,28 @@ def make_audio_only(path: Path) -> None:
             samples.sample_rate, samples.pts = 16000, number * 1024
             out.mux(audio.encode(samples))
         out.mux(audio.encode(None))
+
+
+def make_audio_with_cover(path: Path) -> None:
+    """An MP4 of AAC audio and a cover picture (a one-packet PNG stream marked attached_pic)."""
+    import av
+
+    from deploytool import png
+
+    with av.open(str(path), "w", format="mp4") as out:
+        audio = out.add_stream("aac", rate=16000)
+        audio.layout = "mono"
+        cover = out.add_stream("png", rate=1)
+        cover.width = cover.height = 8
+        cover.pix_fmt = "rgb24"
+        cover.disposition = av.stream.Disposition.attached_pic
+        cover.time_base = Fraction(1, 90000)
+        packet = av.Packet(png.encode(np.zeros((8, 8, 3), np.uint8)))
+        packet.pts = packet.dts = 0
+        packet.stream, packet.time_base = cover, cover.time_base
+        out.mux(packet)
+        for number in range(4):
+            samples = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            samples.sample_rate, samples.pts = 16000, number * 1024
+            out.mux(audio.encode(samples))
+        out.mux(audio.encode(None))

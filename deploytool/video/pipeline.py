@@ -149,7 +149,7 @@ def _decode(run: _Run, path: Path, info: VideoInfo, copied: dict[int, Any], out:
 
     try:
         with av.open(str(path)) as container:
-            video = container.streams.video[0]
+            video = container.streams[info.index]
             video.thread_type = "AUTO"
             wanted = [video, *(s for s in container.streams if s.index in copied and s.type != "attachment")]
             index = 0
@@ -241,7 +241,7 @@ def open_output(
     mapping = {}
     if source_container is not None:
         _copy_metadata(source_container.metadata, output.metadata)
-        _copy_metadata(source_container.streams.video[0].metadata, stream.metadata)
+        _copy_metadata(source_container.streams[info.index].metadata, stream.metadata)
         for source in copied:
             if source.type == "attachment":
                 output.add_attachment(source.name, source.mimetype, bytes(source.data))

@@ -41,6 +41,7 @@ class StreamInfo:
 @dataclass(frozen=True)
 class VideoInfo:
     path: Path
+    index: int  # of the video stream restored, in the container
     container: str
     codec: str
     width: int
@@ -98,7 +99,15 @@ def is_video(path: str | os.PathLike) -> bool:
         name = container.format.name
         if name in _IMAGE_DEMUXERS or name.endswith(_IMAGE_DEMUXER_SUFFIX):
             return False
-        return bool(container.streams.video)
+        return moving_picture(container) is not None
+
+
+def moving_picture(container):
+    """The first video stream that is not a cover picture (an audio file's attached art), or None."""
+    import av
+
+    still = av.stream.Disposition.attached_pic
+    return next((s for s in container.streams.video if not (s.disposition & still)), None)
 
 
 def probe(path: str | os.PathLike) -> VideoInfo:
@@ -107,11 +116,11 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     path = Path(path)
     container = _open(path)
     with container:
-        if not container.streams.video:
-            kinds = sorted({s.type for s in container.streams})
+        stream = moving_picture(container)
+        if stream is None:
+            kinds = sorted({s.type for s in container.streams} - {"video"}) + (["a cover picture"] if container.streams.video else [])
             held = f"only {', '.join(kinds)}" if kinds else "no streams"
             raise VideoError(f"{path}: no video stream ({held})")
-        stream = container.streams.video[0]
         codec = stream.codec_context.name if stream.codec_context else "unknown"
         if stream.codec_context is None or not stream.codec_context.codec:
             raise VideoError(f"{path}: this FFmpeg cannot decode its video codec")
@@ -129,9 +138,11 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         colour = Colour(first.color_primaries, first.color_trc, first.colorspace, first.color_range)
         container_name = container.format.name
         time_base, average_rate, aspect = stream.time_base, stream.average_rate, stream.sample_aspect_ratio
-    packets, keyframes, declared = _scan(path)
+        index = stream.index
+    packets, keyframes, declared = _scan(path, index)
     return VideoInfo(
         path=path,
+        index=index,
         container=container_name,
         codec=codec,
         width=first.width,
@@ -169,14 +180,14 @@ def _first_frame(container, stream, path: Path):
     raise VideoError(f"{path}: the video stream holds no frame that can be decoded")
 
 
-def _scan(path: Path) -> tuple[int, tuple[int, ...], int]:
+def _scan(path: Path, index: int) -> tuple[int, tuple[int, ...], int]:
     """(video packets, keyframe packet indexes, the container's frame count), reading packets
     without decoding them; a damaged tail ends the count where the damage starts."""
     import av
 
     container = _open(path)
     with container:
-        stream = container.streams.video[0]
+        stream = container.streams[index]
         declared = int(stream.frames or 0)
         count, keyframes = 0, []
         try:

@@ -17,7 +17,23 @@ WEIGHTS = {5: (0.299, 0.114), 1: (0.2126, 0.0722), 9: (0.2627, 0.0593)}
 
 def info_for(pix_fmt: str, depth: int, matrix: int, colour_range: int, size: tuple[int, int] = (8, 8)) -> VideoInfo:
     return VideoInfo(
-        Path("x"), "matroska", "ffv1", *size, pix_fmt, depth, False, Fraction(1, 25), Fraction(25), 1, 1, (0,), None, 0, Colour(2, 2, matrix, colour_range), ()
+        Path("x"),
+        0,
+        "matroska",
+        "ffv1",
+        *size,
+        pix_fmt,
+        depth,
+        False,
+        Fraction(1, 25),
+        Fraction(25),
+        1,
+        1,
+        (0,),
+        None,
+        0,
+        Colour(2, 2, matrix, colour_range),
+        (),
     )
 
 

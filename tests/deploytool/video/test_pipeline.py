@@ -17,7 +17,7 @@ import pytest
 
 from deploytool import images
 from tests.triton_server import assert_one_line_error, invoke, leftovers
-from tests.videos import Clip, make_audio_only, make_clip, read_back
+from tests.videos import Clip, make_audio_only, make_audio_with_cover, make_clip, read_back
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -137,6 +137,9 @@ def test_bad_input_is_one_line_and_writes_nothing(exported, tmp_path):
     audio_only = tmp_path / "audio.m4a"
     make_audio_only(audio_only)
     assert_one_line_error(invoke("run", exported, audio_only, "-o", out / "b.mp4", "--backend", "ort"), "no video stream", "audio")
+    covered = tmp_path / "song.mp4"
+    make_audio_with_cover(covered)
+    assert_one_line_error(invoke("run", exported, covered, "-o", out / "b.mp4", "--backend", "ort"), "no video stream (only audio, a cover picture)")
 
     gray = tmp_path / "gray.mkv"
     make_clip(gray, Clip(codec="ffv1", pix_fmt="gray", pts=[0, 1]))
