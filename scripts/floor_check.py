@@ -61,12 +61,12 @@ MODULES = {
     "spandrel": "spandrel",
 }
 SMOKE = [
-    "tests/deploytool/test_cli.py::test_verify_and_run",  # export (CLI), verify, run on images
-    "tests/deploytool/test_cli.py::test_run_refuses_bad_images",
-    "tests/deploytool/test_images.py",
-    "tests/deploytool/test_manifest.py",
-    "tests/deploytool/test_png.py",
-    "tests/deploytool/test_tiling.py",
+    "tests/deploytool/cli/test_cli.py::test_verify_and_run",  # export (CLI), verify, run on images
+    "tests/deploytool/cli/test_cli.py::test_run_refuses_bad_images",
+    "tests/deploytool/runtime/test_images.py",
+    "tests/deploytool/runtime/test_manifest.py",
+    "tests/deploytool/runtime/test_png.py",
+    "tests/deploytool/runtime/test_tiling.py",
     "tests/deploytool/serving/test_client.py",
     # the client against a real server. Not the tests that compare the server's images with a
     # local run byte for byte: the server runs .venv-serve's ONNX Runtime, and another release

@@ -1,0 +1,42 @@
+"""What the commands share: one-line errors and messages, tile parsing, and the options several commands take."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+
+def fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+def say(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def parse_tile(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    parts = value.lower().split("x")
+    try:
+        numbers = tuple(int(p) for p in parts)
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: use N or HxW, e.g. 128 or 96x160") from None
+    if len(numbers) == 1:
+        return (numbers[0], numbers[0])
+    if len(numbers) == 2:
+        return numbers  # type: ignore[return-value]
+    raise click.BadParameter(f"{value!r}: use N or HxW, e.g. 128 or 96x160")
+
+
+def json_option(help: str | None = "Machine-readable output."):
+    """`--json` (the `as_json` flag): print the command's result as JSON on stdout."""
+    return click.option("--json", "as_json", is_flag=True, help=help)
+
+
+def weights_option(help: str):
+    """`--weights`: a checkpoint file."""
+    return click.option("--weights", type=click.Path(path_type=Path), help=help)
