@@ -81,9 +81,10 @@ class FloorError(Exception):
 
 
 def declared_floors(pyproject: Path = REPO / "pyproject.toml") -> dict[str, Version]:
-    """{declared name: its lower bound} of the checked dependencies in `[project] dependencies`."""
+    """{declared name: its lower bound} of the checked dependencies: the runtime's and the export extra's."""
     with open(pyproject, "rb") as handle:
-        dependencies = [Requirement(text) for text in tomllib.load(handle)["project"]["dependencies"]]
+        project = tomllib.load(handle)["project"]
+    dependencies = [Requirement(text) for text in [*project["dependencies"], *project.get("optional-dependencies", {}).get("export", [])]]
     floors = {}
     for requirement in dependencies:
         if requirement.name in LIGHT or requirement.name in PURE:

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from deploytool.cli.group import cli
-from deploytool.cli.options import json_option, parse_tile, say, weights_option
+from deploytool.cli.options import json_option, needs_extra, parse_tile, say, weights_option
 
 
 @cli.command()
@@ -23,6 +23,7 @@ from deploytool.cli.options import json_option, parse_tile, say, weights_option
 @click.option("--calibration-images", type=click.Path(file_okay=False, path_type=Path), help="Real images to measure FP16 ranges on.")
 @click.option("--no-fp16", is_flag=True, help="Skip the FP16 deploy graph.")
 @json_option("Print the manifest as JSON.")
+@needs_extra("export")
 def export(model_id, out_dir, weights, random_init, seed, tile, batch, calibration_images, no_fp16, as_json) -> None:
     """Export MODEL_ID to ONNX FP32 + FP16 with a manifest. Without --weights, the official file is downloaded."""
     from deploytool.build import export as exporter
@@ -55,6 +56,7 @@ def export(model_id, out_dir, weights, random_init, seed, tile, batch, calibrati
 @click.option("--opt-level", type=click.IntRange(0, 5), default=3, show_default=True, help="TensorRT builder optimization level.")
 @click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), help="Timing cache to read and update (default: timing.cache in EXPORT_DIR).")
 @json_option("Print the engine record as JSON.")
+@needs_extra("export")
 def build(export_dir, workspace, opt_level, timing_cache, as_json) -> None:
     """Build the TensorRT FP16 engine of an export for this GPU and TensorRT version."""
     from deploytool.runtime.backends.tensorrt import build as engines

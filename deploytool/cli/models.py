@@ -7,11 +7,12 @@ import json
 import click
 
 from deploytool.cli.group import cli
-from deploytool.cli.options import json_option
+from deploytool.cli.options import json_option, needs_extra
 
 
 @cli.command("list")
 @json_option()
+@needs_extra("export")
 def list_models(as_json: bool) -> None:
     """Every model id with its task, scale and default tile."""
     from deploytool.build import registry
@@ -32,6 +33,7 @@ def list_models(as_json: bool) -> None:
 @cli.command()
 @click.argument("model_id")
 @json_option()
+@needs_extra("export")
 def info(model_id: str, as_json: bool) -> None:
     """Hyperparameters, default tile and official checkpoint of MODEL_ID."""
     from deploytool.build import registry

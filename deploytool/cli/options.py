@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
 import click
+
+from deploytool.errors import DeployError
+
+# {extra: the top-level modules it installs}; `pip install deploytool` has none of them
+EXTRA_MODULES = {"export": {"torch", "onnx", "onnxsim", "onnxconverter_common", "safetensors", "PIL", "spandrel"}}
 
 
 def fail(message: str) -> None:
@@ -40,3 +46,25 @@ def json_option(help: str | None = "Machine-readable output."):
 def weights_option(help: str):
     """`--weights`: a checkpoint file."""
     return click.option("--weights", type=click.Path(path_type=Path), help=help)
+
+
+def needs_extra(extra: str):
+    """The command needs `extra`: a module of it that is not installed is one line naming the extra.
+
+    Any other missing module is a bug and keeps its traceback.
+    """
+
+    def decorate(command):
+        @functools.wraps(command)
+        def run(*args, **kwargs):
+            try:
+                return command(*args, **kwargs)
+            except ModuleNotFoundError as exc:
+                if (exc.name or "").split(".")[0] not in EXTRA_MODULES[extra]:
+                    raise
+                name = click.get_current_context().info_name
+                raise DeployError(f"deploytool {name} needs the {extra} extra: pip install 'deploytool[{extra}]'") from None
+
+        return run
+
+    return decorate

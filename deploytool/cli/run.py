@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from deploytool.cli.group import cli
-from deploytool.cli.options import json_option, say, weights_option
+from deploytool.cli.options import json_option, needs_extra, say, weights_option
 from deploytool.runtime.backends import ORT_FP16, RUNTIMES
 
 
@@ -30,6 +30,7 @@ from deploytool.runtime.backends import ORT_FP16, RUNTIMES
 @click.option("--resume", is_flag=True, help="Videos: encode in segments cut at keyframes; a rerun with the same arguments skips finished ones.")
 @click.option("--segment-frames", type=click.IntRange(1), help="With --resume: frames per segment at least  [default: 600]")
 @json_option("Print what was written as JSON.")
+@needs_extra("export")
 def run(
     export_dir, inputs, output, backend, overlap, weights, cuda_graph, codec, crf, pix_fmt, preset, lossless, no_audio, resume, segment_frames, as_json
 ) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from deploytool.cli.group import cli
-from deploytool.cli.options import json_option, say, weights_option
+from deploytool.cli.options import json_option, needs_extra, say, weights_option
 from deploytool.runtime.backends import PARITY_BACKENDS, RUNTIMES
 
 
@@ -31,6 +31,7 @@ from deploytool.runtime.backends import PARITY_BACKENDS, RUNTIMES
 )
 @click.option("--report", "html", is_flag=True, help="Also write parity.html: error heat maps and worst crops.")
 @json_option("Print the report as JSON.")
+@needs_extra("export")
 def verify(export_dir, images_dir, weights, backends, overlap, max_images, save_outputs, html, as_json) -> None:
     """Compare the original model, our definition, ONNX FP32/FP16 and TensorRT on the same inputs."""
     from deploytool.runtime.backends import parse_backends
@@ -65,6 +66,7 @@ def _print_parity(report: dict, as_json: bool) -> None:
 @click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), help="Write parity.json and parity.md here.")
 @click.option("--report", "html", is_flag=True, help="With --report-dir: also write parity.html.")
 @json_option("Print the report as JSON.")
+@needs_extra("export")
 def compare(results, report_dir, html, as_json) -> None:
     """Judge results saved by `verify --save-outputs` (from any machines), without running a model."""
     from deploytool.verify import parity
@@ -87,6 +89,7 @@ def compare(results, report_dir, html, as_json) -> None:
 @click.option("--overlap", type=int, help="Tile overlap (default: the model's).")
 @weights_option("The export's checkpoint, if it moved.")
 @json_option(None)
+@needs_extra("export")
 def evaluate(export_dir, dataset, scale, methods, overlap, weights, as_json) -> None:
     """PSNR/SSIM on the Y channel of an SR test set (BasicSR convention), with a bicubic baseline."""
     from deploytool.build.models import export_weights
@@ -118,6 +121,7 @@ def evaluate(export_dir, dataset, scale, methods, overlap, weights, as_json) -> 
 @click.option("--cuda-graph", is_flag=True, help="TensorRT: replay one captured CUDA graph per batch.")
 @weights_option("The export's checkpoint, if it moved (torch backend).")
 @json_option(None)
+@needs_extra("export")
 def bench(export_dir, backends, runs, warmup, cuda_graph, weights, as_json) -> None:
     """Latency and tiles/s of an export's backends on this machine, in one run."""
     from deploytool.runtime.backends import parse_backends

@@ -23,10 +23,30 @@ def default_providers() -> list[str]:
     only asked for where torch sees a GPU, since a CUDA build of ONNX Runtime on a machine without
     one logs errors for every session before falling back.
     """
-    import torch
-
-    wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"] if torch.cuda.is_available() else ["CPUExecutionProvider"]
+    wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"] if gpu_usable() else ["CPUExecutionProvider"]
     return [p for p in wanted if p in available_providers()]
+
+
+def gpu_usable() -> bool:
+    """Whether a CUDA GPU is usable: torch's answer where torch is installed (the export extra),
+    else the CUDA driver's (a runtime-only install has no torch)."""
+    try:
+        import torch
+    except ModuleNotFoundError:
+        return cuda_driver_sees_a_gpu()
+    return torch.cuda.is_available()
+
+
+def cuda_driver_sees_a_gpu() -> bool:
+    """cuInit and cuDeviceGetCount of the CUDA driver (libcuda), as torch.cuda.is_available asks."""
+    import ctypes
+
+    try:
+        driver = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    count = ctypes.c_int(0)
+    return driver.cuInit(0) == 0 and driver.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0
 
 
 def open_session(model: str | Path | bytes, *, providers: list[str] | None = None, threads: int = 0, memory_arena: bool = True, priority_order: bool = False):
