@@ -123,12 +123,17 @@ def say(message: str) -> None:
     print(f"floor check: {message}", file=sys.stderr, flush=True)
 
 
-def make_environment(venv: Path, pins: dict[str, str]) -> Path:
-    """`venv` from scratch: the floors first, then the link to .venv's site-packages."""
+def fresh_venv(venv: Path) -> Path:
+    """An empty environment at `venv` (removed first if there), made from the base interpreter; its python."""
     if venv.exists():
         shutil.rmtree(venv)
     subprocess.run([sys._base_executable, "-m", "venv", str(venv)], check=True, timeout=300)
-    python = venv / "bin" / "python"
+    return venv / "bin" / "python"
+
+
+def make_environment(venv: Path, pins: dict[str, str]) -> Path:
+    """`venv` from scratch: the floors first, then the link to .venv's site-packages."""
+    python = fresh_venv(venv)
     light = [f"{name}=={version}" for name, version in pins.items() if name not in PURE]
     try:
         pip(python, "install", "--only-binary=:all:", *light)
