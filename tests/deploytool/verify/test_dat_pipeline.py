@@ -10,7 +10,7 @@ from deploytool.build import precision
 from deploytool.runtime.inputs import synthetic_batch
 from deploytool.runtime.manifest import FP16_FILE, FP32_FILE
 from deploytool.verify import parity
-from tests.deploytool.test_export import assert_static
+from tests.deploytool.build.test_export import assert_static
 from tests.helpers import (
     export_tiny,
     save_official,

@@ -86,7 +86,7 @@ def test_planned_fp16_survives_a_feature_stream_beyond_fp16_range(tmp_path):
     """The body's last projection scaled 1000 times and the tail's first conv scaled back: the
     body output and the residual sum overflow FP16 while the model stays sane (weights stay
     below the converter's 1e4 clamp)."""
-    from tests.deploytool.test_precision import (
+    from tests.deploytool.build.test_precision import (
         assert_planned_fp16_holds_where_naive_fp16_overflows,
     )
 

@@ -44,7 +44,7 @@ def test_norms_and_views_export_static_and_verify(tmp_path, model_id):
 
 def test_fp16_keeps_the_tile_wide_sum_of_squares_in_fp32(tmp_path):
     """q/k normalisation sums squares over all H*W pixels: beyond 65504 the naive graph is wrong."""
-    from tests.deploytool.test_precision import run_in_true_fp16
+    from tests.deploytool.build.test_precision import run_in_true_fp16
 
     entry = tiny_entry("restormer-derain")
     state = tiny_state(entry)
