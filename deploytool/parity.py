@@ -118,8 +118,7 @@ def parity_inputs(
     """The inputs every backend runs on: seeded synthetic tiles, then whole images."""
     shape = manifest.input.shape
     found = [
-        RunInput(f"synthetic#{seed} {'x'.join(map(str, shape))}", SYNTHETIC, input_sources.synthetic_batch(shape, seed=1000 + seed))
-        for seed in range(synthetic_batches)
+        RunInput(f"synthetic#{index} {'x'.join(map(str, shape))}", SYNTHETIC, input_sources.parity_batch(shape, index)) for index in range(synthetic_batches)
     ]
     if images_dir is not None and len(manifest.views) > 1:
         skipped["images"] = "models of several views take image groups; --images compares single images only"
@@ -149,7 +148,7 @@ def run(
     *,
     images_dir: str | Path | None = None,
     weights: str | Path | None = None,
-    synthetic_batches: int = 2,
+    synthetic_batches: int = input_sources.PARITY_BATCHES,
     overlap: int | None = None,
     max_images: int | None = None,
     skip_missing_weights: bool = False,
@@ -328,7 +327,7 @@ def verify(
     images_dir: str | Path | None = None,
     weights: str | Path | None = None,
     backends: list[str] | None = None,
-    synthetic_batches: int = 2,
+    synthetic_batches: int = input_sources.PARITY_BATCHES,
     overlap: int | None = None,
     max_images: int | None = None,
     save_outputs: str | Path | None = None,
