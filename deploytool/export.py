@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import math
 import resource
 import shutil
 import sys
@@ -333,8 +332,8 @@ class StageClock:
         self.progress(f"[{self.done}/{self.total}] {message}")
         started = time.perf_counter()
         yield
-        # stages round down and the export's total up (to 0.01 s): the stages' sum stays within it
-        cost = StageCost(seconds=math.floor((time.perf_counter() - started) * 100) / 100, peak_rss_mb=round(peak_rss_mb(), 1))
+        # to 0.1 ms: a stage that did work records a time above zero
+        cost = StageCost(seconds=round(time.perf_counter() - started, 4), peak_rss_mb=round(peak_rss_mb(), 1))
         self.costs[name] = cost
         self.progress(f"      {name}: {cost.seconds:.1f} s, peak RSS so far {cost.peak_rss_mb / 1024:.2f} GB")
 
@@ -490,7 +489,7 @@ def build_manifest(
         fp16=fp16_report,
         files=files,
         tolerances=entry.tolerances,
-        export_seconds=math.ceil(seconds * 100) / 100,
+        export_seconds=round(seconds, 4),
         unused_weights=unused,
         export_stages=stages,
     )
