@@ -10,8 +10,9 @@ TensorRT 11 (and >= 10.12 strongly typed) runs each tensor in the type the ONNX 
    streams), and every reduction whose running sum, derived from its measured output, does not
    (sums of squares over a whole tile);
 3. convert with onnxconverter-common (FP32 graph IO kept), then validate against the FP32 graph
-   on the calibration inputs; if the error exceeds the model's tolerance, the margin is widened
-   and the plan rebuilt.
+   on the calibration inputs and on `verify`'s standard inputs (see VERIFY_SAFETY); if the error
+   exceeds either limit, the margin is widened and the plan rebuilt, and if no margin helps,
+   the sensitivity search keeps the blocks that lose the most precision in FP32.
 
 By construction no FP16 edge of the result carries a tensor whose measured range exceeds
 FP16_MAX / margin. ONNX Runtime's CPU provider runs FP16 nodes without FP16 kernels in FP32 and
