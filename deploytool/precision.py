@@ -83,11 +83,13 @@ def float_tensor_names(model: onnx.ModelProto) -> list[str]:
 class Calibration:
     ranges: dict[str, float]  # max |value| of every float tensor over the inputs
     outputs: list[np.ndarray]  # the graph's output for each input: the FP32 reference
+    other_outputs: list[np.ndarray] = dataclasses.field(default_factory=list)  # for `others`
 
 
-def calibrate(model: onnx.ModelProto, inputs: Sequence[np.ndarray]) -> Calibration:
+def calibrate(model: onnx.ModelProto, inputs: Sequence[np.ndarray], others: Sequence[np.ndarray] = ()) -> Calibration:
     """max |value| of every float activation over `inputs`, and the graph's outputs, from one
-    run per input.
+    run per input; the outputs alone for `others` (from the same session: opening another
+    costs as much as a run).
 
     Each activation gets a ReduceMax and a ReduceMin placed right after its producer; with
     ORT's priority-based order each is reduced and freed as soon as it is made, so memory stays
@@ -123,7 +125,7 @@ def calibrate(model: onnx.ModelProto, inputs: Sequence[np.ndarray]) -> Calibrati
             high, low = values[2 * position], values[2 * position + 1]
             ranges[name] = max(ranges[name], abs(float(high)), abs(float(low)))
     ranges[input_name] = max(float(np.abs(array).max()) for array in inputs)
-    return Calibration(ranges, references)
+    return Calibration(ranges, references, [session.run([output_name], {input_name: array})[0] for array in others])
 
 
 def measure_ranges(model: onnx.ModelProto, inputs: Sequence[np.ndarray]) -> dict[str, float]:
@@ -592,14 +594,13 @@ def build_fp16(
     measured = calibration_model if calibration_model is not None else model
     progress(f"calibrating on {len(calibration)} input(s) at {'x'.join(map(str, input_shape(measured)[2:]))} ({calibration_label})")
     started = time.perf_counter()
-    measurement = calibrate(measured, calibration)
-    inputs, reference = list(calibration), list(measurement.outputs)
+    checked = verify_inputs.arrays if verify_inputs is not None else ()
+    measurement = calibrate(measured, calibration, checked)
+    inputs, reference = [*calibration, *checked], [*measurement.outputs, *measurement.other_outputs]
     limits = [max_abs_tolerance] * len(calibration)
     wanted = f"the tolerance {max_abs_tolerance:g} on its calibration inputs"
-    if verify_inputs is not None and verify_inputs.arrays:
-        inputs += verify_inputs.arrays
-        reference += run_graph(measured, verify_inputs.arrays)
-        limits += [verify_inputs.limit] * len(verify_inputs.arrays)
+    if checked:
+        limits += [verify_inputs.limit] * len(checked)
         wanted += f" and {verify_inputs.limit:g} on {verify_inputs.label}"
     ranges, growth = measurement.ranges, {}
     types = tensor_types(model)  # one shape inference of the export's graph for growth, sizes and FLOPs
