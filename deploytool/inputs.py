@@ -41,8 +41,8 @@ def verify_tiles(shape: tuple[int, int, int, int], tile: tuple[int, int], count:
     """`verify`'s synthetic batches for a graph of `shape`, drawn at `tile` instead of the
     graph's tile (the same generator and seeds), as single-tile batches (1, C, H, W).
 
-    At the graph's own tile these are exactly the tiles `verify` runs: `synthetic_batch` draws
-    a batch tile by tile, and a graph's tiles do not depend on each other.
+    At the graph's own tile these are exactly the tiles of `verify`'s batches, and a graph's
+    tiles do not depend on the others in their batch: a batch-1 graph judges them as verify does.
     """
     batch, channels = shape[0], shape[1]
     return [tiles[None] for index in range(count) for tiles in parity_batch((batch, channels, *tile), index)]
