@@ -94,3 +94,20 @@ def export_tiny(model_id: str, out_dir: Path, *, weights: Path | None = None, fp
     source = WeightsSource(kind="checkpoint", path=str(weights), sha256=loaded.sha256, wrapper_key=loaded.wrapper_key)
     request = export.ExportRequest(entry=entry, source=source, out_dir=out_dir, tile=tile or entry.tile, batch=batch, fp16=fp16, calibration_count=2)
     return export.export(request)
+
+
+def write_test_png(path: Path, channels: int, size: tuple[int, int] = (21, 37)) -> Path:
+    """An 8-bit PNG of seeded synthetic pixels, `channels` 1 or 3."""
+    from deploytool import images
+    from deploytool.inputs import synthetic_batch
+
+    images.write_image(path, synthetic_batch((1, channels, *size), seed=3)[0].transpose(1, 2, 0), bit_depth=8)
+    return path
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    """A click result that failed with exit status 2 and one `error:` line holding every fragment."""
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: ") and "Traceback" not in result.output, result.output
+    assert all(fragment in lines[-1] for fragment in fragments), lines[-1]
