@@ -482,3 +482,25 @@ def test_openvino_backend_refusals_are_one_line(openvino_build: Path, real_expor
         done = subprocess.run([infer, str(export_dir), image, "-o", str(output), *arguments], capture_output=True, text=True)
         assert done.returncode == 2 and done.stderr.endswith(f"error: {message}\n") and done.stderr.count("\n") == 2, done.stderr
     assert not output.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_infer_built_without_openvino_refuses_in_one_line(real_exports: dict[str, Path], synthetic_images: dict[str, Path], tmp_path: Path) -> None:
+    missing = _missing_tools()
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not on PATH: the C++ runtime cannot be built (scripts/setup.sh installs them as root)")
+    build = REPO / "build" / "cpp-pytest-no-openvino"
+    configure = ["cmake", "-S", str(REPO / "cpp"), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", "-DDEPLOYTOOL_BUILD_TESTS=OFF"]
+    done = subprocess.run([*configure, f"-DOpenVINO_DIR={tmp_path / 'no-openvino-here'}"], capture_output=True, text=True)
+    assert done.returncode == 0 and "deploytool: OpenVINO not found" in done.stdout, (done.stdout + done.stderr)[-4000:]
+    done = subprocess.run(
+        ["cmake", "--build", str(build), "-j", str(min(4, os.cpu_count() or 1)), "--target", "deploytool-infer"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    output = tmp_path / "out.png"
+    done = subprocess.run(
+        [str(build / "deploytool-infer"), str(real_exports["esrt-x2"]), str(synthetic_images["rgb8-37x53"]), "-o", str(output), "--backend", "openvino"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1 and done.stderr.startswith("error: this deploytool runtime was built without OpenVINO") and done.stderr.count("\n") == 1
+    assert not output.exists()
