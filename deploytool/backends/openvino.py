@@ -68,11 +68,13 @@ def check_device(device: str, available: list[str]) -> None:
 class OpenVinoRunner(ClosingRunner):
     """Runs the export's FP32 graph compiled by OpenVINO for `device`, with f32 inference precision."""
 
-    def __init__(self, graph: str | Path, *, name: str = OPENVINO, device: str = DEFAULT_DEVICE, cache: str | Path | None = None):
+    def __init__(self, graph: str | Path, *, name: str = OPENVINO, device: str = DEFAULT_DEVICE, cache: str | Path | None = None, threads: int = 0):
         openvino = require_openvino()
         core = openvino.Core()
         check_device(device, list(core.available_devices))
         config = {"INFERENCE_PRECISION_HINT": PRECISION, "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
         if cache is not None:
             try:
                 Path(cache).mkdir(parents=True, exist_ok=True)
