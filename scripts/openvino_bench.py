@@ -5,8 +5,9 @@
 Each id is exported with its official architecture and seeded random initialisation (weights do
 not change the arithmetic's cost) at a small --tile (a fixed-tile model keeps its own tile and
 batch), without the FP16 graph. Both runtimes run the same synthetic batch with the same thread
-count: latency per batch is the median of --runs after one warm-up, tiles/s beside it, and the
-speed ratio is ONNX Runtime's latency over OpenVINO's, measured in the same run. The outputs
+count, their timed calls alternating (so a change in the machine's load falls on both): latency
+per batch is the median of --runs after one warm-up each, tiles/s beside it, and the speed ratio
+is ONNX Runtime's latency over OpenVINO's, measured in the same run. The outputs
 are compared: max |OpenVINO - ONNX Runtime| and PSNR (clipped to [0, 1], as `verify` computes it).
 """
 
@@ -16,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -54,12 +56,13 @@ def bench_id(model_id: str, tile: int, runs: int, threads: int, scratch: Path) -
     manifest = read_manifest(out)
     print(f"{model_id}: exported at {size[0]}x{size[1]}, batch {manifest.tiling.batch} in {time.perf_counter() - started:.0f} s; timing", file=sys.stderr)
     batch = synthetic_batch(manifest.input.shape, seed=0)
-    with OrtRunner(out / FP32_FILE, providers=["CPUExecutionProvider"], threads=threads) as ort:
-        ort_out = ort(batch)
-        ort_s = median_seconds(lambda: ort(batch), runs)[0]
-    with OpenVinoRunner(out / FP32_FILE, threads=threads) as openvino:
-        openvino_out = openvino(batch)
-        openvino_s = median_seconds(lambda: openvino(batch), runs)[0]
+    with OrtRunner(out / FP32_FILE, providers=["CPUExecutionProvider"], threads=threads) as ort, OpenVinoRunner(out / FP32_FILE, threads=threads) as openvino:
+        ort_out, openvino_out = ort(batch), openvino(batch)  # the warm-up calls
+        ort_times, openvino_times = [], []
+        for _ in range(runs):
+            ort_times.append(median_seconds(lambda: ort(batch), 1, warmup=0)[0])
+            openvino_times.append(median_seconds(lambda: openvino(batch), 1, warmup=0)[0])
+    ort_s, openvino_s = statistics.median(ort_times), statistics.median(openvino_times)
     max_abs, _, psnr = metrics(ort_out, openvino_out)
     tiles = manifest.input.shape[0]
     return {
