@@ -133,10 +133,11 @@ def export(model_id, out_dir, weights, random_init, seed, tile, batch, calibrati
     """Export MODEL_ID to ONNX FP32 + FP16 with a manifest. Without --weights, the official file is downloaded."""
     from deploytool import export as exporter
     from deploytool import registry
+    from deploytool.fileio import inside
     from deploytool.models import resolve_source
 
     entry = registry.get(model_id)
-    out_dir = out_dir or Path("build") / model_id
+    out_dir = out_dir or inside(Path("build"), entry.id, "model id")
     source = resolve_source(entry, weights=weights, random_init=random_init, seed=seed)
     if source.kind == "random-init":
         _say(f"warning: {model_id} is exported with UNTRAINED random weights (seed {seed}); for smoke tests only")
@@ -225,26 +226,44 @@ def compare(results, report_dir, html, as_json) -> None:
 @click.option("--weights", type=click.Path(path_type=Path), help="The export's checkpoint, if it moved (torch backend).")
 @click.option("--cuda-graph", is_flag=True, help="TensorRT: replay one captured CUDA graph per batch of tiles.")
 @click.option("--device", help="openvino backend: the OpenVINO device, e.g. GPU or NPU  [default: CPU]")
+@click.option("--codec", help="Video encoder  [default: libx264, libx265 for sources deeper than 8 bits]")
+@click.option("--crf", type=int, help="Video quality (x264/x265/SVT-AV1/VP9)  [default: 18]")
+@click.option("--pix-fmt", help="Video pixel format  [default: yuv420p, yuv420p10le for deeper sources]")
+@click.option("--preset", help="Video encoder preset (x264/x265/SVT-AV1).")
+@click.option("--lossless", is_flag=True, help="Videos: FFV1 in Matroska storing RGB, each frame what `run` writes for it as an image.")
+@click.option("--no-audio", is_flag=True, help="Videos: leave the audio streams out.")
+@click.option("--resume", is_flag=True, help="Videos: encode in segments cut at keyframes; a rerun with the same arguments skips finished ones.")
+@click.option("--segment-frames", type=click.IntRange(1), help="With --resume: frames per segment at least  [default: 600]")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
-def run(export_dir, inputs, output, backend, overlap, weights, cuda_graph, device, as_json) -> None:
-    """Restore or upscale images of any size with an export, tile by tile.
+def run(
+    export_dir, inputs, output, backend, overlap, weights, cuda_graph, device, codec, crf, pix_fmt, preset, lossless, no_audio, resume, segment_frames, as_json
+) -> None:
+    """Restore or upscale images and videos of any size with an export, tile by tile.
 
     Models of several views (restormer-dual-defocus) take INPUTS in groups, one file per view in
-    the manifest's order: LEFT RIGHT [LEFT RIGHT ...].
+    the manifest's order: LEFT RIGHT [LEFT RIGHT ...]. A file is a video when FFmpeg finds one in it.
     """
     from tqdm import tqdm
 
     from deploytool import inference
-    from deploytool import inputs as input_sources
+    from deploytool import video as videos
     from deploytool.backends import open_runner
     from deploytool.manifest import read_manifest
 
     manifest = read_manifest(export_dir)
     overlap = manifest.overlap(overlap)
-    sources = inference.group_sources(manifest, [p for item in inputs for p in (input_sources.list_images(item) if item.is_dir() else [item])])
-    targets = inference.destinations(sources, output)
-    results = []
+    image_paths, video_paths = videos.split_inputs(inputs)
+    sources = inference.group_sources(manifest, image_paths)
+    targets = inference.destinations([*sources, *video_paths], output)
+    encode = videos.EncodeOptions(codec=codec, crf=crf, pix_fmt=pix_fmt, preset=preset, lossless=lossless, audio=not no_audio)
+    resume_key = (
+        {"export": manifest.fingerprint(), "backend": backend, **({"device": device} if device else {}), "overlap": overlap, **encode.arguments()}
+        if resume
+        else None
+    )
+    results, video_results = [], []
     with open_runner(export_dir, manifest, backend, weights=weights, cuda_graph=cuda_graph, device=device) as runner:
+        restorer = videos.TiledRestorer(runner, manifest, overlap=overlap) if video_paths else None
         for source, destination in zip(sources, targets):
             first = source[0] if isinstance(source, tuple) else source
             with tqdm(desc=first.name, unit="tile", file=sys.stderr, disable=None) as bar:
@@ -259,11 +278,27 @@ def run(export_dir, inputs, output, backend, overlap, weights, cuda_graph, devic
                         on_start=lambda total: setattr(bar, "total", total),
                     )
                 )
+        for source, destination in zip(video_paths, targets[len(sources) :]):
+            with videos.sigterm_interrupts(), tqdm(desc=source.name, unit="frame", file=sys.stderr, disable=None) as bar:
+                video_results.append(
+                    videos.restore_video(
+                        source,
+                        destination,
+                        restorer,
+                        encode,
+                        resume_key=resume_key,
+                        segment_frames=segment_frames or 0,
+                        on_start=lambda total: setattr(bar, "total", total),
+                        on_frame=lambda: bar.update(1),
+                    )
+                )
     if as_json:
-        click.echo(json.dumps({"backend": backend, "images": results}, indent=2))
+        click.echo(json.dumps({"backend": backend, "images": results, **({"videos": video_results} if video_paths else {})}, indent=2))
     else:
         for item in results:
             _say(f"{item['input']} -> {item['output']} ({item['output_size'][0]}x{item['output_size'][1]}, {item['tiles']} tiles, {backend})")
+        for item in video_results:
+            _say(videos.summary_line(item))
 
 
 @cli.command("eval")
@@ -408,13 +443,45 @@ def serve(repo, http_port, host, env, timeout) -> None:
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output file (one input) or folder.")
 @click.option("--concurrency", type=int, default=4, show_default=True, help="Requests in flight at once.")
+@click.option("--codec", help="Video encoder (as for `run`).")
+@click.option("--crf", type=int, help="Video quality (as for `run`).")
+@click.option("--pix-fmt", help="Video pixel format (as for `run`).")
+@click.option("--preset", help="Video encoder preset (as for `run`).")
+@click.option("--lossless", is_flag=True, help="Videos: FFV1 in Matroska storing RGB.")
+@click.option("--no-audio", is_flag=True, help="Videos: leave the audio streams out.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
-def client(url, model_id, inputs, output, concurrency, as_json) -> None:
-    """Restore images with MODEL_ID on the Triton server at URL (e.g. http://127.0.0.1:8000)."""
+def client(url, model_id, inputs, output, concurrency, codec, crf, pix_fmt, preset, lossless, no_audio, as_json) -> None:
+    """Restore images and videos with MODEL_ID on the Triton server at URL (e.g. http://127.0.0.1:8000)."""
     from tqdm import tqdm
 
-    from deploytool.serving.client import restore_remote
+    from deploytool import video as videos
+    from deploytool.serving.client import restore_remote, restore_remote_videos
 
+    image_paths, video_paths = videos.split_inputs(inputs)
+    if video_paths:
+        from deploytool.inference import destinations
+
+        targets = destinations(video_paths, output) if not image_paths else [output / p.name for p in video_paths]
+        encode = videos.EncodeOptions(codec=codec, crf=crf, pix_fmt=pix_fmt, preset=preset, lossless=lossless, audio=not no_audio)
+        with videos.sigterm_interrupts(), tqdm(unit="frame", file=sys.stderr, disable=None) as bar:
+            restored = restore_remote_videos(
+                url,
+                model_id,
+                video_paths,
+                targets,
+                encode,
+                concurrency=concurrency,
+                on_start=lambda source, total: bar.reset(total),
+                on_frame=lambda: bar.update(1),
+            )
+        if as_json and not image_paths:
+            click.echo(json.dumps({"url": url, "model": model_id, "videos": restored}, indent=2))
+        else:
+            for item in restored:
+                _say(videos.summary_line(item))
+        if not image_paths:
+            return
+        inputs = image_paths
     with tqdm(unit="image", file=sys.stderr, disable=None) as bar:
 
         def failed(failure: dict) -> None:

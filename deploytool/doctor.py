@@ -60,7 +60,7 @@ def probe() -> dict[str, Any]:
 
 def capabilities(facts: dict[str, Any]) -> dict[str, str]:
     """One line per command: what it can do on a machine with these facts."""
-    from deploytool.engines import OLDEST_SUPPORTED, STRONGLY_TYPED_SINCE, parse_version
+    from deploytool.engines import OLDEST_SUPPORTED, parse_version
 
     gpu = facts["gpus"][0] if facts["gpus"] else None
     missing = [name for name in ("torch", "onnx", "onnxsim", "onnxruntime") if not facts.get(name)]
@@ -83,10 +83,8 @@ def capabilities(facts: dict[str, Any]) -> dict[str, str]:
         sm = f"sm{gpu['compute_capability'][0]}{gpu['compute_capability'][1]}"
         if version < OLDEST_SUPPORTED:
             build = f"no: TensorRT {facts['tensorrt']} is too old (10 or 11 needed)"
-        elif version >= STRONGLY_TYPED_SINCE:
-            build = f"yes: strongly typed engines from model_fp16.onnx for {gpu['name']} ({sm})"
         else:
-            build = f"yes: TensorRT {facts['tensorrt']} predates strongly typed networks; model.onnx with the FP16 flag and the FP32 islands pinned, for {gpu['name']} ({sm})"
+            build = f"yes: strongly typed engines from model_fp16.onnx for {gpu['name']} ({sm})"
         if build.startswith("yes"):
             backends.append(TRT)
 

@@ -1,12 +1,12 @@
 """TensorRT engines from an export: which graph and flags a TensorRT version needs, the build,
 and the manifest record that `run` checks an engine against.
 
-The precision contract is `model_fp16.onnx`. TensorRT >= 10.12 (and 11, which has nothing else)
-builds it as a strongly typed network: every tensor keeps the type the ONNX gives it, FP32
-islands included. Older TensorRT 10 releases (e.g. JetPack's) cannot build strongly typed
-networks; there the FP32 graph is built with the FP16 flag, and the nodes that are FP32 in
-`model_fp16.onnx` are pinned to FP32 as layer precision constraints, so both paths keep the same
-islands. Everything but `build_engine` is pure and tested without TensorRT.
+The precision contract is `model_fp16.onnx`, built as a strongly typed network: every tensor keeps
+the type the ONNX gives it, FP32 islands included. Every TensorRT deploytool supports (10, JetPack
+6's 10.3 included, and 11) has `NetworkDefinitionCreationFlag.STRONGLY_TYPED`; 10.12 deprecated
+weak typing, it did not add strong typing. A TensorRT without the flag is refused rather than
+given a weakly typed network, which would build in FP32 or lose the islands. Everything but
+`build_engine` is pure and tested without TensorRT.
 """
 
 from __future__ import annotations
@@ -14,25 +14,20 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import onnx
-
 from deploytool.backends.tensorrt import engine_filename, require_tensorrt
 from deploytool.errors import BackendUnavailable, DeployError
-from deploytool.fileio import atomic_path, sha256_file
-from deploytool.graphs import tensor_types
+from deploytool.fileio import atomic_path, inside, sha256_file
 from deploytool.manifest import (
     FP16_FILE,
-    FP32_FILE,
     TIMING_CACHE,
     EngineRecord,
     read_manifest,
 )
 
-STRONGLY_TYPED_SINCE = (10, 12)
 OLDEST_SUPPORTED = (10, 0)
 
 
@@ -50,42 +45,27 @@ class BuildPlan:
 
     graph: str  # file in the export directory
     strongly_typed: bool
-    fp16_flag: bool
-    # ONNX node names pinned to FP32 (layer precision constraints); empty when strongly typed
-    fp32_layers: tuple[str, ...] = field(default=())
 
     def describe(self) -> str:
-        if self.strongly_typed:
-            return f"{self.graph} as a strongly typed network (precision as written in the ONNX)"
-        return f"{self.graph} with the FP16 flag and {len(self.fp32_layers)} layers pinned to FP32"
+        return f"{self.graph} as a strongly typed network (precision as written in the ONNX)"
 
 
-def plan_build(trt_version: str, fp32_islands: tuple[str, ...]) -> BuildPlan:
-    """The graph and flags for `trt_version`; `fp32_islands` are the FP32 nodes of model_fp16.onnx."""
+def has_strongly_typed(trt: Any) -> bool:
+    """Whether this TensorRT module can create strongly typed networks (asked, not inferred from its version)."""
+    return hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
+
+
+def plan_build(trt_version: str, strongly_typed: bool) -> BuildPlan:
+    """The graph and flags for TensorRT `trt_version`, which has strongly typed networks or not."""
     version = parse_version(trt_version)[:2]
     if version < OLDEST_SUPPORTED:
         raise DeployError(f"TensorRT {trt_version} is too old: deploytool builds with TensorRT 10 or 11")
-    if version >= STRONGLY_TYPED_SINCE:
-        return BuildPlan(graph=FP16_FILE, strongly_typed=True, fp16_flag=False)
-    return BuildPlan(graph=FP32_FILE, strongly_typed=False, fp16_flag=True, fp32_layers=tuple(fp32_islands))
-
-
-def fp32_islands(fp16_model: onnx.ModelProto) -> tuple[str, ...]:
-    """Names of the compute nodes that model_fp16.onnx runs in FP32 (its Casts excluded).
-
-    They are the nodes of the FP32 graph too (the FP16 graph keeps node names), so an older
-    TensorRT can be told to keep exactly these in FP32.
-    """
-    from onnx import TensorProto
-
-    types = {name: tensor.elem_type for name, tensor in tensor_types(fp16_model).items()}
-    islands = []
-    for node in fp16_model.graph.node:
-        if node.op_type == "Cast":
-            continue
-        if any(types.get(name) == TensorProto.FLOAT for name in node.output):
-            islands.append(node.name)
-    return tuple(islands)
+    if not strongly_typed:
+        raise DeployError(
+            f"TensorRT {trt_version} has no NetworkDefinitionCreationFlag.STRONGLY_TYPED, which deploytool needs to build "
+            f"{FP16_FILE} with its FP32 islands; install an official TensorRT 10 or 11 release"
+        )
+    return BuildPlan(graph=FP16_FILE, strongly_typed=True)
 
 
 def parse_size(text: str) -> int:
@@ -104,6 +84,12 @@ class BuildOptions:
     timing_cache: Path | None = None  # default: timing.cache next to the engine
 
 
+def engine_path(export_dir: Path, capability: tuple[int, int], trt_version: str) -> Path:
+    """Where the engine for this GPU and TensorRT goes: a file of the export folder, whatever the
+    version string holds."""
+    return inside(export_dir, engine_filename(capability, trt_version), "engine name")
+
+
 def build_engine(export_dir: str | Path, options: BuildOptions = BuildOptions(), progress: Callable[[str], None] = lambda m: None) -> tuple[str, EngineRecord]:
     """Build the engine of an export for this GPU and TensorRT; returns its file name and record."""
     export_dir = Path(export_dir)
@@ -114,16 +100,14 @@ def build_engine(export_dir: str | Path, options: BuildOptions = BuildOptions(),
     if not torch.cuda.is_available():
         raise BackendUnavailable("building a TensorRT engine needs a CUDA GPU, and torch sees none on this machine")
     capability, version = torch.cuda.get_device_capability(), trt.__version__
-    islands = fp32_islands(onnx.load(str(manifest.check_file(export_dir, FP16_FILE)), load_external_data=False))
-    plan = plan_build(version, islands)
+    engine_file = engine_path(export_dir, capability, version)
+    plan = plan_build(version, has_strongly_typed(trt))
     graph_path = manifest.check_file(export_dir, plan.graph)
     progress(f"TensorRT {version} on {torch.cuda.get_device_name()} (sm{capability[0]}{capability[1]}): {plan.describe()}")
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
-    flags = 1 << int(typed) if plan.strongly_typed and typed is not None else 0
-    network = builder.create_network(flags)
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(graph_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -132,10 +116,7 @@ def build_engine(export_dir: str | Path, options: BuildOptions = BuildOptions(),
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_bytes)
     config.builder_optimization_level = options.opt_level
-    if plan.fp16_flag:
-        config.set_flag(trt.BuilderFlag.FP16)
-        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-        pin_fp32(network, set(plan.fp32_layers), trt)
+    # no precision flags: a strongly typed network takes its types from the ONNX, and TensorRT refuses FP16/BF16/INT8 flags on it
     cache_path = Path(options.timing_cache) if options.timing_cache else export_dir / TIMING_CACHE
     cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
     config.set_timing_cache(cache, ignore_mismatch=False)
@@ -146,7 +127,7 @@ def build_engine(export_dir: str | Path, options: BuildOptions = BuildOptions(),
     if serialized is None:
         raise DeployError("TensorRT failed to build the engine (its log above says why)")
     seconds = time.perf_counter() - started
-    name = engine_filename(capability, version)
+    name = engine_file.name
     with atomic_path(export_dir / name) as tmp:
         tmp.write_bytes(bytes(serialized))
     with atomic_path(cache_path) as tmp:
@@ -157,7 +138,7 @@ def build_engine(export_dir: str | Path, options: BuildOptions = BuildOptions(),
         gpu=torch.cuda.get_device_name(),
         compute_capability=tuple(capability),
         tensorrt=version,
-        plan=asdict(plan) | {"fp32_layers": len(plan.fp32_layers)},
+        plan=asdict(plan),
         workspace_bytes=options.workspace_bytes,
         opt_level=options.opt_level,
         timing_cache=str(cache_path),
@@ -166,22 +147,3 @@ def build_engine(export_dir: str | Path, options: BuildOptions = BuildOptions(),
     manifest.with_engine(name, entry).write(export_dir)
     progress(f"engine {name} built in {seconds:.0f} s")
     return name, entry
-
-
-def pin_fp32(network: Any, node_names: set[str], trt: Any) -> int:
-    """Constrain to FP32 every layer the ONNX parser made from one of `node_names`.
-
-    A layer is matched by its name (the parser names a single-layer node after it) or by the
-    ONNX node its metadata names (`[ONNX Layer: NAME]`, set by the parser on every layer it
-    creates, also the extra ones of a multi-layer node). Returns how many layers were pinned.
-    """
-    pinned = 0
-    for i in range(network.num_layers):
-        layer = network.get_layer(i)
-        sources = set(re.findall(r"\[ONNX Layer: ([^\]]+)\]", getattr(layer, "metadata", "") or ""))
-        if layer.name in node_names or sources & node_names:
-            layer.precision = trt.float32
-            for output in range(layer.num_outputs):
-                layer.set_output_type(output, trt.float32)
-            pinned += 1
-    return pinned

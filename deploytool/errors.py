@@ -27,3 +27,7 @@ class ParityError(DeployError):
 
 class BackendUnavailable(DeployError):
     """A runtime (ONNX Runtime provider, TensorRT, CUDA) that is not usable on this machine."""
+
+
+class VideoError(DeployError):
+    """A video that cannot be read, restored or written as asked."""

@@ -46,6 +46,7 @@ from deploytool.manifest import (
     ModelInfo,
     StageCost,
     WeightsSource,
+    export_outputs,
     tiled_graph,
 )
 from deploytool.models import build_def, load_state_dict, original_name
@@ -386,8 +387,11 @@ def export(request: ExportRequest, progress: Progress = lambda message: None) ->
             save_model(graph, staging / FP32_FILE)
             records = {name: FileRecord(sha256=sha256_file(staging / name), bytes=(staging / name).stat().st_size) for name in files}
             out_dir.mkdir(parents=True, exist_ok=True)
+            # the manifest first: until the new one is written, the folder is an unfinished export;
+            # then what an earlier export, its `verify` and `build` wrote, which would not describe this one
             (out_dir / MANIFEST_FILE).unlink(missing_ok=True)
-            (out_dir / FP16_FILE).unlink(missing_ok=True)  # an earlier export's would not match this one
+            for stale in export_outputs(out_dir):
+                stale.unlink()
             for name in files:
                 shutil.move(str(staging / name), out_dir / name)
         manifest = build_manifest(request, records, graph, traced_nodes, merged, fp16_report, unused, time.perf_counter() - started, clock.costs)

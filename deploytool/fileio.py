@@ -5,9 +5,43 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
+
+from deploytool.errors import DeployError
+
+# A longer name is refused by common file systems (ext4, XFS, APFS, NTFS) anyway.
+MAX_NAME_BYTES = 255
+
+
+def inside(parent: str | os.PathLike, name: str, what: str = "name") -> Path:
+    """`parent / name`, refused in one line unless `name` is one plain entry of `parent` (not
+    empty, `.`, `..`, absolute, with a separator or NUL, or too long for a file system)."""
+    parent = Path(parent)
+    shown = name if len(name) <= 80 else f"{name[:40]}…({len(name)} characters)"
+    if not name or "\0" in name or name in (".", ".."):
+        raise DeployError(f"{what} {shown!r} cannot name a file in {parent}")
+    if len(os.fsencode(name)) > MAX_NAME_BYTES:
+        raise DeployError(f"{what} {shown!r} is longer than the {MAX_NAME_BYTES} bytes a file name may have")
+    path = parent / name
+    # abspath, not resolve: a symlink at `path` is replaced, never followed
+    if os.path.dirname(os.path.abspath(path)) != os.path.abspath(parent):
+        raise DeployError(f"{what} {shown!r} would leave {parent}: it must be one name, without '/'")
+    return path
+
+
+def _create_beside(path: Path) -> Path:
+    """A new empty file beside `path` with the mode any new file gets: the kernel applies the
+    umask in force to 0o666, so the umask is never changed (other threads may be writing)."""
+    while True:
+        candidate = path.parent / f".{path.name}.{secrets.token_hex(6)}.part{path.suffix}"
+        try:
+            fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return candidate
 
 
 @contextlib.contextmanager
@@ -15,13 +49,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path` in one rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part" + path.suffix, dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    # mkstemp creates 0600 files; outputs get the permissions any new file would get.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)
+    tmp_path = _create_beside(path)
     try:
         yield tmp_path
         os.replace(tmp_path, path)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,16 +46,30 @@ class LoadedImage:
         return "rgba" if base == "rgb" else "gray+alpha"
 
 
+# OpenCV's utils::logging level SILENT (its enum's 0)
+_CV2_LOG_SILENT = 0
+
+
+def _cv2_log_level_functions() -> tuple[Callable[[], int], Callable[[int], None]]:
+    """OpenCV's (getLogLevel, setLogLevel): `cv2.utils.logging` from 4.12 (and 5.x), the
+    top-level `cv2.getLogLevel`/`cv2.setLogLevel` of 4.x before it."""
+    logging = getattr(getattr(cv2, "utils", None), "logging", None)
+    if logging is not None:
+        return logging.getLogLevel, logging.setLogLevel
+    return cv2.getLogLevel, cv2.setLogLevel
+
+
 @contextlib.contextmanager
 def _quiet_cv2() -> Iterator[None]:
     # cv2 logs its own warnings to stderr for bad files; we report those failures ourselves
     # as one line, so its extra output would only clutter the CLI.
-    level = cv2.utils.logging.getLogLevel()
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    get_level, set_level = _cv2_log_level_functions()
+    level = get_level()
+    set_level(_CV2_LOG_SILENT)
     try:
         yield
     finally:
-        cv2.utils.logging.setLogLevel(level)
+        set_level(level)
 
 
 def _imread(path: Path) -> np.ndarray:

@@ -11,6 +11,7 @@ import numpy as np
 from deploytool import images, tiling
 from deploytool.backends import Runner
 from deploytool.errors import DeployError, ImageError
+from deploytool.fileio import inside
 from deploytool.manifest import BLEND_CENTRE, Manifest
 from deploytool.tiling import round_up
 
@@ -50,9 +51,29 @@ def restore_array(runner: Runner, manifest: Manifest, pixels: np.ndarray, *, ove
     height, width = pixels.shape[:2]
     padded = window_aligned(pixels, grid.tile_multiple)
     overlap = aligned_overlap(overlap, grid.tile_multiple, grid.tile)
-    trim = grid.blend.trim if grid.blend.mode == BLEND_CENTRE else 0
-    restored = tiling.run_tiled(padded, runner, tile=grid.tile, scale=manifest.scale, batch=grid.batch, overlap=overlap, on_tiles=on_tiles, trim=trim)
+    restored = tiling.run_tiled(
+        padded, runner, tile=grid.tile, scale=manifest.scale, batch=grid.batch, overlap=overlap, on_tiles=on_tiles, trim=_trim(manifest)
+    )
     return restored[: height * manifest.scale, : width * manifest.scale]
+
+
+def _trim(manifest: Manifest) -> int:
+    grid = manifest.tiling
+    return grid.blend.trim if grid.blend.mode == BLEND_CENTRE else 0
+
+
+def tiled_array(manifest: Manifest, pixels: np.ndarray, *, overlap: int) -> tiling.TiledImage:
+    """HWC float32 in the model's channel count cut into tiles exactly as `restore_array` cuts
+    it, for `tiling.run_tiled_stream`; `restored_array` gives its output back."""
+    grid = manifest.tiling
+    padded = window_aligned(pixels, grid.tile_multiple)
+    overlap = aligned_overlap(overlap, grid.tile_multiple, grid.tile)
+    return tiling.TiledImage(padded, tile=grid.tile, scale=manifest.scale, overlap=overlap, trim=_trim(manifest))
+
+
+def restored_array(manifest: Manifest, tiled: tiling.TiledImage, height: int, width: int) -> np.ndarray:
+    """The output of a `tiled_array` of an image of `height` x `width`, as `restore_array` returns it."""
+    return tiled.result()[: height * manifest.scale, : width * manifest.scale]
 
 
 def tiles_for(manifest: Manifest, height: int, width: int, overlap: int) -> int:
@@ -118,7 +139,7 @@ def destinations(sources: list[Source], output: Path) -> list[Path]:
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise DeployError(f"several inputs are named {', '.join(repeated)}: their outputs in {output} would overwrite each other")
-    return [output / name for name in names]
+    return [inside(output, name, "output name") for name in names]
 
 
 def restore_file(

@@ -431,6 +431,7 @@ def parse_manifest(data: dict[str, Any], *, where: str) -> Manifest:
     """A manifest from its JSON form: version-checked (older minors get their defaults), then
     schema-checked, then typed."""
     check_version(data, where=where)
+    check_model_id(data.get("model_id"), where=where)
     validate(data, where=where)
     return Manifest.from_json(data)
 
@@ -475,3 +476,45 @@ def views_for(names: tuple[str, ...], channels: int) -> tuple[View, ...]:
         raise DeployError(f"{channels} input channels cannot be split into the views {', '.join(names)}")
     per_view = channels // len(names)
     return tuple(View(name, per_view, VIEW_COLORS.get(per_view, f"{per_view}-channel")) for name in names)
+
+
+# A model id names folders and files (`build/<id>`, Triton's `<id>` and `<id>-tiles`): one plain
+# name, never a path. The schema's `model_id` pattern is this one; cpp/src/export.cpp refuses
+# with the same message.
+MODEL_ID_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+MODEL_ID_RULE = "1 to 64 ASCII letters, digits, '.', '_' or '-', starting with a letter or digit"
+
+
+def check_model_id(model_id: Any, *, where: str) -> None:
+    """Refuse, in one line, a model id that is not a plain name (a path, `..`, NUL, too long)."""
+    import re
+
+    if not isinstance(model_id, str) or re.fullmatch(MODEL_ID_PATTERN[1:-1], model_id):
+        return  # a non-string is the schema's to refuse
+    # shown only when printable ASCII of a readable length, JSON-escaped as the C++ reader shows it
+    printable = len(model_id) <= 64 and all(" " <= c <= "~" for c in model_id)
+    shown = f" {json.dumps(model_id)}" if printable else ""
+    raise DeployError(f"{where}: model_id{shown} is not a model id ({MODEL_ID_RULE})")
+
+
+# the names `deploytool build` gives engines (the schema's `engines` property names)
+ENGINE_FILE_PATTERN = r"model\.sm[0-9]+-trt[0-9.]+\.engine"
+
+
+def export_outputs(export_dir: str | Path) -> list[Path]:
+    """The files deploytool's commands write into an export folder that are there now: the
+    export's graphs and manifest, `verify`'s parity reports, `build`'s engines and timing cache,
+    and what an interrupted atomic write of any of them left. Other files are not deploytool's."""
+    import re
+
+    folder = Path(export_dir)
+    if not folder.is_dir():
+        return []
+    names = {MANIFEST_FILE, FP32_FILE, FP16_FILE, TIMING_CACHE, PARITY_JSON, PARITY_MD, PARITY_HTML}
+    ours = []
+    for path in sorted(folder.iterdir()):
+        # fileio.atomic_path's temporary files are `.<name>.<random>.part<suffix>`
+        name = path.name[1:].split(".part", 1)[0].rsplit(".", 1)[0] if path.name.startswith(".") and ".part" in path.name else path.name
+        if path.is_file() and (name in names or re.fullmatch(ENGINE_FILE_PATTERN, name)):
+            ours.append(path)
+    return ours

@@ -1,7 +1,7 @@
 """The FP16 deploy graph: FP16 everywhere except FP32 islands chosen from measured ranges.
 
-TensorRT 11 (and >= 10.12 strongly typed) runs each tensor in the type the ONNX gives it, so
-`model_fp16.onnx` is the engine's precision contract. It is built in three steps:
+TensorRT 10 and 11 build strongly typed networks, which run each tensor in the type the ONNX
+gives it, so `model_fp16.onnx` is the engine's precision contract. It is built in three steps:
 
 1. calibrate: run the FP32 graph on calibration inputs with an |x|-max reduction attached to
    every float tensor (one scalar per tensor, so memory stays small at any tile size);

@@ -17,6 +17,7 @@ from typing import Any
 import tomllib
 
 from deploytool.errors import DeployError
+from deploytool.manifest import check_model_id
 from deploytool.tiling import round_up
 
 # tile overlap in input pixels for configs that name none; an export records its own in the manifest
@@ -123,6 +124,8 @@ def entry_from_dict(data: dict[str, Any], source_file: Path | None = None) -> Mo
     where = source_file or "config"
     if "task" in data and data["task"] not in TASKS:
         raise DeployError(f"model config {where}: task {data.get('task')!r} is not one of {', '.join(TASKS)}")
+    if "id" in data:
+        check_model_id(data["id"], where=f"model config {where}")
     try:
         weights = dict(data.get("weights", {}))
         filename = weights.get("filename")

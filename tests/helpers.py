@@ -13,6 +13,16 @@ from deploytool.models import WeightsSource
 from deploytool.registry import ModelEntry
 
 
+def cli_runner():
+    """click's CliRunner with stderr kept apart from stdout (`result.stderr`): click 8.2 and later
+    always keep them apart; 8.1, the declared floor (scripts/floor_check.py), only when asked."""
+    import inspect
+
+    from click.testing import CliRunner
+
+    return CliRunner(mix_stderr=False) if "mix_stderr" in inspect.signature(CliRunner).parameters else CliRunner()
+
+
 def family_ids(family: str) -> list[str]:
     return sorted(i for i, e in registry.all_entries().items() if e.family == family)
 

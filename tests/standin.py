@@ -27,12 +27,18 @@ from deploytool.manifest import (
     tiled_graph,
 )
 
+# 3x3 weights of the stand-in's neighbourhood sum, asymmetric so that a mirrored or shifted tile
+# shows; they add up to 1 so the output stays in the image's range.
+NEIGHBOURHOOD = np.array([[0.05, 0.10, 0.02], [0.12, 0.40, 0.08], [0.03, 0.15, 0.05]], dtype=np.float32)
+
 
 class StandinModel:
-    """NCHW float32 batch -> nearest-neighbour x `scale` of the mean of input channels c, c + C_out, ...,
-    times 1.1 minus 0.05 (clipping shows), plus an offset from the tile's index in the run (a
-    misplaced tile shows) and a pattern from the pixel's place in the output tile (a wrong weight
-    or an off-by-one crop shows)."""
+    """NCHW float32 batch -> the mean of input channels c, c + C_out, ..., summed over its 3x3
+    neighbourhood in the tile with NEIGHBOURHOOD's weights (zero outside the tile), so what the
+    tiler pads reaches the output; then nearest-neighbour x `scale`, times 1.1 minus 0.05
+    (clipping shows), plus an offset from the tile's index in the run (a misplaced tile shows)
+    and a pattern from the pixel's place in the output tile (a wrong weight or an off-by-one crop
+    shows)."""
 
     name = "stand-in"
     device = "cpu"
@@ -51,15 +57,23 @@ class StandinModel:
         if batch.shape != self.input_shape or batch.dtype != np.float32:
             raise ValueError(f"stand-in takes {self.input_shape} float32, got {batch.shape} {batch.dtype}")
         size, out_channels = batch.shape[0], self.output_shape[1]
-        up = batch.repeat(self.scale, axis=2).repeat(self.scale, axis=3)
         groups = batch.shape[1] // out_channels
-        total = up[:, :out_channels]
+        total = batch[:, :out_channels]
         for group in range(1, groups):
-            total = total + up[:, group * out_channels : (group + 1) * out_channels]
+            total = total + batch[:, group * out_channels : (group + 1) * out_channels]
         base = total / np.float32(groups)
+        height, width = base.shape[2:]
+        padded = np.pad(base, ((0, 0), (0, 0), (1, 1), (1, 1)))
+        # term by term in row-major kernel order, as cpp/tests/standin.cpp adds them
+        neighbourhood = padded[:, :, 0:height, 0:width] * NEIGHBOURHOOD[0, 0]
+        for dy in range(3):
+            for dx in range(3):
+                if dy or dx:
+                    neighbourhood = neighbourhood + padded[:, :, dy : dy + height, dx : dx + width] * NEIGHBOURHOOD[dy, dx]
+        up = neighbourhood.repeat(self.scale, axis=2).repeat(self.scale, axis=3)
         offsets = np.array([np.float32(0.003 * float((self.calls * size + b) % 17)) for b in range(size)], dtype=np.float32)
         self.calls += 1
-        return ((base * np.float32(1.1) - np.float32(0.05)) + offsets[:, None, None, None]) + self.pattern[None]
+        return ((up * np.float32(1.1) - np.float32(0.05)) + offsets[:, None, None, None]) + self.pattern[None]
 
     def close(self) -> None:
         pass

@@ -14,7 +14,7 @@ from deploytool import export, registry
 from deploytool.errors import DeployError
 from deploytool.models import resolve_source
 from deploytool.serving import server
-from tests.helpers import export_tiny
+from tests.helpers import cli_runner, export_tiny
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
@@ -81,11 +81,9 @@ def variant_images(source: Path, out_dir: Path, size: int = 72) -> list[Path]:
 
 
 def invoke(*args):
-    from click.testing import CliRunner
-
     from deploytool.cli import cli
 
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    return cli_runner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 def assert_one_line_error(result, *fragments) -> str:

@@ -50,6 +50,21 @@ void check_version(const json& data, const std::string& where) {
   }
 }
 
+// deploytool/manifest.py's check_model_id, with its message: a model id names folders and files
+// (Triton models, output folders), so it is one plain name, never a path.
+void check_model_id(const json& data, const std::string& where) {
+  auto found = data.find("model_id");
+  if (found == data.end() || !found->is_string()) return;  // the schema check's to refuse
+  const std::string id = found->get<std::string>();
+  auto alnum = [](unsigned char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'); };
+  bool plain = !id.empty() && id.size() <= 64 && alnum(static_cast<unsigned char>(id[0])) &&
+               std::all_of(id.begin(), id.end(), [&](unsigned char c) { return alnum(c) || c == '.' || c == '_' || c == '-'; });
+  if (plain) return;
+  bool printable = id.size() <= 64 && std::all_of(id.begin(), id.end(), [](unsigned char c) { return c >= ' ' && c <= '~'; });
+  throw Error(where + ": model_id" + (printable ? " " + json(id).dump() : std::string()) +
+              " is not a model id (1 to 64 ASCII letters, digits, '.', '_' or '-', starting with a letter or digit)");
+}
+
 // Typed access with the schema's wording (jsonschema's messages) for what a runtime relies on.
 class Reader {
  public:
@@ -131,6 +146,7 @@ Manifest parse_manifest(const std::string& json_text, const std::string& where) 
   }
   if (!data.is_object()) throw Error(where + " is not a JSON object");
   check_version(data, where);
+  check_model_id(data, where);
 
   Reader read(where);
   Manifest manifest;
@@ -228,17 +244,42 @@ Export Export::open(const std::filesystem::path& dir) {
   return Export(dir, parse_manifest(text.str(), path.string()));
 }
 
-std::filesystem::path Export::check_file(const std::string& name) const {
-  std::filesystem::path path = dir_ / name;
+std::string Export::recorded_sha256(const std::string& name) const {
   std::string recorded;
   if (auto it = manifest_.files.find(name); it != manifest_.files.end()) recorded = it->second.sha256;
   if (auto it = manifest_.engines.find(name); recorded.empty() && it != manifest_.engines.end()) recorded = it->second.sha256;
   std::error_code error;
-  if (recorded.empty() || !std::filesystem::is_regular_file(path, error)) throw Error(path.string() + " is missing from the export");
+  if (recorded.empty() || !std::filesystem::is_regular_file(dir_ / name, error)) throw Error((dir_ / name).string() + " is missing from the export");
+  return recorded;
+}
+
+std::filesystem::path Export::check_file(const std::string& name) const {
+  const std::string recorded = recorded_sha256(name);
+  const std::filesystem::path path = dir_ / name;
   if (sha256_file(path) != recorded) {
     throw Error(path.string() + " changed since export (sha256 differs from " + kManifestFile + "); re-export");
   }
   return path;
+}
+
+std::vector<char> Export::read_checked(const std::string& name) const {
+  const std::string recorded = recorded_sha256(name);
+  const std::filesystem::path path = dir_ / name;
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error("cannot read " + path.string() + ": " + std::strerror(errno));
+  std::vector<char> bytes;
+  std::vector<char> chunk(1 << 20);
+  Sha256 hash;
+  // to the end of the file, however many reads that takes: a file cut short meanwhile fails the hash
+  while (in.read(chunk.data(), std::streamsize(chunk.size())) || in.gcount() > 0) {
+    bytes.insert(bytes.end(), chunk.data(), chunk.data() + in.gcount());
+    hash.update(chunk.data(), std::size_t(in.gcount()));
+  }
+  if (in.bad()) throw Error("cannot read " + path.string() + ": I/O error");
+  if (hash.hex_digest() != recorded) {
+    throw Error(path.string() + " changed since export (sha256 differs from " + kManifestFile + "); re-export");
+  }
+  return bytes;
 }
 
 std::string engine_filename(int compute_major, int compute_minor, const std::string& tensorrt_version) {

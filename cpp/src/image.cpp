@@ -50,7 +50,8 @@ bool decode_png(std::FILE* file, Decoded* out) {
   png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &error, png_error_to_jump, png_ignore_warning);
   if (!png) return false;
   png_infop info = png_create_info_struct(png);
-  png_bytep* rows = nullptr;
+  // Assigned after setjmp and read after longjmp: only a volatile local keeps its value.
+  png_bytep* volatile rows = nullptr;
   if (!info || setjmp(error.jump)) {
     std::free(rows);
     std::free(out->samples);
@@ -193,7 +194,10 @@ Image read_image(const std::filesystem::path& path) {
   } else {
     throw ImageError(name + ": not a PNG or JPEG image (the C++ runtime reads only those)");
   }
-  if (!ok) throw ImageError(name + ": not a readable image (unknown format or corrupt file)");
+  if (!ok) {
+    if (!decoded.message[0]) throw ImageError(name + ": not a readable image (unknown format or corrupt file)");
+    throw ImageError(name + ": not a readable image (corrupt file: " + decoded.message + ")");
+  }
   std::unique_ptr<unsigned char, decltype(&std::free)> samples(decoded.samples, &std::free);
   if (decoded.width <= 0 || decoded.height <= 0) throw ImageError(name + ": image has zero size");
 

@@ -1,15 +1,18 @@
-// PNG output with exactly deploytool/png.py's layout (IHDR, one IDAT of zlib level 6 over rows
-// that all use the Up filter, IEND), so both runtimes write the same bytes.
+// PNG output with exactly deploytool/png.py's layout (IHDR, the zlib level 6 stream of rows that
+// all use the Up filter cut into IDAT chunks of max_idat_bytes, IEND), so both runtimes write the
+// same bytes.
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cctype>
 #include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <string>
 
 #include "deploytool/errors.hpp"
 #include "deploytool/image.hpp"
@@ -39,6 +42,36 @@ void put_chunk(std::vector<unsigned char>& out, const char* kind, const unsigned
   put_u32(out, static_cast<std::uint32_t>(crc));
 }
 
+// A deflate stream that is always ended, whichever way encode_png leaves.
+class Deflater {
+ public:
+  explicit Deflater(int level) {
+    if (deflateInit(&stream_, level) != Z_OK) throw Error("zlib could not start compressing");
+  }
+  Deflater(const Deflater&) = delete;
+  Deflater& operator=(const Deflater&) = delete;
+  ~Deflater() { deflateEnd(&stream_); }
+  z_stream* get() { return &stream_; }
+
+ private:
+  z_stream stream_{};
+};
+
+// A new file beside `path` for its bytes, named uniquely (pid and a counter; O_EXCL retries) and
+// created with mode 0666 so that the kernel applies the process umask: reading the umask would
+// mean changing it, which races with every other thread creating files.
+int create_temporary(const std::filesystem::path& path, std::string& temp) {
+  static std::atomic<unsigned long> counter{0};
+  const std::string stem = (path.parent_path() / ("." + path.filename().string() + "." + std::to_string(::getpid()) + ".")).string();
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    temp = stem + std::to_string(counter.fetch_add(1)) + ".part.png";
+    int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (fd >= 0 || errno != EEXIST) return fd;
+  }
+  errno = EEXIST;
+  return -1;
+}
+
 int png_color_type(int channels) {
   switch (channels) {
     case 1: return 0;
@@ -51,14 +84,18 @@ int png_color_type(int channels) {
 
 }  // namespace
 
-std::vector<unsigned char> encode_png(const std::vector<unsigned short>& samples, int height, int width, int channels, int bit_depth) {
+std::vector<unsigned char> encode_png(const std::vector<unsigned short>& samples, int height, int width, int channels, int bit_depth,
+                                      std::size_t max_idat_bytes) {
   if (bit_depth != 8 && bit_depth != 16) throw Error("PNG bit depth must be 8 or 16, not " + std::to_string(bit_depth));
   if (height <= 0 || width <= 0 || samples.size() != std::size_t(height) * width * channels) throw Error("PNG samples do not match their shape");
+  if (max_idat_bytes < 1 || max_idat_bytes > kMaxIdatBytes) {
+    throw Error("max_idat_bytes must be in [1, " + std::to_string(kMaxIdatBytes) + "], got " + std::to_string(max_idat_bytes));
+  }
   const int color_type = png_color_type(channels);
   const std::size_t row_bytes = std::size_t(width) * channels * (bit_depth / 8);
 
-  z_stream stream{};
-  if (deflateInit(&stream, kCompressionLevel) != Z_OK) throw Error("zlib could not start compressing");
+  Deflater deflater(kCompressionLevel);
+  z_stream& stream = *deflater.get();
   std::vector<unsigned char> compressed;
   std::vector<unsigned char> previous(row_bytes, 0), current(row_bytes), filtered(row_bytes + 1);
   unsigned char buffer[1 << 16];
@@ -66,11 +103,7 @@ std::vector<unsigned char> encode_png(const std::vector<unsigned short>& samples
     do {
       stream.next_out = buffer;
       stream.avail_out = sizeof buffer;
-      int status = deflate(&stream, flush);
-      if (status == Z_STREAM_ERROR) {
-        deflateEnd(&stream);
-        throw Error("zlib failed while compressing the PNG");
-      }
+      if (deflate(&stream, flush) == Z_STREAM_ERROR) throw Error("zlib failed while compressing the PNG");
       compressed.insert(compressed.end(), buffer, buffer + (sizeof buffer - stream.avail_out));
     } while (stream.avail_out == 0 || (flush == Z_FINISH && stream.avail_in > 0));
   };
@@ -101,7 +134,6 @@ std::vector<unsigned char> encode_png(const std::vector<unsigned short>& samples
     status = deflate(&stream, Z_FINISH);
     compressed.insert(compressed.end(), buffer, buffer + (sizeof buffer - stream.avail_out));
   } while (status == Z_OK);
-  deflateEnd(&stream);
   if (status != Z_STREAM_END) throw Error("zlib failed while finishing the PNG");
 
   std::vector<unsigned char> png = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
@@ -110,7 +142,9 @@ std::vector<unsigned char> encode_png(const std::vector<unsigned short>& samples
   put_u32(header, static_cast<std::uint32_t>(height));
   header.insert(header.end(), {static_cast<unsigned char>(bit_depth), static_cast<unsigned char>(color_type), 0, 0, 0});
   put_chunk(png, "IHDR", header.data(), header.size());
-  put_chunk(png, "IDAT", compressed.data(), compressed.size());
+  for (std::size_t at = 0; at < compressed.size(); at += max_idat_bytes) {
+    put_chunk(png, "IDAT", compressed.data() + at, std::min(max_idat_bytes, compressed.size() - at));
+  }
   put_chunk(png, "IEND", nullptr, 0);
   return png;
 }
@@ -153,12 +187,9 @@ void write_image(const std::filesystem::path& path, const Pixels& pixels, const 
     std::filesystem::create_directories(folder, error);
     if (error) fail(error.value());
   }
-  std::string temp = (folder / ("." + path.filename().string() + ".XXXXXX.part.png")).string();
-  int fd = mkstemps(temp.data(), 9);
+  std::string temp;
+  int fd = create_temporary(path, temp);
   if (fd < 0) fail(errno);
-  mode_t mask = umask(0);
-  umask(mask);
-  fchmod(fd, 0666 & ~mask);
   std::size_t written = 0;
   while (written < data.size()) {
     ssize_t n = ::write(fd, data.data() + written, data.size() - written);

@@ -81,17 +81,19 @@ void Sha256::update(const void* data, std::size_t size) {
   }
 }
 
-std::string Sha256::hex_digest() {
+std::string Sha256::hex_digest() const {
+  // Padding goes into a copy, so this hash can be read again or fed more data.
+  Sha256 finished = *this;
   std::uint64_t bits = total_bytes_ * 8;
   std::uint8_t pad[72] = {0x80};
   std::size_t pad_size = (buffered_ < 56 ? 56 : 120) - buffered_;
-  update(pad, pad_size);
+  finished.update(pad, pad_size);
   std::uint8_t length[8];
   for (int i = 0; i < 8; ++i) length[i] = std::uint8_t(bits >> (56 - 8 * i));
-  update(length, 8);
+  finished.update(length, 8);
   static const char* digits = "0123456789abcdef";
   std::string hex;
-  for (std::uint32_t word : state_) {
+  for (std::uint32_t word : finished.state_) {
     for (int shift = 28; shift >= 0; shift -= 4) hex.push_back(digits[(word >> shift) & 0xf]);
   }
   return hex;

@@ -5,9 +5,9 @@
 #include <NvInferVersion.h>
 #include <cuda_runtime_api.h>
 
-#include <fstream>
 #include <iostream>
-#include <iterator>
+#include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "deploytool/backend.hpp"
@@ -34,6 +34,33 @@ std::string tensorrt_version() {
          std::to_string(NV_TENSORRT_BUILD);
 }
 
+// Owners of CUDA objects, so that a constructor that throws half-way releases what it made.
+struct StreamDestroyer {
+  void operator()(cudaStream_t stream) const {
+    cudaStreamSynchronize(stream);  // nothing may still use the buffers freed next to it
+    cudaStreamDestroy(stream);
+  }
+};
+struct DeviceFreer {
+  void operator()(void* pointer) const { cudaFree(pointer); }
+};
+struct GraphDestroyer {
+  void operator()(cudaGraph_t graph) const { cudaGraphDestroy(graph); }
+};
+struct GraphExecDestroyer {
+  void operator()(cudaGraphExec_t exec) const { cudaGraphExecDestroy(exec); }
+};
+using Stream = std::unique_ptr<std::remove_pointer_t<cudaStream_t>, StreamDestroyer>;
+using DeviceBuffer = std::unique_ptr<void, DeviceFreer>;
+using Graph = std::unique_ptr<std::remove_pointer_t<cudaGraph_t>, GraphDestroyer>;
+using GraphExec = std::unique_ptr<std::remove_pointer_t<cudaGraphExec_t>, GraphExecDestroyer>;
+
+DeviceBuffer device_buffer(std::size_t bytes, const char* what) {
+  void* pointer = nullptr;
+  check_cuda(cudaMalloc(&pointer, bytes), what);
+  return DeviceBuffer(pointer);
+}
+
 BatchShape shape_of(const nvinfer1::Dims& dims) {
   if (dims.nbDims != 4) return {};
   return {int(dims.d[0]), int(dims.d[1]), int(dims.d[2]), int(dims.d[3])};
@@ -53,10 +80,8 @@ class TensorRtBackend : public Backend {
                                std::to_string(headers) + "); rebuild deploytool_runtime against it");
     }
     const std::string name = matching_engine(exported.manifest(), properties.major, properties.minor, tensorrt_version());
-    path_ = exported.check_file(name).string();
-    std::ifstream in(path_, std::ios::binary);
-    std::vector<char> plan((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    if (!in && !in.eof()) throw Error("cannot read " + path_);
+    path_ = (exported.dir() / name).string();
+    const std::vector<char> plan = exported.read_checked(name);  // hashed and deserialised: the same bytes
 
     runtime_.reset(nvinfer1::createInferRuntime(logger_));
     if (!runtime_) throw BackendUnavailable("TensorRT could not create a runtime");
@@ -81,25 +106,16 @@ class TensorRtBackend : public Backend {
     if (input_name_.empty() || output_name_.empty() || input_shape_.elements() == 0 || output_shape_.elements() == 0) {
       throw Error(path_ + ": expected one static NCHW input and output");
     }
-    check_cuda(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "create a stream");
-    check_cuda(cudaMalloc(&device_input_, input_shape_.elements() * sizeof(float)), "allocate the input buffer");
-    check_cuda(cudaMalloc(&device_output_, output_shape_.elements() * sizeof(float)), "allocate the output buffer");
-    if (!context_->setTensorAddress(input_name_.c_str(), device_input_) || !context_->setTensorAddress(output_name_.c_str(), device_output_)) {
+    cudaStream_t stream = nullptr;
+    check_cuda(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "create a stream");
+    stream_.reset(stream);
+    device_input_ = device_buffer(input_shape_.elements() * sizeof(float), "allocate the input buffer");
+    device_output_ = device_buffer(output_shape_.elements() * sizeof(float), "allocate the output buffer");
+    if (!context_->setTensorAddress(input_name_.c_str(), device_input_.get()) ||
+        !context_->setTensorAddress(output_name_.c_str(), device_output_.get())) {
       throw Error("TensorRT refused the buffers of " + path_);
     }
     if (options.cuda_graph) capture();
-  }
-
-  ~TensorRtBackend() override {
-    if (stream_) cudaStreamSynchronize(stream_);
-    if (graph_exec_) cudaGraphExecDestroy(graph_exec_);
-    if (graph_) cudaGraphDestroy(graph_);
-    context_.reset();
-    engine_.reset();
-    runtime_.reset();
-    if (device_input_) cudaFree(device_input_);
-    if (device_output_) cudaFree(device_output_);
-    if (stream_) cudaStreamDestroy(stream_);
   }
 
   std::string name() const override { return "trt"; }
@@ -107,35 +123,53 @@ class TensorRtBackend : public Backend {
   BatchShape output_shape() const override { return output_shape_; }
 
   void infer(const float* input, float* output) override {
-    check_cuda(cudaMemcpyAsync(device_input_, input, input_shape_.elements() * sizeof(float), cudaMemcpyHostToDevice, stream_), "copy the input");
+    cudaStream_t stream = stream_.get();
+    check_cuda(cudaMemcpyAsync(device_input_.get(), input, input_shape_.elements() * sizeof(float), cudaMemcpyHostToDevice, stream),
+               "copy the input");
     if (graph_exec_) {
-      check_cuda(cudaGraphLaunch(graph_exec_, stream_), "launch the CUDA graph");
+      check_cuda(cudaGraphLaunch(graph_exec_.get(), stream), "launch the CUDA graph");
     } else {
       launch();
     }
-    check_cuda(cudaMemcpyAsync(output, device_output_, output_shape_.elements() * sizeof(float), cudaMemcpyDeviceToHost, stream_),
+    check_cuda(cudaMemcpyAsync(output, device_output_.get(), output_shape_.elements() * sizeof(float), cudaMemcpyDeviceToHost, stream),
                "copy the output");
-    check_cuda(cudaStreamSynchronize(stream_), "run the engine");
+    check_cuda(cudaStreamSynchronize(stream), "run the engine");
   }
 
  private:
   void launch() {
-    if (!context_->enqueueV3(stream_)) throw Error("TensorRT failed to run " + path_);
+    if (!context_->enqueueV3(stream_.get())) throw Error("TensorRT failed to run " + path_);
   }
 
   void capture() {
+    cudaStream_t stream = stream_.get();
     launch();  // the first launch allocates; capture only a steady-state one
-    check_cuda(cudaStreamSynchronize(stream_), "run the engine");
-    check_cuda(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "start capturing a CUDA graph");
-    launch();
-    check_cuda(cudaStreamEndCapture(stream_, &graph_), "capture a CUDA graph");
+    check_cuda(cudaStreamSynchronize(stream), "run the engine");
+    check_cuda(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "start capturing a CUDA graph");
+    cudaGraph_t graph = nullptr;
+    try {
+      launch();
+    } catch (...) {
+      // A stream left capturing refuses all later work (its destructor's synchronise included).
+      cudaStreamEndCapture(stream, &graph);
+      if (graph) cudaGraphDestroy(graph);
+      throw;
+    }
+    check_cuda(cudaStreamEndCapture(stream, &graph), "capture a CUDA graph");
+    graph_.reset(graph);
+    cudaGraphExec_t exec = nullptr;
 #if CUDART_VERSION >= 12000
-    check_cuda(cudaGraphInstantiate(&graph_exec_, graph_, 0), "instantiate the CUDA graph");
+    check_cuda(cudaGraphInstantiate(&exec, graph_.get(), 0), "instantiate the CUDA graph");
 #else
-    check_cuda(cudaGraphInstantiate(&graph_exec_, graph_, nullptr, nullptr, 0), "instantiate the CUDA graph");
+    check_cuda(cudaGraphInstantiate(&exec, graph_.get(), nullptr, nullptr, 0), "instantiate the CUDA graph");
 #endif
+    graph_exec_.reset(exec);
   }
 
+  // Members are destroyed in reverse order, also when the constructor throws half-way: the stream
+  // first (synchronised, so nothing runs on what follows), the CUDA graph, the buffers, then
+  // TensorRT's objects, context before engine before runtime, and last the logger, which TensorRT
+  // uses until its runtime is gone.
   WarningLogger logger_;
   std::string path_;
   std::unique_ptr<nvinfer1::IRuntime> runtime_;
@@ -143,11 +177,10 @@ class TensorRtBackend : public Backend {
   std::unique_ptr<nvinfer1::IExecutionContext> context_;
   std::string input_name_, output_name_;
   BatchShape input_shape_, output_shape_;
-  cudaStream_t stream_ = nullptr;
-  void* device_input_ = nullptr;
-  void* device_output_ = nullptr;
-  cudaGraph_t graph_ = nullptr;
-  cudaGraphExec_t graph_exec_ = nullptr;
+  DeviceBuffer device_input_, device_output_;
+  Graph graph_;
+  GraphExec graph_exec_;
+  Stream stream_;
 };
 
 }  // namespace

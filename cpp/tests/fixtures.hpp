@@ -1,8 +1,14 @@
 #pragma once
-// A small valid export folder for the unit tests: a placeholder model.onnx and a manifest.json.
+// Fixtures of the unit tests: private temporary folders, and a small valid export folder (a
+// placeholder model.onnx and a manifest.json).
+#include <stdlib.h>
+
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <stdexcept>
 #include <string>
 
 namespace deploytool::testing {
@@ -26,14 +32,27 @@ inline json minimal_manifest(const std::string& graph_sha256) {
       .patch(json::parse(R"([{"op": "replace", "path": "/files/model.onnx/sha256", "value": ")" + graph_sha256 + R"("}])"));
 }
 
-struct ExportFolder {
+// A fresh folder under the system's temporary directory, unique to this object (mkdtemp), so
+// concurrent test runs never share one; removed with everything in it on destruction.
+struct TempFolder {
   fs::path dir;
-  explicit ExportFolder(const std::string& name) : dir(fs::temp_directory_path() / ("deploytool_export_test_" + name)) {
-    fs::remove_all(dir);
-    fs::create_directories(dir);
+  explicit TempFolder(const std::string& name) {
+    std::string pattern = (fs::temp_directory_path() / ("deploytool_" + name + "_XXXXXX")).string();
+    if (!mkdtemp(pattern.data())) throw std::runtime_error("cannot create a temporary folder " + pattern + ": " + std::strerror(errno));
+    dir = pattern;
+  }
+  TempFolder(const TempFolder&) = delete;
+  TempFolder& operator=(const TempFolder&) = delete;
+  ~TempFolder() {
+    std::error_code ignored;
+    fs::remove_all(dir, ignored);
+  }
+};
+
+struct ExportFolder : TempFolder {
+  explicit ExportFolder(const std::string& name) : TempFolder("export_test_" + name) {
     std::ofstream(dir / "model.onnx", std::ios::binary) << "graph";
   }
-  ~ExportFolder() { fs::remove_all(dir); }
   void write(const json& manifest) const { std::ofstream(dir / "manifest.json") << manifest.dump(2); }
   std::string where() const { return (dir / "manifest.json").string(); }
 };

@@ -1,9 +1,10 @@
 #pragma once
 // The deterministic stand-in model of tests/standin.py, in C++ (the same float32 operations in
-// the same order): nearest-neighbour x scale of the mean of the input channels c, c + C_out, ...,
-// times 1.1 minus 0.05 (so clipping shows), plus an offset from the tile's index in the run
-// (a misplaced tile shows) and a pattern from the pixel's place in the output tile (a wrong
-// weight or an off-by-one crop shows).
+// the same order): the mean of the input channels c, c + C_out, ..., summed over its 3x3
+// neighbourhood in the tile (zero outside it) so the tiler's padding reaches the output; then
+// nearest-neighbour x scale, times 1.1 minus 0.05 (so clipping shows), plus an offset from the
+// tile's index in the run (a misplaced tile shows) and a pattern from the pixel's place in the
+// output tile (a wrong weight or an off-by-one crop shows).
 #include "deploytool/backend.hpp"
 
 namespace deploytool::testing {

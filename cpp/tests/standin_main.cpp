@@ -4,12 +4,17 @@
 //   deploytool-standin --bench EXPORT_DIR IMAGE   (prints {"restore_s", "model_s", "tiles"} as JSON)
 //   deploytool-standin --manifest EXPORT_DIR [SM_MAJOR SM_MINOR TRT_VERSION]
 //     checks every recorded file, prints what the runtime read as JSON (and the engine it would pick)
+//   deploytool-standin --encode-png SAMPLES.u16 HEIGHT WIDTH CHANNELS BIT_DEPTH MAX_IDAT_BYTES OUT.png
+//     encode_png over native-endian uint16 samples (HWC), to compare with deploytool/png.py
 #include <chrono>
 #include <cstring>
+#include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
 #include "deploytool/cli.hpp"
+#include "deploytool/errors.hpp"
+#include "deploytool/image.hpp"
 #include "deploytool/runtime.hpp"
 #include "standin.hpp"
 
@@ -87,11 +92,28 @@ int check_manifest(int argc, char** argv) {
   }
 }
 
+int encode(char** argv) {
+  try {
+    const int height = std::stoi(argv[3]), width = std::stoi(argv[4]), channels = std::stoi(argv[5]), depth = std::stoi(argv[6]);
+    std::ifstream in(argv[2], std::ios::binary);
+    std::vector<unsigned short> samples(std::size_t(height) * width * channels);
+    in.read(reinterpret_cast<char*>(samples.data()), std::streamsize(samples.size() * sizeof(unsigned short)));
+    if (!in || in.peek() != EOF) throw deploytool::Error(std::string(argv[2]) + " does not hold exactly the samples of its shape");
+    const std::vector<unsigned char> png = deploytool::encode_png(samples, height, width, channels, depth, std::stoul(argv[7]));
+    std::ofstream(argv[8], std::ios::binary).write(reinterpret_cast<const char*>(png.data()), std::streamsize(png.size()));
+    return 0;
+  } catch (const std::exception& error) {
+    std::cerr << "error: " << error.what() << "\n";
+    return 1;
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc == 4 && std::strcmp(argv[1], "--bench") == 0) return bench(argv[2], argv[3]);
   if ((argc == 3 || argc == 6) && std::strcmp(argv[1], "--manifest") == 0) return check_manifest(argc, argv);
+  if (argc == 9 && std::strcmp(argv[1], "--encode-png") == 0) return encode(argv);
   auto factory = [](const Export& exported, const deploytool::CliOptions&) { return standin_backend(exported, nullptr); };
   return deploytool::run_cli(argc, argv, factory, std::cout, std::cerr);
 }

@@ -95,6 +95,26 @@ TEST(Export, RefusesInOneLineAsPythonDoes) {
   EXPECT_EQ(message_of([&] { dt::Export::open(folder.dir); }), where + " does not follow the manifest schema 1.2: at scale: \"2\" is not of type 'integer'");
 }
 
+TEST(Export, RefusesAModelIdThatIsNotAPlainNameAsPythonDoes) {
+  ExportFolder folder("model-id");
+  const std::string where = folder.where();
+  const std::string rule = " is not a model id (1 to 64 ASCII letters, digits, '.', '_' or '-', starting with a letter or digit)";
+  json data = minimal_manifest(dt::sha256_hex("graph"));
+  for (const std::string& id : {std::string("./../victim"), std::string(".."), std::string("/"), std::string("/tmp/victim"), std::string("a\"b"), std::string("")}) {
+    data["model_id"] = id;
+    folder.write(data);
+    EXPECT_EQ(message_of([&] { dt::Export::open(folder.dir); }), where + ": model_id " + json(id).dump() + rule) << id;
+  }
+  for (const std::string& id : {std::string("a\0b", 3), std::string(65, 'x'), std::string("caf\xc3\xa9")}) {
+    data["model_id"] = id;
+    folder.write(data);
+    EXPECT_EQ(message_of([&] { dt::Export::open(folder.dir); }), where + ": model_id" + rule) << id.size();
+  }
+  data["model_id"] = std::string(64, 'x');
+  folder.write(data);
+  EXPECT_EQ(dt::Export::open(folder.dir).manifest().model_id, std::string(64, 'x'));
+}
+
 TEST(Export, RefusesMissingAndChangedFiles) {
   ExportFolder folder("files");
   folder.write(minimal_manifest(dt::sha256_hex("other graph")));
@@ -105,6 +125,20 @@ TEST(Export, RefusesMissingAndChangedFiles) {
   fs::remove(folder.dir / "model.onnx");
   EXPECT_EQ(message_of([&] { exported.check_file("model.onnx"); }), graph + " is missing from the export");
   EXPECT_EQ(message_of([&] { exported.check_file("model_fp16.onnx"); }), (folder.dir / "model_fp16.onnx").string() + " is missing from the export");
+}
+
+TEST(Export, ReadCheckedGivesTheBytesItHashedOrTheSameRefusals) {
+  ExportFolder folder("read_checked");
+  folder.write(minimal_manifest(dt::sha256_hex("graph")));
+  dt::Export exported = dt::Export::open(folder.dir);
+  const std::vector<char> bytes = exported.read_checked("model.onnx");
+  EXPECT_EQ(std::string(bytes.begin(), bytes.end()), "graph");
+  const std::string graph = (folder.dir / "model.onnx").string();
+  std::ofstream(folder.dir / "model.onnx", std::ios::binary) << "grap";  // cut short
+  EXPECT_EQ(message_of([&] { exported.read_checked("model.onnx"); }), graph + " changed since export (sha256 differs from manifest.json); re-export");
+  fs::remove(folder.dir / "model.onnx");
+  EXPECT_EQ(message_of([&] { exported.read_checked("model.onnx"); }), graph + " is missing from the export");
+  EXPECT_EQ(message_of([&] { exported.read_checked("notes.txt"); }), (folder.dir / "notes.txt").string() + " is missing from the export");
 }
 
 TEST(Export, PicksTheEngineForThisGpuOrRefuses) {
@@ -122,4 +156,12 @@ TEST(Export, PicksTheEngineForThisGpuOrRefuses) {
             "no engine for this GPU (sm90) and TensorRT 10.13.0.35 in this export (engines: model.sm86-trt10.13.0.35.engine, "
             "model.sm89-trt10.13.0.35.engine); run `deploytool build` here");
   EXPECT_EQ(message_of([&] { dt::matching_engine(exported.manifest(), 8, 9, "10.8.0.43"); }).rfind("no engine for this GPU (sm89) and TensorRT 10.8.0.43", 0), 0u);
+}
+
+TEST(Fixtures, FoldersOfOneNameAreDistinct) {
+  // Concurrent ctest runs (and two folders of one test) must never share files.
+  ExportFolder first("same"), second("same");
+  EXPECT_NE(first.dir, second.dir);
+  EXPECT_TRUE(fs::is_regular_file(first.dir / "model.onnx"));
+  EXPECT_TRUE(fs::is_regular_file(second.dir / "model.onnx"));
 }

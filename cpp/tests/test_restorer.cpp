@@ -99,7 +99,7 @@ TEST(Cli, RestoresAndReportsEveryBadInputInOneLine) {
   expect_error({dir, (folder.dir / "none.png").string(), "-o", output}, (folder.dir / "none.png").string() + ": no such file");
   std::ofstream(folder.dir / "corrupt.png") << "\x89PNG\r\n\x1a\n broken";
   expect_error({dir, (folder.dir / "corrupt.png").string(), "-o", output},
-               (folder.dir / "corrupt.png").string() + ": not a readable image (unknown format or corrupt file)");
+               (folder.dir / "corrupt.png").string() + ": not a readable image (corrupt file: Read Error)");
   expect_error({dir, input, input, "-o", output}, "toy-x2 takes one image; 2 given");
   expect_error({(folder.dir / "nowhere").string(), input, "-o", output},
                (folder.dir / "nowhere").string() + " is not a finished export (no manifest.json); run `deploytool export` first");

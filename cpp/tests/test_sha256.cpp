@@ -5,6 +5,7 @@
 
 #include "deploytool/errors.hpp"
 #include "deploytool/sha256.hpp"
+#include "fixtures.hpp"
 
 namespace dt = deploytool;
 
@@ -27,8 +28,18 @@ TEST(Sha256, PiecesEqualWhole) {
   }
 }
 
+TEST(Sha256, DigestCanBeReadAgainAndTheHashGoesOn) {
+  dt::Sha256 hash;
+  hash.update("ab", 2);
+  EXPECT_EQ(hash.hex_digest(), dt::sha256_hex("ab"));
+  EXPECT_EQ(hash.hex_digest(), dt::sha256_hex("ab"));
+  hash.update("c", 1);
+  EXPECT_EQ(hash.hex_digest(), dt::sha256_hex("abc"));
+}
+
 TEST(Sha256, File) {
-  auto path = std::filesystem::temp_directory_path() / "deploytool_sha256_test.bin";
+  dt::testing::TempFolder folder("sha256_test");
+  auto path = folder.dir / "data.bin";
   std::ofstream(path, std::ios::binary) << "abc";
   EXPECT_EQ(dt::sha256_file(path), dt::sha256_hex("abc"));
   std::filesystem::remove(path);

@@ -23,6 +23,7 @@ import numpy as np
 
 from deploytool import images, inference
 from deploytool.errors import DeployError, ImageError
+from deploytool.manifest import check_model_id
 from deploytool.serving import protocol
 
 RETRY_DELAYS = (0.5, 1.0, 2.0)  # seconds before each retry of a request whose connection failed
@@ -200,6 +201,7 @@ def restore_remote(
 
     if concurrency < 1:
         raise DeployError(f"--concurrency must be at least 1, not {concurrency}")
+    check_model_id(model, where="deploytool client")  # it becomes part of the request URLs
     client = TritonImageClient(url, model)
     report = ClientReport(url, model)
     try:
@@ -247,3 +249,80 @@ def restore_remote(
     finally:
         client.close()
     return report
+
+
+class RemoteRestorer:
+    """Video frames restored by a whole-image model on a Triton server (`video.FrameRestorer`).
+
+    Each frame goes as 8- or 16-bit RGB samples (a lossless RGB source's own samples; other
+    frames rounded at the video's working depth) and comes back as `run` would write it;
+    `concurrency` frames are in flight at once, and they come back in order.
+    """
+
+    PROBE_SIZE = 16  # pixels a side of the request that asks the model its scale
+
+    def __init__(self, client: TritonImageClient, *, concurrency: int):
+        views = client.check()
+        if len(views) != 1:
+            raise DeployError(f"{client.model} takes {len(views)} views of one scene ({', '.join(views)}); a video has one")
+        self.client, self.view, self.concurrency = client, views[0], concurrency
+        self.name = f"triton:{client.model}"
+        self.busy_seconds = 0.0
+        self.lock = threading.Lock()
+        probe = np.zeros((self.PROBE_SIZE, self.PROBE_SIZE, 3), np.uint8)
+        self.scale = int(self._infer(probe).shape[0]) // self.PROBE_SIZE
+
+    def _infer(self, samples: np.ndarray) -> np.ndarray:
+        sample_type = protocol.sample_type_of(samples.dtype)
+        started = time.perf_counter()
+        restored = self.client.infer({protocol.input_name(self.view, sample_type): samples}, protocol.output_name(sample_type))
+        with self.lock:
+            self.busy_seconds += time.perf_counter() - started
+        return restored
+
+    def restore(self, frames, depth: int):
+        from collections import deque
+
+        from deploytool.video import frames as framing
+
+        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="triton-video") as pool:
+            in_flight: deque = deque()
+            for frame in frames:
+                in_flight.append((frame, pool.submit(self._infer, framing.samples_for_model(frame, depth))))
+                if len(in_flight) >= self.concurrency:
+                    yield self._done(*in_flight.popleft())
+            while in_flight:
+                yield self._done(*in_flight.popleft())
+
+    def _done(self, frame, future):
+        restored = future.result()
+        if restored.ndim != 3 or restored.shape[2] != 3:
+            raise ImageError(f"the server returned frame {frame.index} with shape {restored.shape}, not RGB")
+        return frame, restored
+
+
+def restore_remote_videos(
+    url: str,
+    model: str,
+    sources: list[Path],
+    destinations: list[Path],
+    options,
+    *,
+    concurrency: int = 4,
+    on_start: Callable[[Path, int], None] = lambda source, total: None,
+    on_frame: Callable[[], None] = lambda: None,
+) -> list[dict[str, Any]]:
+    """Restore each video of `sources` into its destination with `model` at `url`."""
+    from deploytool import video
+
+    if concurrency < 1:
+        raise DeployError(f"--concurrency must be at least 1, not {concurrency}")
+    client = TritonImageClient(url, model)
+    try:
+        restorer = RemoteRestorer(client, concurrency=concurrency)
+        return [
+            video.restore_video(source, destination, restorer, options, on_start=lambda total, s=source: on_start(s, total), on_frame=on_frame)
+            for source, destination in zip(sources, destinations)
+        ]
+    finally:
+        client.close()

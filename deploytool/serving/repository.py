@@ -22,6 +22,7 @@ from typing import Any
 
 from deploytool.backends import TRITON_ONNX, TRITON_OPENVINO, TRITON_PYTHON_ORT, TRITON_RUNTIMES, TRITON_TRT
 from deploytool.errors import DeployError
+from deploytool.fileio import inside
 from deploytool.manifest import FP16_FILE, FP32_FILE, MANIFEST_FILE, Manifest, read_manifest
 from deploytool.serving import protocol
 
@@ -241,7 +242,7 @@ def _model_files(export_dir: Path, manifest: Manifest, options: RepositoryOption
 def _write_model(repo: Path, name: str, config: dict[str, Any], files: dict[str, Path], texts: dict[str, str]) -> Path:
     """Write one model folder beside its final place, then swap it in: a failed write leaves the
     repository as it was."""
-    final = repo / name
+    final = inside(repo, name, "model name")
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=repo))
     try:
         version = staging / protocol.VERSION
@@ -285,6 +286,10 @@ def write_repository(
     validate_options(options)
     exports = [(Path(d), read_manifest(d)) for d in export_dirs]
     ids = [manifest.model_id for _, manifest in exports]
+    for model_id in ids:
+        # a manifest read from disk has a checked id; one built in code is checked here, before anything is written
+        for name in (model_id, protocol.tile_model_name(model_id)):
+            inside(repo, name, "model name")
     repeated = sorted({i for i in ids if ids.count(i) > 1})
     if repeated:
         raise DeployError(f"several exports are {', '.join(repeated)}: a repository holds one model per id")

@@ -11,9 +11,11 @@ facts of that build decide how it is started:
   system's libpython is picked up with the system's standard library and packages.
 
 The embedded interpreter's `sys.prefix` is the base Python's, not the environment's, so the
-environment's site-packages and deploytool's source root go on PYTHONPATH. These are settings of
-the server process only; the repository names no path of this machine and stays portable
-(a per-model EXECUTION_ENV_PATH would tie it to this machine's environment).
+environment's site-packages go on PYTHONPATH, after a folder holding only the `deploytool`
+package (not the folder deploytool is installed in: the main environment's site-packages, with
+numpy 2, would shadow the server environment's packages). These are settings of the server
+process only; the repository names no path of this machine and stays portable (a per-model
+EXECUTION_ENV_PATH would tie it to this machine's environment).
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ from deploytool.errors import DeployError
 
 SERVE_ENV_VARIABLE = "DEPLOYTOOL_SERVE_ENV"
 DEFAULT_ENV_NAME = ".venv-serve"
-SOURCE_ROOT = Path(deploytool.__file__).resolve().parent.parent
+PACKAGE_DIR = Path(deploytool.__file__).resolve().parent
+SOURCE_ROOT = PACKAGE_DIR.parent
 SETUP_HINT = f"run scripts/setup.sh (it creates {DEFAULT_ENV_NAME}), or pass --env with an environment holding `deploytool[serve]`'s packages"
 
 
@@ -118,15 +121,25 @@ def is_ready(url: str) -> bool:
         return False
 
 
-def server_environment(env: ServerEnvironment) -> dict[str, str]:
-    """The process environment tritonserver (and its Python stubs, its children) run in."""
+def package_folder(into: Path) -> Path:
+    """A folder in `into` holding only the `deploytool` package (a link to this one), for the
+    server's PYTHONPATH."""
+    folder = into / "python"
+    folder.mkdir()
+    (folder / "deploytool").symlink_to(PACKAGE_DIR, target_is_directory=True)
+    return folder
+
+
+def server_environment(env: ServerEnvironment, packages: Path) -> dict[str, str]:
+    """The process environment tritonserver (and its Python stubs, its children) run in;
+    `packages` is a `package_folder`."""
     variables = dict(os.environ)
 
     def prepend(name: str, *paths: Path) -> None:
         variables[name] = os.pathsep.join([str(p) for p in paths] + ([variables[name]] if variables.get(name) else []))
 
     prepend("LD_LIBRARY_PATH", env.libpython_dir, env.wheel_libs)
-    prepend("PYTHONPATH", SOURCE_ROOT, env.site_packages)
+    prepend("PYTHONPATH", packages, env.site_packages)
     prepend("PATH", env.prefix / "bin")
     variables.pop("PYTHONHOME", None)
     return variables
@@ -159,6 +172,15 @@ def _first_error(log: Path) -> str:
     return " ".join(message.split("\\n")[0].split())[:600]
 
 
+def keep_log(log: Path) -> Path:
+    """A copy of `log` in the temporary folder under a new, unpredictable name (mkstemp: created
+    exclusively, mode 0600), so nothing planted there in advance is followed or overwritten."""
+    fd, kept = tempfile.mkstemp(prefix="deploytool-tritonserver-", suffix=".log")
+    with os.fdopen(fd, "wb") as out, open(log, "rb") as source:
+        shutil.copyfileobj(source, out)
+    return Path(kept)
+
+
 class TritonServer:
     """tritonserver on `repo`, HTTP on host:port only (no gRPC, no metrics); a context manager
     that always stops it (and its Python stubs) on leaving."""
@@ -169,7 +191,7 @@ class TritonServer:
         self.process: subprocess.Popen | None = None
         self.workdir: Path | None = None
         self.log = log
-        self.kept_log = log
+        self.kept_log = log  # where the message of a failure says the log is
         self.ready_timeout = 180.0
 
     @property
@@ -181,8 +203,8 @@ class TritonServer:
             raise DeployError(f"model repository not found: {self.repo}")
         self.workdir = Path(tempfile.mkdtemp(prefix="deploytool-triton-"))
         backends = _backends(self.environment, self.workdir)
+        packages = package_folder(self.workdir)
         self.log = self.log or self.workdir / "tritonserver.log"
-        self.kept_log = Path(tempfile.gettempdir()) / f"deploytool-tritonserver-{os.getpid()}-{self.http_port}.log"
         command = [
             str(self.environment.binary),
             f"--model-repository={self.repo}",
@@ -197,7 +219,9 @@ class TritonServer:
         ]
         with open(self.log, "wb") as log:
             # its own session: Ctrl-C reaches deploytool, which stops the server once, in order
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=server_environment(self.environment), start_new_session=True)
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=server_environment(self.environment, packages), start_new_session=True
+            )
 
     def ready(self) -> bool:
         return is_ready(self.url)
@@ -208,9 +232,11 @@ class TritonServer:
             return json.loads(response.read())
 
     def failure(self, what: str) -> DeployError:
-        """`what` with Triton's first error, the full log kept where the message says."""
-        if self.log is not None and self.log.exists() and self.log != self.kept_log:
-            shutil.copyfile(self.log, self.kept_log)
+        """`what` with Triton's first error, the full log kept where the message says (a log in
+        the work folder, which `stop` removes, is copied out first)."""
+        self.kept_log = self.log
+        if self.log is not None and self.workdir is not None and self.log.is_relative_to(self.workdir) and self.log.exists():
+            self.kept_log = keep_log(self.log)
         return DeployError(f"{what}: {_first_error(self.log)} (log: {self.kept_log})")
 
     def wait_ready(self, timeout: float = 120.0) -> None:

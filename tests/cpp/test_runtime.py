@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ import numpy as np
 import pytest
 
 import model_defs
-from deploytool import inference, png, registry
+from deploytool import inference, png, registry, tiling
 from deploytool.backends.tensorrt import engine_filename, matching_engine
 from deploytool.errors import DeployError
 from deploytool.fileio import sha256_file
@@ -200,6 +201,63 @@ def test_overlap_override_and_batch_tail(cpp_build: Path, synthetic_images: dict
             compare_with_python(cpp_build, export_dir, [synthetic_images["rgb8-131x149"]], tmp_path, overlap=overlap)
 
 
+def _edge_padded_to_window(pixels: np.ndarray, multiple: int) -> np.ndarray:
+    height, width = pixels.shape[:2]
+    padded_h, padded_w = inference.padded_size(height, width, multiple)
+    return np.pad(pixels, ((0, padded_h - height), (0, padded_w - width), (0, 0)), mode="edge")
+
+
+@pytest.mark.parametrize(
+    "shape, mutation",
+    [
+        # a multiple of the window (no window padding) but smaller than the tile: padded per tile
+        ((40, 44, 3), lambda monkeypatch: monkeypatch.setattr(tiling, "_pad_mode", lambda size, tile: "edge")),
+        # padded to the window multiple, whose padding the crop keeps next to the image's last pixels
+        ((37, 53, 3), lambda monkeypatch: monkeypatch.setattr(inference, "window_aligned", _edge_padded_to_window)),
+    ],
+    ids=["per-tile", "window"],
+)
+def test_comparison_sees_a_changed_padding_mode(shape, mutation, monkeypatch, cpp_build: Path, standin_exports: dict[str, Path], tmp_path: Path) -> None:
+    """The byte-identity comparison can fail: with Python's tiler padding by edge instead of reflect
+    (the C++ one unchanged), the stand-in carries the padded pixels into the output."""
+    config = next(c for c in CONFIGS if c.tile == (64, 64) and c.tile_multiple == 4 and c.scale == 2)
+    image = tmp_path / "image.png"
+    image.write_bytes(png.encode(_levels(shape, 11, 8)))
+    compare_with_python(cpp_build, standin_exports[config.label], [image], tmp_path)
+    mutation(monkeypatch)
+    with pytest.raises(pytest.fail.Exception, match="PNG bytes differ"):
+        compare_with_python(cpp_build, standin_exports[config.label], [image], tmp_path)
+
+
+def _idat_lengths(data: bytes) -> list[int]:
+    lengths, at = [], 8
+    while at < len(data):
+        length, kind = struct.unpack(">I4s", data[at : at + 8])
+        if kind == b"IDAT":
+            lengths.append(length)
+        at += 12 + length
+    return lengths
+
+
+@pytest.mark.parametrize("shape, depth", [((29, 31, 3), 8), ((17, 23, 4), 16), ((41, 13, 1), 8)])
+def test_png_cut_into_several_idat_chunks_is_the_same_in_both_languages(cpp_build: Path, tmp_path: Path, shape, depth) -> None:
+    samples = _levels(shape, 3, depth)
+    max_idat_bytes = 97
+    python_png = png.encode(samples, max_idat_bytes=max_idat_bytes)
+    raw, cpp_png = tmp_path / "samples.u16", tmp_path / "cpp.png"
+    samples.astype(np.uint16).tofile(raw)
+    done = subprocess.run(
+        [str(_standin(cpp_build)), "--encode-png", str(raw), *map(str, shape), str(depth), str(max_idat_bytes), str(cpp_png)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    lengths = _idat_lengths(python_png)
+    assert len(lengths) >= 3 and set(lengths[:-1]) == {max_idat_bytes} and 0 < lengths[-1] <= max_idat_bytes
+    assert cpp_png.read_bytes() == python_png
+    decoded = cv2.imread(str(cpp_png), cv2.IMREAD_UNCHANGED)
+    expected = samples[..., 0] if shape[2] == 1 else np.concatenate([samples[..., 2::-1], samples[..., 3:]], axis=2)
+    np.testing.assert_array_equal(decoded, expected)
+
+
 # -- the manifest reader over real exports and the bad cases
 
 
@@ -316,9 +374,11 @@ def test_manifest_reader_refuses_bad_exports_in_pythons_words(cpp_build: Path, r
 def test_infer_without_tensorrt_refuses_in_one_line(
     cpp_build: Path, standin_exports: dict[str, Path], synthetic_images: dict[str, Path], tmp_path: Path
 ) -> None:
-    cache = (cpp_build / "CMakeCache.txt").read_text()
-    if "TensorRT_INCLUDE_DIR:PATH=" in cache and "TensorRT_INCLUDE_DIR-NOTFOUND" not in cache:
-        pytest.skip("this build has TensorRT: test_tensorrt_backend_matches_python_trt runs deploytool-infer instead")
+    if built_with_tensorrt(cpp_build):
+        pytest.skip(
+            f"{cpp_build} includes the TensorRT backend (DEPLOYTOOL_WITH_TENSORRT in its CMakeCache.txt), so deploytool-infer runs engines "
+            "instead of refusing; test_tensorrt_backend_matches_python_trt runs them where TensorRT's Python package and a GPU are present"
+        )
     export_dir = standin_exports[CONFIGS[0].label]
     output = tmp_path / "out.png"
     done = subprocess.run(
@@ -327,6 +387,49 @@ def test_infer_without_tensorrt_refuses_in_one_line(
     assert done.returncode == 1
     assert done.stderr.startswith("error: this deploytool runtime was built without TensorRT") and done.stderr.count("\n") == 1
     assert not output.exists() and list(tmp_path.iterdir()) == []
+
+
+def built_with_tensorrt(build: Path) -> bool:
+    """Whether CMake put the TensorRT backend into the build in `build` (its cache says so)."""
+    found = re.search(r"^DEPLOYTOOL_WITH_TENSORRT:INTERNAL=(ON|OFF)$", (build / "CMakeCache.txt").read_text(), flags=re.MULTILINE)
+    assert found, f"{build / 'CMakeCache.txt'} does not record DEPLOYTOOL_WITH_TENSORRT"
+    return found.group(1) == "ON"
+
+
+def test_cmake_records_whether_it_built_the_tensorrt_backend(cpp_build: Path) -> None:
+    compiled_in = "DEPLOYTOOL_HAVE_TENSORRT" in (cpp_build / "CMakeFiles" / "deploytool_runtime.dir" / "flags.make").read_text()
+    assert built_with_tensorrt(cpp_build) == compiled_in
+
+
+def test_tensorrt_headers_without_cuda_leave_the_backend_out(tmp_path: Path) -> None:
+    """TensorRT's headers and library found but no CUDA toolkit (hidden from CMake): the backend is left out, and the
+    cache says so, so test_infer_without_tensorrt_refuses_in_one_line runs there instead of skipping."""
+    if shutil.which("cmake") is None:
+        pytest.skip("cmake not on PATH: the C++ runtime cannot be configured (scripts/setup.sh installs it as root)")
+    prefix = tmp_path / "tensorrt"
+    (prefix / "include").mkdir(parents=True)
+    (prefix / "lib").mkdir()
+    (prefix / "include" / "NvInfer.h").write_text("// headers only\n")
+    (prefix / "include" / "NvInferVersion.h").write_text("#define NV_TENSORRT_MAJOR 10\n")
+    (prefix / "lib" / "libnvinfer.so").write_bytes(b"")
+    build = tmp_path / "build"
+    done = subprocess.run(
+        [
+            "cmake",
+            "-S",
+            str(REPO / "cpp"),
+            "-B",
+            str(build),
+            f"-DTensorRT_ROOT={prefix}",
+            "-DCMAKE_DISABLE_FIND_PACKAGE_CUDAToolkit=ON",
+            "-DDEPLOYTOOL_BUILD_TESTS=OFF",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    assert "but not the CUDA toolkit" in done.stdout
+    assert not built_with_tensorrt(build)
 
 
 def _tensorrt_unavailable() -> str | None:
@@ -355,7 +458,7 @@ def test_tensorrt_backend_matches_python_trt(synthetic_images: dict[str, Path], 
     ):
         done = subprocess.run(command, capture_output=True, text=True)
         assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
-    assert "DEPLOYTOOL_HAVE_TENSORRT" in (build / "CMakeFiles" / "deploytool_runtime.dir" / "flags.make").read_text(), "CMake left the TensorRT backend out"
+    assert built_with_tensorrt(build), f"CMake left the TensorRT backend out (its reason is in {build / 'CMakeCache.txt'}'s configure log)"
     from deploytool import engines
 
     model_id = _ids_to_export()[0]
@@ -416,8 +519,10 @@ def openvino_build(cpp_build: Path) -> Path:
     """The C++ build, which must have the OpenVINO backend wherever Python has OpenVINO (its wheel is the SDK)."""
     if importlib.util.find_spec("openvino") is None:
         pytest.skip("OpenVINO is not installed: pip install deploytool[openvino] (the test extra has it); its wheel holds the C++ SDK too")
-    flags = (cpp_build / "CMakeFiles" / "deploytool_runtime.dir" / "flags.make").read_text()
-    assert "DEPLOYTOOL_HAVE_OPENVINO" in flags, "CMake left the OpenVINO backend out although this Python has the openvino package"
+    assert "DEPLOYTOOL_WITH_OPENVINO:INTERNAL=ON" in (cpp_build / "CMakeCache.txt").read_text(), (
+        "CMake left the OpenVINO backend out although this Python has the openvino package"
+    )
+    assert "DEPLOYTOOL_HAVE_OPENVINO" in (cpp_build / "CMakeFiles" / "deploytool_runtime.dir" / "flags.make").read_text()
     return cpp_build
 
 
@@ -492,6 +597,7 @@ def test_infer_built_without_openvino_refuses_in_one_line(real_exports: dict[str
     configure = ["cmake", "-S", str(REPO / "cpp"), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", "-DDEPLOYTOOL_BUILD_TESTS=OFF"]
     done = subprocess.run([*configure, f"-DOpenVINO_DIR={tmp_path / 'no-openvino-here'}"], capture_output=True, text=True)
     assert done.returncode == 0 and "deploytool: OpenVINO not found" in done.stdout, (done.stdout + done.stderr)[-4000:]
+    assert "DEPLOYTOOL_WITH_OPENVINO:INTERNAL=OFF" in (build / "CMakeCache.txt").read_text()
     done = subprocess.run(
         ["cmake", "--build", str(build), "-j", str(min(4, os.cpu_count() or 1)), "--target", "deploytool-infer"], capture_output=True, text=True
     )

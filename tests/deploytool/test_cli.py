@@ -9,18 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 from deploytool import images
 from deploytool.cli import cli
 from deploytool.inputs import synthetic_batch
-from tests.helpers import save_official, tiny_entry, tiny_state_dict
+from tests.helpers import cli_runner, save_official, tiny_entry, tiny_state_dict
 
 SHARED = Path(__file__).resolve().parents[3] / "shared"
 
 
 def invoke(*args, env=None):
-    result = CliRunner().invoke(cli, [str(a) for a in args], env=env, catch_exceptions=False)
+    result = cli_runner().invoke(cli, [str(a) for a in args], env=env, catch_exceptions=False)
     return result
 
 

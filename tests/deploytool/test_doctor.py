@@ -32,9 +32,9 @@ def test_gpu_with_current_tensorrt_builds_strongly_typed_engines():
     assert "trt" in caps["run"] and "ONNX Runtime on CUDA" in caps["run"]
 
 
-def test_older_tensorrt_says_it_uses_the_fallback():
+def test_jetpack_6_tensorrt_builds_strongly_typed_engines_too():
     caps = doctor.capabilities({**NO_GPU, "tensorrt": "10.3.0", "gpus": [H100]})
-    assert "predates strongly typed networks" in caps["build"] and "FP32 islands pinned" in caps["build"]
+    assert caps["build"] == "yes: strongly typed engines from model_fp16.onnx for NVIDIA H100 (sm90)"
 
 
 def test_tensorrt_without_a_gpu_and_missing_packages_are_named():

@@ -1,80 +1,74 @@
-"""TensorRT engine planning and records: everything that does not need TensorRT or a GPU."""
+"""TensorRT engine planning and records, and the build up to TensorRT's API (a fake `tensorrt`
+module stands in for it: TensorRT needs an NVIDIA GPU)."""
 
-import onnx
+import shutil
+from pathlib import Path
+
 import pytest
 
 from deploytool import engines
 from deploytool.errors import DeployError
-from deploytool.manifest import FP16_FILE, FP32_FILE, EngineRecord, read_manifest
+from deploytool.manifest import FP16_FILE, EngineRecord, read_manifest
+from tests.fake_tensorrt import fake_tensorrt, pretend_gpu
 from tests.helpers import export_tiny
 
 
-@pytest.mark.parametrize(
-    "version, graph, typed, fp16_flag",
-    [
-        ("11.0.0", FP16_FILE, True, False),
-        ("10.13.0.35", FP16_FILE, True, False),
-        ("10.12.0", FP16_FILE, True, False),
-        ("10.11.0.33", FP32_FILE, False, True),
-        ("10.3.0", FP32_FILE, False, True),  # JetPack 6
-    ],
-)
-def test_the_graph_and_flags_follow_the_tensorrt_version(version, graph, typed, fp16_flag):
-    plan = engines.plan_build(version, ("ln", "softmax"))
-    assert (plan.graph, plan.strongly_typed, plan.fp16_flag) == (graph, typed, fp16_flag)
-    assert plan.fp32_layers == (() if typed else ("ln", "softmax"))
+@pytest.mark.parametrize("version", ["11.0.0", "10.13.0.35", "10.12.0", "10.11.0.33", "10.3.0"])  # 10.3: JetPack 6
+def test_every_supported_tensorrt_builds_the_fp16_graph_strongly_typed(version):
+    plan = engines.plan_build(version, strongly_typed=True)
+    assert (plan.graph, plan.strongly_typed) == (FP16_FILE, True)
 
 
 def test_tensorrt_before_10_is_refused():
     with pytest.raises(DeployError, match="TensorRT 8.6.1 is too old"):
-        engines.plan_build("8.6.1", ())
+        engines.plan_build("8.6.1", strongly_typed=False)
 
 
-def test_fallback_pins_exactly_the_islands_the_fp16_graph_records(tmp_path):
-    manifest = export_tiny("swinir-s-x2", tmp_path / "e")
-    fp16 = onnx.load(str(tmp_path / "e" / FP16_FILE))
-    fp32_names = {n.name for n in onnx.load(str(tmp_path / "e" / FP32_FILE)).graph.node}
-    islands = engines.fp32_islands(fp16)
-    assert set(islands) <= fp32_names  # every pinned name exists in the graph the fallback builds
-    assert len(islands) == sum(manifest.fp16.fp32_by_op.values())
-    by_op = {n.name: n.op_type for n in fp16.graph.node}
-    assert {by_op[name] for name in islands} >= {"LayerNormalization", "Softmax"}
-
-
-class FakeLayer:
-    def __init__(self, name, metadata=""):
-        self.name, self.metadata, self.num_outputs, self.precision, self.types = name, metadata, 2, None, {}
-
-    def set_output_type(self, index, dtype):
-        self.types[index] = dtype
-
-
-class FakeNetwork:
-    def __init__(self, layers):
-        self.layers = layers
-        self.num_layers = len(layers)
-
-    def get_layer(self, index):
-        return self.layers[index]
-
-
-def test_pinning_matches_parser_layer_names_and_metadata():
-    class Trt:
-        float32 = "float32"
-
-    network = FakeNetwork(
-        [
-            FakeLayer("/norm/LayerNormalization"),
-            FakeLayer("/attn/Softmax", "[ONNX Layer: /attn/Softmax]"),
-            FakeLayer("/attn/Softmax_1", "[ONNX Layer: /attn/Softmax_1]"),  # another node: stays FP16
-            FakeLayer("(Unnamed Layer* 12) [Reduce]", "[ONNX Layer: /norm/LayerNormalization]"),
-            FakeLayer("/attn/MatMul"),
-        ]
+def test_tensorrt_without_strongly_typed_networks_is_refused_not_built_weakly_typed():
+    with pytest.raises(DeployError) as error:
+        engines.plan_build("10.13.0", strongly_typed=False)
+    assert str(error.value) == (
+        "TensorRT 10.13.0 has no NetworkDefinitionCreationFlag.STRONGLY_TYPED, which deploytool needs to build "
+        "model_fp16.onnx with its FP32 islands; install an official TensorRT 10 or 11 release"
     )
-    pinned = engines.pin_fp32(network, {"/norm/LayerNormalization", "/attn/Softmax"}, Trt)
-    assert pinned == 3
-    assert [layer.precision for layer in network.layers] == ["float32", "float32", None, "float32", None]
-    assert network.layers[0].types == {0: "float32", 1: "float32"}
+
+
+@pytest.fixture(scope="module")
+def fp16_export(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("engines") / "e"
+    export_tiny("swinir-s-x2", folder)
+    return folder
+
+
+def test_build_creates_a_strongly_typed_network_from_the_fp16_graph(fp16_export, tmp_path, monkeypatch):
+    export_dir = Path(shutil.copytree(fp16_export, tmp_path / "e"))
+    trt = fake_tensorrt("10.3.0", flags={"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1})
+    pretend_gpu(monkeypatch, trt)
+    name, record = engines.build_engine(export_dir)
+    assert trt.calls["create_network"] == [1 << 1]
+    assert trt.calls["parse_from_file"] == [str(export_dir / FP16_FILE)]
+    assert trt.calls["set_flag"] == []  # no precision flag on a strongly typed network
+    assert (export_dir / name).read_bytes() == b"serialized engine"
+    assert record.plan == {"graph": FP16_FILE, "strongly_typed": True}
+    assert read_manifest(export_dir).engines[name] == record
+
+
+def test_build_uses_the_flag_by_name_not_its_value(fp16_export, tmp_path, monkeypatch):
+    export_dir = Path(shutil.copytree(fp16_export, tmp_path / "e"))
+    trt = fake_tensorrt("11.0.0", flags={"STRONGLY_TYPED": 0})  # TensorRT 11 has no EXPLICIT_BATCH
+    pretend_gpu(monkeypatch, trt)
+    engines.build_engine(export_dir)
+    assert trt.calls["create_network"] == [1 << 0]
+
+
+def test_build_without_the_flag_refuses_and_writes_nothing(fp16_export, tmp_path, monkeypatch):
+    export_dir = Path(shutil.copytree(fp16_export, tmp_path / "e"))
+    before = sorted(p.name for p in export_dir.iterdir())
+    trt = fake_tensorrt("10.13.0", flags={"EXPLICIT_BATCH": 0})
+    pretend_gpu(monkeypatch, trt)
+    with pytest.raises(DeployError, match="has no NetworkDefinitionCreationFlag.STRONGLY_TYPED"):
+        engines.build_engine(export_dir)
+    assert trt.calls["create_network"] == [] and sorted(p.name for p in export_dir.iterdir()) == before
 
 
 @pytest.mark.parametrize("text, expected", [("4G", 4 * 2**30), ("512M", 512 * 2**20), ("1.5GiB", int(1.5 * 2**30)), ("1048576", 2**20)])
@@ -124,3 +118,14 @@ def test_a_recorded_engine_is_checked_like_the_other_files(tmp_path):
     engine.write_bytes(b"another engine")
     with pytest.raises(DeployError, match="changed since export"):
         manifest.check_file(tmp_path / "e", engine.name)
+
+
+@pytest.mark.parametrize("version", ["10.13/../../../victim", "../10.13", "10.13\0", "1" * 300])
+def test_an_engine_name_that_would_leave_the_export_folder_is_refused(tmp_path, version):
+    with pytest.raises(DeployError, match="engine name") as caught:
+        engines.engine_path(tmp_path / "export", (9, 0), version)
+    assert "\n" not in str(caught.value)
+
+
+def test_an_engine_is_a_file_of_its_export_folder(tmp_path):
+    assert engines.engine_path(tmp_path, (8, 7), "10.3.0.30") == tmp_path / "model.sm87-trt10.3.0.30.engine"

@@ -9,7 +9,7 @@ import pytest
 
 from deploytool import export
 from deploytool.errors import DeployError, ExportError
-from deploytool.manifest import FP16_FILE, FP32_FILE, MANIFEST_FILE, SCHEMA_VERSION, read_manifest
+from deploytool.manifest import FP16_FILE, FP32_FILE, MANIFEST_FILE, PARITY_HTML, PARITY_JSON, PARITY_MD, SCHEMA_VERSION, TIMING_CACHE, read_manifest
 from tests.helpers import export_tiny
 
 
@@ -51,6 +51,21 @@ def test_manifest_records_the_contract(tmp_path):
     graph = onnx.load(str(out / FP32_FILE))
     assert [d.dim_value for d in graph.graph.input[0].type.tensor_type.shape.dim] == [2, 3, 16, 16]
     assert [d.dim_value for d in graph.graph.output[0].type.tensor_type.shape.dim] == [2, 3, 64, 64]
+
+
+def test_a_re_export_removes_what_the_previous_export_verify_and_build_wrote(tmp_path):
+    out = tmp_path / "e"
+    export_tiny("swinir-s-x2", out)
+    engines = ["model.sm90-trt10.13.0.engine", "model.sm87-trt10.3.0.30.engine"]
+    stale = [PARITY_JSON, PARITY_MD, PARITY_HTML, TIMING_CACHE, *engines, ".parity.json.k2j4l1.part.json"]
+    for name in stale:
+        (out / name).write_text("from the previous export: PASSED")
+    mine = ["notes.txt", "photo.png", "model.onnx.bak"]
+    for name in mine:
+        (out / name).write_text("the user's")
+    manifest = export_tiny("swinir-s-x2", out, fp16=False)
+    assert sorted(p.name for p in out.iterdir()) == sorted([FP32_FILE, MANIFEST_FILE, *mine])
+    assert read_manifest(out) == manifest and not manifest.engines and not manifest.has_fp16
 
 
 def test_any_window_multiple_exports_with_one_shared_mask(tmp_path):

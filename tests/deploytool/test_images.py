@@ -259,3 +259,43 @@ def test_resize_alpha() -> None:
     same = resize_alpha(alpha, 1)
     np.testing.assert_array_equal(same, alpha)
     assert same is not alpha
+
+
+def test_reading_works_with_the_log_level_api_of_opencv_before_4_12(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """OpenCV 4.8-4.11 (what pip pairs with numpy 1.x) has cv2.getLogLevel/setLogLevel and no cv2.utils.logging."""
+    calls = []
+    monkeypatch.delattr(cv2.utils, "logging", raising=False)
+    monkeypatch.setattr(cv2, "getLogLevel", lambda: 3, raising=False)
+    monkeypatch.setattr(cv2, "setLogLevel", calls.append, raising=False)
+    assert cv2.imwrite(str(tmp_path / "a.png"), np.zeros((4, 5, 3), np.uint8))
+    assert read_image(tmp_path / "a.png").pixels.shape == (4, 5, 3)
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(ImageError, match="not a readable image"):
+        read_image(tmp_path / "bad.png")
+    assert calls == [0, 3, 0, 3]  # silent while reading, then as it was
+
+
+def test_reading_works_with_the_serve_environment_s_real_opencv(tmp_path: Path) -> None:
+    """.venv-serve holds numpy 1.x and OpenCV < 4.12, the pair the Triton models run with."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    python = root / ".venv-serve" / "bin" / "python"
+    if not python.is_file():
+        pytest.skip(f"no {python} (scripts/setup.sh makes it)")
+    assert cv2.imwrite(str(tmp_path / "a.png"), np.zeros((4, 5, 3), np.uint8))
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG not really")
+    script = (
+        "import sys, cv2; from deploytool.images import read_image; from deploytool.errors import ImageError\n"
+        "print(cv2.__version__, read_image(sys.argv[1]).pixels.shape)\n"
+        "try:\n    read_image(sys.argv[2])\nexcept ImageError as exc:\n    print(exc)\n"
+    )
+    done = subprocess.run(
+        [str(python), "-c", script, str(tmp_path / "a.png"), str(tmp_path / "bad.png")],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
+        timeout=120,
+    )
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert "(4, 5, 3)" in done.stdout and "not a readable image" in done.stdout, done.stdout

@@ -137,6 +137,40 @@ def test_dual_view_models_record_their_views(tmp_path):
         views_for(("left", "right"), 3)
 
 
+UNSAFE_IDS = ["..", "./../victim", "../victim", "/tmp/victim", "/", "a/b", "a\0b", "hat-x4\n", "-rf", ".hidden", "x" * 65, "x" * 5000, "", "caf\u00e9"]
+
+
+def test_every_registry_id_satisfies_the_schema_s_model_id_pattern():
+    from deploytool import registry
+    from deploytool.manifest import MODEL_ID_PATTERN, check_model_id
+
+    model_id = schema()["properties"]["model_id"]
+    assert model_id["pattern"] == MODEL_ID_PATTERN
+    validator = jsonschema.Draft202012Validator(model_id)
+    ids = sorted(registry.all_entries())
+    assert len(ids) >= 71
+    for name in ids:
+        assert validator.is_valid(name), name
+        check_model_id(name, where="registry")
+    for name in UNSAFE_IDS:
+        with pytest.raises(DeployError, match="is not a model id"):
+            check_model_id(name, where="test")
+
+
+@pytest.mark.tampered_manifests
+@pytest.mark.parametrize("unsafe", UNSAFE_IDS)
+def test_a_manifest_whose_model_id_is_not_a_plain_name_is_refused_in_one_line(exported, unsafe):
+    folder = rewrite(exported, lambda d: d.__setitem__("model_id", unsafe))
+    with pytest.raises(DeployError) as caught:
+        read_manifest(folder)
+    message = str(caught.value)
+    assert message.startswith(f"{folder / MANIFEST_FILE}: model_id") and "is not a model id (1 to 64 ASCII letters" in message, message
+    assert "\n" not in message and "\0" not in message and len(message) < 400
+    if unsafe == "./../victim":  # cpp/tests/test_export.cpp expects this very line from the C++ reader
+        rule = "1 to 64 ASCII letters, digits, '.', '_' or '-', starting with a letter or digit"
+        assert message == f'{folder / MANIFEST_FILE}: model_id "./../victim" is not a model id ({rule})'
+
+
 def imported_modules(path: Path) -> set[str]:
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import cv2
@@ -67,3 +68,27 @@ def test_write_image_png_bytes_are_the_encoders(tmp_path: Path) -> None:
     write_image(tmp_path / "x.png", pixels, alpha=pixels[:, :, 0], bit_depth=16)
     samples = np.rint(np.clip(np.concatenate([pixels, pixels[:, :, :1]], axis=2), 0, 1) * np.float32(65535)).astype(np.uint16)
     assert (tmp_path / "x.png").read_bytes() == png.encode(samples)
+
+
+def test_the_compressed_stream_is_cut_into_idat_chunks(tmp_path: Path) -> None:
+    samples = np.random.default_rng(5).integers(0, 255, size=(19, 23, 3), endpoint=True).astype(np.uint8)
+    whole, cut = png.encode(samples), png.encode(samples, max_idat_bytes=50)
+
+    def chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+        found, at = [], 8
+        while at < len(data):
+            (length,) = struct.unpack(">I", data[at : at + 4])
+            found.append((data[at + 4 : at + 8], data[at + 8 : at + 8 + length]))
+            at += 12 + length
+        return found
+
+    (_, stream), pieces = chunks(whole)[1], chunks(cut)[1:-1]
+    assert [kind for kind, _ in chunks(whole)] == [b"IHDR", b"IDAT", b"IEND"]
+    assert len(pieces) == -(-len(stream) // 50) >= 3 and all(kind == b"IDAT" for kind, _ in pieces)
+    assert [len(data) for _, data in pieces[:-1]] == [50] * (len(pieces) - 1) and b"".join(data for _, data in pieces) == stream
+    (tmp_path / "cut.png").write_bytes(cut)
+    np.testing.assert_array_equal(cv2.imread(str(tmp_path / "cut.png"), cv2.IMREAD_UNCHANGED)[..., ::-1], samples)
+    with pytest.raises(ValueError, match="max_idat_bytes"):
+        png.encode(samples, max_idat_bytes=0)
+    with pytest.raises(ValueError, match="max_idat_bytes"):
+        png.encode(samples, max_idat_bytes=2**31)

@@ -55,6 +55,15 @@ def test_bad_configs_and_ids_give_one_line_errors(tmp_path, monkeypatch):
         registry.get("swinir-m-x5")
 
 
+@pytest.mark.parametrize("unsafe", ["../evil", "/abs", "a/b", ".hidden", "x" * 65])
+def test_a_config_whose_id_is_not_a_plain_name_is_refused_in_one_line(tmp_path, monkeypatch, unsafe):
+    (tmp_path / "evil.toml").write_text(f'id = "{unsafe}"\nfamily = "swinir"\ntask = "sr"\nscale = 2\nchannels = 3\ntile = 32\n[arch]\nupscale = 2\n')
+    monkeypatch.setenv("DEPLOYTOOL_CONFIG_PATH", str(tmp_path))
+    with pytest.raises(DeployError, match=r"model config .*evil\.toml: model_id .*is not a model id") as caught:
+        registry.all_entries()
+    assert "\n" not in str(caught.value)
+
+
 def test_tiles_must_be_window_multiples():
     entry = registry.get("swinir-m-x4")
     entry.check_tile((96, 160))

@@ -289,3 +289,27 @@ def test_centre_blend_keeps_every_pixel_covered_when_the_overlap_is_small():
     image = np.random.default_rng(0).random((70, 53, 3), dtype=np.float32)
     out = run_tiled(image, lambda batch: batch.copy(), tile=(48, 48), scale=1, batch=2, overlap=8, trim=12)
     np.testing.assert_allclose(out, image, atol=1e-6)  # trim is capped at half the overlap
+
+
+def test_a_stream_of_images_batched_across_them_equals_each_image_run_alone():
+    from deploytool.tiling import TiledImage, run_tiled_stream
+
+    def upscale(batch):  # a per-tile model: its output for a tile ignores the rest of the batch
+        return np.repeat(np.repeat(batch * np.float32(0.9) + np.float32(0.05), 2, axis=2), 2, axis=3)
+
+    rng = np.random.default_rng(4)
+    pictures = [rng.random((h, w, 3), dtype=np.float32) for h, w in [(40, 50), (20, 70), (33, 33), (10, 10)]]
+    calls = []
+
+    def counted(batch):
+        calls.append(batch.shape[0])
+        return upscale(batch)
+
+    tiled = [TiledImage(p, tile=(16, 16), scale=2, overlap=4) for p in pictures]
+    streamed = list(run_tiled_stream(iter(tiled), counted, batch=5))
+    assert streamed == tiled
+    total = sum(t.count for t in tiled)
+    assert len(calls) == -(-total // 5)  # every batch full but the last, across images
+    for picture, done in zip(pictures, streamed):
+        alone = run_tiled(picture, upscale, tile=(16, 16), scale=2, batch=5, overlap=4)
+        assert np.array_equal(done.result(), alone)

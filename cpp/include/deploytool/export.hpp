@@ -80,8 +80,12 @@ class Export {
   const std::filesystem::path& dir() const { return dir_; }
   // The path of a recorded file (graph or engine), refusing one that is missing or changed.
   std::filesystem::path check_file(const std::string& name) const;
+  // The bytes of a recorded file, read once and checked against its sha256: what is used is what
+  // was checked (an engine is deserialised from these bytes, not from a second read).
+  std::vector<char> read_checked(const std::string& name) const;
 
  private:
+  std::string recorded_sha256(const std::string& name) const;  // refuses a name the manifest does not record or a missing file
   Export(std::filesystem::path dir, Manifest manifest) : dir_(std::move(dir)), manifest_(std::move(manifest)) {}
   std::filesystem::path dir_;
   Manifest manifest_;

@@ -41,8 +41,12 @@ inline void write_image(const std::filesystem::path& path, const Image& image) {
   write_image(path, image.pixels, image.has_alpha() ? &image.alpha : nullptr, image.bit_depth);
 }
 
-// PNG bytes of integer samples (uint8 or big-endian-agnostic uint16 values), HWC with 1-4 channels.
-std::vector<unsigned char> encode_png(const std::vector<unsigned short>& samples, int height, int width, int channels, int bit_depth);
+// The most data one PNG chunk may hold (its length field is 31 bits); deploytool/png.py's too.
+constexpr std::size_t kMaxIdatBytes = 2147483647;
+// PNG bytes of integer samples (uint8 or big-endian-agnostic uint16 values), HWC with 1-4
+// channels; the compressed stream is cut into IDAT chunks of at most `max_idat_bytes`.
+std::vector<unsigned char> encode_png(const std::vector<unsigned short>& samples, int height, int width, int channels, int bit_depth,
+                                      std::size_t max_idat_bytes = kMaxIdatBytes);
 
 // `pixels` with exactly `channels` channels for `model_id`: gray is replicated for RGB models,
 // RGB is refused by gray models (the conversion is the user's call).

@@ -12,7 +12,7 @@ class Sha256 {
  public:
   Sha256();
   void update(const void* data, std::size_t size);
-  std::string hex_digest();  // finishes the hash; call once
+  std::string hex_digest() const;  // of the data so far; more may follow
 
  private:
   void compress(const std::uint8_t* block);

@@ -38,3 +38,12 @@ def test_outputs_are_named_as_run_names_them(tmp_path):
         destinations([Path("a.png"), Path("b.png")], tmp_path / "one.png")
     with pytest.raises(DeployError, match="several inputs are named a.png"):
         destinations([Path("x/a.png"), Path("y/a.png")], tmp_path)
+
+
+@pytest.mark.parametrize("unsafe", ["../v2/repository/index", "a/b", "x" * 65])
+def test_a_model_name_that_is_not_a_model_id_is_refused_before_any_request(tmp_path, unsafe):
+    image = tmp_path / "a.png"
+    image.write_bytes(b"not read")
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens: a request would fail with "cannot reach"
+    assert_one_line_error(invoke("client", url, unsafe, image, "-o", tmp_path / "out"), "deploytool client: model_id", "is not a model id")
+    assert not (tmp_path / "out").exists()

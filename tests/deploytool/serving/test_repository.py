@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from google.protobuf import text_format
@@ -202,6 +203,46 @@ def test_rewriting_replaces_a_model_and_keeps_the_others(export_dir, tmp_path):
     assert [m["name"] for m in json.loads(result.stdout)] == ["esrt-x2-tiles", "esrt-x2"]
     assert parse(repo / "esrt-x2-tiles" / "config.pbtxt").instance_group[0].count == 3
     assert sorted(p.name for p in repo.iterdir()) == ["esrt-x2", "esrt-x2-tiles", "someone-else"]  # no staging folders left
+
+
+def tree(folder) -> dict[str, bytes | None]:
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None) for p in sorted(folder.rglob("*"))}
+
+
+UNSAFE_IDS = ["./../victim", "..", "../../victim", "/tmp/deploytool-victim", "/", "a\0b", "x" * 4096]
+
+
+@pytest.mark.tampered_manifests
+@pytest.mark.parametrize("unsafe", UNSAFE_IDS)
+def test_a_manifest_whose_model_id_is_a_path_writes_nothing_outside_the_repository(export_dir, tmp_path, unsafe):
+    work = tmp_path / "work"
+    folder = work / "exports" / "esrt-x2"
+    shutil.copytree(export_dir, folder)
+    data = json.loads((folder / "manifest.json").read_text())
+    data["model_id"] = unsafe
+    (folder / "manifest.json").write_text(json.dumps(data))
+    (work / "victim").mkdir()
+    (work / "victim" / "keep.txt").write_text("the victim's file")
+    before = tree(tmp_path)
+    message = assert_one_line_error(invoke("triton", folder, "--repo", work / "repo" / "models", "--runtime", "python-ort"), "model_id", "is not a model id")
+    assert "\0" not in message
+    assert tree(tmp_path) == before
+    assert not Path("/tmp/deploytool-victim").exists() and not Path("/tmp/deploytool-victim-tiles").exists()
+
+
+@pytest.mark.parametrize("unsafe", UNSAFE_IDS)
+def test_the_repository_writer_keeps_every_model_folder_inside_the_repository(export_dir, tmp_path, monkeypatch, unsafe):
+    """A manifest that did not come through read_manifest (built in code) is checked by the writer itself."""
+    import dataclasses
+
+    work = tmp_path / "work"
+    (work / "victim").mkdir(parents=True)
+    manifest = dataclasses.replace(read_manifest(export_dir), model_id=unsafe)
+    monkeypatch.setattr(repository, "read_manifest", lambda folder: manifest)
+    before = tree(tmp_path)
+    with pytest.raises(DeployError, match="model name"):
+        write_repository([export_dir], work / "repo", RepositoryOptions(runtime=TRITON_PYTHON_ORT))
+    assert tree(tmp_path) == before
 
 
 def test_pixel_counts_and_gpu_lists():
