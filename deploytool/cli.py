@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from deploytool.backends import ORT_FP16, PARITY_BACKENDS, RUNTIMES, TRITON_RUNTIMES, TRITON_TRT
+from deploytool.backends import DEFAULT_PARITY_BACKENDS, ORT_FP16, PARITY_BACKENDS, RUNTIMES, TRITON_RUNTIMES, TRITON_TRT
 from deploytool.errors import DeployError
 
 
@@ -161,9 +161,9 @@ def export(model_id, out_dir, weights, random_init, seed, tile, batch, calibrati
 @click.option("--weights", type=click.Path(path_type=Path), help="The export's checkpoint, if it moved.")
 @click.option(
     "--backends",
-    default=",".join(PARITY_BACKENDS),
+    default=",".join(DEFAULT_PARITY_BACKENDS),
     show_default=True,
-    help="Comma-separated backends to run. Without --save-outputs the original always runs.",
+    help=f"Comma-separated backends to run, of {', '.join(PARITY_BACKENDS)}. Without --save-outputs the original always runs.",
 )
 @click.option("--overlap", type=int, help="Tile overlap for --images (default: the model's).")
 @click.option("--max-images", type=int, help="Use at most this many images.")
@@ -225,6 +225,7 @@ def compare(results, report_dir, html, as_json) -> None:
 @click.option("--overlap", type=int, help="Tile overlap in input pixels (default: the model's).")
 @click.option("--weights", type=click.Path(path_type=Path), help="The export's checkpoint, if it moved (torch backend).")
 @click.option("--cuda-graph", is_flag=True, help="TensorRT: replay one captured CUDA graph per batch of tiles.")
+@click.option("--device", help="openvino backend: the OpenVINO device, e.g. GPU or NPU  [default: CPU]")
 @click.option("--codec", help="Video encoder  [default: libx264, libx265 for sources deeper than 8 bits]")
 @click.option("--crf", type=int, help="Video quality (x264/x265/SVT-AV1/VP9)  [default: 18]")
 @click.option("--pix-fmt", help="Video pixel format  [default: yuv420p, yuv420p10le for deeper sources]")
@@ -235,7 +236,7 @@ def compare(results, report_dir, html, as_json) -> None:
 @click.option("--segment-frames", type=click.IntRange(1), help="With --resume: frames per segment at least  [default: 600]")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 def run(
-    export_dir, inputs, output, backend, overlap, weights, cuda_graph, codec, crf, pix_fmt, preset, lossless, no_audio, resume, segment_frames, as_json
+    export_dir, inputs, output, backend, overlap, weights, cuda_graph, device, codec, crf, pix_fmt, preset, lossless, no_audio, resume, segment_frames, as_json
 ) -> None:
     """Restore or upscale images and videos of any size with an export, tile by tile.
 
@@ -255,9 +256,13 @@ def run(
     sources = inference.group_sources(manifest, image_paths)
     targets = inference.destinations([*sources, *video_paths], output)
     encode = videos.EncodeOptions(codec=codec, crf=crf, pix_fmt=pix_fmt, preset=preset, lossless=lossless, audio=not no_audio)
-    resume_key = {"export": manifest.fingerprint(), "backend": backend, "overlap": overlap, **encode.arguments()} if resume else None
+    resume_key = (
+        {"export": manifest.fingerprint(), "backend": backend, **({"device": device} if device else {}), "overlap": overlap, **encode.arguments()}
+        if resume
+        else None
+    )
     results, video_results = [], []
-    with open_runner(export_dir, manifest, backend, weights=weights, cuda_graph=cuda_graph) as runner:
+    with open_runner(export_dir, manifest, backend, weights=weights, cuda_graph=cuda_graph, device=device) as runner:
         restorer = videos.TiledRestorer(runner, manifest, overlap=overlap) if video_paths else None
         for source, destination in zip(sources, targets):
             first = source[0] if isinstance(source, tuple) else source
@@ -304,15 +309,16 @@ def run(
     "--methods",
     default="reference,ort,ort-fp16,bicubic",
     show_default=True,
-    help="reference (original, whole image), torch, ort, ort-fp16, trt (tiled), bicubic.",
+    help=f"reference (original, whole image), {', '.join(RUNTIMES)} (tiled), bicubic.",
 )
 @click.option("--overlap", type=int, help="Tile overlap (default: the model's).")
 @click.option("--weights", type=click.Path(path_type=Path), help="The export's checkpoint, if it moved.")
+@click.option("--device", help="openvino backend: the OpenVINO device, e.g. GPU or NPU  [default: CPU]")
 @click.option("--json", "as_json", is_flag=True)
-def evaluate(export_dir, dataset, scale, methods, overlap, weights, as_json) -> None:
+def evaluate(export_dir, dataset, scale, methods, overlap, weights, device, as_json) -> None:
     """PSNR/SSIM on the Y channel of an SR test set (BasicSR convention), with a bicubic baseline."""
     from deploytool import evaluation
-    from deploytool.backends import open_runner
+    from deploytool.backends import OPENVINO, open_runner
     from deploytool.manifest import read_manifest
     from deploytool.models import export_weights
     from deploytool.parity import original_runner
@@ -327,7 +333,9 @@ def evaluate(export_dir, dataset, scale, methods, overlap, weights, as_json) -> 
             entry, _, state_dict = export_weights(manifest, weights)
             chosen[method] = evaluation.whole_image_method(original_runner(entry, state_dict))
         else:
-            chosen[method] = evaluation.tiled_method(open_runner(export_dir, manifest, method, weights=weights), manifest, overlap)
+            chosen[method] = evaluation.tiled_method(
+                open_runner(export_dir, manifest, method, weights=weights, device=device if method == OPENVINO else None), manifest, overlap
+            )
     report = evaluation.evaluate(manifest.model_id, manifest.scale, dataset, chosen, scale=scale, progress=_say)
     click.echo(json.dumps(report, indent=2) if as_json else evaluation.markdown(report))
 
@@ -369,13 +377,16 @@ def build(export_dir, workspace, opt_level, timing_cache, as_json) -> None:
 @click.option("--warmup", type=click.IntRange(0), default=2, show_default=True)
 @click.option("--cuda-graph", is_flag=True, help="TensorRT: replay one captured CUDA graph per batch.")
 @click.option("--weights", type=click.Path(path_type=Path), help="The export's checkpoint, if it moved (torch backend).")
+@click.option("--device", help="openvino backend: the OpenVINO device, e.g. GPU or NPU  [default: CPU]")
 @click.option("--json", "as_json", is_flag=True)
-def bench(export_dir, backends, runs, warmup, cuda_graph, weights, as_json) -> None:
+def bench(export_dir, backends, runs, warmup, cuda_graph, weights, device, as_json) -> None:
     """Latency and tiles/s of an export's backends on this machine, in one run."""
     from deploytool import benchmark
     from deploytool.backends import parse_backends
 
-    report = benchmark.bench(export_dir, parse_backends(backends, RUNTIMES), runs=runs, warmup=warmup, cuda_graph=cuda_graph, weights=weights, progress=_say)
+    report = benchmark.bench(
+        export_dir, parse_backends(backends, RUNTIMES), runs=runs, warmup=warmup, cuda_graph=cuda_graph, weights=weights, device=device, progress=_say
+    )
     click.echo(json.dumps(report, indent=2) if as_json else benchmark.markdown(report))
 
 
@@ -389,7 +400,7 @@ def bench(export_dir, backends, runs, warmup, cuda_graph, weights, as_json) -> N
     type=click.Choice(TRITON_RUNTIMES),
     default=TRITON_TRT,
     show_default=True,
-    help="What runs the tiles: a TensorRT engine, Triton's ONNX Runtime backend (GPU), or ONNX Runtime in a Python model (CPU).",
+    help="What runs the tiles: a TensorRT engine, Triton's ONNX Runtime backend (GPU), ONNX Runtime in a Python model (CPU), or Triton's OpenVINO backend (CPU).",
 )
 @click.option("--instances", type=int, default=1, show_default=True, help="Tile-model instances (on each GPU of --gpus).")
 @click.option("--gpus", help="GPU indices for the tile model's instances, e.g. 0,1  [default: every GPU]")

@@ -30,6 +30,8 @@ from deploytool import images, inference
 from deploytool import inputs as input_sources
 from deploytool import results as saved_results
 from deploytool.backends import (
+    DEFAULT_PARITY_BACKENDS,
+    OPENVINO,
     ORIGINAL,
     ORT,
     ORT_FP16,
@@ -89,7 +91,7 @@ def pair_limits(candidate: str, tolerances: dict[str, float], *, tiled: bool) ->
         return None, tolerances.get("tiled_psnr_min")
     if candidate in (TORCH, ORIGINAL):  # the original on another machine: the same FP32 code
         return tolerances.get("def_max_abs"), None
-    if candidate == ORT:
+    if candidate in (ORT, OPENVINO):  # the FP32 graph
         return tolerances.get("onnx_max_abs"), None
     if candidate in (ORT_FP16, TRT):
         return tolerances.get("fp16_max_abs"), tolerances.get("fp16_psnr_min")
@@ -372,7 +374,7 @@ def verify(
     With it, exactly `backends` run and their outputs are saved; the run is judged only when the
     original is among them, else None is returned (judge later with `compare`).
     """
-    backends = list(backends or PARITY_BACKENDS)
+    backends = list(backends or DEFAULT_PARITY_BACKENDS)
     if save_outputs is None and ORIGINAL not in backends:
         backends.insert(0, ORIGINAL)
     results = run(

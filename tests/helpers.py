@@ -162,3 +162,20 @@ def contract_violations(data: dict) -> list[str]:
     if stages != [stage for stage in STAGES if stage in stages]:
         problems.append(f"export_stages {stages} are not in the order {STAGES}")
     return problems
+
+
+def write_test_png(path: Path, channels: int, size: tuple[int, int] = (21, 37)) -> Path:
+    """An 8-bit PNG of seeded synthetic pixels, `channels` 1 or 3."""
+    from deploytool import images
+    from deploytool.inputs import synthetic_batch
+
+    images.write_image(path, synthetic_batch((1, channels, *size), seed=3)[0].transpose(1, 2, 0), bit_depth=8)
+    return path
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    """A click result that failed with exit status 2 and one `error:` line holding every fragment."""
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: ") and "Traceback" not in result.output, result.output
+    assert all(fragment in lines[-1] for fragment in fragments), lines[-1]
