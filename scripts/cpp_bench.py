@@ -1,12 +1,17 @@
 """The C++ runtime against the Python tool, measured in one run: the tilers' own overhead on one
 large image with the deterministic stand-in model (tests/standin.py and cpp/tests/standin.cpp,
 the same arithmetic), peak resident memory of each (child processes, from os.wait4), and the
-build time of cpp/ from scratch (Release).
+build time of cpp/ from scratch (Release); and end to end, one real export (the id's tiny
+configuration, exported by the exporter) run by `deploytool-infer --backend openvino` and by
+`deploytool run --backend openvino` on the same image: each a fresh process, as a user runs it.
 
-    scripts/cpp_bench.py [--model-id ID] [--size 4096] [--jobs N]
+    scripts/cpp_bench.py [--model-id ID] [--size 4096] [--e2e-size 512] [--jobs N]
 
 Overhead is each tiler's restore time minus the time spent inside the stand-in model: cutting,
-padding, batching, blending and cropping, the part a real backend does not change.
+padding, batching, blending and cropping, the part a real backend does not change. The
+end-to-end row is wall time from process start to the PNG written (Python's includes importing
+deploytool and its libraries), after one untimed run of each that leaves OpenVINO's compiled blob
+in the export's cache, so both import it instead of compiling.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from deploytool.build import registry  # noqa: E402
 from deploytool.errors import DeployError  # noqa: E402
 from deploytool.runtime import inference, png  # noqa: E402
 from deploytool.runtime.manifest import read_manifest  # noqa: E402
+from tests.helpers import export_tiny  # noqa: E402
 from tests.standin import registry_tiling_configs, standin_runner, write_standin_export  # noqa: E402
 
 
@@ -81,13 +87,62 @@ def run_child(command: list[str]) -> tuple[dict, float]:
 def build_from_scratch(build_dir: Path, jobs: int) -> float:
     started = time.perf_counter()
     for command in (
-        ["cmake", "-S", str(REPO / "cpp"), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release"],
+        ["cmake", "-S", str(REPO / "cpp"), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release", f"-DPython3_EXECUTABLE={sys.executable}"],
         ["cmake", "--build", str(build_dir), "-j", str(jobs)],
     ):
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode:
             sys.exit(f"error: {' '.join(command)} failed: {(done.stdout + done.stderr)[-2000:]}")
     return time.perf_counter() - started
+
+
+def timed_child(command: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """(wall seconds, peak RSS MiB) of one child process run to completion."""
+    with tempfile.TemporaryDirectory() as scratch:
+        usage_file = Path(scratch) / "usage.json"
+        started = time.perf_counter()
+        done = subprocess.run([sys.executable, "-I", "-S", "-c", LAUNCHER, str(usage_file), *command], capture_output=True, text=True, env=env)
+        seconds = time.perf_counter() - started
+        usage = json.loads(usage_file.read_text()) if usage_file.is_file() else {"exit": done.returncode}
+    if done.returncode or usage["exit"]:
+        sys.exit(f"error: {' '.join(command[:3])} failed: {done.stderr.strip()[-2000:]}")
+    return seconds, usage["maxrss_kib"] / 1024
+
+
+def end_to_end(model_id: str, build_dir: Path, scratch: Path, size: int, channels: int) -> list[str]:
+    """The end-to-end table's lines: one real (tiny) export on OpenVINO, C++ against Python."""
+    if "DEPLOYTOOL_WITH_OPENVINO:INTERNAL=ON" not in (build_dir / "CMakeCache.txt").read_text():
+        return ["end to end: skipped, the C++ build has no OpenVINO backend (pip install deploytool[openvino] for this Python)"]
+    export_dir = scratch / "real-export"
+    export_tiny(model_id, export_dir, fp16=False)
+    image = scratch / "e2e.png"
+    rng = np.random.default_rng(1)
+    y, x = np.meshgrid(np.linspace(0, 1, size), np.linspace(0, 1, size), indexing="ij")
+    base = 0.5 + 0.4 * np.sin(7 * x[..., None] + 4 * y[..., None] + np.arange(channels))
+    image.write_bytes(png.encode(np.rint(np.clip(base + 0.05 * rng.standard_normal(base.shape), 0, 1) * 255).astype(np.uint8)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    outputs = {"C++": scratch / "e2e.cpp.png", "Python": scratch / "e2e.py.png"}
+    commands = {
+        "C++": [str(build_dir / "deploytool-infer"), str(export_dir), str(image), "-o", str(outputs["C++"]), "--backend", "openvino"],
+        "Python": [sys.executable, "-m", "deploytool", "run", str(export_dir), str(image), "-o", str(outputs["Python"]), "--backend", "openvino"],
+    }
+    for command in commands.values():
+        timed_child(command, env)  # compiles once; later runs import the cached blob
+    measured = {name: timed_child(command, env) for name, command in commands.items()}
+    same = outputs["C++"].read_bytes() == outputs["Python"].read_bytes()
+    manifest = read_manifest(export_dir)
+    tiles = inference.tiles_for(manifest, size, size, manifest.tiling.overlap)
+    (python_s, python_rss), (cpp_s, cpp_rss) = measured["Python"], measured["C++"]
+    return [
+        f"end to end: {model_id} tiny real export, OpenVINO on the CPU, a {size}x{size} image, {tiles} tiles; PNG bytes identical: {'yes' if same else 'NO'}",
+        "",
+        "| | process wall s | peak RSS MiB |",
+        "|---|---:|---:|",
+        f"| Python `deploytool run --backend openvino` | {python_s:.2f} | {python_rss:.0f} |",
+        f"| C++ `deploytool-infer --backend openvino` | {cpp_s:.2f} | {cpp_rss:.0f} |",
+        "",
+        f"end-to-end ratio Python / C++: {python_s / cpp_s:.1f}x wall time, {python_rss / cpp_rss:.1f}x peak RSS",
+    ]
 
 
 def main() -> None:
@@ -97,6 +152,7 @@ def main() -> None:
         help="a registry id whose tiling (tile, overlap, batch, scale, blend) to use; default: the first single-image RGB restoration (scale 1) tiling",
     )
     parser.add_argument("--size", type=int, default=4096, help="image height and width")
+    parser.add_argument("--e2e-size", type=int, default=512, help="image height and width of the end-to-end (real export) row")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel compile jobs")
     parser.add_argument("--python-child", nargs=2, metavar=("EXPORT_DIR", "IMAGE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -135,6 +191,7 @@ def main() -> None:
 
         cpp, cpp_rss = run_child([str(scratch / "build" / "deploytool-standin"), "--bench", str(export_dir), str(image)])
         python, python_rss = run_child([sys.executable, str(Path(__file__).resolve()), "--python-child", str(export_dir), str(image)])
+        real = end_to_end(config.model_id, scratch / "build", scratch, args.e2e_size, config.channels // len(config.views))
 
     assert cpp["tiles"] == python["tiles"] and cpp["output"] == python["output"], (cpp, python)
     cpp_overhead, python_overhead = cpp["restore_s"] - cpp["model_s"], python["restore_s"] - python["model_s"]
@@ -148,6 +205,8 @@ def main() -> None:
     print()
     print(f"tiler overhead ratio Python / C++: {python_overhead / cpp_overhead:.1f}x; peak RSS ratio Python / C++: {python_rss / cpp_rss:.1f}x")
     print(f"cpp/ built from scratch (Release, -j{args.jobs}, library, deploytool-infer, tests): {build_seconds:.0f} s")
+    print()
+    print("\n".join(real))
 
 
 if __name__ == "__main__":

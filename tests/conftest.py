@@ -1,27 +1,41 @@
-"""Suite-wide checks: every manifest.json any test writes follows the published JSON Schema."""
+"""Suite-wide checks: every manifest.json any test writes keeps the README's contract.
+
+The writer already validates against the JSON Schema (`deploytool.runtime.manifest.validate`), so
+validating again with the same file could not fail. `contract_violations` is written by hand
+from the README's table ("The export folder contract") and checks what the schema cannot say:
+how the fields relate to each other.
+"""
 
 import json
 from pathlib import Path
 
-import jsonschema
 import pytest
 
-SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "deploytool" / "schemas" / "manifest.schema.json").read_text())
+from tests.helpers import contract_violations
+
 _checked: set[Path] = set()
 
 
-@pytest.fixture(autouse=True)
-def manifests_follow_the_schema(request, tmp_path_factory):
-    """After each test, validate the manifests it wrote (with the jsonschema library itself, not
-    the package's own reader), except those a test tampered with on purpose."""
-    yield
-    tampered = request.node.get_closest_marker("tampered_manifests") is not None
-    validator = jsonschema.Draft202012Validator(SCHEMA)
-    for path in tmp_path_factory.getbasetemp().rglob("manifest.json"):
-        if path in _checked:
-            continue
+def _new_manifests(tmp_path_factory) -> list[Path]:
+    return [path for path in tmp_path_factory.getbasetemp().rglob("manifest.json") if path not in _checked]
+
+
+def _check(paths: list[Path]) -> None:
+    for path in paths:
         _checked.add(path)
-        if tampered:
-            continue
-        errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(json.loads(path.read_text()))]
-        assert not errors, f"{path} breaks the manifest schema: {errors[:3]}"
+        problems = contract_violations(json.loads(path.read_text()))
+        assert not problems, f"{path} breaks the export folder contract: {problems[:3]}"
+
+
+@pytest.fixture(autouse=True)
+def manifests_keep_the_contract(request, tmp_path_factory):
+    """Before each test, check the manifests its wider-scoped fixtures wrote (they run before
+    this fixture, and are never tampered with); after it, the manifests the test wrote, except
+    in a test that tampers with them on purpose."""
+    _check(_new_manifests(tmp_path_factory))
+    yield
+    written = _new_manifests(tmp_path_factory)
+    if request.node.get_closest_marker("tampered_manifests") is not None:
+        _checked.update(written)
+    else:
+        _check(written)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import torch
@@ -104,3 +105,77 @@ def export_tiny(model_id: str, out_dir: Path, *, weights: Path | None = None, fp
     source = WeightsSource(kind="checkpoint", path=str(weights), sha256=loaded.sha256, wrapper_key=loaded.wrapper_key)
     request = export.ExportRequest(entry=entry, source=source, out_dir=out_dir, tile=tile or entry.tile, batch=batch, fp16=fp16, calibration_count=2)
     return export.export(request)
+
+
+# README: the stages in the order an export runs them
+STAGES = ("load", "trace", "simplify", "check", "fp16", "save")
+TOP_LEVEL = {
+    "schema_version",
+    "model_id",
+    "model",
+    "scale",
+    "input",
+    "output",
+    "tiling",
+    "opset",
+    "exporter",
+    "versions",
+    "source",
+    "graph",
+    "fp16",
+    "files",
+    "tolerances",
+    "export_seconds",
+    "unused_weights",
+    "engines",
+}
+
+
+def contract_violations(data: dict) -> list[str]:
+    """What in one manifest breaks the README's contract between its fields."""
+    problems = [f"missing {key}" for key in sorted(TOP_LEVEL - set(data))]
+    if problems:
+        return problems
+    if not re.fullmatch(r"1\.[0-9]+", str(data["schema_version"])):
+        problems.append(f"schema_version {data['schema_version']!r} is not 1.MINOR")
+    batch, channels, height, width = data["input"]["shape"]
+    tiling, scale = data["tiling"], data["scale"]
+    if [batch, height, width] != [tiling["batch"], *tiling["tile"]]:
+        problems.append(f"input shape {data['input']['shape']} is not the tiling's batch {tiling['batch']} and tile {tiling['tile']}")
+    if sum(view["channels"] for view in data["input"]["views"]) != channels:
+        problems.append("the views' channels do not add up to the input's")
+    out_batch, _, out_height, out_width = data["output"]["shape"]
+    if [out_batch, out_height, out_width] != [batch, height * scale, width * scale]:
+        problems.append(f"output shape {data['output']['shape']} is not the input's {data['input']['shape']} scaled by {scale}")
+    if "model.onnx" not in data["files"]:
+        problems.append("files lists no model.onnx")
+    if (data["fp16"] is None) != ("model_fp16.onnx" not in data["files"]):
+        problems.append("fp16 and files disagree on whether there is a model_fp16.onnx")
+    fp16 = data["fp16"] or {}
+    measured_at = fp16.get("measured_at")
+    if measured_at is not None and measured_at["shape"][1] != channels:
+        problems.append(f"fp16.measured_at.shape {measured_at['shape']} has other channels than the input")
+    limit, measured = fp16.get("verify_inputs_limit"), fp16.get("verify_inputs_max_abs")
+    if (limit is None) != (measured is None) or (limit is not None and measured > limit):
+        problems.append(f"fp16.verify_inputs_max_abs {measured} does not meet its limit {limit}")
+    stages = list(data.get("export_stages", {}))
+    if stages != [stage for stage in STAGES if stage in stages]:
+        problems.append(f"export_stages {stages} are not in the order {STAGES}")
+    return problems
+
+
+def write_test_png(path: Path, channels: int, size: tuple[int, int] = (21, 37)) -> Path:
+    """An 8-bit PNG of seeded synthetic pixels, `channels` 1 or 3."""
+    from deploytool.runtime import images
+    from deploytool.runtime.inputs import synthetic_batch
+
+    images.write_image(path, synthetic_batch((1, channels, *size), seed=3)[0].transpose(1, 2, 0), bit_depth=8)
+    return path
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    """A click result that failed with exit status 2 and one `error:` line holding every fragment."""
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: ") and "Traceback" not in result.output, result.output
+    assert all(fragment in lines[-1] for fragment in fragments), lines[-1]

@@ -14,7 +14,8 @@
 namespace deploytool {
 namespace {
 
-constexpr const char* kUsage = "usage: %s EXPORT_DIR IMAGE [IMAGE ...] -o OUTPUT.png [--overlap N] [--cuda-graph]";
+constexpr const char* kUsage =
+    "usage: %s EXPORT_DIR IMAGE [IMAGE ...] -o OUTPUT.png [--overlap N] [--backend trt|openvino] [--device DEVICE] [--cuda-graph]";
 
 struct Arguments {
   std::string export_dir;
@@ -55,6 +56,13 @@ Arguments parse(int argc, const char* const* argv) {
     } else if (arg == "--overlap") {
       arguments.overlap = parse_int(value(), arg);
       if (*arguments.overlap < 0) throw UsageError("--overlap must be >= 0, got " + std::to_string(*arguments.overlap));
+    } else if (arg == "--backend") {
+      arguments.options.backend = value();
+      if (arguments.options.backend != "trt" && arguments.options.backend != "openvino") {
+        throw UsageError("--backend takes trt or openvino, not '" + arguments.options.backend + "'");
+      }
+    } else if (arg == "--device") {
+      arguments.options.device = value();
     } else if (arg == "--cuda-graph") {
       arguments.options.cuda_graph = true;
     } else if (arg.size() > 1 && arg[0] == '-') {
@@ -63,6 +71,10 @@ Arguments parse(int argc, const char* const* argv) {
       positional.push_back(arg);
     }
   }
+  if (!arguments.options.device.empty() && arguments.options.backend != "openvino") {
+    throw UsageError("--device applies to the openvino backend, not " + arguments.options.backend);
+  }
+  if (arguments.options.cuda_graph && arguments.options.backend != "trt") throw UsageError("--cuda-graph applies to the trt backend");
   if (positional.size() < 2) throw UsageError("give an export folder and at least one image");
   if (arguments.output.empty()) throw UsageError("give the output file with -o OUTPUT.png");
   arguments.export_dir = positional.front();

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import math
 import resource
 import shutil
 import sys
@@ -282,6 +281,24 @@ def calibration_batches(request: ExportRequest, shape: tuple[int, int, int, int]
     return batches, f"{len(batches)} synthetic texture batch(es)"
 
 
+def verify_inputs(entry: ModelEntry, shape: tuple[int, int, int, int], measured_shape: tuple[int, ...]) -> precision.VerifyInputs | None:
+    """`verify`'s standard synthetic inputs for an export of `shape`, as the graph the FP16 plan is
+    validated on (of `measured_shape`) takes them: exactly verify's tiles at the export's tile,
+    the same generator and seeds drawn at the smaller tile otherwise; None without a limit."""
+    limit = entry.tolerances.get("fp16_max_abs")
+    if limit is None:
+        return None
+    count = calib_inputs.PARITY_BATCHES
+    if tuple(measured_shape) == tuple(shape):
+        arrays = [calib_inputs.parity_batch(shape, index) for index in range(count)]
+        label = f"verify's {count} synthetic batches"
+    else:
+        arrays = calib_inputs.verify_tiles(shape, tuple(measured_shape[2:]))
+        drawn = "" if tuple(measured_shape[2:]) == tuple(shape[2:]) else f" drawn at {_shape_text(measured_shape[2:])}"
+        label = f"verify's {count} synthetic batches as {len(arrays)} tiles{drawn}"
+    return precision.VerifyInputs(arrays, label, limit / precision.VERIFY_SAFETY)
+
+
 def versions() -> dict[str, str]:
     import onnxruntime
     import onnxsim
@@ -316,8 +333,8 @@ class StageClock:
         self.progress(f"[{self.done}/{self.total}] {message}")
         started = time.perf_counter()
         yield
-        # stages round down and the export's total up (to 0.01 s): the stages' sum stays within it
-        cost = StageCost(seconds=math.floor((time.perf_counter() - started) * 100) / 100, peak_rss_mb=round(peak_rss_mb(), 1))
+        # to 0.1 ms: a stage that did work records a time above zero
+        cost = StageCost(seconds=round(time.perf_counter() - started, 4), peak_rss_mb=round(peak_rss_mb(), 1))
         self.costs[name] = cost
         self.progress(f"      {name}: {cost.seconds:.1f} s, peak RSS so far {cost.peak_rss_mb / 1024:.2f} GB")
 
@@ -365,7 +382,8 @@ def export(request: ExportRequest, progress: Progress = lambda message: None) ->
             with clock.stage("fp16", "building the FP16 deploy graph"):
                 small_graph = calibration_graph(model, finished, request, lambda message: progress(f"      {message}"))
                 del model
-                batches, label = calibration_batches(request, shape if small_graph is None else precision.input_shape(small_graph))
+                measured_shape = shape if small_graph is None else precision.input_shape(small_graph)
+                batches, label = calibration_batches(request, measured_shape)
                 try:
                     fp16_graph, fp16_report = precision.build_fp16(
                         graph,
@@ -373,6 +391,7 @@ def export(request: ExportRequest, progress: Progress = lambda message: None) ->
                         max_abs_tolerance=entry.tolerances.get("fp16_calibration_max_abs", 0.02),
                         calibration_label=label,
                         calibration_model=small_graph,
+                        verify_inputs=verify_inputs(entry, shape, measured_shape),
                         progress=lambda message: progress(f"      {message}"),
                     )
                 except ExportError as exc:
@@ -474,7 +493,7 @@ def build_manifest(
         fp16=fp16_report,
         files=files,
         tolerances=entry.tolerances,
-        export_seconds=math.ceil(seconds * 100) / 100,
+        export_seconds=round(seconds, 4),
         unused_weights=unused,
         export_stages=stages,
     )

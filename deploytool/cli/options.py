@@ -48,6 +48,11 @@ def weights_option(help: str):
     return click.option("--weights", type=click.Path(path_type=Path), help=help)
 
 
+def device_option():
+    """`--device`: the OpenVINO device of the openvino backend."""
+    return click.option("--device", help="openvino backend: the OpenVINO device, e.g. GPU or NPU  [default: CPU]")
+
+
 def needs_extra(extra: str):
     """The command needs `extra`: a module of it that is not installed is one line naming the extra.
 

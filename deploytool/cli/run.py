@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from deploytool.cli.group import cli
-from deploytool.cli.options import json_option, needs_extra, say, weights_option
+from deploytool.cli.options import device_option, json_option, needs_extra, say, weights_option
 from deploytool.runtime.backends import ORT_FP16, RUNTIMES
 
 
@@ -21,6 +21,7 @@ from deploytool.runtime.backends import ORT_FP16, RUNTIMES
 @click.option("--overlap", type=int, help="Tile overlap in input pixels (default: the model's).")
 @weights_option("The export's checkpoint, if it moved (torch backend).")
 @click.option("--cuda-graph", is_flag=True, help="TensorRT: replay one captured CUDA graph per batch of tiles.")
+@device_option()
 @click.option("--codec", help="Video encoder  [default: libx264, libx265 for sources deeper than 8 bits]")
 @click.option("--crf", type=int, help="Video quality (x264/x265/SVT-AV1/VP9)  [default: 18]")
 @click.option("--pix-fmt", help="Video pixel format  [default: yuv420p, yuv420p10le for deeper sources]")
@@ -32,7 +33,7 @@ from deploytool.runtime.backends import ORT_FP16, RUNTIMES
 @json_option("Print what was written as JSON.")
 @needs_extra("export")
 def run(
-    export_dir, inputs, output, backend, overlap, weights, cuda_graph, codec, crf, pix_fmt, preset, lossless, no_audio, resume, segment_frames, as_json
+    export_dir, inputs, output, backend, overlap, weights, cuda_graph, device, codec, crf, pix_fmt, preset, lossless, no_audio, resume, segment_frames, as_json
 ) -> None:
     """Restore or upscale images and videos of any size with an export, tile by tile.
 
@@ -52,9 +53,13 @@ def run(
     sources = inference.group_sources(manifest, image_paths)
     targets = inference.destinations([*sources, *video_paths], output)
     encode = videos.EncodeOptions(codec=codec, crf=crf, pix_fmt=pix_fmt, preset=preset, lossless=lossless, audio=not no_audio)
-    resume_key = {"export": manifest.fingerprint(), "backend": backend, "overlap": overlap, **encode.arguments()} if resume else None
+    resume_key = (
+        {"export": manifest.fingerprint(), "backend": backend, **({"device": device} if device else {}), "overlap": overlap, **encode.arguments()}
+        if resume
+        else None
+    )
     results, video_results = [], []
-    with open_runner(export_dir, manifest, backend, weights=weights, cuda_graph=cuda_graph) as runner:
+    with open_runner(export_dir, manifest, backend, weights=weights, cuda_graph=cuda_graph, device=device) as runner:
         restorer = videos.TiledRestorer(runner, manifest, overlap=overlap) if video_paths else None
         for source, destination in zip(sources, targets):
             first = source[0] if isinstance(source, tuple) else source

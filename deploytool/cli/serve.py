@@ -25,7 +25,7 @@ from deploytool.runtime.backends import TRITON_RUNTIMES, TRITON_TRT
     type=click.Choice(TRITON_RUNTIMES),
     default=TRITON_TRT,
     show_default=True,
-    help="What runs the tiles: a TensorRT engine, Triton's ONNX Runtime backend (GPU), or ONNX Runtime in a Python model (CPU).",
+    help="What runs the tiles: a TensorRT engine, Triton's ONNX Runtime backend (GPU), ONNX Runtime in a Python model (CPU), or Triton's OpenVINO backend (CPU).",
 )
 @click.option("--instances", type=int, default=1, show_default=True, help="Tile-model instances (on each GPU of --gpus).")
 @click.option("--gpus", help="GPU indices for the tile model's instances, e.g. 0,1  [default: every GPU]")

@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 
 from deploytool.cli.group import cli
-from deploytool.cli.options import json_option, needs_extra, say, weights_option
-from deploytool.runtime.backends import PARITY_BACKENDS, RUNTIMES
+from deploytool.cli.options import device_option, json_option, needs_extra, say, weights_option
+from deploytool.runtime.backends import DEFAULT_PARITY_BACKENDS, PARITY_BACKENDS, RUNTIMES
 
 
 @cli.command()
@@ -18,9 +18,9 @@ from deploytool.runtime.backends import PARITY_BACKENDS, RUNTIMES
 @weights_option("The export's checkpoint, if it moved.")
 @click.option(
     "--backends",
-    default=",".join(PARITY_BACKENDS),
+    default=",".join(DEFAULT_PARITY_BACKENDS),
     show_default=True,
-    help="Comma-separated backends to run. Without --save-outputs the original always runs.",
+    help=f"Comma-separated backends to run, of {', '.join(PARITY_BACKENDS)}. Without --save-outputs the original always runs.",
 )
 @click.option("--overlap", type=int, help="Tile overlap for --images (default: the model's).")
 @click.option("--max-images", type=int, help="Use at most this many images.")
@@ -84,16 +84,18 @@ def compare(results, report_dir, html, as_json) -> None:
     "--methods",
     default="reference,ort,ort-fp16,bicubic",
     show_default=True,
-    help="reference (original, whole image), torch, ort, ort-fp16, trt (tiled), bicubic.",
+    help=f"reference (original, whole image), {', '.join(RUNTIMES)} (tiled), bicubic.",
 )
 @click.option("--overlap", type=int, help="Tile overlap (default: the model's).")
 @weights_option("The export's checkpoint, if it moved.")
+@device_option()
 @json_option(None)
 @needs_extra("export")
-def evaluate(export_dir, dataset, scale, methods, overlap, weights, as_json) -> None:
+def evaluate(export_dir, dataset, scale, methods, overlap, weights, device, as_json) -> None:
     """PSNR/SSIM on the Y channel of an SR test set (BasicSR convention), with a bicubic baseline."""
     from deploytool.build.models import export_weights
     from deploytool.build.runners import open_runner
+    from deploytool.runtime.backends import OPENVINO
     from deploytool.runtime.manifest import read_manifest
     from deploytool.verify import evaluation
     from deploytool.verify.parity import original_runner
@@ -108,7 +110,9 @@ def evaluate(export_dir, dataset, scale, methods, overlap, weights, as_json) -> 
             entry, _, state_dict = export_weights(manifest, weights)
             chosen[method] = evaluation.whole_image_method(original_runner(entry, state_dict))
         else:
-            chosen[method] = evaluation.tiled_method(open_runner(export_dir, manifest, method, weights=weights), manifest, overlap)
+            chosen[method] = evaluation.tiled_method(
+                open_runner(export_dir, manifest, method, weights=weights, device=device if method == OPENVINO else None), manifest, overlap
+            )
     report = evaluation.evaluate(manifest.model_id, manifest.scale, dataset, chosen, scale=scale, progress=say)
     click.echo(json.dumps(report, indent=2) if as_json else evaluation.markdown(report))
 
@@ -120,12 +124,15 @@ def evaluate(export_dir, dataset, scale, methods, overlap, weights, as_json) -> 
 @click.option("--warmup", type=click.IntRange(0), default=2, show_default=True)
 @click.option("--cuda-graph", is_flag=True, help="TensorRT: replay one captured CUDA graph per batch.")
 @weights_option("The export's checkpoint, if it moved (torch backend).")
+@device_option()
 @json_option(None)
 @needs_extra("export")
-def bench(export_dir, backends, runs, warmup, cuda_graph, weights, as_json) -> None:
+def bench(export_dir, backends, runs, warmup, cuda_graph, weights, device, as_json) -> None:
     """Latency and tiles/s of an export's backends on this machine, in one run."""
     from deploytool.runtime.backends import parse_backends
     from deploytool.verify import benchmark
 
-    report = benchmark.bench(export_dir, parse_backends(backends, RUNTIMES), runs=runs, warmup=warmup, cuda_graph=cuda_graph, weights=weights, progress=say)
+    report = benchmark.bench(
+        export_dir, parse_backends(backends, RUNTIMES), runs=runs, warmup=warmup, cuda_graph=cuda_graph, weights=weights, device=device, progress=say
+    )
     click.echo(json.dumps(report, indent=2) if as_json else benchmark.markdown(report))

@@ -11,7 +11,8 @@ import platform
 import sys
 from typing import Any
 
-from deploytool.runtime.backends import ORT, ORT_FP16, TORCH, TRT
+from deploytool.runtime.backends import OPENVINO, ORT, ORT_FP16, TORCH, TRT
+from deploytool.runtime.backends.openvino import NOT_INSTALLED as OPENVINO_NOT_INSTALLED
 from deploytool.runtime.backends.tensorrt.run import NOT_INSTALLED
 
 
@@ -31,10 +32,12 @@ def probe() -> dict[str, Any]:
         "onnxsim": _version("onnxsim"),
         "onnxruntime": _version("onnxruntime"),
         "tensorrt": _version("tensorrt"),
+        "openvino": _version("openvino"),
         "spandrel": _version("spandrel"),
         "cuda": None,
         "gpus": [],
         "ort_providers": [],
+        "openvino_devices": [],
     }
     if facts["torch"]:
         import torch
@@ -48,6 +51,10 @@ def probe() -> dict[str, Any]:
         import onnxruntime
 
         facts["ort_providers"] = onnxruntime.get_available_providers()
+    if facts["openvino"]:
+        import openvino
+
+        facts["openvino_devices"] = list(openvino.Core().available_devices)
     return facts
 
 
@@ -61,6 +68,11 @@ def capabilities(facts: dict[str, Any]) -> dict[str, str]:
     if facts.get("onnxruntime"):
         backends += [ORT, ORT_FP16]
     ort_device = "CUDA" if gpu and "CUDAExecutionProvider" in facts["ort_providers"] else "CPU"
+    if facts.get("openvino"):
+        backends.append(OPENVINO)
+        openvino = f"OpenVINO on {', '.join(facts.get('openvino_devices') or ['no device'])} (--device; default CPU)"
+    else:
+        openvino = f"no {OPENVINO} backend ({OPENVINO_NOT_INSTALLED})"
 
     if not facts.get("tensorrt"):
         build = f"no: {NOT_INSTALLED}"
@@ -79,7 +91,7 @@ def capabilities(facts: dict[str, Any]) -> dict[str, str]:
     return {
         "export": f"no: missing {', '.join(missing)}" if missing else "yes (CPU is enough)",
         "verify": f"yes: {', '.join(backends)} against the original" + ("" if facts.get("spandrel") else " (no spandrel: pip install spandrel)"),
-        "run": f"yes: backends {', '.join(backends)}; ONNX Runtime on {ort_device}",
+        "run": f"yes: backends {', '.join(backends)}; ONNX Runtime on {ort_device}; {openvino}",
         "build": build,
         "bench": f"yes: {', '.join(backends)}" + ("" if gpu else " (no GPU: CPU timings only)"),
     }
@@ -87,7 +99,7 @@ def capabilities(facts: dict[str, Any]) -> dict[str, str]:
 
 def report_lines(facts: dict[str, Any], caps: dict[str, str]) -> list[str]:
     lines = [f"python {facts['python']} on {facts['platform']}"]
-    for name in ("torch", "onnx", "onnxsim", "onnxruntime", "tensorrt", "spandrel"):
+    for name in ("torch", "onnx", "onnxsim", "onnxruntime", "openvino", "tensorrt", "spandrel"):
         lines.append(f"{name:<12} {facts.get(name) or 'not installed'}")
     lines.append(f"{'CUDA':<12} {facts['cuda'] or 'none'} (torch build)")
     if facts["gpus"]:
@@ -97,6 +109,8 @@ def report_lines(facts: dict[str, Any], caps: dict[str, str]) -> list[str]:
     else:
         lines.append(f"{'GPU':<12} none visible to torch")
     lines.append(f"{'ORT':<12} providers {', '.join(facts['ort_providers']) or 'none'}")
+    if facts.get("openvino"):
+        lines.append(f"{'OpenVINO':<12} devices {', '.join(facts.get('openvino_devices') or []) or 'none'}")
     lines.append("")
     lines += [f"{command:<7} {what}" for command, what in caps.items()]
     return lines

@@ -9,6 +9,9 @@ import numpy as np
 from deploytool.errors import ImageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+# `verify`'s standard inputs: this many synthetic batches of the graph's shape, seeded from
+# PARITY_SEED on. The export validates its FP16 plan on them too (see verify_tiles).
+PARITY_BATCHES, PARITY_SEED = 2, 1000
 
 
 def synthetic_batch(shape: tuple[int, int, int, int], seed: int) -> np.ndarray:
@@ -27,6 +30,22 @@ def synthetic_batch(shape: tuple[int, int, int, int], seed: int) -> np.ndarray:
             base = mix[0] * grating + mix[1] * gradient / 2 + mix[2] * edges
             out[i, ch] = np.clip(base + rng.normal(0, 0.03, (h, w)), 0, 1)
     return out
+
+
+def parity_batch(shape: tuple[int, int, int, int], index: int) -> np.ndarray:
+    """`verify`'s synthetic input number `index` for a graph of `shape`."""
+    return synthetic_batch(shape, PARITY_SEED + index)
+
+
+def verify_tiles(shape: tuple[int, int, int, int], tile: tuple[int, int], count: int = PARITY_BATCHES) -> list[np.ndarray]:
+    """`verify`'s synthetic batches for a graph of `shape`, drawn at `tile` instead of the
+    graph's tile (the same generator and seeds), as single-tile batches (1, C, H, W).
+
+    At the graph's own tile these are exactly the tiles of `verify`'s batches, and a graph's
+    tiles do not depend on the others in their batch: a batch-1 graph judges them as verify does.
+    """
+    batch, channels = shape[0], shape[1]
+    return [tiles[None] for index in range(count) for tiles in parity_batch((batch, channels, *tile), index)]
 
 
 def list_images(directory: str | Path) -> list[Path]:

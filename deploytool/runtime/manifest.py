@@ -27,7 +27,7 @@ from typing import Any
 from deploytool.errors import DeployError
 from deploytool.runtime.fileio import sha256_file, write_text_atomic
 
-SCHEMA_VERSION = "1.2"
+SCHEMA_VERSION = "1.3"
 MANIFEST_FILE = "manifest.json"
 FP32_FILE, FP16_FILE = "model.onnx", "model_fp16.onnx"
 TIMING_CACHE = "timing.cache"
@@ -37,6 +37,8 @@ INPUT_NAME, OUTPUT_NAME = "input", "output"
 MINOR_DEFAULTS: dict[int, dict[str, Any]] = {
     1: {"export_stages": {}},  # 1.1: what each export stage cost
     2: {"fp16.calibration_tile": None, "fp16.grown_tensors": 0, "fp16.sensitivity_blocks": []},  # 1.2: how the FP16 plan was found
+    # 1.3: where the FP16 figures were measured, and the plan's check on verify's inputs (null: unknown)
+    3: {"fp16.measured_at": None, "fp16.verify_inputs_max_abs": None, "fp16.verify_inputs_limit": None},
 }
 
 BLEND_RAMP, BLEND_CENTRE = "ramp", "centre"
@@ -172,8 +174,18 @@ class GraphStats:
 
 
 @dataclass(frozen=True)
+class Fp16Measurement:
+    """The graph and inputs the FP16 plan's figures were measured on: the calibration graph
+    (`calibration_tile`, batch 1), not necessarily the shipped one (`verify` reports that one's)."""
+
+    shape: tuple[int, int, int, int]  # the measured graph's input shape
+    inputs: str
+
+
+@dataclass(frozen=True)
 class Fp16Summary:
-    """How model_fp16.onnx was planned, and how far it is from model.onnx on calibration inputs."""
+    """How model_fp16.onnx was planned, and how far its plan is from model.onnx's on the inputs
+    it was validated on (`measured_at`)."""
 
     margin: float
     fp32_nodes: int
@@ -190,6 +202,12 @@ class Fp16Summary:
     calibration_tile: tuple[int, int] | None
     grown_tensors: int
     sensitivity_blocks: tuple[str, ...]
+    # 1.3: the graph and inputs max_abs_vs_fp32 and psnr_vs_fp32 were measured on, and the plan's
+    # max |diff| on verify's standard inputs (as measured there) with the limit it had to meet
+    # (None: not measured, e.g. a manifest before 1.3)
+    measured_at: Fp16Measurement | None = None
+    verify_inputs_max_abs: float | None = None
+    verify_inputs_limit: float | None = None
 
 
 @dataclass(frozen=True)
@@ -351,11 +369,12 @@ def _plain(value: Any) -> Any:
 
 
 def _fp16_tuples(fp16: dict[str, Any]) -> dict[str, Any]:
-    tile = fp16["calibration_tile"]
+    tile, measured_at = fp16["calibration_tile"], fp16.get("measured_at")
     return {
         "largest_ranges": tuple(tuple(r) for r in fp16["largest_ranges"]),
         "calibration_tile": None if tile is None else tuple(tile),
         "sensitivity_blocks": tuple(fp16["sensitivity_blocks"]),
+        "measured_at": None if measured_at is None else _known(Fp16Measurement, {**measured_at, "shape": tuple(measured_at["shape"])}),
     }
 
 

@@ -1,8 +1,8 @@
 """A Triton model repository from exports: per export a tile model and a whole-image model.
 
 `<id>-tiles` runs the export's static graph ([batch, C, tile_h, tile_w] -> [batch, C, tile_h * s,
-tile_w * s]) with one of three runtimes: a TensorRT plan, Triton's ONNX Runtime backend, or ONNX
-Runtime inside a Python-backend model (CPU servers). `<id>` is a Python-backend model that takes
+tile_w * s]) with one of four runtimes: a TensorRT plan, Triton's ONNX Runtime backend, ONNX
+Runtime inside a Python-backend model (CPU servers), or Triton's OpenVINO backend (CPU servers). `<id>` is a Python-backend model that takes
 whole images, tiles them with deploytool's own tiler and sends the tiles to `<id>-tiles` (BLS).
 The repository names no path of this machine: it can be copied to any Triton server whose
 Python backend can import deploytool (see README, "Serving with Triton").
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from deploytool.errors import DeployError
-from deploytool.runtime.backends import TRITON_ONNX, TRITON_PYTHON_ORT, TRITON_RUNTIMES, TRITON_TRT
+from deploytool.runtime.backends import TRITON_ONNX, TRITON_OPENVINO, TRITON_PYTHON_ORT, TRITON_RUNTIMES, TRITON_TRT
 from deploytool.runtime.fileio import inside
 from deploytool.runtime.manifest import FP16_FILE, FP32_FILE, MANIFEST_FILE, Manifest, read_manifest
 from deploytool.serving import protocol
@@ -123,6 +123,8 @@ def tile_config(manifest: Manifest, options: RepositoryOptions) -> dict[str, Any
         config |= {"platform": "tensorrt_plan", "default_model_filename": TRT_PLAN_FILE}
     elif options.runtime == TRITON_ONNX:
         config |= {"backend": "onnxruntime", "default_model_filename": ONNX_MODEL_FILE}
+    elif options.runtime == TRITON_OPENVINO:
+        config |= {"backend": "openvino", "default_model_filename": ONNX_MODEL_FILE}
     else:
         config |= {"backend": "python"}
     config |= {
@@ -133,12 +135,31 @@ def tile_config(manifest: Manifest, options: RepositoryOptions) -> dict[str, Any
     if options.runtime == TRITON_PYTHON_ORT:
         config["instance_group"] = [{"count": options.instances, "kind": Enum("KIND_CPU")}]
         config["parameters"] = _parameters({protocol.PARAM_THREADS: 0})
+    elif options.runtime == TRITON_OPENVINO:
+        config["instance_group"] = [{"count": options.instances, "kind": Enum("KIND_CPU")}]
+        config["parameters"] = _parameters(openvino_parameters(options.instances))
     else:
         group: dict[str, Any] = {"count": options.instances, "kind": Enum("KIND_GPU")}
         if options.gpus:
             group["gpus"] = list(options.gpus)
         config["instance_group"] = [group]
     return config
+
+
+def openvino_parameters(instances: int) -> dict[str, str]:
+    """Triton's OpenVINO backend parameters (the keys its README documents; it refuses others):
+    one OpenVINO stream per tile instance, so instances run side by side instead of queueing on one.
+
+    The backend has no parameter for FP32 inference precision (`HINT_BF16` takes only YES), so on
+    CPUs with AVX-512 BF16 or AMX OpenVINO's default, bf16, applies: `OPENVINO_PRECISION_NOTE`.
+    """
+    return {"PERFORMANCE_HINT": "LATENCY" if instances == 1 else "THROUGHPUT", "NUM_STREAMS": str(instances)}
+
+
+OPENVINO_PRECISION_NOTE = (
+    "Triton's OpenVINO backend cannot pin f32 inference precision: on CPUs with AVX-512 BF16 or AMX it runs the graph in bf16, "
+    "unlike `deploytool run --backend openvino`; use --runtime python-ort for FP32 results there"
+)
 
 
 def image_instances(options: RepositoryOptions) -> int:
@@ -213,7 +234,7 @@ def _model_files(export_dir: Path, manifest: Manifest, options: RepositoryOption
         if not manifest.has_fp16:
             raise DeployError(f"{export_dir} has no {FP16_FILE} (exported with --no-fp16): add --fp32 to serve {FP32_FILE}")
         return {ONNX_MODEL_FILE: manifest.check_file(export_dir, FP16_FILE)}
-    # python-ort runs model.onnx: on CPUs FP16 graphs bring no speed, and ONNX Runtime's CPU
+    # python-ort and openvino run model.onnx: on CPUs FP16 graphs bring no speed, and ONNX Runtime's CPU
     # provider lacks FP16 kernels for many ops (it would insert casts around them)
     return {ONNX_MODEL_FILE: manifest.check_file(export_dir, FP32_FILE)}
 
@@ -250,8 +271,8 @@ def validate_options(options: RepositoryOptions) -> None:
         raise DeployError(f"unknown Triton runtime {options.runtime!r}; choose from {', '.join(TRITON_RUNTIMES)}")
     if options.instances < 1:
         raise DeployError(f"--instances must be at least 1, not {options.instances}")
-    if options.runtime == TRITON_PYTHON_ORT and options.gpus:
-        raise DeployError("--gpus places GPU instances; the python-ort runtime runs on the CPU (use --runtime onnx or trt)")
+    if options.runtime in (TRITON_PYTHON_ORT, TRITON_OPENVINO) and options.gpus:
+        raise DeployError(f"--gpus places GPU instances; the {options.runtime} runtime runs on the CPU (use --runtime onnx or trt)")
     if options.runtime == TRITON_TRT and options.fp32:
         raise DeployError("--fp32 chooses model.onnx for --runtime onnx; a TensorRT engine's precision is the one `deploytool build` gave it")
     if options.max_pixels < 1:
@@ -284,7 +305,10 @@ def write_repository(
         path = _write_model(repo, tiles, tile_config(manifest, options), files, texts)
         source = next(iter(files.values())).name
         written.append(WrittenModel(tiles, path, "tiles", options.runtime, source))
-        progress(f"{path}: {options.runtime} on {source}, {options.instances} instance(s){' per GPU' if options.runtime != TRITON_PYTHON_ORT else ''}")
+        on_cpu = options.runtime in (TRITON_PYTHON_ORT, TRITON_OPENVINO)
+        progress(f"{path}: {options.runtime} on {source}, {options.instances} instance(s){'' if on_cpu else ' per GPU'}")
+        if options.runtime == TRITON_OPENVINO:
+            progress(f"note: {OPENVINO_PRECISION_NOTE}")
         whole = _write_model(
             repo,
             manifest.model_id,

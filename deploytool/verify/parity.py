@@ -37,6 +37,8 @@ from deploytool.errors import (
 from deploytool.runtime import images, inference
 from deploytool.runtime import inputs as input_sources
 from deploytool.runtime.backends import (
+    DEFAULT_PARITY_BACKENDS,
+    OPENVINO,
     ORIGINAL,
     ORT,
     ORT_FP16,
@@ -89,7 +91,7 @@ def pair_limits(candidate: str, tolerances: dict[str, float], *, tiled: bool) ->
         return None, tolerances.get("tiled_psnr_min")
     if candidate in (TORCH, ORIGINAL):  # the original on another machine: the same FP32 code
         return tolerances.get("def_max_abs"), None
-    if candidate == ORT:
+    if candidate in (ORT, OPENVINO):  # the FP32 graph
         return tolerances.get("onnx_max_abs"), None
     if candidate in (ORT_FP16, TRT):
         return tolerances.get("fp16_max_abs"), tolerances.get("fp16_psnr_min")
@@ -118,8 +120,7 @@ def parity_inputs(
     """The inputs every backend runs on: seeded synthetic tiles, then whole images."""
     shape = manifest.input.shape
     found = [
-        RunInput(f"synthetic#{seed} {'x'.join(map(str, shape))}", SYNTHETIC, input_sources.synthetic_batch(shape, seed=1000 + seed))
-        for seed in range(synthetic_batches)
+        RunInput(f"synthetic#{index} {'x'.join(map(str, shape))}", SYNTHETIC, input_sources.parity_batch(shape, index)) for index in range(synthetic_batches)
     ]
     if images_dir is not None and len(manifest.views) > 1:
         skipped["images"] = "models of several views take image groups; --images compares single images only"
@@ -149,7 +150,7 @@ def run(
     *,
     images_dir: str | Path | None = None,
     weights: str | Path | None = None,
-    synthetic_batches: int = 2,
+    synthetic_batches: int = input_sources.PARITY_BATCHES,
     overlap: int | None = None,
     max_images: int | None = None,
     skip_missing_weights: bool = False,
@@ -296,9 +297,41 @@ def judge(runs: list[RunResults], *, export_dir: str | Path | None = None) -> Ju
         "skipped": skipped,
         "passed": bool(comparisons) and all(c.passed for c in comparisons),
         "comparisons": [asdict(c) for c in comparisons],
+        "fp16_vs_fp32": fp16_figures(backends, inputs),
+        "manifest_fp16": None if manifest.fp16 is None else manifest_fp16_figures(manifest),
         "results": [saved_results.describe(item) for item in runs],
     }
     return Judgement(report, pairs)
+
+
+def fp16_figures(backends: list[tuple[str, str, RunResults]], inputs: dict[str, RunInput]) -> list[dict[str, Any]]:
+    """The shipped FP16 graph's (and engines') own distance from the FP32 graph, at the export's
+    shape on this run's inputs: the figures the manifest's `fp16` gives for the calibration graph."""
+    fp32 = next(((display, item) for display, name, item in backends if name == ORT), None)
+    if fp32 is None:
+        return []
+    fp32_name, fp32_run = fp32
+    figures = []
+    for label in inputs:
+        expected = fp32_run.backends[ORT].outputs.get(label)
+        for display, name, item in backends:
+            out = item.backends[name].outputs.get(label)
+            if name not in (ORT_FP16, TRT) or expected is None or out is None:
+                continue
+            max_abs, mean_abs, value_psnr = metrics(expected, out)
+            figures.append({"inputs": label, "fp32": fp32_name, "fp16": display, "max_abs": max_abs, "mean_abs": mean_abs, "psnr": value_psnr})
+    return figures
+
+
+def manifest_fp16_figures(manifest: Manifest) -> dict[str, Any]:
+    fp16 = manifest.fp16
+    return {
+        "max_abs_vs_fp32": fp16.max_abs_vs_fp32,
+        "psnr_vs_fp32": fp16.psnr_vs_fp32,
+        "measured_at": None if fp16.measured_at is None else asdict(fp16.measured_at),
+        "verify_inputs_max_abs": fp16.verify_inputs_max_abs,
+        "verify_inputs_limit": fp16.verify_inputs_limit,
+    }
 
 
 def write_reports(judgement: Judgement, out_dir: str | Path, *, html: bool = False) -> list[Path]:
@@ -328,7 +361,7 @@ def verify(
     images_dir: str | Path | None = None,
     weights: str | Path | None = None,
     backends: list[str] | None = None,
-    synthetic_batches: int = 2,
+    synthetic_batches: int = input_sources.PARITY_BATCHES,
     overlap: int | None = None,
     max_images: int | None = None,
     save_outputs: str | Path | None = None,
@@ -341,7 +374,7 @@ def verify(
     With it, exactly `backends` run and their outputs are saved; the run is judged only when the
     original is among them, else None is returned (judge later with `compare`).
     """
-    backends = list(backends or PARITY_BACKENDS)
+    backends = list(backends or DEFAULT_PARITY_BACKENDS)
     if save_outputs is None and ORIGINAL not in backends:
         backends.insert(0, ORIGINAL)
     results = run(
@@ -397,6 +430,22 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"| {c['inputs']} | {c['candidate']} | {c['max_abs']:.2e} | {c['mean_abs']:.2e} | {c['psnr']:.2f} | {c['limits']} | {'pass' if c['passed'] else 'FAIL'} |"
         )
+    figures = report.get("fp16_vs_fp32") or []
+    if figures:
+        lines += [
+            "",
+            "The shipped FP16 graph against the FP32 graph, at the export's shape:",
+            "",
+            "| inputs | FP32 | FP16 | max abs | mean abs | PSNR dB |",
+            "|---|---|---|---:|---:|---:|",
+        ]
+        lines += [f"| {f['inputs']} | {f['fp32']} | {f['fp16']} | {f['max_abs']:.2e} | {f['mean_abs']:.2e} | {f['psnr']:.2f} |" for f in figures]
+    planned = report.get("manifest_fp16")
+    if planned is not None:
+        where = planned["measured_at"]
+        at = f"on {'x'.join(map(str, where['shape']))}, {where['inputs']}" if where else "on calibration inputs"
+        value_psnr = "identical" if planned["psnr_vs_fp32"] is None else f"PSNR {planned['psnr_vs_fp32']:.2f} dB"
+        lines.append(f"\nThe manifest's FP16 figures, measured by the export {at}: max abs {planned['max_abs_vs_fp32']:.2e}, {value_psnr}.")
     for name, reason in report["skipped"].items():
         lines.append(f"\nSkipped {name}: {reason}")
     lines.append(f"\n**{'PASSED' if report['passed'] else 'FAILED'}**\n")

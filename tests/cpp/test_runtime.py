@@ -1,8 +1,10 @@
 """The C++ runtime (cpp/): built with CMake, its unit tests run by ctest, and its output compared
-byte for byte with the Python tool's on the same stand-in model, images and tiling."""
+byte for byte with the Python tool's on the same stand-in model, images and tiling, and on real
+exports of every family through OpenVINO."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -44,7 +46,8 @@ def cpp_build() -> Path:
         pytest.skip(f"{', '.join(missing)} not on PATH: the C++ runtime cannot be built (scripts/setup.sh installs them as root)")
     build = REPO / "build" / "cpp-pytest"
     for command in (
-        ["cmake", "-S", str(REPO / "cpp"), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release"],
+        # this interpreter's `openvino` package (when installed) is where CMake finds OpenVINO's C++ SDK
+        ["cmake", "-S", str(REPO / "cpp"), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", f"-DPython3_EXECUTABLE={sys.executable}"],
         ["cmake", "--build", str(build), "-j", str(min(4, os.cpu_count() or 1))],
     ):
         done = subprocess.run(command, capture_output=True, text=True)
@@ -507,3 +510,104 @@ def test_rarer_png_forms_are_read_as_opencv_reads_them(cpp_build: Path, standin_
         modes.add((raw.ndim, raw.shape[2] if raw.ndim == 3 else 1))
         compare_with_python(cpp_build, standin_exports[config.label], [path], tmp_path)
     assert modes == {(2, 1), (3, 3), (3, 4)}  # gray, RGB and RGBA readings all exercised
+
+
+# -- deploytool-infer and the OpenVINO backend
+
+
+@pytest.fixture(scope="session")
+def openvino_build(cpp_build: Path) -> Path:
+    """The C++ build, which must have the OpenVINO backend wherever Python has OpenVINO (its wheel is the SDK)."""
+    if importlib.util.find_spec("openvino") is None:
+        pytest.skip("OpenVINO is not installed: pip install deploytool[openvino] (the test extra has it); its wheel holds the C++ SDK too")
+    assert "DEPLOYTOOL_WITH_OPENVINO:INTERNAL=ON" in (cpp_build / "CMakeCache.txt").read_text(), (
+        "CMake left the OpenVINO backend out although this Python has the openvino package"
+    )
+    assert "DEPLOYTOOL_HAVE_OPENVINO" in (cpp_build / "CMakeFiles" / "deploytool_runtime.dir" / "flags.make").read_text()
+    return cpp_build
+
+
+def _openvino_cache(export_dir: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in (export_dir / "openvino-cache").rglob("*.blob")}
+
+
+def _run_python_openvino(export_dir: Path, sources: list[Path], output: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "deploytool", "run", str(export_dir), *map(str, sources), "-o", str(output), "--backend", "openvino"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_openvino_backend_matches_python_on_real_exports_of_every_family(
+    openvino_build: Path, real_exports: dict[str, Path], synthetic_images: dict[str, Path], tmp_path: Path
+) -> None:
+    """`deploytool-infer --backend openvino` (no Python at run time: no LD_LIBRARY_PATH, the RPATH
+    finds OpenVINO) writes the PNG bytes `deploytool run --backend openvino` writes, in another
+    process, on a tiny real export of every family; and it imports the blob Python compiled."""
+    assert {registry.get(i).family for i in real_exports} == set(model_defs.families())
+    image = synthetic_images["rgb8-131x149"]
+    mirrored = tmp_path / "mirrored.png"
+    mirrored.write_bytes(png.encode(np.ascontiguousarray(cv2.imread(str(image), cv2.IMREAD_UNCHANGED)[:, ::-1, ::-1])))
+    environment = {k: v for k, v in os.environ.items() if k not in ("LD_LIBRARY_PATH", "PYTHONPATH", "PYTHONHOME")}
+    for model_id, export_dir in real_exports.items():
+        sources = [image, mirrored][: len(read_manifest(export_dir).views)]
+        python_png, cpp_png = tmp_path / f"{model_id}.py.png", tmp_path / f"{model_id}.cpp.png"
+        _run_python_openvino(export_dir, sources, python_png)
+        compiled = _openvino_cache(export_dir)
+        assert compiled, f"{model_id}: Python left no compiled blob in {export_dir / 'openvino-cache'}"
+        done = subprocess.run(
+            [str(openvino_build / "deploytool-infer"), str(export_dir), *map(str, sources), "-o", str(cpp_png), "--backend", "openvino"],
+            capture_output=True,
+            text=True,
+            env=environment,
+        )
+        assert done.returncode == 0, f"{model_id}: {done.stderr.strip()}"
+        _assert_same_png(cpp_png, python_png, f"{model_id} on OpenVINO")
+        assert _openvino_cache(export_dir) == compiled, f"{model_id}: the C++ runtime compiled again instead of importing Python's blob"
+
+
+def test_openvino_backend_refusals_are_one_line(openvino_build: Path, real_exports: dict[str, Path], synthetic_images: dict[str, Path], tmp_path: Path) -> None:
+    from deploytool.runtime.backends.openvino import available_devices
+
+    export_dir = real_exports["esrt-x2"]
+    image = str(synthetic_images["rgb8-37x53"])
+    output = tmp_path / "out.png"
+    infer = str(openvino_build / "deploytool-infer")
+
+    missing = next(d for d in ("NPU", "GPU") if d not in available_devices())
+    done = subprocess.run([infer, str(export_dir), image, "-o", str(output), "--backend", "openvino", "--device", missing], capture_output=True, text=True)
+    assert done.returncode == 1 and done.stderr == f"error: OpenVINO sees no {missing} device on this machine; it sees: {', '.join(available_devices())}\n"
+    for arguments, message in (
+        (["--backend", "onnx"], "--backend takes trt or openvino, not 'onnx'"),
+        (["--device", "CPU"], "--device applies to the openvino backend, not trt"),
+        (["--backend", "openvino", "--cuda-graph"], "--cuda-graph applies to the trt backend"),
+    ):
+        done = subprocess.run([infer, str(export_dir), image, "-o", str(output), *arguments], capture_output=True, text=True)
+        assert done.returncode == 2 and done.stderr.endswith(f"error: {message}\n") and done.stderr.count("\n") == 2, done.stderr
+    assert not output.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_infer_built_without_openvino_refuses_in_one_line(real_exports: dict[str, Path], synthetic_images: dict[str, Path], tmp_path: Path) -> None:
+    missing = _missing_tools()
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not on PATH: the C++ runtime cannot be built (scripts/setup.sh installs them as root)")
+    build = REPO / "build" / "cpp-pytest-no-openvino"
+    configure = ["cmake", "-S", str(REPO / "cpp"), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", "-DDEPLOYTOOL_BUILD_TESTS=OFF"]
+    done = subprocess.run([*configure, f"-DOpenVINO_DIR={tmp_path / 'no-openvino-here'}"], capture_output=True, text=True)
+    assert done.returncode == 0 and "deploytool: OpenVINO not found" in done.stdout, (done.stdout + done.stderr)[-4000:]
+    assert "DEPLOYTOOL_WITH_OPENVINO:INTERNAL=OFF" in (build / "CMakeCache.txt").read_text()
+    done = subprocess.run(
+        ["cmake", "--build", str(build), "-j", str(min(4, os.cpu_count() or 1)), "--target", "deploytool-infer"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    output = tmp_path / "out.png"
+    done = subprocess.run(
+        [str(build / "deploytool-infer"), str(real_exports["esrt-x2"]), str(synthetic_images["rgb8-37x53"]), "-o", str(output), "--backend", "openvino"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1 and done.stderr.startswith("error: this deploytool runtime was built without OpenVINO") and done.stderr.count("\n") == 1
+    assert not output.exists()

@@ -44,4 +44,15 @@ bool tensorrt_available();
 // ready; throws BackendUnavailable in a build without TensorRT, Error when no engine fits.
 std::unique_ptr<Backend> tensorrt_backend(const Export& exported, TensorRtOptions options = {});
 
+struct OpenVinoOptions {
+  std::string device = "CPU";  // as OpenVINO names it: CPU, GPU, GPU.1, NPU
+};
+
+// True when this library was built with OpenVINO (CMake found it).
+bool openvino_available();
+// The export's model.onnx (sha256-checked) compiled by OpenVINO for `options.device` with f32
+// inference precision, cached under the export's openvino-cache/ (shared with the Python tool);
+// throws BackendUnavailable in a build without OpenVINO or for a device OpenVINO does not see.
+std::unique_ptr<Backend> openvino_backend(const Export& exported, OpenVinoOptions options = {});
+
 }  // namespace deploytool

@@ -3,6 +3,7 @@
 import dataclasses
 import functools
 import math
+import re
 
 import numpy as np
 import onnx
@@ -10,9 +11,10 @@ import pytest
 import torch
 
 from deploytool.build import export, precision
-from deploytool.errors import ExportError
-from deploytool.runtime.inputs import synthetic_batch
-from deploytool.runtime.manifest import FP16_FILE, FP32_FILE
+from deploytool.runtime.backends import ORIGINAL, ORT_FP16
+from deploytool.runtime.inputs import PARITY_BATCHES, parity_batch, synthetic_batch
+from deploytool.runtime.manifest import FP16_FILE, FP32_FILE, read_manifest
+from deploytool.verify import parity
 from tests.helpers import export_tiny, save_official, tiny_entry, tiny_state_dict
 
 # The layer that reads the long skip (conv_first + conv_after_body): scaled down by the factor
@@ -224,14 +226,29 @@ def test_the_sensitivity_search_buys_precision_where_ranges_cannot(tmp_path):
 
 
 def test_the_sensitivity_search_says_when_nothing_holds(tmp_path, monkeypatch):
-    """Only when no block can be kept FP16 does the export fail: in one line, with the FP32
-    export written."""
-    monkeypatch.setattr(precision, "MIN_BLOCKS", 1000)  # every node its own block: still fails below
+    """Only when no block can be kept FP16 does the export fail: in one line and exit status 2,
+    with the FP32 export written and its manifest saying there is no FP16 graph."""
+    from click.testing import CliRunner
+
+    from deploytool.build import registry
+    from deploytool.cli import cli
+
+    entry = tiny_entry("ipt-sr-x4")
+    monkeypatch.setattr(registry, "get", lambda model_id: entry)
+    # no depth of the module paths gives 1000 blocks, so they are cut at the deepest one: the
+    # most blocks the search can try; every plan still fails (`_failing`)
+    monkeypatch.setattr(precision, "MIN_BLOCKS", 1000)
     monkeypatch.setattr(precision, "validate", _failing(precision.validate))
     out = tmp_path / "e"
-    with pytest.raises(ExportError, match=r"no FP16 plan meets the tolerance .* blocks kept in FP32 by the sensitivity search; the FP32 export is written"):
-        export_tiny("ipt-sr-x4", out, weights=cancelling_ipt_checkpoint(tmp_path / "ipt.pth"))
+    weights = cancelling_ipt_checkpoint(tmp_path / "ipt.pth")
+    result = CliRunner().invoke(cli, ["export", "ipt-sr-x4", "--weights", str(weights), "--out", str(out), "--batch", "1"], catch_exceptions=False)
+    assert result.exit_code == 2, result.output
+    last = [line for line in result.stderr.splitlines() if line.strip()][-1]
+    assert "Traceback" not in result.output and last.startswith("error: "), result.output
+    assert re.search(r"no FP16 plan meets the tolerance .* blocks kept in FP32 by the sensitivity search; the FP32 export is written", last), last
     assert (out / FP32_FILE).is_file() and not (out / FP16_FILE).exists()
+    written = read_manifest(out)
+    assert written.fp16 is None and set(written.files) == {FP32_FILE}
 
 
 def _failing(validate):
@@ -242,3 +259,36 @@ def _failing(validate):
         return dataclasses.replace(result, max_abs=math.inf, graph=None)
 
     return failing
+
+
+def test_the_fp16_plan_holds_on_verifys_inputs_not_only_on_its_calibration_inputs(tmp_path):
+    """A tiny IPT (seed 0) whose range plan meets the tolerance on its two calibration inputs
+    (max |d| 6.9e-4) and misses it on verify's two standard inputs (1.8e-3): max |d| is a tail
+    statistic. The export validates on verify's inputs too, with a safety factor, and buys
+    precision until the plan holds there: verify then passes."""
+    tolerance = 1.2e-3
+    entry = tiny_entry("ipt-sr-x4")
+    tolerances = {**entry.tolerances, "fp16_max_abs": tolerance, "fp16_calibration_max_abs": tolerance}
+    out = tmp_path / "e"
+    manifest = export_tiny("ipt-sr-x4", out, weights=save_official(tiny_state_dict(entry, seed=0), tmp_path / "ipt.pth"), tolerances=tolerances)
+
+    shape = manifest.input.shape
+    fp32 = onnx.load(str(out / FP32_FILE))
+    calibration = [synthetic_batch(shape, seed) for seed in range(2)]  # the export's, as export_tiny asks
+    verify_inputs = [parity_batch(shape, index) for index in range(PARITY_BATCHES)]
+    ranged = precision.convert(fp32, precision.plan_islands(fp32, precision.measure_ranges(fp32, calibration), precision.MARGINS[0]).fp32_nodes)
+
+    def max_abs(graph, batches):
+        return max(float(np.abs(e - a).max()) for e, a in zip(precision.run_graph(fp32, batches), precision.run_graph(graph, batches)))
+
+    # the case is real: what the range plan alone (all an export validated on its calibration
+    # inputs shipped) gives on each set
+    assert max_abs(ranged, calibration) <= tolerance < max_abs(ranged, verify_inputs)
+
+    fp16 = manifest.fp16
+    assert fp16.sensitivity_blocks and fp16.verify_inputs_limit == pytest.approx(tolerance / precision.VERIFY_SAFETY)
+    assert fp16.verify_inputs_max_abs <= fp16.verify_inputs_limit
+    assert fp16.measured_at.shape == shape and "verify's 2 synthetic batches" in fp16.measured_at.inputs
+    assert max_abs(onnx.load(str(out / FP16_FILE)), verify_inputs) <= tolerance / precision.VERIFY_SAFETY
+    report = parity.verify(out, backends=[ORIGINAL, ORT_FP16])
+    assert report["passed"] and {c["candidate"] for c in report["comparisons"]} == {ORT_FP16}

@@ -46,3 +46,9 @@ def test_probe_describes_this_machine():
     facts = doctor.probe()
     lines = doctor.report_lines(facts, doctor.capabilities(facts))
     assert facts["torch"] and facts["onnxruntime"] and any(line.startswith("build") for line in lines)
+
+
+def test_openvino_is_a_run_backend_when_installed_and_named_when_not():
+    caps = doctor.capabilities({**NO_GPU, "openvino": "2026.4.1", "openvino_devices": ["CPU", "GPU"]})
+    assert "openvino" in caps["run"].split(";")[0] and "OpenVINO on CPU, GPU" in caps["run"] and "openvino" in caps["bench"]
+    assert "pip install deploytool[openvino]" in doctor.capabilities(NO_GPU)["run"]

@@ -9,7 +9,7 @@ import pytest
 
 from deploytool.errors import DeployError
 from deploytool.runtime.manifest import MANIFEST_FILE, SCHEMA_VERSION, Manifest, read_manifest, schema
-from tests.helpers import export_tiny
+from tests.helpers import contract_violations, export_tiny
 
 PACKAGE = Path(__file__).resolve().parents[3] / "deploytool"
 
@@ -84,7 +84,13 @@ def test_versions(exported):
     # a newer minor only adds fields: they are ignored, and the rest reads as before
     assert read_manifest(rewrite(exported, newer_minor)).tiling == read_manifest(exported).tiling
 
+    def schema_1_2(data):
+        data["schema_version"] = "1.2"
+        for added in ("measured_at", "verify_inputs_max_abs", "verify_inputs_limit"):  # in 1.3
+            del data["fp16"][added]
+
     def schema_1_1(data):
+        schema_1_2(data)
         data["schema_version"] = "1.1"
         for added in ("calibration_tile", "grown_tensors", "sensitivity_blocks"):  # in 1.2
             del data["fp16"][added]
@@ -95,6 +101,10 @@ def test_versions(exported):
         del data["export_stages"]  # added in 1.1
 
     current = read_manifest(exported)
+    assert current.fp16.measured_at is not None and current.fp16.verify_inputs_limit is not None
+    before_1_3 = read_manifest(rewrite(exported, schema_1_2))
+    assert (before_1_3.fp16.measured_at, before_1_3.fp16.verify_inputs_max_abs, before_1_3.fp16.verify_inputs_limit) == (None, None, None)
+    assert before_1_3.fp16.max_abs_vs_fp32 == current.fp16.max_abs_vs_fp32
     older = read_manifest(rewrite(exported, schema_1_1))
     assert (older.fp16.calibration_tile, older.fp16.grown_tensors, older.fp16.sensitivity_blocks) == (None, 0, ())
     assert older.fp16.margin == current.fp16.margin and older.export_stages == current.export_stages
@@ -196,3 +206,22 @@ def test_no_module_reads_the_manifest_by_string_key():
         if "manifest[" in line or "manifest.get(" in line
     ]
     assert not offenders, offenders
+
+
+def test_the_suites_contract_check_sees_what_the_schema_cannot(exported):
+    """tests/conftest.py checks every manifest with `contract_violations`, written by hand from
+    the README: it finds manifests that the schema (which the writer already checks) accepts."""
+    validator = jsonschema.Draft202012Validator(schema())
+    data = json.loads((exported / MANIFEST_FILE).read_text())
+    assert contract_violations(data) == []
+    broken = [
+        lambda d: d["output"].__setitem__("shape", d["input"]["shape"]),  # not scaled
+        lambda d: d["files"].pop("model_fp16.onnx"),  # an FP16 summary without its graph
+        lambda d: d["tiling"].__setitem__("batch", d["tiling"]["batch"] + 1),
+        lambda d: d["fp16"].__setitem__("verify_inputs_max_abs", 2 * d["fp16"]["verify_inputs_limit"]),
+        lambda d: d.__setitem__("export_stages", dict(reversed(list(d["export_stages"].items())))),
+    ]
+    for change in broken:
+        copy = json.loads(json.dumps(data))
+        change(copy)
+        assert validator.is_valid(copy) and contract_violations(copy)

@@ -13,7 +13,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from deploytool.errors import BackendUnavailable, DeployError
-from deploytool.runtime.backends import TRITON_ONNX, TRITON_PYTHON_ORT, TRITON_TRT
+from deploytool.runtime.backends import TRITON_ONNX, TRITON_OPENVINO, TRITON_PYTHON_ORT, TRITON_TRT
 from deploytool.runtime.backends.tensorrt import run as trt_backend
 from deploytool.runtime.fileio import sha256_file
 from deploytool.runtime.manifest import EngineRecord, read_manifest
@@ -108,6 +108,33 @@ def test_onnx_runtime_serves_the_fp16_graph_on_gpus_or_fp32_when_asked(export_di
     assert (repo / "esrt-x2-tiles" / "1" / "model.onnx").read_bytes() == (export_dir / "model.onnx").read_bytes()
     tiles = parse(repo / "esrt-x2-tiles" / "config.pbtxt")
     assert [(g.count, list(g.gpus)) for g in tiles.instance_group] == [(1, [])]  # every GPU
+
+
+def test_openvino_runtime_serves_the_fp32_graph_with_the_backends_documented_parameters(export_dir, tmp_path):
+    """Triton's OpenVINO backend (not in the wheel's server, so not loaded here): its config, with
+    only parameter keys its README documents (it refuses any other), one stream per instance."""
+    repo = tmp_path / "models"
+    said = []
+    write_repository([export_dir], repo, RepositoryOptions(runtime=TRITON_OPENVINO), progress=said.append)
+    tiles = parse(repo / "esrt-x2-tiles" / "config.pbtxt")
+    manifest = read_manifest(export_dir)
+    assert (tiles.backend, tiles.platform, tiles.default_model_filename, tiles.max_batch_size) == ("openvino", "", "model.onnx", 0)
+    assert [(t.name, t.data_type, list(t.dims)) for t in tiles.input] == [(manifest.input.name, mc.TYPE_FP32, list(manifest.input.shape))]
+    assert [(t.name, t.data_type, list(t.dims)) for t in tiles.output] == [(manifest.output.name, mc.TYPE_FP32, list(manifest.output.shape))]
+    assert [(g.count, g.kind, list(g.gpus)) for g in tiles.instance_group] == [(1, mc.ModelInstanceGroup.KIND_CPU, [])]
+    assert parameters(tiles) == {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}
+    assert sorted(p.name for p in (repo / "esrt-x2-tiles" / "1").iterdir()) == ["model.onnx"]
+    assert (repo / "esrt-x2-tiles" / "1" / "model.onnx").read_bytes() == (export_dir / "model.onnx").read_bytes()
+    assert parse(repo / "esrt-x2" / "config.pbtxt").instance_group[0].count == 2
+    assert any("cannot pin f32 inference precision" in line for line in said)
+
+    write_repository([export_dir], repo, RepositoryOptions(runtime=TRITON_OPENVINO, instances=3))
+    tiles = parse(repo / "esrt-x2-tiles" / "config.pbtxt")
+    assert tiles.instance_group[0].count == 3 and parameters(tiles) == {"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": "3"}
+    documented = {"PERFORMANCE_HINT", "CPU_EXTENSION_PATH", "INFERENCE_NUM_THREADS", "COMPILATION_NUM_THREADS", "HINT_BF16", "NUM_STREAMS"}
+    assert set(parameters(tiles)) <= documented
+    with pytest.raises(DeployError, match="the openvino runtime runs on the CPU"):
+        write_repository([export_dir], tmp_path / "other", RepositoryOptions(runtime=TRITON_OPENVINO, gpus=(0,)))
 
 
 def test_trt_runtime_serves_the_engine_built_for_the_gpu(with_engine, tmp_path, monkeypatch):

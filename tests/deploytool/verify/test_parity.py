@@ -6,9 +6,12 @@ import subprocess
 import sys
 
 import numpy as np
+import onnx
 import pytest
 
+from deploytool.build import precision
 from deploytool.errors import DeployError
+from deploytool.runtime.inputs import PARITY_BATCHES, parity_batch
 from deploytool.runtime.manifest import FileRecord
 from deploytool.verify import parity
 from deploytool.verify import results as saved_results
@@ -102,3 +105,34 @@ def test_a_backend_in_two_files_is_named_with_its_file(exported, tmp_path):
     report = parity.compare([tmp_path / "x.npz", tmp_path / "y.npz"], report_dir=tmp_path / "report", html=True)
     assert set(report["backends"]) == {"ort (x.npz)", "ort (y.npz)", "original (y.npz)"}
     assert report["passed"] and {p.name for p in (tmp_path / "report").iterdir()} == {"parity.json", "parity.md", "parity.html"}
+
+
+def test_verify_reports_the_shipped_fp16_graphs_own_figures(tmp_path, monkeypatch):
+    """The manifest's FP16 figures are the calibration graph's (1x3x24x24 here) and say so;
+    verify measures the shipped graph at the export's shape (1x3x32x32) and reports both, in
+    parity.json, parity.md and on the console."""
+    from deploytool.build import export
+    from deploytool.runtime.manifest import FP16_FILE, FP32_FILE, PARITY_JSON, PARITY_MD
+
+    monkeypatch.setattr(export, "CALIBRATION_SIDE", 16)  # three 8 px windows: 24 px
+    out = tmp_path / "e"
+    manifest = export_tiny("swinir-s-x2", out, tile=(32, 32))
+    assert manifest.fp16.measured_at.shape == (1, 3, 24, 24)
+    assert manifest.fp16.measured_at.inputs == "2 synthetic texture batch(es) + verify's 2 synthetic batches as 2 tiles drawn at 24x24"
+
+    fp32, fp16 = (onnx.load(str(out / name)) for name in (FP32_FILE, FP16_FILE))
+    batches = [parity_batch(manifest.input.shape, index) for index in range(PARITY_BATCHES)]
+    expected = [float(np.abs(a - b).max()) for a, b in zip(precision.run_graph(fp32, batches), precision.run_graph(fp16, batches))]
+
+    shown = deploytool("verify", out, "--backends", "original,ort,ort-fp16")
+    assert shown.returncode == 0, shown.stderr
+    report = json.loads((out / PARITY_JSON).read_text())
+    figures = report["fp16_vs_fp32"]
+    assert [(f["inputs"], f["fp32"], f["fp16"]) for f in figures] == [(f"synthetic#{i} 1x3x32x32", "ort", "ort-fp16") for i in range(2)]
+    assert [f["max_abs"] for f in figures] == pytest.approx(expected, rel=1e-6)
+    assert report["manifest_fp16"]["measured_at"] == {"shape": [1, 3, 24, 24], "inputs": manifest.fp16.measured_at.inputs}
+    assert report["manifest_fp16"]["max_abs_vs_fp32"] == manifest.fp16.max_abs_vs_fp32
+    for text in ((out / PARITY_MD).read_text(), shown.stdout):
+        assert "The shipped FP16 graph against the FP32 graph, at the export's shape:" in text
+        assert f"| synthetic#1 1x3x32x32 | ort | ort-fp16 | {expected[1]:.2e} |" in text
+        assert "The manifest's FP16 figures, measured by the export on 1x3x24x24, 2 synthetic texture batch(es)" in text
