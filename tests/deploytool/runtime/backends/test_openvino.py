@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from deploytool.cli import cli
 from deploytool.errors import BackendUnavailable, DeployError
-from deploytool.runtime.backends import OPENVINO, ORT, open_runner
+from deploytool.runtime.backends import OPENVINO, ORT, TORCH, open_runner
 from deploytool.runtime.backends import openvino as backend
 from deploytool.runtime.inputs import synthetic_batch
 from deploytool.runtime.manifest import FP32_FILE, read_manifest
@@ -105,9 +105,12 @@ def test_run_on_a_device_that_is_not_there_fails_in_one_line(exported, tmp_path)
     result = invoke("run", exported, image, "-o", tmp_path / "out.png", "--backend", OPENVINO, "--device", missing)
     assert_one_line_error(result, f"OpenVINO sees no {missing} device", "it sees: CPU")
     assert not (tmp_path / "out.png").exists()
-    assert_one_line_error(
-        invoke("run", exported, image, "-o", tmp_path / "out.png", "--backend", ORT, "--device", "CPU"), "--device applies to the openvino backend"
-    )
+    for other in (ORT, TORCH):  # torch opens through deploytool.build.runners, the others through the runtime
+        assert_one_line_error(
+            invoke("run", exported, image, "-o", tmp_path / "out.png", "--backend", other, "--device", "CPU"),
+            f"--device applies to the openvino backend, not {other}",
+        )
+        assert not (tmp_path / "out.png").exists()
 
 
 def test_without_openvino_the_command_names_the_extra(exported, tmp_path, monkeypatch):
