@@ -1,1 +1,1 @@
-"""Model-id configs (TOML data, read by deploytool.registry); no code lives here."""
+"""Model-id configs (TOML data, read by deploytool.build.registry); no code lives here."""

@@ -22,7 +22,7 @@ StateDict = dict[str, torch.Tensor]
 
 
 class EntryLike(Protocol):
-    """The parts of a model entry (deploytool.registry.ModelEntry) a family may read."""
+    """The parts of a model entry (deploytool.build.registry.ModelEntry) a family may read."""
 
     id: str
     scale: int

@@ -30,9 +30,10 @@ sys.path.insert(0, str(REPO))  # tests.standin: the stand-in model and exports
 
 import numpy as np  # noqa: E402
 
-from deploytool import inference, png, registry  # noqa: E402
+from deploytool.build import registry  # noqa: E402
 from deploytool.errors import DeployError  # noqa: E402
-from deploytool.manifest import read_manifest  # noqa: E402
+from deploytool.runtime import inference, png  # noqa: E402
+from deploytool.runtime.manifest import read_manifest  # noqa: E402
 from tests.helpers import export_tiny  # noqa: E402
 from tests.standin import registry_tiling_configs, standin_runner, write_standin_export  # noqa: E402
 

@@ -21,9 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from deploytool import registry
+from deploytool.build import registry
 from deploytool.errors import DeployError
-from deploytool.manifest import read_manifest
+from deploytool.runtime.manifest import read_manifest
 
 # model id -> (wall seconds, peak GB) on a 2-core, 24 GB machine, at the id's default tile
 TARGETS = {

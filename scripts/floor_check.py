@@ -61,12 +61,12 @@ MODULES = {
     "spandrel": "spandrel",
 }
 SMOKE = [
-    "tests/deploytool/test_cli.py::test_verify_and_run",  # export (CLI), verify, run on images
-    "tests/deploytool/test_cli.py::test_run_refuses_bad_images",
-    "tests/deploytool/test_images.py",
-    "tests/deploytool/test_manifest.py",
-    "tests/deploytool/test_png.py",
-    "tests/deploytool/test_tiling.py",
+    "tests/deploytool/cli/test_cli.py::test_verify_and_run",  # export (CLI), verify, run on images
+    "tests/deploytool/cli/test_cli.py::test_run_refuses_bad_images",
+    "tests/deploytool/runtime/test_images.py",
+    "tests/deploytool/runtime/test_manifest.py",
+    "tests/deploytool/runtime/test_png.py",
+    "tests/deploytool/runtime/test_tiling.py",
     "tests/deploytool/serving/test_client.py",
     # the client against a real server. Not the tests that compare the server's images with a
     # local run byte for byte: the server runs .venv-serve's ONNX Runtime, and another release
@@ -81,9 +81,10 @@ class FloorError(Exception):
 
 
 def declared_floors(pyproject: Path = REPO / "pyproject.toml") -> dict[str, Version]:
-    """{declared name: its lower bound} of the checked dependencies in `[project] dependencies`."""
+    """{declared name: its lower bound} of the checked dependencies: the runtime's and the export extra's."""
     with open(pyproject, "rb") as handle:
-        dependencies = [Requirement(text) for text in tomllib.load(handle)["project"]["dependencies"]]
+        project = tomllib.load(handle)["project"]
+    dependencies = [Requirement(text) for text in [*project["dependencies"], *project.get("optional-dependencies", {}).get("export", [])]]
     floors = {}
     for requirement in dependencies:
         if requirement.name in LIGHT or requirement.name in PURE:
@@ -122,12 +123,17 @@ def say(message: str) -> None:
     print(f"floor check: {message}", file=sys.stderr, flush=True)
 
 
-def make_environment(venv: Path, pins: dict[str, str]) -> Path:
-    """`venv` from scratch: the floors first, then the link to .venv's site-packages."""
+def fresh_venv(venv: Path) -> Path:
+    """An empty environment at `venv` (removed first if there), made from the base interpreter; its python."""
     if venv.exists():
         shutil.rmtree(venv)
     subprocess.run([sys._base_executable, "-m", "venv", str(venv)], check=True, timeout=300)
-    python = venv / "bin" / "python"
+    return venv / "bin" / "python"
+
+
+def make_environment(venv: Path, pins: dict[str, str]) -> Path:
+    """`venv` from scratch: the floors first, then the link to .venv's site-packages."""
+    python = fresh_venv(venv)
     light = [f"{name}=={version}" for name, version in pins.items() if name not in PURE]
     try:
         pip(python, "install", "--only-binary=:all:", *light)

@@ -23,10 +23,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from deploytool import inputs, registry
-from deploytool.benchmark import median_seconds
-from deploytool.models import build_def, load_state_dict, resolve_source
-from deploytool.parity import metrics
+from deploytool.build import registry
+from deploytool.build.models import build_def, load_state_dict, resolve_source
+from deploytool.runtime import inputs
+from deploytool.verify.benchmark import median_seconds
+from deploytool.verify.parity import metrics
 
 DEFAULT_IDS = ("swinir-m-x4", "hat-x4", "restormer-derain", "ipt-sr-x4", "esrt-x2")
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "testsets"

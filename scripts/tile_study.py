@@ -16,9 +16,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from deploytool import export, images, inference, inputs, parity, registry
-from deploytool.backends import open_runner
-from deploytool.models import load_state_dict, resolve_source
+from deploytool.build import export, registry
+from deploytool.build.models import load_state_dict, resolve_source
+from deploytool.runtime import images, inference, inputs
+from deploytool.runtime.backends import open_runner
+from deploytool.verify import parity
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,8 +42,8 @@ def say(message: str) -> None:
 
 
 def default_export(base: Path) -> Path:
-    from deploytool import export, registry
-    from deploytool.models import resolve_source
+    from deploytool.build import export, registry
+    from deploytool.build.models import resolve_source
 
     entry = registry.get("esrt-x2")
     source = resolve_source(entry, weights=ESRT_WEIGHTS) if ESRT_WEIGHTS.is_file() else resolve_source(entry, random_init=True)
@@ -82,8 +82,8 @@ def make_clip(path: Path, width: int, height: int, frames: int) -> None:
 
 
 def open_runner(export_dir: Path, backend: str):
-    from deploytool.backends import open_runner as open_backend
-    from deploytool.manifest import read_manifest
+    from deploytool.build.runners import open_runner as open_backend
+    from deploytool.runtime.manifest import read_manifest
 
     manifest = read_manifest(export_dir)
     return manifest, open_backend(export_dir, manifest, backend)
@@ -94,7 +94,7 @@ def warm_up(runner, manifest) -> None:
 
 
 def run_pipeline(export_dir: Path, backend: str, clip: Path, out: Path) -> dict:
-    from deploytool import video
+    from deploytool.runtime import video
 
     manifest, runner = open_runner(export_dir, backend)
     with runner:
@@ -107,9 +107,9 @@ def model_alone(export_dir: Path, backend: str, clip: Path) -> dict:
     """The runner timed alone on the pipeline's tiles and batches (decoding and cutting untimed)."""
     import av
 
-    from deploytool import inference, tiling
-    from deploytool.video import frames as framing
-    from deploytool.video.probe import probe
+    from deploytool.runtime import inference, tiling
+    from deploytool.runtime.video import frames as framing
+    from deploytool.runtime.video.probe import probe
 
     info = probe(clip)
     manifest, runner = open_runner(export_dir, backend)
@@ -137,7 +137,7 @@ def naive(export_dir: Path, backend: str, clip: Path, work: Path) -> dict:
     """Decode to PNGs, restore the folder as `run` does, encode the restored PNGs."""
     import av
 
-    from deploytool import images, inference
+    from deploytool.runtime import images, inference
 
     manifest, runner = open_runner(export_dir, backend)
     frames_dir, restored_dir = work / "frames", work / "restored"
@@ -187,7 +187,7 @@ def child(args: argparse.Namespace) -> None:
     """Restore one clip; the process's peak RSS, and the peak sampled while the pipeline ran."""
     import threading
 
-    from deploytool import video
+    from deploytool.runtime import video
 
     manifest, runner = open_runner(args.export, args.backend)
     samples, done = [resident_mib()], threading.Event()

@@ -1,6 +1,6 @@
 """Suite-wide checks: every manifest.json any test writes keeps the README's contract.
 
-The writer already validates against the JSON Schema (`deploytool.manifest.validate`), so
+The writer already validates against the JSON Schema (`deploytool.runtime.manifest.validate`), so
 validating again with the same file could not fail. `contract_violations` is written by hand
 from the README's table ("The export folder contract") and checks what the schema cannot say:
 how the fields relate to each other.

@@ -75,10 +75,10 @@ def fake_tensorrt(version: str, flags: dict[str, int]) -> types.ModuleType:
 
 
 def pretend_gpu(monkeypatch, trt: types.ModuleType) -> None:
-    """`deploytool.engines` sees `trt` as TensorRT and torch sees an H100."""
+    """`deploytool.runtime.backends.tensorrt.build` sees `trt` as TensorRT and torch sees an H100."""
     import torch
 
-    from deploytool import engines
+    from deploytool.runtime.backends.tensorrt import build as engines
 
     monkeypatch.setattr(engines, "require_tensorrt", lambda: trt)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from deploytool import registry
-from deploytool.fileio import sha256_file
-from deploytool.manifest import (
+from deploytool.build import registry
+from deploytool.runtime.fileio import sha256_file
+from deploytool.runtime.manifest import (
     FP32_FILE,
     SCHEMA_VERSION,
     FileRecord,

@@ -10,9 +10,9 @@ import cv2
 import numpy as np
 import pytest
 
-from deploytool import export, registry
+from deploytool.build import export, registry
+from deploytool.build.models import resolve_source
 from deploytool.errors import DeployError
-from deploytool.models import resolve_source
 from deploytool.serving import server
 from tests.helpers import cli_runner, export_tiny
 

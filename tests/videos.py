@@ -170,7 +170,7 @@ def make_audio_with_cover(path: Path) -> None:
     """An MP4 of AAC audio and a cover picture (a one-packet PNG stream marked attached_pic)."""
     import av
 
-    from deploytool import png
+    from deploytool.runtime import png
 
     with av.open(str(path), "w", format="mp4") as out:
         audio = out.add_stream("aac", rate=16000)

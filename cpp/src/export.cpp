@@ -16,7 +16,7 @@ namespace {
 
 using json = nlohmann::json;
 
-// How Python's str() shows a JSON value in the messages shared with deploytool/manifest.py.
+// How Python's str() shows a JSON value in the messages shared with deploytool/runtime/manifest.py.
 std::string python_str(const json& value) { return value.is_string() ? value.get<std::string>() : value.dump(); }
 
 std::string python_repr(const json& value) { return value.is_string() ? "'" + value.get<std::string>() + "'" : value.dump(); }
@@ -50,7 +50,7 @@ void check_version(const json& data, const std::string& where) {
   }
 }
 
-// deploytool/manifest.py's check_model_id, with its message: a model id names folders and files
+// deploytool/runtime/manifest.py's check_model_id, with its message: a model id names folders and files
 // (Triton models, output folders), so it is one plain name, never a path.
 void check_model_id(const json& data, const std::string& where) {
   auto found = data.find("model_id");

@@ -255,7 +255,7 @@ Pixels restore_channels(const Pixels& pixels, int channels) {
 Pixels resize_alpha(const Pixels& alpha, int scale) {
   if (scale < 1) throw Error("scale must be a positive integer, got " + std::to_string(scale));
   if (scale == 1) return alpha;
-  // The weights of deploytool.images.cubic_weights, computed in the same order in double.
+  // The weights of deploytool.runtime.images.cubic_weights, computed in the same order in double.
   const double a = -0.75;
   std::vector<std::array<float, 4>> weights;
   for (int phase = 0; phase < scale; ++phase) {

@@ -27,7 +27,7 @@ BatchShape shape_of(const ov::Shape& shape, const std::string& where) {
   return {int(shape[0]), int(shape[1]), int(shape[2]), int(shape[3])};
 }
 
-// The words of deploytool.backends.openvino.check_device.
+// The words of deploytool.runtime.backends.openvino.check_device.
 void check_device(const std::string& device, const std::vector<std::string>& available) {
   for (const std::string& seen : available) {
     if (seen == device || seen.substr(0, seen.find('.')) == device) return;
@@ -43,7 +43,7 @@ class OpenVinoBackend : public Backend {
     const std::string graph = exported.check_file(kGraphFile).string();
     ov::Core core;
     check_device(options.device, core.get_available_devices());
-    // The cache folder's key is deploytool.backends.openvino.cache_key's: both runtimes share blobs.
+    // The cache folder's key is deploytool.runtime.backends.openvino.cache_key's: both runtimes share blobs.
     const std::string build = ov::get_openvino_version().buildNumber;
     const std::string key =
         sha256_hex(exported.manifest().files.at(kGraphFile).sha256 + "\n" + build + "\n" + options.device + "\n" + kPrecision).substr(0, 16);

@@ -1,4 +1,4 @@
-// PNG output with exactly deploytool/png.py's layout (IHDR, the zlib level 6 stream of rows that
+// PNG output with exactly deploytool/runtime/png.py's layout (IHDR, the zlib level 6 stream of rows that
 // all use the Up filter cut into IDAT chunks of max_idat_bytes, IEND), so both runtimes write the
 // same bytes.
 #include <fcntl.h>

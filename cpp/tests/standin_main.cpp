@@ -5,7 +5,7 @@
 //   deploytool-standin --manifest EXPORT_DIR [SM_MAJOR SM_MINOR TRT_VERSION]
 //     checks every recorded file, prints what the runtime read as JSON (and the engine it would pick)
 //   deploytool-standin --encode-png SAMPLES.u16 HEIGHT WIDTH CHANNELS BIT_DEPTH MAX_IDAT_BYTES OUT.png
-//     encode_png over native-endian uint16 samples (HWC), to compare with deploytool/png.py
+//     encode_png over native-endian uint16 samples (HWC), to compare with deploytool/runtime/png.py
 #include <chrono>
 #include <cstring>
 #include <fstream>

@@ -21,9 +21,9 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from deploytool import images, inference
 from deploytool.errors import DeployError, ImageError
-from deploytool.manifest import check_model_id
+from deploytool.runtime import images, inference
+from deploytool.runtime.manifest import check_model_id
 from deploytool.serving import protocol
 
 RETRY_DELAYS = (0.5, 1.0, 2.0)  # seconds before each retry of a request whose connection failed
@@ -197,7 +197,7 @@ def restore_remote(
     on_failure: Callable[[dict[str, str]], None] = lambda failure: None,
 ) -> ClientReport:
     """Restore `inputs` (files and folders of images) on `model` at `url` into `output`."""
-    from deploytool import inputs as input_sources
+    from deploytool.runtime import inputs as input_sources
 
     if concurrency < 1:
         raise DeployError(f"--concurrency must be at least 1, not {concurrency}")
@@ -283,7 +283,7 @@ class RemoteRestorer:
     def restore(self, frames, depth: int):
         from collections import deque
 
-        from deploytool.video import frames as framing
+        from deploytool.runtime.video import frames as framing
 
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="triton-video") as pool:
             in_flight: deque = deque()
@@ -313,7 +313,7 @@ def restore_remote_videos(
     on_frame: Callable[[], None] = lambda: None,
 ) -> list[dict[str, Any]]:
     """Restore each video of `sources` into its destination with `model` at `url`."""
-    from deploytool import video
+    from deploytool.runtime import video
 
     if concurrency < 1:
         raise DeployError(f"--concurrency must be at least 1, not {concurrency}")

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deploytool.backends import TRITON_ONNX, TRITON_OPENVINO, TRITON_PYTHON_ORT, TRITON_RUNTIMES, TRITON_TRT
 from deploytool.errors import DeployError
-from deploytool.fileio import inside
-from deploytool.manifest import FP16_FILE, FP32_FILE, MANIFEST_FILE, Manifest, read_manifest
+from deploytool.runtime.backends import TRITON_ONNX, TRITON_OPENVINO, TRITON_PYTHON_ORT, TRITON_RUNTIMES, TRITON_TRT
+from deploytool.runtime.fileio import inside
+from deploytool.runtime.manifest import FP16_FILE, FP32_FILE, MANIFEST_FILE, Manifest, read_manifest
 from deploytool.serving import protocol
 
 TRT_PLAN_FILE = "model.plan"
@@ -205,8 +205,8 @@ def _model_py(class_name: str, what: str) -> str:
 
 def _engine_file(export_dir: Path, manifest: Manifest) -> str:
     """The engine `deploytool build` made for this GPU and TensorRT, or for the only target built."""
-    from deploytool.backends.tensorrt import current_target, matching_engine
     from deploytool.errors import BackendUnavailable
+    from deploytool.runtime.backends.tensorrt.run import current_target, matching_engine
 
     build = f"deploytool build {export_dir}"
     if not manifest.engines:

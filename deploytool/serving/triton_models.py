@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from deploytool import images, inference
 from deploytool.errors import DeployError, ImageError
-from deploytool.manifest import Manifest, read_manifest
+from deploytool.runtime import images, inference
+from deploytool.runtime.manifest import Manifest, read_manifest
 from deploytool.serving import protocol
 
 Infer = Callable[[np.ndarray], np.ndarray]
@@ -174,7 +174,7 @@ class OrtTileModel:
     """`<id>-tiles` for --runtime python-ort: the export's ONNX graph on ONNX Runtime's CPU provider."""
 
     def initialize(self, args: dict[str, str]) -> None:
-        from deploytool.backends.onnxruntime import OrtRunner
+        from deploytool.runtime.backends.onnxruntime import OrtRunner
         from deploytool.serving.repository import ONNX_MODEL_FILE
 
         config = json.loads(args["model_config"])

@@ -19,12 +19,13 @@ import numpy as np
 import pytest
 
 import model_defs
-from deploytool import inference, png, registry, tiling
-from deploytool.backends.tensorrt import engine_filename, matching_engine
+from deploytool.build import registry
 from deploytool.errors import DeployError
-from deploytool.fileio import sha256_file
-from deploytool.images import read_image
-from deploytool.manifest import FP32_FILE, MANIFEST_FILE, EngineRecord, read_manifest
+from deploytool.runtime import inference, png, tiling
+from deploytool.runtime.backends.tensorrt.run import engine_filename, matching_engine
+from deploytool.runtime.fileio import sha256_file
+from deploytool.runtime.images import read_image
+from deploytool.runtime.manifest import FP32_FILE, MANIFEST_FILE, EngineRecord, read_manifest
 from tests.helpers import export_tiny
 from tests.standin import registry_tiling_configs, standin_runner, write_standin_export
 
@@ -459,7 +460,7 @@ def test_tensorrt_backend_matches_python_trt(synthetic_images: dict[str, Path], 
         done = subprocess.run(command, capture_output=True, text=True)
         assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     assert built_with_tensorrt(build), f"CMake left the TensorRT backend out (its reason is in {build / 'CMakeCache.txt'}'s configure log)"
-    from deploytool import engines
+    from deploytool.runtime.backends.tensorrt import build as engines
 
     model_id = _ids_to_export()[0]
     export_dir = tmp_path / model_id
@@ -569,7 +570,7 @@ def test_openvino_backend_matches_python_on_real_exports_of_every_family(
 
 
 def test_openvino_backend_refusals_are_one_line(openvino_build: Path, real_exports: dict[str, Path], synthetic_images: dict[str, Path], tmp_path: Path) -> None:
-    from deploytool.backends.openvino import available_devices
+    from deploytool.runtime.backends.openvino import available_devices
 
     export_dir = real_exports["esrt-x2"]
     image = str(synthetic_images["rgb8-37x53"])

@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from deploytool import registry
+from deploytool.build import registry
+from deploytool.build.models import build_def
 from deploytool.errors import CheckpointError
-from deploytool.models import build_def
 from model_defs.dat import (
     DAT,
     ShiftMasks,

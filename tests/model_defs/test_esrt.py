@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from deploytool import registry
-from deploytool.models import build_def, build_original
+from deploytool.build import registry
+from deploytool.build.models import build_def, build_original
 from model_defs.esrt import ESRT, fold_3x3, patches_3x3
 
 WEIGHTS = Path(__file__).resolve().parents[3] / "shared" / "weights" / "esrt_x2_partial_epoch20.pth"
@@ -41,7 +41,7 @@ def test_matches_the_reference(scale):
 
 @pytest.mark.skipif(not WEIGHTS.is_file(), reason="../shared/weights is not present")
 def test_real_checkpoint_loads_strictly_and_matches():
-    from deploytool.checkpoints import load_state_dict_file
+    from deploytool.build.checkpoints import load_state_dict_file
 
     entry = registry.get("esrt-x2")
     state = load_state_dict_file(WEIGHTS).state_dict

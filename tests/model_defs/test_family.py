@@ -6,13 +6,15 @@ import onnx
 import pytest
 
 import model_defs
-from deploytool import export, inference, parity, registry
-from deploytool.backends import ORIGINAL, ORT, ORT_FP16, TORCH, open_runner
-from deploytool.backends.torch import TorchRunner
-from deploytool.fileio import sha256_file
-from deploytool.inputs import synthetic_batch
-from deploytool.manifest import FP16_FILE, FP32_FILE
-from deploytool.models import arch_for, build_original, export_weights
+from deploytool.build import export, registry
+from deploytool.build.models import arch_for, build_original, export_weights
+from deploytool.runtime import inference
+from deploytool.runtime.backends import ORIGINAL, ORT, ORT_FP16, TORCH, open_runner
+from deploytool.runtime.backends.torch import TorchRunner
+from deploytool.runtime.fileio import sha256_file
+from deploytool.runtime.inputs import synthetic_batch
+from deploytool.runtime.manifest import FP16_FILE, FP32_FILE
+from deploytool.verify import parity
 from model_defs.family import Family
 from tests.helpers import all_ids, assert_matches_original, export_tiny, full_size_state_dicts, tiny_entry
 

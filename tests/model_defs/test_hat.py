@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
+from deploytool.build.models import build_def
 from deploytool.errors import CheckpointError
-from deploytool.models import build_def
 from model_defs.hat import overlap_relative_position_index
 from model_defs.windows import overlapping_windows
 from tests.helpers import (
@@ -61,13 +61,13 @@ def test_full_size_keys_and_shapes_match_the_original(model_id):
 
 
 def test_params_ema_is_used_and_reported(tmp_path):
-    from deploytool.models import WeightsSource, load_state_dict
+    from deploytool.build.models import WeightsSource, load_state_dict
 
     entry = tiny_entry("hat-s-x4")
     ema, plain = tiny_state_dict(entry, seed=1), tiny_state_dict(entry, seed=2)
     path = tmp_path / "HAT-S_SRx4.pth"
     torch.save({"params": plain, "params_ema": ema}, path)
-    from deploytool.checkpoints import load_state_dict_file
+    from deploytool.build.checkpoints import load_state_dict_file
 
     loaded = load_state_dict_file(path)
     source = WeightsSource(kind="checkpoint", path=str(path), sha256=loaded.sha256, wrapper_key=loaded.wrapper_key)

@@ -162,7 +162,7 @@ def test_reconcile_arch_reads_rgb_range_and_query_rows():
 def test_traced_onnx_has_no_fold_unfold_or_shape_ops_and_matches():
     import onnxruntime as ort
 
-    from deploytool.export import trace
+    from deploytool.build.export import trace
 
     _, state = original_with_state(seed=16, scale=[2], **TINY)
     ours = ours_loaded(state, scale=2, **TINY)

@@ -5,8 +5,8 @@ import dataclasses
 import pytest
 import torch
 
-from deploytool import registry
-from deploytool.models import build_def, build_original, instantiate_original
+from deploytool.build import registry
+from deploytool.build.models import build_def, build_original, instantiate_original
 from model_defs.restormer import BiasFreeNorm, WithBiasNorm
 from tests.helpers import family_ids, full_size_state_dicts
 

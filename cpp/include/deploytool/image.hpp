@@ -35,13 +35,13 @@ Image read_image(const std::filesystem::path& path);
 
 // Writes PNG atomically (a temporary file beside `path`, then one rename): samples clipped to
 // [0, 1] and rounded to the nearest 8- or 16-bit level; gray+alpha is stored as RGBA, as the
-// Python CLI stores it. The bytes equal deploytool/png.py's for the same samples.
+// Python CLI stores it. The bytes equal deploytool/runtime/png.py's for the same samples.
 void write_image(const std::filesystem::path& path, const Pixels& pixels, const Pixels* alpha, int bit_depth);
 inline void write_image(const std::filesystem::path& path, const Image& image) {
   write_image(path, image.pixels, image.has_alpha() ? &image.alpha : nullptr, image.bit_depth);
 }
 
-// The most data one PNG chunk may hold (its length field is 31 bits); deploytool/png.py's too.
+// The most data one PNG chunk may hold (its length field is 31 bits); deploytool/runtime/png.py's too.
 constexpr std::size_t kMaxIdatBytes = 2147483647;
 // PNG bytes of integer samples (uint8 or big-endian-agnostic uint16 values), HWC with 1-4
 // channels; the compressed stream is cut into IDAT chunks of at most `max_idat_bytes`.

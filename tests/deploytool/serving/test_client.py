@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from deploytool.errors import DeployError
-from deploytool.inference import destinations
+from deploytool.runtime.inference import destinations
 from deploytool.serving.client import _host_port
 from deploytool.serving.server import free_port
 from tests.triton_server import assert_one_line_error, invoke

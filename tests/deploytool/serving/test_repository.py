@@ -12,11 +12,11 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from deploytool.backends import TRITON_ONNX, TRITON_OPENVINO, TRITON_PYTHON_ORT, TRITON_TRT
-from deploytool.backends import tensorrt as trt_backend
 from deploytool.errors import BackendUnavailable, DeployError
-from deploytool.fileio import sha256_file
-from deploytool.manifest import EngineRecord, read_manifest
+from deploytool.runtime.backends import TRITON_ONNX, TRITON_OPENVINO, TRITON_PYTHON_ORT, TRITON_TRT
+from deploytool.runtime.backends.tensorrt import run as trt_backend
+from deploytool.runtime.fileio import sha256_file
+from deploytool.runtime.manifest import EngineRecord, read_manifest
 from deploytool.serving import repository
 from deploytool.serving.repository import RepositoryOptions, parse_gpus, parse_pixels, write_repository
 from tests.helpers import export_tiny

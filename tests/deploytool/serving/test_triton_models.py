@@ -9,10 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
-from deploytool import images, inference
-from deploytool.backends.onnxruntime import OrtRunner
 from deploytool.errors import DeployError, ImageError
-from deploytool.manifest import read_manifest
+from deploytool.runtime import images, inference
+from deploytool.runtime.backends.onnxruntime import OrtRunner
+from deploytool.runtime.manifest import read_manifest
 from deploytool.serving.triton_models import ort_threads, restore_request
 from tests.helpers import export_tiny
 
@@ -98,7 +98,7 @@ def test_a_dual_view_model_takes_one_image_per_view(served):
     """Views stacked on channels in the manifest's order, as `run` stacks one file per view."""
     import dataclasses
 
-    from deploytool.manifest import View
+    from deploytool.runtime.manifest import View
 
     _, manifest, _ = served
     batch, _, height, width = manifest.input.shape

@@ -1,0 +1,499 @@
+"""torch -> ONNX at one static tile, simplified, checked, plus the FP16 deploy graph and manifest.
+
+Writes an export folder (`deploytool.runtime.manifest` owns its layout): `model.onnx` (FP32,
+simplified), `model_fp16.onnx` (FP16 with FP32 islands, FP32 IO) and `manifest.json` (written
+last: a folder without it is an unfinished export). Only the exporter imports this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import resource
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+
+from deploytool.build import precision
+from deploytool.build.graphs import tensor_types
+from deploytool.build.models import build_def, load_state_dict, original_name
+from deploytool.build.registry import ModelEntry
+from deploytool.errors import DeployError, ExportError
+from deploytool.runtime import inputs as calib_inputs
+from deploytool.runtime.fileio import atomic_path, sha256_file
+from deploytool.runtime.manifest import (
+    FP16_FILE,
+    FP32_FILE,
+    INPUT_NAME,
+    MANIFEST_FILE,
+    OUTPUT_NAME,
+    SCHEMA_VERSION,
+    FileRecord,
+    Fp16Summary,
+    GraphStats,
+    Manifest,
+    ModelInfo,
+    StageCost,
+    WeightsSource,
+    export_outputs,
+    tiled_graph,
+)
+from deploytool.runtime.tiling import round_up
+
+OPSET = 17  # >= 17: LayerNorm exports as one LayerNormalization node
+# Ops that mean shape arithmetic or data-dependent shapes, or that TensorRT cannot run (Col2Im).
+FORBIDDEN_OPS = frozenset({"Shape", "Size", "Col2Im", "NonZero", "ConstantOfShape", "Range", "Loop", "If", "Scan", "Unique"})
+# Inputs (by position) that must be constants for a static graph.
+STATIC_OPERANDS = {
+    "Reshape": (1,),
+    "Expand": (1,),
+    "Tile": (1,),
+    "Pad": (1, 2),
+    "Slice": (1, 2, 3, 4),
+    "Resize": (1, 2, 3),
+    "Split": (1,),
+    "Squeeze": (1,),
+    "Unsqueeze": (1,),
+    "TopK": (1,),
+}
+
+Progress = Callable[[str], None]
+# FP16 ranges are measured on the same graph traced at this side (rounded up to the tile multiple,
+# and at least three multiples: at two windows a shifted-window graph folds its masks otherwise),
+# and carried to the export's tile by precision.tile_growth: at 256 px a HAT run costs 16 times
+# a 64 px one, and memory grows alike. The calibration graph's batch is 1 (IPT exports 16 tiles
+# a run): a tile's ranges do not depend on the others in its batch.
+CALIBRATION_SIDE = 64
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    entry: ModelEntry
+    source: WeightsSource
+    out_dir: Path
+    tile: tuple[int, int]
+    batch: int
+    fp16: bool = True
+    calibration_images: Path | None = None
+    calibration_count: int = 4
+
+
+def trace(model: torch.nn.Module, example: torch.Tensor) -> onnx.ModelProto:
+    """Trace with the TorchScript-based exporter.
+
+    Chosen over the dynamo exporter on purpose: with our static-shape definitions both give
+    static graphs, but tracing is much faster on CPU (SwinIR-S at 64 px: 1.5 s vs 13.3 s here),
+    and dynamo was measured storing duplicated buffers (the original SwinIR-S: 20.4 MB instead
+    of 7.7 MB). onnxsim and our deduplication run after either. Pinned by torch's upper bound
+    in pyproject.toml, since the TorchScript exporter is deprecated upstream.
+    """
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        # Our definitions turn sizes into Python ints on purpose (static graph); the tracer warns.
+        warnings.simplefilter("ignore")
+        with torch.no_grad():
+            torch.onnx.export(
+                model,
+                (example,),
+                buffer,
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                # onnxsim folds constants afterwards, with a size limit the tracer lacks
+                do_constant_folding=False,
+            )
+    return onnx.load_from_string(buffer.getvalue())
+
+
+@dataclass
+class FinishedGraph:
+    graph: onnx.ModelProto
+    merged_initializers: int
+    held: frozenset[str]  # traced nodes kept from constant folding (see simplify)
+
+
+def finish_graph(traced: onnx.ModelProto, fold_limit_mb: float, hold: frozenset[str] | None = None) -> FinishedGraph:
+    """The traced graph simplified, its constants deduplicated and its nodes named."""
+    graph, held = simplify(traced, fold_limit_mb, hold)
+    constants_to_initializers(graph)
+    merged = deduplicate_initializers(graph)
+    precision.ensure_named(graph)
+    return FinishedGraph(graph, merged, held)
+
+
+def calibration_tile(entry: ModelEntry, tile: tuple[int, int]) -> tuple[int, int]:
+    """The smaller tile the FP16 plan's ranges are measured at (see CALIBRATION_SIDE)."""
+    if entry.fixed_tile:
+        return tuple(tile)
+    side = round_up(max(CALIBRATION_SIDE, 3 * entry.tile_multiple), entry.tile_multiple)
+    return (min(side, tile[0]), min(side, tile[1]))
+
+
+def simplify(model: onnx.ModelProto, fold_limit_mb: float = 0.0, hold: frozenset[str] | None = None) -> tuple[onnx.ModelProto, frozenset[str]]:
+    """onnxsim; with `fold_limit_mb`, constants that a node expands beyond that size stay
+    computed. Returns the graph and the names of the nodes so held; `hold` holds those nodes
+    instead (the same graph at another tile, whose constants have other sizes, folds alike)."""
+    import onnxsim
+
+    if hold is None:
+        hold = _expanding_constants(model, int(fold_limit_mb * 2**20)) if fold_limit_mb else frozenset()
+    held = _hold_nodes(model, hold)
+    simplified, ok = onnxsim.simplify(model)
+    if not ok:
+        raise ExportError("onnxsim could not validate the simplified graph against the traced one")
+    if held:
+        _release_held_nodes(simplified)
+    return simplified, held
+
+
+# A domain onnxsim does not know, so it cannot fold the nodes moved there; moved back after.
+_HOLD_DOMAIN = "ai.deploytool.hold"
+
+
+def _expanding_constants(model: onnx.ModelProto, limit_bytes: int) -> frozenset[str]:
+    """The nodes that compute, from constants only, a tensor above `limit_bytes` and larger
+    than every input (a bias gathered from a small table, a broadcast): folded, each would
+    become a large initializer."""
+    nbytes = {name: tensor.nbytes for name, tensor in tensor_types(model).items()}
+    constant = {init.name for init in model.graph.initializer}
+    expanding = set()
+    for node in model.graph.node:
+        inputs = [name for name in node.input if name]
+        if node.op_type == "Constant" or (inputs and all(name in constant for name in inputs)):
+            out_bytes = nbytes.get(node.output[0], 0)
+            if node.op_type != "Constant" and out_bytes > limit_bytes and out_bytes > max(nbytes.get(n, 0) for n in inputs):
+                expanding.add(node.name)
+            else:
+                constant.update(node.output)
+    return frozenset(expanding)
+
+
+def _hold_nodes(model: onnx.ModelProto, names: frozenset[str]) -> frozenset[str]:
+    """Hide the named nodes from constant folding; returns the names found."""
+    held = frozenset(node.name for node in model.graph.node if node.name in names)
+    for node in model.graph.node:
+        if node.name in held:
+            node.domain = _HOLD_DOMAIN
+    if held:
+        model.opset_import.append(onnx.helper.make_opsetid(_HOLD_DOMAIN, 1))
+    return held
+
+
+def _release_held_nodes(model: onnx.ModelProto) -> None:
+    for node in model.graph.node:
+        if node.domain == _HOLD_DOMAIN:
+            node.domain = ""
+    imports = [o for o in model.opset_import if o.domain != _HOLD_DOMAIN]
+    del model.opset_import[:]
+    model.opset_import.extend(imports)
+
+
+def constants_to_initializers(model: onnx.ModelProto) -> None:
+    """Move tensor-valued Constant nodes into initializers, where deduplication can see them."""
+    graph = model.graph
+    kept = []
+    for node in graph.node:
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(node.attribute[0].t)
+            tensor.name = node.output[0]
+            graph.initializer.append(tensor)
+        else:
+            kept.append(node)
+    del graph.node[:]
+    graph.node.extend(kept)
+
+
+def deduplicate_initializers(model: onnx.ModelProto) -> int:
+    """Merge byte-identical constants (e.g. one window mask per block) into one; returns how many."""
+    graph = model.graph
+    first_by_key: dict[tuple, str] = {}
+    renamed: dict[str, str] = {}
+    kept = []
+    for init in graph.initializer:
+        key = (init.data_type, tuple(init.dims), hashlib.sha256(numpy_helper.to_array(init).tobytes()).hexdigest())
+        if key in first_by_key:
+            renamed[init.name] = first_by_key[key]
+        else:
+            first_by_key[key] = init.name
+            kept.append(init)
+    if not renamed:
+        return 0
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in renamed:
+                node.input[i] = renamed[name]
+    return len(renamed)
+
+
+def static_graph_violations(model: onnx.ModelProto) -> list[str]:
+    """Everything that keeps a graph from being fully static; empty for a conforming graph."""
+    problems = []
+    constants = {init.name for init in model.graph.initializer}
+    constants |= {out for node in model.graph.node if node.op_type == "Constant" for out in node.output}
+    for node in model.graph.node:
+        if node.op_type in FORBIDDEN_OPS:
+            problems.append(f"{node.op_type} node {node.name}")
+        for position in STATIC_OPERANDS.get(node.op_type, ()):
+            if position < len(node.input) and node.input[position] and node.input[position] not in constants:
+                problems.append(f"{node.op_type} node {node.name} takes a computed operand {position}")
+    for name, tensor in tensor_types(model, strict=True).items():
+        if not tensor.static:
+            problems.append(f"tensor {name} has no static shape")
+    return problems
+
+
+def graph_summary(model: onnx.ModelProto) -> dict[str, Any]:
+    return {
+        "nodes": len(model.graph.node),
+        "initializers": len(model.graph.initializer),
+        "parameter_bytes": int(sum(np.prod(i.dims) * (2 if i.data_type == onnx.TensorProto.FLOAT16 else 4) for i in model.graph.initializer)),
+    }
+
+
+def save_model(model: onnx.ModelProto, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
+
+
+def calibration_batches(request: ExportRequest, shape: tuple[int, int, int, int]) -> tuple[list[np.ndarray], str]:
+    if request.calibration_images:
+        paths = calib_inputs.list_images(request.calibration_images)
+        batches = calib_inputs.image_crops(paths, shape, model_id=request.entry.id, limit=request.calibration_count)
+        if batches:
+            return batches, f"{len(batches)} crop batch(es) from {request.calibration_images}"
+    batches = [calib_inputs.synthetic_batch(shape, seed) for seed in range(request.calibration_count)]
+    return batches, f"{len(batches)} synthetic texture batch(es)"
+
+
+def verify_inputs(entry: ModelEntry, shape: tuple[int, int, int, int], measured_shape: tuple[int, ...]) -> precision.VerifyInputs | None:
+    """`verify`'s standard synthetic inputs for an export of `shape`, as the graph the FP16 plan is
+    validated on (of `measured_shape`) takes them: exactly verify's tiles at the export's tile,
+    the same generator and seeds drawn at the smaller tile otherwise; None without a limit."""
+    limit = entry.tolerances.get("fp16_max_abs")
+    if limit is None:
+        return None
+    count = calib_inputs.PARITY_BATCHES
+    if tuple(measured_shape) == tuple(shape):
+        arrays = [calib_inputs.parity_batch(shape, index) for index in range(count)]
+        label = f"verify's {count} synthetic batches"
+    else:
+        arrays = calib_inputs.verify_tiles(shape, tuple(measured_shape[2:]))
+        drawn = "" if tuple(measured_shape[2:]) == tuple(shape[2:]) else f" drawn at {_shape_text(measured_shape[2:])}"
+        label = f"verify's {count} synthetic batches as {len(arrays)} tiles{drawn}"
+    return precision.VerifyInputs(arrays, label, limit / precision.VERIFY_SAFETY)
+
+
+def versions() -> dict[str, str]:
+    import onnxruntime
+    import onnxsim
+
+    import deploytool
+
+    return {
+        "deploytool": deploytool.__version__,
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "onnxsim": getattr(onnxsim, "__version__", "unknown"),
+    }
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (Linux reports kilobytes, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+class StageClock:
+    """Announces each export stage, then records its wall time and the peak memory after it."""
+
+    def __init__(self, total: int, progress: Progress):
+        self.total, self.progress, self.done = total, progress, 0
+        self.costs: dict[str, StageCost] = {}
+
+    @contextlib.contextmanager
+    def stage(self, name: str, message: str) -> Iterator[None]:
+        self.done += 1
+        self.progress(f"[{self.done}/{self.total}] {message}")
+        started = time.perf_counter()
+        yield
+        # to 0.1 ms: a stage that did work records a time above zero
+        cost = StageCost(seconds=round(time.perf_counter() - started, 4), peak_rss_mb=round(peak_rss_mb(), 1))
+        self.costs[name] = cost
+        self.progress(f"      {name}: {cost.seconds:.1f} s, peak RSS so far {cost.peak_rss_mb / 1024:.2f} GB")
+
+
+def export(request: ExportRequest, progress: Progress = lambda message: None) -> Manifest:
+    """Run every export stage into `request.out_dir`; returns the manifest.
+
+    When no FP16 plan meets the model's tolerance, the FP32 export is still written (without
+    model_fp16.onnx) before the ExportError says so.
+    """
+    entry, out_dir = request.entry, request.out_dir
+    entry.check_tile(request.tile)
+    if request.batch < 1:
+        raise DeployError(f"batch must be at least 1, not {request.batch}")
+    started = time.perf_counter()
+    clock = StageClock(6 if request.fp16 else 5, progress)
+
+    unused: dict[str, str] = {}
+    with clock.stage("load", f"loading weights: {request.source.describe()}"):
+        state_dict = load_state_dict(entry, request.source, unused=unused)
+        if unused:
+            progress(f"      left out {len(unused)} checkpoint entries of other tasks, as expected (manifest.json lists them under unused_weights)")
+        model = build_def(entry, state_dict, source=request.source.path or "random init")
+    shape = (request.batch, entry.channels, *request.tile)
+
+    with clock.stage("trace", f"tracing {entry.id} at {shape} (opset {OPSET})"):
+        traced = trace(model, torch.zeros(shape))
+        traced_nodes = len(traced.graph.node)
+
+    with clock.stage("simplify", f"simplifying {traced_nodes} nodes with onnxsim"):
+        finished = finish_graph(traced, entry.fold_limit_mb)
+        graph, merged = finished.graph, finished.merged_initializers
+        del traced
+
+    with clock.stage("check", f"checking the static graph ({len(graph.graph.node)} nodes)"):
+        problems = static_graph_violations(graph)
+        if problems:
+            raise ExportError(f"{entry.id}: exported graph is not static: {'; '.join(problems[:5])}")
+        onnx.checker.check_model(graph, full_check=True)
+
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=_parent(out_dir)) as staging:
+        staging = Path(staging)
+        files, fp16_report, fp16_failure = [FP32_FILE], None, None
+        if request.fp16:
+            with clock.stage("fp16", "building the FP16 deploy graph"):
+                small_graph = calibration_graph(model, finished, request, lambda message: progress(f"      {message}"))
+                del model
+                measured_shape = shape if small_graph is None else precision.input_shape(small_graph)
+                batches, label = calibration_batches(request, measured_shape)
+                try:
+                    fp16_graph, fp16_report = precision.build_fp16(
+                        graph,
+                        batches,
+                        max_abs_tolerance=entry.tolerances.get("fp16_calibration_max_abs", 0.02),
+                        calibration_label=label,
+                        calibration_model=small_graph,
+                        verify_inputs=verify_inputs(entry, shape, measured_shape),
+                        progress=lambda message: progress(f"      {message}"),
+                    )
+                except ExportError as exc:
+                    fp16_failure = exc
+                else:
+                    deduplicate_initializers(fp16_graph)
+                    onnx.checker.check_model(fp16_graph, full_check=True)
+                    save_model(fp16_graph, staging / FP16_FILE)
+                    del fp16_graph
+                    files.append(FP16_FILE)
+        with clock.stage("save", f"writing {out_dir}"):
+            save_model(graph, staging / FP32_FILE)
+            records = {name: FileRecord(sha256=sha256_file(staging / name), bytes=(staging / name).stat().st_size) for name in files}
+            out_dir.mkdir(parents=True, exist_ok=True)
+            # the manifest first: until the new one is written, the folder is an unfinished export;
+            # then what an earlier export, its `verify` and `build` wrote, which would not describe this one
+            (out_dir / MANIFEST_FILE).unlink(missing_ok=True)
+            for stale in export_outputs(out_dir):
+                stale.unlink()
+            for name in files:
+                shutil.move(str(staging / name), out_dir / name)
+        manifest = build_manifest(request, records, graph, traced_nodes, merged, fp16_report, unused, time.perf_counter() - started, clock.costs)
+        manifest.write(out_dir)
+    if fp16_failure is not None:
+        raise ExportError(f"{fp16_failure}; the FP32 export is written to {out_dir} without model_fp16.onnx (re-export with --no-fp16 to skip the FP16 graph)")
+    progress(f"done in {manifest.export_seconds:.1f} s: {out_dir}")
+    return manifest
+
+
+def calibration_graph(model: torch.nn.Module, export_graph: FinishedGraph, request: ExportRequest, progress: Progress) -> onnx.ModelProto | None:
+    """The export's graph traced again at batch 1 and `calibration_tile`, or None where that is
+    the export's shape or the smaller graph's nodes differ (ranges are then measured on the
+    export's graph)."""
+    shape = (1, request.entry.channels, *calibration_tile(request.entry, request.tile))
+    exported = (request.batch, request.entry.channels, *request.tile)
+    if shape == exported:
+        return None
+    started = time.perf_counter()
+    traced = trace(model, torch.zeros(shape))
+    small_graph = finish_graph(traced, request.entry.fold_limit_mb, hold=export_graph.held).graph
+    if precision.corresponding_tensors(small_graph, export_graph.graph) is None:
+        progress(f"the graph at {_shape_text(shape)} has other nodes than at {_shape_text(exported)}: measuring ranges on the export's graph")
+        return None
+    progress(f"traced the same graph at {_shape_text(shape)} for calibration ({time.perf_counter() - started:.1f} s)")
+    return small_graph
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape))
+
+
+def _parent(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.parent
+
+
+def build_manifest(
+    request: ExportRequest,
+    files: dict[str, FileRecord],
+    graph: onnx.ModelProto,
+    traced_nodes: int,
+    merged_initializers: int,
+    fp16_report: Fp16Summary | None,
+    unused: dict[str, str],
+    seconds: float,
+    stages: dict[str, StageCost],
+) -> Manifest:
+    entry, tile, batch = request.entry, request.tile, request.batch
+    return Manifest(
+        schema_version=SCHEMA_VERSION,
+        model_id=entry.id,
+        model=ModelInfo(
+            family=entry.family,
+            task=entry.task,
+            description=entry.description,
+            arch=entry.arch,
+            reference=original_name(entry),
+            reference_chop=entry.reference_chop,
+            task_index=entry.task_index,
+        ),
+        scale=entry.scale,
+        **tiled_graph(
+            batch=batch,
+            tile=tuple(tile),
+            scale=entry.scale,
+            channels=entry.channels,
+            out_channels=entry.out_channels,
+            views=entry.views,
+            tile_multiple=entry.tile_multiple,
+            fixed_tile=entry.fixed_tile,
+            overlap=entry.overlap,
+            blend_trim=entry.blend_trim,
+        ),
+        opset=OPSET,
+        exporter="torch.onnx.export (TorchScript tracer, dynamo=False) + onnxsim",
+        versions=versions(),
+        source=request.source,
+        graph=GraphStats(traced_nodes=traced_nodes, merged_initializers=merged_initializers, **graph_summary(graph)),
+        fp16=fp16_report,
+        files=files,
+        tolerances=entry.tolerances,
+        export_seconds=round(seconds, 4),
+        unused_weights=unused,
+        export_stages=stages,
+    )

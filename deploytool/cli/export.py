@@ -1,0 +1,67 @@
+"""Commands that make an export: `export` (ONNX FP32/FP16 + manifest) and `build` (its TensorRT engine)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import click
+
+from deploytool.cli.group import cli
+from deploytool.cli.options import json_option, needs_extra, parse_tile, say, weights_option
+
+
+@cli.command()
+@click.argument("model_id")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), help="Export directory  [default: build/MODEL_ID]")
+@weights_option("Official-format checkpoint (.pth/.pt/.safetensors).")
+@click.option("--random-init", is_flag=True, help="Untrained seeded weights: an offline smoke test, not a model.")
+@click.option("--seed", default=0, show_default=True, help="Seed for --random-init.")
+@click.option("--tile", help="Static input tile, N or HxW (default: the model's).")
+@click.option("--batch", type=int, help="Static batch size (default: the model's).")
+@click.option("--calibration-images", type=click.Path(file_okay=False, path_type=Path), help="Real images to measure FP16 ranges on.")
+@click.option("--no-fp16", is_flag=True, help="Skip the FP16 deploy graph.")
+@json_option("Print the manifest as JSON.")
+@needs_extra("export")
+def export(model_id, out_dir, weights, random_init, seed, tile, batch, calibration_images, no_fp16, as_json) -> None:
+    """Export MODEL_ID to ONNX FP32 + FP16 with a manifest. Without --weights, the official file is downloaded."""
+    from deploytool.build import export as exporter
+    from deploytool.build import registry
+    from deploytool.build.models import resolve_source
+    from deploytool.runtime.fileio import inside
+
+    entry = registry.get(model_id)
+    out_dir = out_dir or inside(Path("build"), entry.id, "model id")
+    source = resolve_source(entry, weights=weights, random_init=random_init, seed=seed)
+    if source.kind == "random-init":
+        say(f"warning: {model_id} is exported with UNTRAINED random weights (seed {seed}); for smoke tests only")
+    request = exporter.ExportRequest(
+        entry=entry,
+        source=source,
+        out_dir=out_dir,
+        tile=parse_tile(tile) or entry.tile,
+        batch=batch or entry.batch,
+        fp16=not no_fp16,
+        calibration_images=calibration_images,
+    )
+    manifest = exporter.export(request, progress=say)
+    if as_json:
+        click.echo(json.dumps(manifest.to_json(), indent=2))
+
+
+@cli.command()
+@click.argument("export_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--workspace", default="4G", show_default=True, help="TensorRT workspace memory limit, e.g. 4G or 512M.")
+@click.option("--opt-level", type=click.IntRange(0, 5), default=3, show_default=True, help="TensorRT builder optimization level.")
+@click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), help="Timing cache to read and update (default: timing.cache in EXPORT_DIR).")
+@json_option("Print the engine record as JSON.")
+@needs_extra("export")
+def build(export_dir, workspace, opt_level, timing_cache, as_json) -> None:
+    """Build the TensorRT FP16 engine of an export for this GPU and TensorRT version."""
+    from deploytool.runtime.backends.tensorrt import build as engines
+
+    options = engines.BuildOptions(workspace_bytes=engines.parse_size(workspace), opt_level=opt_level, timing_cache=timing_cache)
+    name, entry = engines.build_engine(export_dir, options, progress=say)
+    if as_json:
+        click.echo(json.dumps({"file": name, **dataclasses.asdict(entry)}, indent=2))

@@ -1,0 +1,112 @@
+"""Commands that run an export on this machine: `run` and `doctor`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from deploytool.cli.group import cli
+from deploytool.cli.options import device_option, json_option, needs_extra, say, weights_option
+from deploytool.runtime.backends import ORT_FP16, RUNTIMES
+
+
+@cli.command()
+@click.argument("export_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output file (one input) or folder.")
+@click.option("--backend", type=click.Choice(RUNTIMES), default=ORT_FP16, show_default=True)
+@click.option("--overlap", type=int, help="Tile overlap in input pixels (default: the model's).")
+@weights_option("The export's checkpoint, if it moved (torch backend).")
+@click.option("--cuda-graph", is_flag=True, help="TensorRT: replay one captured CUDA graph per batch of tiles.")
+@device_option()
+@click.option("--codec", help="Video encoder  [default: libx264, libx265 for sources deeper than 8 bits]")
+@click.option("--crf", type=int, help="Video quality (x264/x265/SVT-AV1/VP9)  [default: 18]")
+@click.option("--pix-fmt", help="Video pixel format  [default: yuv420p, yuv420p10le for deeper sources]")
+@click.option("--preset", help="Video encoder preset (x264/x265/SVT-AV1).")
+@click.option("--lossless", is_flag=True, help="Videos: FFV1 in Matroska storing RGB, each frame what `run` writes for it as an image.")
+@click.option("--no-audio", is_flag=True, help="Videos: leave the audio streams out.")
+@click.option("--resume", is_flag=True, help="Videos: encode in segments cut at keyframes; a rerun with the same arguments skips finished ones.")
+@click.option("--segment-frames", type=click.IntRange(1), help="With --resume: frames per segment at least  [default: 600]")
+@json_option("Print what was written as JSON.")
+@needs_extra("export")
+def run(
+    export_dir, inputs, output, backend, overlap, weights, cuda_graph, device, codec, crf, pix_fmt, preset, lossless, no_audio, resume, segment_frames, as_json
+) -> None:
+    """Restore or upscale images and videos of any size with an export, tile by tile.
+
+    Models of several views (restormer-dual-defocus) take INPUTS in groups, one file per view in
+    the manifest's order: LEFT RIGHT [LEFT RIGHT ...]. A file is a video when FFmpeg finds one in it.
+    """
+    from tqdm import tqdm
+
+    from deploytool.build.runners import open_runner
+    from deploytool.runtime import inference
+    from deploytool.runtime import video as videos
+    from deploytool.runtime.manifest import read_manifest
+
+    manifest = read_manifest(export_dir)
+    overlap = manifest.overlap(overlap)
+    image_paths, video_paths = videos.split_inputs(inputs)
+    sources = inference.group_sources(manifest, image_paths)
+    targets = inference.destinations([*sources, *video_paths], output)
+    encode = videos.EncodeOptions(codec=codec, crf=crf, pix_fmt=pix_fmt, preset=preset, lossless=lossless, audio=not no_audio)
+    resume_key = (
+        {"export": manifest.fingerprint(), "backend": backend, **({"device": device} if device else {}), "overlap": overlap, **encode.arguments()}
+        if resume
+        else None
+    )
+    results, video_results = [], []
+    with open_runner(export_dir, manifest, backend, weights=weights, cuda_graph=cuda_graph, device=device) as runner:
+        restorer = videos.TiledRestorer(runner, manifest, overlap=overlap) if video_paths else None
+        for source, destination in zip(sources, targets):
+            first = source[0] if isinstance(source, tuple) else source
+            with tqdm(desc=first.name, unit="tile", file=sys.stderr, disable=None) as bar:
+                results.append(
+                    inference.restore_file(
+                        runner,
+                        manifest,
+                        source,
+                        destination,
+                        overlap=overlap,
+                        on_tiles=bar.update,
+                        on_start=lambda total: setattr(bar, "total", total),
+                    )
+                )
+        for source, destination in zip(video_paths, targets[len(sources) :]):
+            with videos.sigterm_interrupts(), tqdm(desc=source.name, unit="frame", file=sys.stderr, disable=None) as bar:
+                video_results.append(
+                    videos.restore_video(
+                        source,
+                        destination,
+                        restorer,
+                        encode,
+                        resume_key=resume_key,
+                        segment_frames=segment_frames or 0,
+                        on_start=lambda total: setattr(bar, "total", total),
+                        on_frame=lambda: bar.update(1),
+                    )
+                )
+    if as_json:
+        click.echo(json.dumps({"backend": backend, "images": results, **({"videos": video_results} if video_paths else {})}, indent=2))
+    else:
+        for item in results:
+            say(f"{item['input']} -> {item['output']} ({item['output_size'][0]}x{item['output_size'][1]}, {item['tiles']} tiles, {backend})")
+        for item in video_results:
+            say(videos.summary_line(item))
+
+
+@cli.command()
+@json_option()
+def doctor(as_json: bool) -> None:
+    """Versions, GPU and compute capability, and what each command can do on this machine."""
+    from deploytool.runtime import doctor as checks
+
+    facts = checks.probe()
+    caps = checks.capabilities(facts)
+    if as_json:
+        click.echo(json.dumps({"facts": facts, "capabilities": caps}, indent=2))
+    else:
+        click.echo("\n".join(checks.report_lines(facts, caps)))

@@ -1,0 +1,1 @@
+"""TensorRT: running an engine (`run`) and building one from an export's ONNX graph (`build`)."""

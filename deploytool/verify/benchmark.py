@@ -1,0 +1,73 @@
+"""`deploytool bench`: latency and throughput of an export's backends on this machine.
+
+Every backend runs the export's static batch of synthetic tiles: a warm-up, then timed runs;
+medians and ratios against the first backend listed, all measured in the same run.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from deploytool.runtime.inputs import synthetic_batch
+from deploytool.runtime.manifest import read_manifest
+
+
+def median_seconds(run: Callable[[], Any], runs: int, *, warmup: int = 1, synchronize: Callable[[], None] = lambda: None) -> tuple[float, float]:
+    """(median, min) wall time of `run()` over `runs` timed calls after `warmup` untimed ones;
+    `synchronize` waits for asynchronous work (a CUDA stream) before each clock reading."""
+    for _ in range(warmup):
+        run()
+    synchronize()
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        run()
+        synchronize()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times), min(times)
+
+
+def bench(
+    export_dir: str | Path,
+    backends: list[str],
+    *,
+    runs: int = 10,
+    warmup: int = 2,
+    cuda_graph: bool = False,
+    weights: str | Path | None = None,
+    device: str | None = None,
+    progress: Callable[[str], None] = lambda message: None,
+) -> dict[str, Any]:
+    from deploytool.build.runners import open_runner
+    from deploytool.runtime.backends import OPENVINO
+
+    manifest = read_manifest(export_dir)
+    shape = manifest.input.shape
+    batch = synthetic_batch(shape, seed=0)
+    results = []
+    for backend in backends:
+        progress(f"{backend}: {warmup} warm-up and {runs} timed runs of a {'x'.join(map(str, shape))} batch")
+        with open_runner(export_dir, manifest, backend, weights=weights, cuda_graph=cuda_graph, device=device if backend == OPENVINO else None) as runner:
+            median, fastest = median_seconds(lambda: runner(batch), runs, warmup=warmup)
+        results.append({"backend": backend, "median_s": median, "min_s": fastest, "tiles_per_s": shape[0] / median})
+    baseline = results[0]["median_s"] if results else 1.0
+    for item in results:
+        item["speed_vs_first"] = baseline / item["median_s"]
+    return {"model_id": manifest.model_id, "input_shape": list(shape), "runs": runs, "cuda_graph": cuda_graph, "results": results}
+
+
+def markdown(report: dict[str, Any]) -> str:
+    shape = "x".join(map(str, report["input_shape"]))
+    lines = [
+        f"{report['model_id']}, batch of {shape}, {report['runs']} runs (median)",
+        "",
+        "| backend | latency (ms) | tiles/s | speed vs first |",
+        "|---|---:|---:|---:|",
+    ]
+    for item in report["results"]:
+        lines.append(f"| {item['backend']} | {item['median_s'] * 1e3:.1f} | {item['tiles_per_s']:.2f} | {item['speed_vs_first']:.2f}x |")
+    return "\n".join(lines)

@@ -1,0 +1,294 @@
+"""The FP16 deploy graph under overflow stress: naive FP16 breaks, the planned graph holds."""
+
+import dataclasses
+import functools
+import math
+import re
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from deploytool.build import export, precision
+from deploytool.runtime.backends import ORIGINAL, ORT_FP16
+from deploytool.runtime.inputs import PARITY_BATCHES, parity_batch, synthetic_batch
+from deploytool.runtime.manifest import FP16_FILE, FP32_FILE, read_manifest
+from deploytool.verify import parity
+from tests.helpers import export_tiny, save_official, tiny_entry, tiny_state_dict
+
+# The layer that reads the long skip (conv_first + conv_after_body): scaled down by the factor
+# that scales those two up, so the FP32 model stays sane while the skip goes beyond 65504.
+# The factor keeps every weight below the converter's 1e4 clamp: activations overflow, not weights.
+STREAM_READERS = {"pixelshuffle": "conv_before_upsample.0", "pixelshuffledirect": "upsample.0", "nearest+conv": "conv_before_upsample.0", "": "conv_last"}
+
+
+def stressed_checkpoint(model_id: str, path, factor: float = 4e4):
+    entry = tiny_entry(model_id)
+    state = tiny_state_dict(entry)
+    for key in ("conv_first.weight", "conv_first.bias", "conv_after_body.weight", "conv_after_body.bias"):
+        state[key] *= factor
+    state[f"{STREAM_READERS[entry.arch['upsampler']]}.weight"] /= factor
+    return save_official(state, path)
+
+
+def run_in_true_fp16(model: onnx.ModelProto, batch: np.ndarray) -> np.ndarray:
+    """onnx's reference evaluator computes FP16 nodes in numpy float16, as a GPU stores them.
+
+    (ONNX Runtime's CPU provider runs FP16 nodes in FP32 and may skip the rounding between
+    two of them, so it cannot show an overflow between nodes.)
+    """
+    from onnx.reference import ReferenceEvaluator
+
+    with np.errstate(all="ignore"):
+        return ReferenceEvaluator(model).run(None, {"input": batch})[0]
+
+
+@pytest.mark.parametrize("model_id", ["swinir-m-x2", "swinir-dn-color-25", "swinir-s-x4", "hat-x4", "hat-s-x2"])
+def test_planned_fp16_survives_a_residual_stream_beyond_fp16_range(tmp_path, model_id):
+    out = tmp_path / "e"
+    manifest = export_tiny(model_id, out, weights=stressed_checkpoint(model_id, tmp_path / "stress.pth"))
+    assert_planned_fp16_holds_where_naive_fp16_overflows(out, manifest)
+
+
+def assert_planned_fp16_holds_where_naive_fp16_overflows(out, manifest: dict) -> None:
+    """On a stressed export: activations beyond FP16's range, which a naive FP16 graph turns
+    into inf/NaN and the planned graph keeps within tolerance, in true FP16 and in ORT."""
+    fp32 = onnx.load(str(out / FP32_FILE))
+    batch = [synthetic_batch(manifest.input.shape, seed) for seed in (7, 8)]
+    ranges = precision.measure_ranges(fp32, batch)
+    assert max(ranges.values()) > precision.FP16_MAX  # the stress is real
+
+    reference = precision.run_graph(fp32, batch)
+    naive = precision.convert(fp32, None)
+    planned = onnx.load(str(out / FP16_FILE))
+    limit = manifest.tolerances["fp16_max_abs"]
+    for expected, array in zip(reference, batch):
+        assert not np.isfinite(run_in_true_fp16(naive, array)).all(), "naive FP16 should overflow"
+        actual = run_in_true_fp16(planned, array)
+        assert np.isfinite(actual).all() and np.abs(expected - actual).max() < limit
+    for expected, actual in zip(reference, precision.run_graph(planned, batch)):
+        assert np.abs(expected - actual).max() < limit
+    assert manifest.fp16.fp32_by_reason.get("range", 0) > 0
+
+
+def test_measure_ranges_reports_every_activation():
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "k"], ["y"]), helper.make_node("Relu", ["y"], ["out"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4])],
+        [onnx.numpy_helper.from_array(np.float32([-1000.0]).reshape(1), "k")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    ranges = precision.measure_ranges(model, [np.float32([[1, -2, 3, 0.5]]), np.float32([[0.1, 0.2, 0.3, 0.4]])])
+    assert ranges["y"] == 3000.0 and ranges["out"] == 2000.0 and ranges["x"] == 3.0
+
+
+def test_plan_keeps_normalisations_and_large_tensors_in_fp32():
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("Softmax", ["x"], ["s"], name="soft"),
+        helper.make_node("Add", ["s", "x"], ["big"], name="add"),
+        helper.make_node("Relu", ["big"], ["out"], name="relu"),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])], [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2])]
+    )
+    plan = precision.plan_islands(helper.make_model(graph), {"x": 1.0, "s": 1.0, "big": 60000.0, "out": 1.0}, margin=16)
+    assert plan.fp32_nodes == {"soft", "add", "relu"}
+    assert plan.reasons == {"soft": "op:Softmax", "add": "range", "relu": "range"}
+
+
+def test_global_average_pool_is_judged_by_its_running_sum():
+    """HAT's channel attention averages a whole tile per channel: 65536 pixels at 256 px, so a
+    mean of 0.1 is a running sum of 6554, beyond FP16's margin while the mean itself is tiny."""
+    node = onnx.helper.make_node("GlobalAveragePool", ["features"], ["means"], name="pool")
+    sizes = {"features": 1 * 180 * 256 * 256, "means": 180}
+    assert precision.reduction_accumulator(node, {"means": 0.1}, sizes) == pytest.approx(0.1 * 65536)
+    plan_inputs = {"features": 3.0, "means": 0.1}
+    model = onnx.helper.make_model(
+        onnx.helper.make_graph(
+            [node],
+            "g",
+            [onnx.helper.make_tensor_value_info("features", onnx.TensorProto.FLOAT, [1, 180, 256, 256])],
+            [onnx.helper.make_tensor_value_info("means", onnx.TensorProto.FLOAT, [1, 180, 1, 1])],
+        ),
+        ir_version=8,
+    )
+    plan = precision.plan_islands(model, plan_inputs, margin=16.0)
+    assert plan.fp32_nodes == {"pool"} and plan.reasons["pool"] == "accumulator"
+    small = precision.plan_islands(model, {"features": 3.0, "means": 0.001}, margin=16.0)
+    assert small.fp32_nodes == set()
+
+
+@pytest.mark.parametrize("model_id, calibration_tile", [("swinir-m-x2", (32, 32)), ("hat-x4", (48, 48))])
+def test_a_plan_measured_at_a_smaller_tile_holds_at_the_export_tile(tmp_path, monkeypatch, model_id, calibration_tile):
+    """The overflow stress with ranges measured on the same graph at a smaller tile (at least
+    three windows) and carried to the export's tile by node name: the planned graph still holds
+    where naive FP16 breaks."""
+    monkeypatch.setattr(export, "CALIBRATION_SIDE", 32)
+    out = tmp_path / "e"
+    manifest = export_tiny(model_id, out, weights=stressed_checkpoint(model_id, tmp_path / "stress.pth"), tile=(64, 64))
+    assert manifest.fp16.calibration_tile == calibration_tile
+    assert_planned_fp16_holds_where_naive_fp16_overflows(out, manifest)
+
+
+def test_ranges_are_measured_at_the_export_tile_where_the_smaller_graph_differs(tmp_path, monkeypatch):
+    monkeypatch.setattr(export, "CALIBRATION_SIDE", 32)
+    monkeypatch.setattr(precision, "corresponding_tensors", lambda measured, target: None)
+    messages = []
+    monkeypatch.setattr(export, "export", functools.partial(export.export, progress=messages.append))
+    manifest = export_tiny("swinir-m-x2", tmp_path / "e", tile=(64, 64))
+    assert manifest.fp16.calibration_tile == (64, 64) and manifest.fp16.grown_tensors == 0
+    assert any("the graph at 1x3x32x32 has other nodes than at 1x3x64x64: measuring ranges on the export's graph" in m for m in messages)
+
+
+def test_tile_growth_bounds_the_tile_wide_sums():
+    """Restormer's q/k norms sum over all H*W pixels, its channel attention multiplies over them:
+    from 32 to 64 px those grow 2x (sqrt of 4x the pixels) and 4x; window-local tensors do not."""
+    from deploytool.build.models import build_def
+    from tests.model_defs.test_restormer import tiny_entry as restormer_entry
+    from tests.model_defs.test_restormer import tiny_state
+
+    entry = restormer_entry("restormer-derain")
+    model = build_def(entry, tiny_state(entry))
+    small, large = (export.finish_graph(export.trace(model, torch.zeros(1, 3, side, side)), 0).graph for side in (32, 64))
+    names = precision.corresponding_tensors(small, large)
+    growth = precision.tile_growth(small, large, names)
+    node = {n.output[0]: n for n in large.graph.node}
+    norms = [name for name, n in node.items() if n.op_type == "ReduceL2"]
+    assert norms and all(growth[name] == pytest.approx(2.0) for name in norms)
+    attention = [name for name, n in node.items() if n.op_type == "Softmax"]
+    scores = [node[name].input[0] for name in attention]
+    assert all(growth.get(name, 1.0) >= 4.0 for name in scores)  # the scores before the softmax grew
+    assert all(name not in growth for name in attention)  # ...and the softmax bounds them again
+    convolutions = [name for name, n in node.items() if n.op_type == "Conv"]
+    assert convolutions and all(name not in growth for name in convolutions)
+    # the bound as derived: a 64 px image's norms are within the growth of its four 32 px
+    # quadrants' (up to what their zero-padded borders change: 13% here, inside the 16x margin)
+    image = synthetic_batch((1, 3, 64, 64), seed=1)
+    quadrants = [image[:, :, y : y + 32, x : x + 32] for y in (0, 32) for x in (0, 32)]
+    grown = precision.carried_ranges(precision.measure_ranges(small, quadrants), names, growth)
+    actual = precision.measure_ranges(large, [image])
+    for name in norms:
+        assert actual[name] <= 1.25 * grown[name]
+    # and the plan follows the growth: a norm of 50 (a running sum of 2500) is FP16 at 32 px,
+    # while at 64 px its sum of squares (10000) passes the 16x margin below 65504
+    measured = {names[name]: 50.0 for name in norms}
+    kept = precision.plan_islands(large, precision.carried_ranges(measured, names, growth), margin=16.0)
+    assert all(kept.reasons[node[name].name] == "accumulator" for name in norms)
+    unscaled = precision.plan_islands(large, precision.carried_ranges(measured, names, {}), margin=16.0)
+    assert not any(node[name].name in unscaled.fp32_nodes for name in norms)
+
+
+def cancelling_ipt_checkpoint(path):
+    """A tiny IPT that loses its output to FP16 mantissa, not range: one upsampler channel is
+    exactly 3x another, and the last conv reads +3K of the first and -K of the second, which
+    cancel in FP32 while FP16 rounds 3K, K and the two channels apart (K = 1000.3: FP16's step
+    is 0.5 there and 2 at 3000). Every tensor stays below 16 (the upsampler scaled down, the
+    output mean shift scaled up to match): no range margin keeps the cancellation in FP32."""
+    entry = tiny_entry("ipt-sr-x4")
+    state = tiny_state_dict(entry)
+    upsampler, last, shrink, gain, k = "tail.0.0.2", "tail.0.1", 40.0, 30.0, 1000.3
+    for position in range(4):  # pixel shuffle x2: conv channel 4c + position becomes channel c
+        for key in ("weight", "bias"):
+            state[f"{upsampler}.{key}"][4 + position] = 3 * state[f"{upsampler}.{key}"][position]
+    for key in ("weight", "bias"):
+        state[f"{upsampler}.{key}"] /= shrink
+        state[f"{last}.{key}"] *= shrink / gain
+    state["add_mean.weight"] *= gain
+    state[f"{last}.weight"][:, 0, 1, 1] += 3 * k
+    state[f"{last}.weight"][:, 1, 1, 1] -= k
+    return save_official(state, path)
+
+
+def test_the_sensitivity_search_buys_precision_where_ranges_cannot(tmp_path):
+    out = tmp_path / "e"
+    manifest = export_tiny("ipt-sr-x4", out, weights=cancelling_ipt_checkpoint(tmp_path / "ipt.pth"))
+    tolerance = manifest.tolerances["fp16_calibration_max_abs"]
+    fp32 = onnx.load(str(out / FP32_FILE))
+    batch = [synthetic_batch(manifest.input.shape, seed) for seed in (7, 8)]
+    reference = precision.run_graph(fp32, batch)
+    ranges = precision.measure_ranges(fp32, batch)
+    for margin in precision.MARGINS:  # what the range plans alone would ship
+        ranged = precision.convert(fp32, precision.plan_islands(fp32, ranges, margin).fp32_nodes)
+        assert max(np.abs(e - a).max() for e, a in zip(reference, precision.run_graph(ranged, batch))) > tolerance
+    fp16 = manifest.fp16
+    assert fp16.sensitivity_blocks and fp16.fp32_by_reason["sensitivity"] > 0
+    assert all(block.startswith("/tail") for block in fp16.sensitivity_blocks)
+    assert fp16.max_abs_vs_fp32 <= tolerance and 0.5 < fp16.fp16_flop_share < 1.0
+    planned = onnx.load(str(out / FP16_FILE))
+    assert max(np.abs(e - a).max() for e, a in zip(reference, precision.run_graph(planned, batch))) <= tolerance
+
+
+def test_the_sensitivity_search_says_when_nothing_holds(tmp_path, monkeypatch):
+    """Only when no block can be kept FP16 does the export fail: in one line and exit status 2,
+    with the FP32 export written and its manifest saying there is no FP16 graph."""
+    from click.testing import CliRunner
+
+    from deploytool.build import registry
+    from deploytool.cli import cli
+
+    entry = tiny_entry("ipt-sr-x4")
+    monkeypatch.setattr(registry, "get", lambda model_id: entry)
+    # no depth of the module paths gives 1000 blocks, so they are cut at the deepest one: the
+    # most blocks the search can try; every plan still fails (`_failing`)
+    monkeypatch.setattr(precision, "MIN_BLOCKS", 1000)
+    monkeypatch.setattr(precision, "validate", _failing(precision.validate))
+    out = tmp_path / "e"
+    weights = cancelling_ipt_checkpoint(tmp_path / "ipt.pth")
+    result = CliRunner().invoke(cli, ["export", "ipt-sr-x4", "--weights", str(weights), "--out", str(out), "--batch", "1"], catch_exceptions=False)
+    assert result.exit_code == 2, result.output
+    last = [line for line in result.stderr.splitlines() if line.strip()][-1]
+    assert "Traceback" not in result.output and last.startswith("error: "), result.output
+    assert re.search(r"no FP16 plan meets the tolerance .* blocks kept in FP32 by the sensitivity search; the FP32 export is written", last), last
+    assert (out / FP32_FILE).is_file() and not (out / FP16_FILE).exists()
+    written = read_manifest(out)
+    assert written.fp16 is None and set(written.files) == {FP32_FILE}
+
+
+def _failing(validate):
+    """`validate` whose every result misses the tolerance (an FP16 error nothing can buy back)."""
+
+    def failing(*args, **kwargs):
+        result = validate(*args, **kwargs)
+        return dataclasses.replace(result, max_abs=math.inf, graph=None)
+
+    return failing
+
+
+def test_the_fp16_plan_holds_on_verifys_inputs_not_only_on_its_calibration_inputs(tmp_path):
+    """A tiny IPT (seed 0) whose range plan meets the tolerance on its two calibration inputs
+    (max |d| 6.9e-4) and misses it on verify's two standard inputs (1.8e-3): max |d| is a tail
+    statistic. The export validates on verify's inputs too, with a safety factor, and buys
+    precision until the plan holds there: verify then passes."""
+    tolerance = 1.2e-3
+    entry = tiny_entry("ipt-sr-x4")
+    tolerances = {**entry.tolerances, "fp16_max_abs": tolerance, "fp16_calibration_max_abs": tolerance}
+    out = tmp_path / "e"
+    manifest = export_tiny("ipt-sr-x4", out, weights=save_official(tiny_state_dict(entry, seed=0), tmp_path / "ipt.pth"), tolerances=tolerances)
+
+    shape = manifest.input.shape
+    fp32 = onnx.load(str(out / FP32_FILE))
+    calibration = [synthetic_batch(shape, seed) for seed in range(2)]  # the export's, as export_tiny asks
+    verify_inputs = [parity_batch(shape, index) for index in range(PARITY_BATCHES)]
+    ranged = precision.convert(fp32, precision.plan_islands(fp32, precision.measure_ranges(fp32, calibration), precision.MARGINS[0]).fp32_nodes)
+
+    def max_abs(graph, batches):
+        return max(float(np.abs(e - a).max()) for e, a in zip(precision.run_graph(fp32, batches), precision.run_graph(graph, batches)))
+
+    # the case is real: what the range plan alone (all an export validated on its calibration
+    # inputs shipped) gives on each set
+    assert max_abs(ranged, calibration) <= tolerance < max_abs(ranged, verify_inputs)
+
+    fp16 = manifest.fp16
+    assert fp16.sensitivity_blocks and fp16.verify_inputs_limit == pytest.approx(tolerance / precision.VERIFY_SAFETY)
+    assert fp16.verify_inputs_max_abs <= fp16.verify_inputs_limit
+    assert fp16.measured_at.shape == shape and "verify's 2 synthetic batches" in fp16.measured_at.inputs
+    assert max_abs(onnx.load(str(out / FP16_FILE)), verify_inputs) <= tolerance / precision.VERIFY_SAFETY
+    report = parity.verify(out, backends=[ORIGINAL, ORT_FP16])
+    assert report["passed"] and {c["candidate"] for c in report["comparisons"]} == {ORT_FP16}

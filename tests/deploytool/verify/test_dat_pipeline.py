@@ -1,0 +1,101 @@
+"""DAT through the pipeline: channel attention in the graph, graph size, FP16 where the norms overflow."""
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from deploytool.build import precision
+from deploytool.runtime.inputs import synthetic_batch
+from deploytool.runtime.manifest import FP16_FILE, FP32_FILE
+from deploytool.verify import parity
+from tests.deploytool.build.test_export import assert_static
+from tests.helpers import (
+    export_tiny,
+    save_official,
+    tiny_entry,
+    tiny_state_dict,
+)
+
+SET5_X4 = Path(__file__).resolve().parents[4] / "shared" / "testsets" / "Set5" / "LR_bicubic" / "X4"
+
+
+def test_channel_attention_and_gates_are_in_the_graph(tmp_path):
+    manifest = export_tiny("dat-x2", tmp_path / "dat")
+    assert manifest.fp16.fp16_flop_share > 0.9
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "dat" / FP32_FILE)).graph.node}
+    assert "ReduceL2" in ops and "GlobalAveragePool" in ops  # channel attention, channel gates
+
+
+@pytest.mark.parametrize("model_id", ["dat-x2", "dat-s-x4"])
+def test_graph_holds_weights_not_per_block_biases_or_masks(tmp_path, model_id):
+    """Position biases are gathered at run time from each block's small table, and the shifted
+    windows' masks are two (tokens, tokens) constants per window orientation: the file is the
+    weights at any tile, rectangular ones included."""
+    small = export_tiny(model_id, tmp_path / "small", fp16=False, tile=(32, 64))
+    large = export_tiny(model_id, tmp_path / "large", fp16=False, tile=(96, 160))
+    assert large.graph.nodes == small.graph.nodes
+    growth = large.files[FP32_FILE].bytes - small.files[FP32_FILE].bytes
+    assert abs(growth) <= 4096, growth
+    model = onnx.load(str(tmp_path / "large" / FP32_FILE))
+    assert_static(model)
+    entry = tiny_entry(model_id)
+    tokens = entry.arch["split_size"][0] * entry.arch["split_size"][1]
+    float_constants = sum(int(np.prod(i.dims)) * 4 for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT)
+    # the training-size masks of the checkpoint are not used by the graph
+    parameters = sum(v.numel() * 4 for k, v in tiny_state_dict(entry).items() if v.is_floating_point() and "attn_mask" not in k)
+    masks = 4 * tokens * tokens * 4  # last row and last column, for both orientations
+    assert float_constants <= parameters + masks + 4096, (float_constants, parameters)
+
+
+def test_channel_attention_norms_stay_fp32_where_fp16_overflows(tmp_path):
+    """DAT's channel attention L2-normalises q and k over every token of the tile: the sum of
+    squares grows with the tile (65536 terms at 256 px) and overflows FP16 long before q does.
+    Scaling the channel blocks' q and k leaves the FP32 model unchanged (they are normalised);
+    a naive FP16 graph then gets inf norms (q / inf = 0: uniform attention), the planned graph
+    keeps those ReduceL2 nodes in FP32 by their measured accumulator."""
+    entry = tiny_entry("dat-x2")
+    state = tiny_state_dict(entry)
+    c = entry.arch["embed_dim"]
+    for key in [k for k in state if k.endswith(("attn.qkv.weight", "attn.qkv.bias"))]:
+        if ".blocks.1." in key:  # the channel-attention blocks
+            state[key][: 2 * c] *= 64
+    weights = save_official(state, tmp_path / "stressed.pth")
+    manifest = export_tiny("dat-x2", tmp_path / "e", weights=weights, tile=(32, 32))
+    assert manifest.fp16.fp32_by_op.get("ReduceL2") == 2 * 2  # q and k of both channel blocks
+    fp32 = onnx.load(str(tmp_path / "e" / FP32_FILE))
+    norms = [n.output[0] for n in fp32.graph.node if n.op_type == "ReduceL2"]
+    batch = synthetic_batch(manifest.input.shape, 7)
+    ranges = precision.measure_ranges(fp32, [batch])
+    assert min(ranges[name] for name in norms) ** 2 > precision.FP16_MAX  # the stress is real
+    naive = precision.convert(fp32, None)
+    planned = onnx.load(str(tmp_path / "e" / FP16_FILE))
+    for graph, finite in ((naive, False), (planned, True)):
+        outputs = run_in_true_fp16_outputs(graph, batch, ["output", *norms])
+        assert all(np.isfinite(o).all() for o in outputs[1:]) == finite
+        if finite:
+            expected = precision.run_graph(fp32, [batch])[0]
+            assert np.abs(outputs[0] - expected).max() < manifest.tolerances["fp16_max_abs"]
+
+
+def run_in_true_fp16_outputs(model: onnx.ModelProto, batch: np.ndarray, names: list[str]) -> list[np.ndarray]:
+    """`names` (graph outputs or intermediate tensors) computed by onnx's reference evaluator,
+    FP16 nodes in numpy float16 (see test_precision.run_in_true_fp16)."""
+    from onnx.reference import ReferenceEvaluator
+
+    with np.errstate(all="ignore"):
+        return ReferenceEvaluator(model).run(names, {"input": batch})
+
+
+@pytest.mark.skipif(not SET5_X4.is_dir(), reason="../shared/testsets/Set5 is not present")
+def test_verify_with_real_images(tmp_path):
+    """The original on whole images vs our graphs through the tiler. Tiles differ from the whole
+    image by design (channel attention and gates span the tile) and, on images that are not a
+    window multiple (bird: 72 px), at the border: the tiler reflect-pads the image where the
+    original zero-pads q, k, v inside attention."""
+    out = tmp_path / "dat"
+    export_tiny("dat-x4", out)
+    report = parity.verify(out, backends=["ort", "ort-fp16"], images_dir=SET5_X4, max_images=2, synthetic_batches=1)
+    assert report["passed"], parity.markdown(report)
+    assert sum(c["inputs"].startswith("image") for c in report["comparisons"]) == 4
