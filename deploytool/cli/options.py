@@ -53,6 +53,30 @@ def device_option():
     return click.option("--device", help="openvino backend: the OpenVINO device, e.g. GPU or NPU  [default: CPU]")
 
 
+def video_encode_options(command):
+    """The video encoder's options (`--codec`, `--crf`, `--pix-fmt`, `--preset`, `--lossless`,
+    `--no-audio`), handed to the command as one `encode` (runtime.video.EncodeOptions)."""
+
+    @functools.wraps(command)
+    def with_encode(*args, codec, crf, pix_fmt, preset, lossless, no_audio, **kwargs):
+        from deploytool.runtime.video import EncodeOptions
+
+        encode = EncodeOptions(codec=codec, crf=crf, pix_fmt=pix_fmt, preset=preset, lossless=lossless, audio=not no_audio)
+        return command(*args, encode=encode, **kwargs)
+
+    options = (
+        click.option("--codec", help="Video encoder  [default: libx264, libx265 for sources deeper than 8 bits]"),
+        click.option("--crf", type=int, help="Video quality (x264/x265/SVT-AV1/VP9)  [default: 18]"),
+        click.option("--pix-fmt", help="Video pixel format  [default: yuv420p, yuv420p10le for deeper sources]"),
+        click.option("--preset", help="Video encoder preset (x264/x265/SVT-AV1)."),
+        click.option("--lossless", is_flag=True, help="Videos: FFV1 in Matroska storing RGB, each frame what `run` writes for it as an image."),
+        click.option("--no-audio", is_flag=True, help="Videos: leave the audio streams out."),
+    )
+    for option in reversed(options):
+        with_encode = option(with_encode)
+    return with_encode
+
+
 def needs_extra(extra: str):
     """The command needs `extra`: a module of it that is not installed is one line naming the extra.
 

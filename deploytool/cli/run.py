@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from deploytool.cli.group import cli
-from deploytool.cli.options import device_option, json_option, needs_extra, say, weights_option
+from deploytool.cli.options import device_option, json_option, needs_extra, say, video_encode_options, weights_option
 from deploytool.runtime.backends import ORT_FP16, RUNTIMES
 
 
@@ -22,19 +22,12 @@ from deploytool.runtime.backends import ORT_FP16, RUNTIMES
 @weights_option("The export's checkpoint, if it moved (torch backend).")
 @click.option("--cuda-graph", is_flag=True, help="TensorRT: replay one captured CUDA graph per batch of tiles.")
 @device_option()
-@click.option("--codec", help="Video encoder  [default: libx264, libx265 for sources deeper than 8 bits]")
-@click.option("--crf", type=int, help="Video quality (x264/x265/SVT-AV1/VP9)  [default: 18]")
-@click.option("--pix-fmt", help="Video pixel format  [default: yuv420p, yuv420p10le for deeper sources]")
-@click.option("--preset", help="Video encoder preset (x264/x265/SVT-AV1).")
-@click.option("--lossless", is_flag=True, help="Videos: FFV1 in Matroska storing RGB, each frame what `run` writes for it as an image.")
-@click.option("--no-audio", is_flag=True, help="Videos: leave the audio streams out.")
+@video_encode_options
 @click.option("--resume", is_flag=True, help="Videos: encode in segments cut at keyframes; a rerun with the same arguments skips finished ones.")
 @click.option("--segment-frames", type=click.IntRange(1), help="With --resume: frames per segment at least  [default: 600]")
 @json_option("Print what was written as JSON.")
 @needs_extra("export")
-def run(
-    export_dir, inputs, output, backend, overlap, weights, cuda_graph, device, codec, crf, pix_fmt, preset, lossless, no_audio, resume, segment_frames, as_json
-) -> None:
+def run(export_dir, inputs, output, backend, overlap, weights, cuda_graph, device, encode, resume, segment_frames, as_json) -> None:
     """Restore or upscale images and videos of any size with an export, tile by tile.
 
     Models of several views (restormer-dual-defocus) take INPUTS in groups, one file per view in
@@ -52,7 +45,6 @@ def run(
     image_paths, video_paths = videos.split_inputs(inputs)
     sources = inference.group_sources(manifest, image_paths)
     targets = inference.destinations([*sources, *video_paths], output)
-    encode = videos.EncodeOptions(codec=codec, crf=crf, pix_fmt=pix_fmt, preset=preset, lossless=lossless, audio=not no_audio)
     resume_key = (
         {"export": manifest.fingerprint(), "backend": backend, **({"device": device} if device else {}), "overlap": overlap, **encode.arguments()}
         if resume

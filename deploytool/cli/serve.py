@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from deploytool.cli.group import cli
-from deploytool.cli.options import json_option, say
+from deploytool.cli.options import json_option, say, video_encode_options
 from deploytool.errors import DeployError
 from deploytool.runtime.backends import TRITON_RUNTIMES, TRITON_TRT
 
@@ -68,14 +68,9 @@ def serve(repo, http_port, host, env, timeout) -> None:
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output file (one input) or folder.")
 @click.option("--concurrency", type=int, default=4, show_default=True, help="Requests in flight at once.")
-@click.option("--codec", help="Video encoder (as for `run`).")
-@click.option("--crf", type=int, help="Video quality (as for `run`).")
-@click.option("--pix-fmt", help="Video pixel format (as for `run`).")
-@click.option("--preset", help="Video encoder preset (as for `run`).")
-@click.option("--lossless", is_flag=True, help="Videos: FFV1 in Matroska storing RGB.")
-@click.option("--no-audio", is_flag=True, help="Videos: leave the audio streams out.")
+@video_encode_options
 @json_option("Print what was written as JSON.")
-def client(url, model_id, inputs, output, concurrency, codec, crf, pix_fmt, preset, lossless, no_audio, as_json) -> None:
+def client(url, model_id, inputs, output, concurrency, encode, as_json) -> None:
     """Restore images and videos with MODEL_ID on the Triton server at URL (e.g. http://127.0.0.1:8000)."""
     from tqdm import tqdm
 
@@ -87,7 +82,6 @@ def client(url, model_id, inputs, output, concurrency, codec, crf, pix_fmt, pres
         from deploytool.runtime.inference import destinations
 
         targets = destinations(video_paths, output) if not image_paths else [output / p.name for p in video_paths]
-        encode = videos.EncodeOptions(codec=codec, crf=crf, pix_fmt=pix_fmt, preset=preset, lossless=lossless, audio=not no_audio)
         with videos.sigterm_interrupts(), tqdm(unit="frame", file=sys.stderr, disable=None) as bar:
             restored = restore_remote_videos(
                 url,
