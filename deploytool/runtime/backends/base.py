@@ -126,6 +126,10 @@ class Backend:
     # a phrase for doctor's `run` line, from its facts: where the backend runs or why it cannot
     doctor_note: Callable[[dict[str, Any]], str | None] = field(default=lambda facts: None)
     triton: tuple[TritonRuntime, ...] = ()  # the Triton tile-model runtimes that serve it
+    # doctor's facts only this backend's runtime can tell, from the facts so far (its package's
+    # version among them), and the lines of doctor's report that show them
+    probe: Callable[[dict[str, Any]], dict[str, Any]] = field(default=lambda facts: {})
+    report: Callable[[dict[str, Any]], list[str]] = field(default=lambda facts: [])
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:

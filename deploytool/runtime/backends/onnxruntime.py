@@ -106,6 +106,14 @@ def _opener(name: str, file: str):
     return open_graph
 
 
+def _probe(facts: dict) -> dict:
+    return {"ort_providers": available_providers() if facts.get("onnxruntime") else []}
+
+
+def _report(facts: dict) -> list[str]:
+    return [f"{'ORT':<12} providers {', '.join(facts['ort_providers']) or 'none'}"]
+
+
 def _doctor_note(facts: dict) -> str:
     on_cuda = facts.get("gpus") and "CUDAExecutionProvider" in facts.get("ort_providers", [])
     return f"ONNX Runtime on {'CUDA' if on_cuda else 'CPU'}"
@@ -142,6 +150,8 @@ register(
         fp32_graph_reference=True,
         doctor_note=_doctor_note,
         triton=(TRITON_ONNX, TRITON_PYTHON_ORT),
+        probe=_probe,
+        report=_report,
     )
 )
 register(

@@ -149,6 +149,14 @@ TRITON_OPENVINO = TritonRuntime(
 )
 
 
+def _probe(facts: dict) -> dict:
+    return {"openvino_devices": available_devices() if facts.get("openvino") else []}
+
+
+def _report(facts: dict) -> list[str]:
+    return [f"{'OpenVINO':<12} devices {', '.join(facts.get('openvino_devices') or []) or 'none'}"] if facts.get("openvino") else []
+
+
 def _doctor_note(facts: dict) -> str:
     if not facts.get("openvino"):
         return f"no {OPENVINO} backend ({NOT_INSTALLED})"
@@ -168,5 +176,7 @@ register(
         verify_by_default=False,  # an optional extra: `verify` runs it when asked by name
         doctor_note=_doctor_note,
         triton=(TRITON_OPENVINO,),
+        probe=_probe,
+        report=_report,
     )
 )
