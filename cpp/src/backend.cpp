@@ -35,6 +35,9 @@ std::string joined(const std::vector<std::string>& names, const std::string& sep
   return text;
 }
 
+// "openvino backend", "a and b backends"
+std::string backends_phrase(const std::vector<std::string>& names) { return joined(names, " and ") + (names.size() > 1 ? " backends" : " backend"); }
+
 }  // namespace
 
 std::string BatchShape::str() const {
@@ -113,8 +116,8 @@ std::vector<std::string> BackendRegistry::cuda_graph_backends() const {
 
 std::string BackendRegistry::refused_option(const std::string& name, const BackendOptions& options) const {
   const BackendEntry& entry = get(name);
-  if (!options.device.empty() && !entry.takes_device) return "--device applies to the " + joined(device_backends(), " and ") + " backend, not " + name;
-  if (options.cuda_graph && !entry.takes_cuda_graph) return "--cuda-graph applies to the " + joined(cuda_graph_backends(), " and ") + " backend";
+  if (!options.device.empty() && !entry.takes_device) return "--device applies to the " + backends_phrase(device_backends()) + ", not " + name;
+  if (options.cuda_graph && !entry.takes_cuda_graph) return "--cuda-graph applies to the " + backends_phrase(cuda_graph_backends());
   return "";
 }
 

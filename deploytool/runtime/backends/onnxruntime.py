@@ -135,8 +135,12 @@ def _fp32_graph(export_dir: Path, manifest: Manifest, fp32: bool) -> Path:
 
 # Triton's ONNX Runtime backend on GPUs (the FP16 graph unless --fp32), and ONNX Runtime inside a
 # Python-backend model on CPU servers (deploytool.serving.triton_models.OrtTileModel)
-TRITON_ONNX = TritonRuntime("onnx", {"backend": "onnxruntime", "default_model_filename": "model.onnx"}, "model.onnx", _graph_for_gpus)
-TRITON_PYTHON_ORT = TritonRuntime("python-ort", {"backend": "python"}, "model.onnx", _fp32_graph, on_cpu=True, python_model="OrtTileModel")
+TRITON_ONNX = TritonRuntime(
+    "onnx", "Triton's ONNX Runtime backend (GPU)", {"backend": "onnxruntime", "default_model_filename": "model.onnx"}, "model.onnx", _graph_for_gpus
+)
+TRITON_PYTHON_ORT = TritonRuntime(
+    "python-ort", "ONNX Runtime in a Python model (CPU)", {"backend": "python"}, "model.onnx", _fp32_graph, on_cpu=True, python_model="OrtTileModel"
+)
 
 register(
     Backend(

@@ -140,6 +140,7 @@ def _fp32_graph(export_dir: Path, manifest: Manifest, fp32: bool) -> Path:
 
 TRITON_OPENVINO = TritonRuntime(
     OPENVINO,
+    "Triton's OpenVINO backend (CPU)",
     {"backend": "openvino", "default_model_filename": "model.onnx"},
     "model.onnx",
     _fp32_graph,
@@ -173,6 +174,7 @@ register(
         requires=("openvino",),
         install=INSTALL,
         takes_device=True,
+        device_help="the OpenVINO device, e.g. GPU or NPU  [default: CPU]",
         verify_by_default=False,  # an optional extra: `verify` runs it when asked by name
         doctor_note=_doctor_note,
         triton=(TRITON_OPENVINO,),
