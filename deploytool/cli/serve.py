@@ -12,7 +12,13 @@ import click
 from deploytool.cli.group import cli
 from deploytool.cli.options import json_option, say, video_encode_options
 from deploytool.errors import DeployError
-from deploytool.runtime.backends import TRITON_RUNTIMES, TRITON_TRT
+from deploytool.runtime import backends
+
+
+def _runtime_choices() -> str:
+    """'a, b, or c': the Triton runtimes' descriptions."""
+    described = [runtime.description for runtime in backends.triton_runtimes()]
+    return ", or ".join([", ".join(described[:-1]), described[-1]]) if len(described) > 1 else "".join(described)
 
 
 @cli.command()
@@ -22,10 +28,10 @@ from deploytool.runtime.backends import TRITON_RUNTIMES, TRITON_TRT
 )
 @click.option(
     "--runtime",
-    type=click.Choice(TRITON_RUNTIMES),
-    default=TRITON_TRT,
+    type=click.Choice([runtime.name for runtime in backends.triton_runtimes()]),
+    default=backends.DEFAULT_TRITON_RUNTIME,
     show_default=True,
-    help="What runs the tiles: a TensorRT engine, Triton's ONNX Runtime backend (GPU), ONNX Runtime in a Python model (CPU), or Triton's OpenVINO backend (CPU).",
+    help=f"What runs the tiles: {_runtime_choices()}.",
 )
 @click.option("--instances", type=int, default=1, show_default=True, help="Tile-model instances (on each GPU of --gpus).")
 @click.option("--gpus", help="GPU indices for the tile model's instances, e.g. 0,1  [default: every GPU]")

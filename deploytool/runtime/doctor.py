@@ -11,9 +11,8 @@ import platform
 import sys
 from typing import Any
 
-from deploytool.runtime.backends import OPENVINO, ORT, ORT_FP16, TORCH, TRT
-from deploytool.runtime.backends.openvino import NOT_INSTALLED as OPENVINO_NOT_INSTALLED
-from deploytool.runtime.backends.tensorrt.run import NOT_INSTALLED
+from deploytool.runtime import backends
+from deploytool.runtime.backends.tensorrt import build_status
 
 
 def _version(module: str) -> str | None:
@@ -23,22 +22,22 @@ def _version(module: str) -> str | None:
         return None
 
 
+# what `export` needs; the backends' packages follow in registry order, then spandrel (the originals)
+EXPORT_PACKAGES = ("torch", "onnx", "onnxsim", "onnxruntime")
+
+
+def packages() -> tuple[str, ...]:
+    """The packages doctor reports the versions of."""
+    found = list(EXPORT_PACKAGES)
+    for name in backends.names():
+        found += [module for module in backends.get(name).requires if module not in found]
+    return (*found, "spandrel")
+
+
 def probe() -> dict[str, Any]:
-    facts: dict[str, Any] = {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "torch": _version("torch"),
-        "onnx": _version("onnx"),
-        "onnxsim": _version("onnxsim"),
-        "onnxruntime": _version("onnxruntime"),
-        "tensorrt": _version("tensorrt"),
-        "openvino": _version("openvino"),
-        "spandrel": _version("spandrel"),
-        "cuda": None,
-        "gpus": [],
-        "ort_providers": [],
-        "openvino_devices": [],
-    }
+    facts: dict[str, Any] = {"python": sys.version.split()[0], "platform": platform.platform()}
+    facts |= {name: _version(name) for name in packages()}
+    facts |= {"cuda": None, "gpus": []}
     if facts["torch"]:
         import torch
 
@@ -47,59 +46,28 @@ def probe() -> dict[str, Any]:
             for index in range(torch.cuda.device_count()):
                 props = torch.cuda.get_device_properties(index)
                 facts["gpus"].append({"name": props.name, "compute_capability": [props.major, props.minor], "memory_gb": round(props.total_memory / 2**30, 1)})
-    if facts["onnxruntime"]:
-        import onnxruntime
-
-        facts["ort_providers"] = onnxruntime.get_available_providers()
-    if facts["openvino"]:
-        import openvino
-
-        facts["openvino_devices"] = list(openvino.Core().available_devices)
+    for name in backends.names():
+        facts |= backends.get(name).probe(facts)
     return facts
 
 
 def capabilities(facts: dict[str, Any]) -> dict[str, str]:
     """One line per command: what it can do on a machine with these facts."""
-    from deploytool.runtime.backends.tensorrt.build import OLDEST_SUPPORTED, parse_version
-
-    gpu = facts["gpus"][0] if facts["gpus"] else None
     missing = [name for name in ("torch", "onnx", "onnxsim", "onnxruntime") if not facts.get(name)]
-    backends = [] if not facts.get("torch") else [TORCH]
-    if facts.get("onnxruntime"):
-        backends += [ORT, ORT_FP16]
-    ort_device = "CUDA" if gpu and "CUDAExecutionProvider" in facts["ort_providers"] else "CPU"
-    if facts.get("openvino"):
-        backends.append(OPENVINO)
-        openvino = f"OpenVINO on {', '.join(facts.get('openvino_devices') or ['no device'])} (--device; default CPU)"
-    else:
-        openvino = f"no {OPENVINO} backend ({OPENVINO_NOT_INSTALLED})"
-
-    if not facts.get("tensorrt"):
-        build = f"no: {NOT_INSTALLED}"
-    elif not gpu:
-        build = "no: TensorRT is installed but torch sees no CUDA GPU"
-    else:
-        version = parse_version(facts["tensorrt"])[:2]
-        sm = f"sm{gpu['compute_capability'][0]}{gpu['compute_capability'][1]}"
-        if version < OLDEST_SUPPORTED:
-            build = f"no: TensorRT {facts['tensorrt']} is too old (10 or 11 needed)"
-        else:
-            build = f"yes: strongly typed engines from model_fp16.onnx for {gpu['name']} ({sm})"
-        if build.startswith("yes"):
-            backends.append(TRT)
-
+    runnable = [name for name in backends.available(facts) if name in backends.runtime_names()]
+    notes = [note for note in (backends.get(name).doctor_note(facts) for name in backends.runtime_names()) if note]
     return {
         "export": f"no: missing {', '.join(missing)}" if missing else "yes (CPU is enough)",
-        "verify": f"yes: {', '.join(backends)} against the original" + ("" if facts.get("spandrel") else " (no spandrel: pip install spandrel)"),
-        "run": f"yes: backends {', '.join(backends)}; ONNX Runtime on {ort_device}; {openvino}",
-        "build": build,
-        "bench": f"yes: {', '.join(backends)}" + ("" if gpu else " (no GPU: CPU timings only)"),
+        "verify": f"yes: {', '.join(runnable)} against the original" + ("" if facts.get("spandrel") else " (no spandrel: pip install spandrel)"),
+        "run": f"yes: backends {'; '.join([', '.join(runnable), *notes])}",
+        "build": build_status(facts),
+        "bench": f"yes: {', '.join(runnable)}" + ("" if facts.get("gpus") else " (no GPU: CPU timings only)"),
     }
 
 
 def report_lines(facts: dict[str, Any], caps: dict[str, str]) -> list[str]:
     lines = [f"python {facts['python']} on {facts['platform']}"]
-    for name in ("torch", "onnx", "onnxsim", "onnxruntime", "openvino", "tensorrt", "spandrel"):
+    for name in packages():
         lines.append(f"{name:<12} {facts.get(name) or 'not installed'}")
     lines.append(f"{'CUDA':<12} {facts['cuda'] or 'none'} (torch build)")
     if facts["gpus"]:
@@ -108,9 +76,8 @@ def report_lines(facts: dict[str, Any], caps: dict[str, str]) -> list[str]:
             lines.append(f"{'GPU':<12} {gpu['name']}, compute capability {cc[0]}.{cc[1]}, {gpu['memory_gb']} GB")
     else:
         lines.append(f"{'GPU':<12} none visible to torch")
-    lines.append(f"{'ORT':<12} providers {', '.join(facts['ort_providers']) or 'none'}")
-    if facts.get("openvino"):
-        lines.append(f"{'OpenVINO':<12} devices {', '.join(facts.get('openvino_devices') or []) or 'none'}")
+    for name in backends.names():
+        lines += backends.get(name).report(facts)
     lines.append("")
     lines += [f"{command:<7} {what}" for command, what in caps.items()]
     return lines
