@@ -54,8 +54,8 @@ def tiny_entry(model_id: str) -> ModelEntry:
     entry = registry.get(model_id)
     family = model_defs.family(entry.family)
     arch = family.tiny_arch(dict(entry.arch))
-    tile = family.tiny_tile(arch) if family.tiny_tile else entry.tile
-    return dataclasses.replace(entry, arch=arch, tile=tile)
+    tile = family.tiny_tile(arch) if family.tiny_tile else entry.tiling.tile
+    return dataclasses.replace(entry, arch=arch, tiling=dataclasses.replace(entry.tiling, tile=tile))
 
 
 def tiny_state_dict(entry: ModelEntry, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -103,7 +103,7 @@ def export_tiny(model_id: str, out_dir: Path, *, weights: Path | None = None, fp
 
     loaded = load_state_dict_file(weights)
     source = WeightsSource(kind="checkpoint", path=str(weights), sha256=loaded.sha256, wrapper_key=loaded.wrapper_key)
-    request = export.ExportRequest(entry=entry, source=source, out_dir=out_dir, tile=tile or entry.tile, batch=batch, fp16=fp16, calibration_count=2)
+    request = export.ExportRequest(entry=entry, source=source, out_dir=out_dir, tile=tile or entry.tiling.tile, batch=batch, fp16=fp16, calibration_count=2)
     return export.export(request)
 
 

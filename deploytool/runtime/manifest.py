@@ -405,21 +405,10 @@ def parse_manifest(data: dict[str, Any], *, where: str) -> Manifest:
     return Manifest.from_json(data)
 
 
-def tiled_graph(
-    *,
-    batch: int,
-    tile: tuple[int, int],
-    scale: int,
-    channels: int,
-    out_channels: int,
-    views: tuple[str, ...],
-    tile_multiple: int,
-    fixed_tile: bool,
-    overlap: int,
-    blend_trim: int,
-) -> dict[str, Any]:
-    """A manifest's `input`, `output` and `tiling` for a model of these properties, exported at
-    `tile` and `batch`."""
+def tiled_graph(*, tiling: Tiling, scale: int, channels: int, out_channels: int, views: tuple[str, ...]) -> dict[str, Any]:
+    """A manifest's `input`, `output` and `tiling` for a model of these properties, exported with
+    `tiling` (its tile and batch are the graph's)."""
+    batch, tile = tiling.batch, tuple(tiling.tile)
     return {
         "input": GraphInput(name=INPUT_NAME, shape=(batch, channels, *tile), views=views_for(views, channels)),
         "output": GraphOutput(
@@ -427,16 +416,13 @@ def tiled_graph(
             shape=(batch, out_channels, tile[0] * scale, tile[1] * scale),
             color=VIEW_COLORS.get(out_channels, f"{out_channels}-channel"),
         ),
-        "tiling": Tiling(
-            tile=tuple(tile),
-            tile_multiple=tile_multiple,
-            fixed_tile=fixed_tile,
-            batch=batch,
-            overlap=overlap,
-            padding=PAD_REFLECT,
-            blend=Blend(BLEND_CENTRE, trim=blend_trim) if blend_trim else Blend(BLEND_RAMP, width=overlap),
-        ),
+        "tiling": dataclasses.replace(tiling, tile=tile),
     }
+
+
+def blend_for(overlap: int, trim: int) -> Blend:
+    """Centres averaged `trim` pixels in from inner edges when `trim` > 0, else ramps over the overlap."""
+    return Blend(BLEND_CENTRE, trim=trim) if trim else Blend(BLEND_RAMP, width=overlap)
 
 
 def views_for(names: tuple[str, ...], channels: int) -> tuple[View, ...]:
