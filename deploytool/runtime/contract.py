@@ -211,6 +211,8 @@ def field_schema(hint: Any, item: dataclasses.Field) -> dict[str, Any]:
 
 
 def field_description(item: dataclasses.Field) -> str:
+    if DESCRIPTION not in item.metadata:
+        raise TypeError(f"field {item.name!r} is declared without spec(): the contract needs its description (and `since` if it is new)")
     since = item.metadata.get(SINCE)
     added = f" (since {since}; older manifests read as {json.dumps(encode(default_of(item)))})" if since else ""
     return item.metadata[DESCRIPTION] + added

@@ -116,3 +116,12 @@ def test_an_unsupported_field_type_is_refused_when_the_schema_is_generated():
 
     with pytest.raises(TypeError, match="no JSON form"):
         contract.object_schema(Odd)
+
+
+def test_a_field_declared_without_spec_is_refused_when_the_schema_is_generated():
+    @dataclass(frozen=True)
+    class Undocumented:
+        count: int = 0
+
+    with pytest.raises(TypeError, match="'count' is declared without spec"):
+        contract.object_schema(Undocumented)
