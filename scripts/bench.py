@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     entry = registry.get(args.model_id)
-    tile = (args.tile, args.tile) if args.tile else entry.tile
+    tile = (args.tile, args.tile) if args.tile else entry.tiling.tile
     source = resolve_source(entry, weights=args.weights, random_init=args.weights is None)
     state_dict = load_state_dict(entry, source)
     arch = arch_for(entry, state_dict)

@@ -172,7 +172,7 @@ def main() -> None:
             c
             for c in configs
             if (c.scale, c.tile, c.tile_multiple, c.batch, c.overlap, c.blend_trim, c.views)
-            == (entry.scale, entry.tile, entry.tile_multiple, entry.batch, entry.overlap, entry.blend_trim, entry.views)
+            == (entry.scale, entry.tiling.tile, entry.tiling.tile_multiple, entry.tiling.batch, entry.tiling.overlap, entry.tiling.blend.trim, entry.views)
             and c.channels == entry.channels
         )
     if len(config.views) != 1:

@@ -68,7 +68,7 @@ def measure(model: torch.nn.Module, batch: torch.Tensor, *, runs: int, compile_f
 
 
 def real_batch(entry: registry.ModelEntry, images_dir: Path | None) -> tuple[np.ndarray, str]:
-    shape = (entry.batch, entry.channels, *entry.tile)
+    shape = (entry.tiling.batch, entry.channels, *entry.tiling.tile)
     candidates = [images_dir] if images_dir else [SHARED / "Urban100", SHARED / "Set14" / "HR", SHARED / "Set5" / "HR"]
     for folder in candidates:
         if folder and folder.is_dir():

@@ -48,11 +48,13 @@ def default_ids() -> list[str]:
 
 def bench_id(model_id: str, tile: int, runs: int, threads: int, scratch: Path) -> dict:
     entry = registry.get(model_id)
-    size = entry.tile if entry.fixed_tile else (tile, tile)
+    size = entry.tiling.tile if entry.tiling.fixed_tile else (tile, tile)
     out = scratch / model_id
     started = time.perf_counter()
     source = resolve_source(entry, random_init=True)
-    export.export(export.ExportRequest(entry=entry, source=source, out_dir=out, tile=size, batch=entry.batch if entry.fixed_tile else 1, fp16=False))
+    export.export(
+        export.ExportRequest(entry=entry, source=source, out_dir=out, tile=size, batch=entry.tiling.batch if entry.tiling.fixed_tile else 1, fp16=False)
+    )
     manifest = read_manifest(out)
     print(f"{model_id}: exported at {size[0]}x{size[1]}, batch {manifest.tiling.batch} in {time.perf_counter() - started:.0f} s; timing", file=sys.stderr)
     batch = synthetic_batch(manifest.input.shape, seed=0)

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     source = resolve_source(entry, weights=args.weights, random_init=args.weights is None)
     state_dict = load_state_dict(entry, source)
     original = parity.original_runner(entry, state_dict)
-    overlap = entry.overlap if args.overlap is None else args.overlap
+    overlap = entry.tiling.overlap if args.overlap is None else args.overlap
     paths = inputs.list_images(args.images)
     pictures = {p.name: images.fit_channels(images.read_image(p).pixels, entry.channels, model_id=entry.id, path=p) for p in paths}
     print(f"{entry.id}: original on {len(paths)} whole images ({source.describe()})", file=sys.stderr)

@@ -48,7 +48,9 @@ def default_export(base: Path) -> Path:
     entry = registry.get("esrt-x2")
     source = resolve_source(entry, weights=ESRT_WEIGHTS) if ESRT_WEIGHTS.is_file() else resolve_source(entry, random_init=True)
     out = base / "esrt-x2"
-    export.export(export.ExportRequest(entry=entry, source=source, out_dir=out, tile=entry.tile, batch=entry.batch, fp16=False, calibration_count=2))
+    export.export(
+        export.ExportRequest(entry=entry, source=source, out_dir=out, tile=entry.tiling.tile, batch=entry.tiling.batch, fp16=False, calibration_count=2)
+    )
     return out
 
 

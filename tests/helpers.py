@@ -54,8 +54,8 @@ def tiny_entry(model_id: str) -> ModelEntry:
     entry = registry.get(model_id)
     family = model_defs.family(entry.family)
     arch = family.tiny_arch(dict(entry.arch))
-    tile = family.tiny_tile(arch) if family.tiny_tile else entry.tile
-    return dataclasses.replace(entry, arch=arch, tile=tile)
+    tile = family.tiny_tile(arch) if family.tiny_tile else entry.tiling.tile
+    return dataclasses.replace(entry, arch=arch, tiling=dataclasses.replace(entry.tiling, tile=tile))
 
 
 def tiny_state_dict(entry: ModelEntry, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -103,7 +103,7 @@ def export_tiny(model_id: str, out_dir: Path, *, weights: Path | None = None, fp
 
     loaded = load_state_dict_file(weights)
     source = WeightsSource(kind="checkpoint", path=str(weights), sha256=loaded.sha256, wrapper_key=loaded.wrapper_key)
-    request = export.ExportRequest(entry=entry, source=source, out_dir=out_dir, tile=tile or entry.tile, batch=batch, fp16=fp16, calibration_count=2)
+    request = export.ExportRequest(entry=entry, source=source, out_dir=out_dir, tile=tile or entry.tiling.tile, batch=batch, fp16=fp16, calibration_count=2)
     return export.export(request)
 
 
@@ -138,6 +138,16 @@ def contract_violations(data: dict) -> list[str]:
         return problems
     if not re.fullmatch(r"1\.[0-9]+", str(data["schema_version"])):
         problems.append(f"schema_version {data['schema_version']!r} is not 1.MINOR")
+    problems += _shape_violations(data) + _fp16_violations(data)
+    stages = list(data.get("export_stages", {}))
+    if stages != [stage for stage in STAGES if stage in stages]:
+        problems.append(f"export_stages {stages} are not in the order {STAGES}")
+    return problems
+
+
+def _shape_violations(data: dict) -> list[str]:
+    """The graph shapes against the tiling, the views and the scale."""
+    problems = []
     batch, channels, height, width = data["input"]["shape"]
     tiling, scale = data["tiling"], data["scale"]
     if [batch, height, width] != [tiling["batch"], *tiling["tile"]]:
@@ -147,20 +157,23 @@ def contract_violations(data: dict) -> list[str]:
     out_batch, _, out_height, out_width = data["output"]["shape"]
     if [out_batch, out_height, out_width] != [batch, height * scale, width * scale]:
         problems.append(f"output shape {data['output']['shape']} is not the input's {data['input']['shape']} scaled by {scale}")
+    return problems
+
+
+def _fp16_violations(data: dict) -> list[str]:
+    """The graph files against the FP16 summary, and the summary's own figures."""
+    problems = []
     if "model.onnx" not in data["files"]:
         problems.append("files lists no model.onnx")
     if (data["fp16"] is None) != ("model_fp16.onnx" not in data["files"]):
         problems.append("fp16 and files disagree on whether there is a model_fp16.onnx")
     fp16 = data["fp16"] or {}
     measured_at = fp16.get("measured_at")
-    if measured_at is not None and measured_at["shape"][1] != channels:
+    if measured_at is not None and measured_at["shape"][1] != data["input"]["shape"][1]:
         problems.append(f"fp16.measured_at.shape {measured_at['shape']} has other channels than the input")
     limit, measured = fp16.get("verify_inputs_limit"), fp16.get("verify_inputs_max_abs")
     if (limit is None) != (measured is None) or (limit is not None and measured > limit):
         problems.append(f"fp16.verify_inputs_max_abs {measured} does not meet its limit {limit}")
-    stages = list(data.get("export_stages", {}))
-    if stages != [stage for stage in STAGES if stage in stages]:
-        problems.append(f"export_stages {stages} are not in the order {STAGES}")
     return problems
 
 

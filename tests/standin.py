@@ -18,12 +18,15 @@ from deploytool.build import registry
 from deploytool.runtime.fileio import sha256_file
 from deploytool.runtime.manifest import (
     FP32_FILE,
+    PAD_REFLECT,
     SCHEMA_VERSION,
     FileRecord,
     GraphStats,
     Manifest,
     ModelInfo,
+    Tiling,
     WeightsSource,
+    blend_for,
     tiled_graph,
 )
 
@@ -107,11 +110,11 @@ def registry_tiling_configs() -> list[TilingConfig]:
     for model_id, entry in sorted(registry.all_entries().items()):
         config = TilingConfig(
             entry.scale,
-            tuple(entry.tile),
-            entry.tile_multiple,
-            entry.batch,
-            entry.overlap,
-            entry.blend_trim,
+            tuple(entry.tiling.tile),
+            entry.tiling.tile_multiple,
+            entry.tiling.batch,
+            entry.tiling.overlap,
+            entry.tiling.blend.trim,
             tuple(entry.views),
             entry.channels,
             entry.out_channels,
@@ -130,16 +133,11 @@ def standin_manifest(config: TilingConfig, files: dict[str, FileRecord]) -> Mani
         model=ModelInfo(entry.family, entry.task, entry.description, {}, "stand-in", 0, 0),
         scale=config.scale,
         **tiled_graph(
-            batch=batch,
-            tile=tuple(tile),
+            tiling=Tiling(tuple(tile), config.tile_multiple, False, batch, config.overlap, PAD_REFLECT, blend_for(config.overlap, config.blend_trim)),
             scale=config.scale,
             channels=config.channels,
             out_channels=config.out_channels,
             views=config.views,
-            tile_multiple=config.tile_multiple,
-            fixed_tile=False,
-            overlap=config.overlap,
-            blend_trim=config.blend_trim,
         ),
         opset=17,
         exporter="stand-in (tests/standin.py)",

@@ -50,17 +50,27 @@ void check_version(const json& data, const std::string& where) {
   }
 }
 
+bool is_ascii_alnum(unsigned char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'); }
+
+bool is_model_id_char(unsigned char c) { return is_ascii_alnum(c) || c == '.' || c == '_' || c == '-'; }
+
+bool is_plain_model_id(const std::string& id) {
+  if (id.empty() || id.size() > 64 || !is_ascii_alnum(static_cast<unsigned char>(id[0]))) return false;
+  return std::all_of(id.begin(), id.end(), [](unsigned char c) { return is_model_id_char(c); });
+}
+
+bool is_printable_ascii(const std::string& text) {
+  return std::all_of(text.begin(), text.end(), [](unsigned char c) { return c >= ' ' && c <= '~'; });
+}
+
 // deploytool/runtime/manifest.py's check_model_id, with its message: a model id names folders and files
 // (Triton models, output folders), so it is one plain name, never a path.
 void check_model_id(const json& data, const std::string& where) {
   auto found = data.find("model_id");
   if (found == data.end() || !found->is_string()) return;  // the schema check's to refuse
   const std::string id = found->get<std::string>();
-  auto alnum = [](unsigned char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'); };
-  bool plain = !id.empty() && id.size() <= 64 && alnum(static_cast<unsigned char>(id[0])) &&
-               std::all_of(id.begin(), id.end(), [&](unsigned char c) { return alnum(c) || c == '.' || c == '_' || c == '-'; });
-  if (plain) return;
-  bool printable = id.size() <= 64 && std::all_of(id.begin(), id.end(), [](unsigned char c) { return c >= ' ' && c <= '~'; });
+  if (is_plain_model_id(id)) return;
+  bool printable = id.size() <= 64 && is_printable_ascii(id);
   throw Error(where + ": model_id" + (printable ? " " + json(id).dump() : std::string()) +
               " is not a model id (1 to 64 ASCII letters, digits, '.', '_' or '-', starting with a letter or digit)");
 }
@@ -131,78 +141,85 @@ bool is_sha256(const std::string& text) {
   return text.size() == 64 && std::all_of(text.begin(), text.end(), [](unsigned char c) { return std::isdigit(c) || (c >= 'a' && c <= 'f'); });
 }
 
-}  // namespace
-
-Manifest parse_manifest(const std::string& json_text, const std::string& where) {
-  json data;
+json parse_json(const std::string& json_text, const std::string& where) {
   try {
-    data = json::parse(json_text);
+    return json::parse(json_text);
   } catch (const json::parse_error& error) {
     std::string reason = error.what();
-    for (char& c : reason) {
-      if (c == '\n' || c == '\r') c = ' ';
-    }
+    std::replace(reason.begin(), reason.end(), '\n', ' ');
+    std::replace(reason.begin(), reason.end(), '\r', ' ');
     throw Error("cannot read " + where + ": " + reason);
   }
-  if (!data.is_object()) throw Error(where + " is not a JSON object");
-  check_version(data, where);
-  check_model_id(data, where);
+}
 
-  Reader read(where);
-  Manifest manifest;
-  manifest.schema_version = read.string(data, "", "schema_version");
-  manifest.model_id = read.string(data, "", "model_id");
-  manifest.scale = read.integer(data, "", "scale", 1);
+void read_views(const Reader& read, const json& input, Manifest& manifest) {
+  const json& views = read.field(input, "input", "views");
+  if (!views.is_array() || views.empty()) read.fail("input/views", views.dump() + " should be a non-empty array");
+  for (std::size_t i = 0; i < views.size(); ++i) {
+    std::string at = "input/views/" + std::to_string(i);
+    manifest.views.push_back(View{read.string(views[i], at, "name"), read.integer(views[i], at, "channels", 1), read.string(views[i], at, "color")});
+  }
+}
 
+void read_input(const Reader& read, const json& data, Manifest& manifest) {
   const json& input = read.object(data, "", "input");
   manifest.input_name = read.string(input, "input", "name");
   auto shape = read.integers(input, "input", "shape", 4, 1);
   std::copy(shape.begin(), shape.end(), manifest.input_shape.begin());
-  const json& views = read.field(input, "input", "views");
-  if (!views.is_array() || views.empty()) read.fail("input/views", views.dump() + " should be a non-empty array");
-  int view_channels = 0;
-  for (std::size_t i = 0; i < views.size(); ++i) {
-    std::string at = "input/views/" + std::to_string(i);
-    View view{read.string(views[i], at, "name"), read.integer(views[i], at, "channels", 1), read.string(views[i], at, "color")};
-    view_channels += view.channels;
-    manifest.views.push_back(view);
-  }
+  read_views(read, input, manifest);
   if (read.string(input, "input", "dtype") != "float32") read.fail("input/dtype", "'float32' was expected");
   if (read.string(input, "input", "layout") != "NCHW") read.fail("input/layout", "'NCHW' was expected");
+}
 
+void read_output(const Reader& read, const json& data, Manifest& manifest) {
   const json& output = read.object(data, "", "output");
   manifest.output_name = read.string(output, "output", "name");
-  shape = read.integers(output, "output", "shape", 4, 1);
+  auto shape = read.integers(output, "output", "shape", 4, 1);
   std::copy(shape.begin(), shape.end(), manifest.output_shape.begin());
   manifest.output_clamped = read.boolean(output, "output", "clamped");
   if (read.string(output, "output", "dtype") != "float32") read.fail("output/dtype", "'float32' was expected");
   if (read.string(output, "output", "layout") != "NCHW") read.fail("output/layout", "'NCHW' was expected");
+}
 
-  const json& tiling = read.object(data, "", "tiling");
-  auto tile = read.integers(tiling, "tiling", "tile", 2, 1);
-  manifest.tiling.tile_h = tile[0];
-  manifest.tiling.tile_w = tile[1];
-  manifest.tiling.tile_multiple = read.integer(tiling, "tiling", "tile_multiple", 1);
-  manifest.tiling.fixed_tile = read.boolean(tiling, "tiling", "fixed_tile");
-  manifest.tiling.batch = read.integer(tiling, "tiling", "batch", 1);
-  manifest.tiling.overlap = read.integer(tiling, "tiling", "overlap", 0);
-  manifest.tiling.padding = read.string(tiling, "tiling", "padding");
-  if (manifest.tiling.padding != "reflect") read.fail("tiling/padding", "'" + manifest.tiling.padding + "' is not one of ['reflect']");
+Blend read_blend(const Reader& read, const json& tiling) {
   const json& blend = read.object(tiling, "tiling", "blend");
   std::string mode = read.string(blend, "tiling/blend", "mode");
   if (mode != "ramp" && mode != "centre") read.fail("tiling/blend/mode", "'" + mode + "' is not one of ['ramp', 'centre']");
-  manifest.tiling.blend = {mode == "ramp" ? BlendMode::ramp : BlendMode::centre, read.integer(blend, "tiling/blend", "width", 0),
-                           read.integer(blend, "tiling/blend", "trim", 0)};
+  return {mode == "ramp" ? BlendMode::ramp : BlendMode::centre, read.integer(blend, "tiling/blend", "width", 0), read.integer(blend, "tiling/blend", "trim", 0)};
+}
 
+Tiling read_tiling(const Reader& read, const json& data) {
+  const json& tiling = read.object(data, "", "tiling");
+  Tiling grid;
+  auto tile = read.integers(tiling, "tiling", "tile", 2, 1);
+  grid.tile_h = tile[0];
+  grid.tile_w = tile[1];
+  grid.tile_multiple = read.integer(tiling, "tiling", "tile_multiple", 1);
+  grid.fixed_tile = read.boolean(tiling, "tiling", "fixed_tile");
+  grid.batch = read.integer(tiling, "tiling", "batch", 1);
+  grid.overlap = read.integer(tiling, "tiling", "overlap", 0);
+  grid.padding = read.string(tiling, "tiling", "padding");
+  if (grid.padding != "reflect") read.fail("tiling/padding", "'" + grid.padding + "' is not one of ['reflect']");
+  grid.blend = read_blend(read, tiling);
+  return grid;
+}
+
+std::map<std::string, FileRecord> read_files(const Reader& read, const json& data) {
   const json& files = read.object(data, "", "files");
   if (!files.contains("model.onnx")) read.fail("files", "'model.onnx' is a required property");
+  std::map<std::string, FileRecord> records;
   for (auto it = files.begin(); it != files.end(); ++it) {
     std::string at = "files/" + it.key();
     FileRecord record{read.string(it.value(), at, "sha256"), std::uint64_t(read.integer(it.value(), at, "bytes", 0))};
     if (!is_sha256(record.sha256)) read.fail(at + "/sha256", "'" + record.sha256 + "' is not a sha256 hex digest");
-    manifest.files[it.key()] = record;
+    records[it.key()] = record;
   }
+  return records;
+}
+
+std::map<std::string, EngineRecord> read_engines(const Reader& read, const json& data) {
   const json& engines = read.object(data, "", "engines");
+  std::map<std::string, EngineRecord> records;
   for (auto it = engines.begin(); it != engines.end(); ++it) {
     std::string at = "engines/" + it.key();
     EngineRecord record;
@@ -214,20 +231,73 @@ Manifest parse_manifest(const std::string& json_text, const std::string& where) 
     record.compute_major = capability[0];
     record.compute_minor = capability[1];
     record.tensorrt = read.string(it.value(), at, "tensorrt");
-    manifest.engines[it.key()] = record;
+    records[it.key()] = record;
   }
+  return records;
+}
 
-  // What the tiler relies on beyond single fields: the graph shapes agree with the tiling.
+// What the tiler relies on beyond single fields: the graph shapes agree with the tiling.
+void check_shapes(const Reader& read, const Manifest& manifest) {
   const Tiling& grid = manifest.tiling;
-  auto expect = [&](bool ok, const std::string& location, const std::string& message) {
-    if (!ok) read.fail(location, message);
+  int view_channels = 0;
+  for (const View& view : manifest.views) view_channels += view.channels;
+  if (view_channels != manifest.channels()) {
+    read.fail("input/views", "the views hold " + std::to_string(view_channels) + " channels, input/shape " + std::to_string(manifest.channels()));
+  }
+  if (manifest.input_shape[0] != grid.batch || manifest.output_shape[0] != grid.batch) read.fail("tiling/batch", "differs from the graph shapes' batch");
+  if (manifest.input_shape[2] != grid.tile_h || manifest.input_shape[3] != grid.tile_w) read.fail("input/shape", "differs from tiling/tile");
+  if (manifest.output_shape[2] != grid.tile_h * manifest.scale || manifest.output_shape[3] != grid.tile_w * manifest.scale) {
+    read.fail("output/shape", "is not the tile times the scale");
+  }
+}
+
+}  // namespace
+
+const std::vector<std::string>& manifest_fields_read() {
+  static const std::vector<std::string> fields = {
+      // manifest-fields-read:begin
+      "schema_version", "model_id", "scale",
+      "input/name", "input/shape", "input/views/*/name", "input/views/*/channels", "input/views/*/color", "input/dtype", "input/layout",
+      "output/name", "output/shape", "output/clamped", "output/dtype", "output/layout",
+      "tiling/tile", "tiling/tile_multiple", "tiling/fixed_tile", "tiling/batch", "tiling/overlap", "tiling/padding",
+      "tiling/blend/mode", "tiling/blend/width", "tiling/blend/trim",
+      "files/*/sha256", "files/*/bytes",
+      "engines/*/sha256", "engines/*/bytes", "engines/*/gpu", "engines/*/compute_capability", "engines/*/tensorrt",
+      // manifest-fields-read:end
   };
-  expect(view_channels == manifest.channels(), "input/views",
-         "the views hold " + std::to_string(view_channels) + " channels, input/shape " + std::to_string(manifest.channels()));
-  expect(manifest.input_shape[0] == grid.batch && manifest.output_shape[0] == grid.batch, "tiling/batch", "differs from the graph shapes' batch");
-  expect(manifest.input_shape[2] == grid.tile_h && manifest.input_shape[3] == grid.tile_w, "input/shape", "differs from tiling/tile");
-  expect(manifest.output_shape[2] == grid.tile_h * manifest.scale && manifest.output_shape[3] == grid.tile_w * manifest.scale, "output/shape",
-         "is not the tile times the scale");
+  return fields;
+}
+
+const std::vector<std::string>& manifest_fields_not_read() {
+  static const std::vector<std::string> fields = {
+      // manifest-fields-not-read:begin
+      "input/range", "output/range",  // the tiler maps samples to [0, 1] as every export does
+      "output/color",  // the output's channels (output/shape) decide how pixels are written
+      "model", "opset", "exporter", "versions", "source", "graph", "tolerances", "export_seconds", "unused_weights", "export_stages",  // provenance
+      "fp16",  // how model_fp16.onnx was planned: the graph file is what runs
+      "engines/*/plan", "engines/*/workspace_bytes", "engines/*/opt_level", "engines/*/timing_cache", "engines/*/build_seconds",  // how it was built
+      // manifest-fields-not-read:end
+  };
+  return fields;
+}
+
+Manifest parse_manifest(const std::string& json_text, const std::string& where) {
+  json data = parse_json(json_text, where);
+  if (!data.is_object()) throw Error(where + " is not a JSON object");
+  check_version(data, where);
+  check_model_id(data, where);
+
+  Reader read(where);
+  Manifest manifest;
+  manifest.schema_version = read.string(data, "", "schema_version");
+  manifest.model_id = read.string(data, "", "model_id");
+  manifest.scale = read.integer(data, "", "scale", 1);
+  read_input(read, data, manifest);
+  read_output(read, data, manifest);
+  manifest.tiling = read_tiling(read, data);
+  manifest.files = read_files(read, data);
+  manifest.engines = read_engines(read, data);
+  check_shapes(read, manifest);
   return manifest;
 }
 

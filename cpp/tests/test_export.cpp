@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <functional>
 #include <fstream>
@@ -93,6 +94,42 @@ TEST(Export, RefusesInOneLineAsPythonDoes) {
   data["scale"] = "2";
   folder.write(data);
   EXPECT_EQ(message_of([&] { dt::Export::open(folder.dir); }), where + " does not follow the manifest schema 1.3: at scale: \"2\" is not of type 'integer'");
+}
+
+namespace {
+
+// `data` without the field at `path` ('*': the first item or entry of an array or object).
+void erase_field(json& data, const std::string& path) {
+  json* parent = &data;
+  std::string rest = path;
+  for (auto slash = rest.find('/'); slash != std::string::npos; slash = rest.find('/')) {
+    std::string key = rest.substr(0, slash);
+    rest = rest.substr(slash + 1);
+    parent = key == "*" ? &parent->front() : &(*parent)[key];
+  }
+  parent->erase(rest);
+}
+
+}  // namespace
+
+TEST(Export, RefusesAManifestWithoutAnyFieldItReads) {
+  ExportFolder folder("fields");
+  json data = minimal_manifest(dt::sha256_hex("graph"));
+  data["engines"]["model.sm89-trt10.13.0.35.engine"] = {{"sha256", dt::sha256_hex("engine")}, {"bytes", 6}, {"gpu", "NVIDIA L4"},
+                                                        {"compute_capability", {8, 9}}, {"tensorrt", "10.13.0.35"}};
+  folder.write(data);
+  EXPECT_EQ(dt::Export::open(folder.dir).manifest().engines.size(), 1u);
+  const auto& not_read = dt::manifest_fields_not_read();
+  for (const std::string& path : dt::manifest_fields_read()) {
+    EXPECT_EQ(std::find(not_read.begin(), not_read.end(), path), not_read.end()) << path << " is listed as read and as not read";
+    json without = data;
+    erase_field(without, path);
+    folder.write(without);
+    std::string key = path.substr(path.rfind('/') + 1);
+    std::string message = message_of([&] { dt::Export::open(folder.dir); });
+    bool refused = message.find("'" + key + "' is a required property") != std::string::npos || message.find("has no " + key) != std::string::npos;
+    EXPECT_TRUE(refused) << path << ": " << message;
+  }
 }
 
 TEST(Export, RefusesAModelIdThatIsNotAPlainNameAsPythonDoes) {

@@ -17,7 +17,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -136,9 +136,10 @@ def finish_graph(traced: onnx.ModelProto, fold_limit_mb: float, hold: frozenset[
 
 def calibration_tile(entry: ModelEntry, tile: tuple[int, int]) -> tuple[int, int]:
     """The smaller tile the FP16 plan's ranges are measured at (see CALIBRATION_SIDE)."""
-    if entry.fixed_tile:
+    if entry.tiling.fixed_tile:
         return tuple(tile)
-    side = round_up(max(CALIBRATION_SIDE, 3 * entry.tile_multiple), entry.tile_multiple)
+    multiple = entry.tiling.tile_multiple
+    side = round_up(max(CALIBRATION_SIDE, 3 * multiple), multiple)
     return (min(side, tile[0]), min(side, tile[1]))
 
 
@@ -474,16 +475,11 @@ def build_manifest(
         ),
         scale=entry.scale,
         **tiled_graph(
-            batch=batch,
-            tile=tuple(tile),
+            tiling=replace(entry.tiling, tile=tuple(tile), batch=batch),
             scale=entry.scale,
             channels=entry.channels,
             out_channels=entry.out_channels,
             views=entry.views,
-            tile_multiple=entry.tile_multiple,
-            fixed_tile=entry.fixed_tile,
-            overlap=entry.overlap,
-            blend_trim=entry.blend_trim,
         ),
         opset=OPSET,
         exporter="torch.onnx.export (TorchScript tracer, dynamo=False) + onnxsim",

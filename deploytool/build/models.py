@@ -121,7 +121,7 @@ def build_def(entry: ModelEntry, state_dict: dict[str, torch.Tensor], *, source:
 def entry_for_export(manifest: Manifest) -> ModelEntry:
     """The model entry an export was made from, rebuilt from its manifest alone: an export made
     with a config that is no longer in the registry (DEPLOYTOOL_CONFIG_PATH unset) still runs."""
-    model, tiling = manifest.model, manifest.tiling
+    model = manifest.model
     return ModelEntry(
         id=manifest.model_id,
         family=model.family,
@@ -129,18 +129,13 @@ def entry_for_export(manifest: Manifest) -> ModelEntry:
         scale=manifest.scale,
         channels=manifest.channels,
         out_channels=manifest.out_channels,
-        tile=tiling.tile,
-        tile_multiple=tiling.tile_multiple,
-        batch=tiling.batch,
-        overlap=tiling.overlap,
+        tiling=manifest.tiling,
         arch=dict(model.arch),
         weights=WeightsInfo(),
         tolerances=dict(manifest.tolerances),
         description=model.description,
         reference_chop=model.reference_chop,
         task_index=model.task_index,
-        fixed_tile=tiling.fixed_tile,
-        blend_trim=tiling.blend.trim,
         views=tuple(view.name for view in manifest.views),
     )
 

@@ -17,7 +17,7 @@ from typing import Any
 import tomllib
 
 from deploytool.errors import DeployError
-from deploytool.runtime.manifest import check_model_id
+from deploytool.runtime.manifest import PAD_REFLECT, Tiling, blend_for, check_model_id
 from deploytool.runtime.tiling import round_up
 
 # tile overlap in input pixels for configs that name none; an export records its own in the manifest
@@ -45,10 +45,8 @@ class ModelEntry:
     scale: int
     channels: int
     out_channels: int
-    tile: tuple[int, int]
-    tile_multiple: int
-    batch: int
-    overlap: int
+    # the default export tile and batch, the model's window, overlap and blend: what its exports record
+    tiling: Tiling
     arch: dict[str, Any]
     weights: WeightsInfo
     tolerances: dict[str, float]
@@ -63,23 +61,19 @@ class ModelEntry:
     fold_limit_mb: float = 1.0
     # the position of this id's head/tail in a multi-task checkpoint (IPT's pre-training file)
     task_index: int = 0
-    # the model takes exactly its default tile (IPT: embeddings sized for one 48 px patch)
-    fixed_tile: bool = False
-    # >0: tiles are blended by averaging their centres, this many input pixels in from inner
-    # edges (IPT's official chop); 0: linear ramps over the overlap
-    blend_trim: int = 0
     # the images the model takes, stacked on channels in this order (dual-pixel: left, right)
     views: tuple[str, ...] = ("image",)
     source_file: Path | None = field(default=None, compare=False)
 
     def check_tile(self, tile: tuple[int, int]) -> None:
         """Refuse export tiles the model cannot take as one static window grid."""
-        if self.fixed_tile and tuple(tile) != tuple(self.tile):
-            raise DeployError(f"{self.id} takes exactly {self.tile[0]}x{self.tile[1]} tiles, not {tile[0]}x{tile[1]}: {self.tile_reason}")
-        if any(t <= 0 or t % self.tile_multiple for t in tile):
+        grid = self.tiling
+        if grid.fixed_tile and tuple(tile) != tuple(grid.tile):
+            raise DeployError(f"{self.id} takes exactly {grid.tile[0]}x{grid.tile[1]} tiles, not {tile[0]}x{tile[1]}: {self.tile_reason}")
+        if any(t <= 0 or t % grid.tile_multiple for t in tile):
             raise DeployError(
-                f"{self.id}: tile {tile[0]}x{tile[1]} is not a multiple of {self.tile_multiple} "
-                f"(the model's window); try {max(self.tile_multiple, round_up(tile[0], self.tile_multiple))}"
+                f"{self.id}: tile {tile[0]}x{tile[1]} is not a multiple of {grid.tile_multiple} "
+                f"(the model's window); try {max(grid.tile_multiple, round_up(tile[0], grid.tile_multiple))}"
             )
 
 
@@ -120,6 +114,21 @@ def _tile_pair(value: Any) -> tuple[int, int]:
     return (int(value[0]), int(value[1]))
 
 
+def _tiling(data: dict[str, Any]) -> Tiling:
+    """A config's tiling keys; `blend_trim` > 0: tiles are blended by averaging their centres,
+    this many input pixels in from inner edges (IPT's official chop), else ramps over the overlap."""
+    overlap = int(data.get("overlap", DEFAULT_OVERLAP))
+    return Tiling(
+        tile=_tile_pair(data["tile"]),
+        tile_multiple=int(data.get("tile_multiple", 1)),
+        fixed_tile=bool(data.get("fixed_tile", False)),  # IPT: embeddings sized for one 48 px patch
+        batch=int(data.get("batch", 1)),
+        overlap=overlap,
+        padding=PAD_REFLECT,
+        blend=blend_for(overlap, int(data.get("blend_trim", 0))),
+    )
+
+
 def entry_from_dict(data: dict[str, Any], source_file: Path | None = None) -> ModelEntry:
     where = source_file or "config"
     if "task" in data and data["task"] not in TASKS:
@@ -137,10 +146,7 @@ def entry_from_dict(data: dict[str, Any], source_file: Path | None = None) -> Mo
             scale=int(data["scale"]),
             channels=int(data["channels"]),
             out_channels=int(data.get("out_channels", data["channels"])),
-            tile=_tile_pair(data["tile"]),
-            tile_multiple=int(data.get("tile_multiple", 1)),
-            batch=int(data.get("batch", 1)),
-            overlap=int(data.get("overlap", DEFAULT_OVERLAP)),
+            tiling=_tiling(data),
             arch=dict(data["arch"]),
             weights=WeightsInfo(
                 filename=filename,
@@ -155,8 +161,6 @@ def entry_from_dict(data: dict[str, Any], source_file: Path | None = None) -> Mo
             reference_chop=int(data.get("reference_chop", 0)),
             fold_limit_mb=float(data.get("fold_limit_mb", 1.0)),
             task_index=int(data.get("task_index", 0)),
-            fixed_tile=bool(data.get("fixed_tile", False)),
-            blend_trim=int(data.get("blend_trim", 0)),
             views=tuple(data.get("views", ("image",))),
             source_file=source_file,
         )

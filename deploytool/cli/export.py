@@ -40,8 +40,8 @@ def export(model_id, out_dir, weights, random_init, seed, tile, batch, calibrati
         entry=entry,
         source=source,
         out_dir=out_dir,
-        tile=parse_tile(tile) or entry.tile,
-        batch=batch or entry.batch,
+        tile=parse_tile(tile) or entry.tiling.tile,
+        batch=batch or entry.tiling.batch,
         fp16=not no_fp16,
         calibration_images=calibration_images,
     )

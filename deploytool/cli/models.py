@@ -21,13 +21,14 @@ def list_models(as_json: bool) -> None:
     if as_json:
         click.echo(
             json.dumps(
-                [{"id": e.id, "family": e.family, "task": e.task, "scale": e.scale, "channels": e.channels, "tile": list(e.tile)} for e in entries], indent=2
+                [{"id": e.id, "family": e.family, "task": e.task, "scale": e.scale, "channels": e.channels, "tile": list(e.tiling.tile)} for e in entries],
+                indent=2,
             )
         )
         return
     click.echo(f"{'model id':<24} {'task':<13} {'scale':>5} {'ch':>3}  tile")
     for e in entries:
-        click.echo(f"{e.id:<24} {e.task:<13} {'x' + str(e.scale):>5} {e.channels:>3}  {e.tile[0]}x{e.tile[1]}")
+        click.echo(f"{e.id:<24} {e.task:<13} {'x' + str(e.scale):>5} {e.channels:>3}  {e.tiling.tile[0]}x{e.tiling.tile[1]}")
 
 
 @cli.command()
@@ -46,11 +47,11 @@ def info(model_id: str, as_json: bool) -> None:
         "description": entry.description,
         "scale": entry.scale,
         "channels": entry.channels,
-        "tile": list(entry.tile),
-        "tile_multiple": entry.tile_multiple,
+        "tile": list(entry.tiling.tile),
+        "tile_multiple": entry.tiling.tile_multiple,
         "tile_reason": entry.tile_reason,
-        "batch": entry.batch,
-        "overlap": entry.overlap,
+        "batch": entry.tiling.batch,
+        "overlap": entry.tiling.overlap,
         "arch": entry.arch,
         "weights": {
             "filename": entry.weights.filename,

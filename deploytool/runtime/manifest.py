@@ -2,15 +2,16 @@
 
 An export folder holds `model.onnx`, `model_fp16.onnx`, TensorRT engines and `manifest.json`
 (written last: a folder without it is an unfinished export). This module owns the folder: the
-file names, the typed manifest (dataclasses mirroring `schemas/manifest.schema.json`), reading
+file names, the typed manifest (dataclasses, from which deploytool/runtime/contract.py generates
+`schemas/manifest.schema.json` and the README's field table), reading
 with version and schema checks, atomic writing, and checking files against their sha256. Every
 runtime (backends, engines, inference, parity, evaluation) reads an export through it; nothing
 else reads `manifest.json` by string key.
 
 Versioning (`schema_version`, "MAJOR.MINOR"): a reader of major M refuses any other major in one
 line naming both versions. Minor versions only add fields: a reader ignores fields it does not
-know (a newer minor's), and reads an older minor with the documented defaults of the fields that
-minor lacks (`MINOR_DEFAULTS`).
+know (a newer minor's), and reads an older minor with the defaults of the fields that minor lacks
+(a field's `since` and default, declared with `spec`).
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ import dataclasses
 import functools
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from deploytool.errors import DeployError
+from deploytool.runtime.contract import decode, encode, fill_minor_defaults, spec
 from deploytool.runtime.fileio import sha256_file, write_text_atomic
 
 SCHEMA_VERSION = "1.3"
@@ -33,48 +35,55 @@ FP32_FILE, FP16_FILE = "model.onnx", "model_fp16.onnx"
 TIMING_CACHE = "timing.cache"
 PARITY_JSON, PARITY_MD, PARITY_HTML = "parity.json", "parity.md", "parity.html"
 INPUT_NAME, OUTPUT_NAME = "input", "output"
-# {minor: {dotted field: default}} for fields added after x.0; read when an older minor lacks them
-MINOR_DEFAULTS: dict[int, dict[str, Any]] = {
-    1: {"export_stages": {}},  # 1.1: what each export stage cost
-    2: {"fp16.calibration_tile": None, "fp16.grown_tensors": 0, "fp16.sensitivity_blocks": []},  # 1.2: how the FP16 plan was found
-    # 1.3: where the FP16 figures were measured, and the plan's check on verify's inputs (null: unknown)
-    3: {"fp16.measured_at": None, "fp16.verify_inputs_max_abs": None, "fp16.verify_inputs_limit": None},
-}
-
 BLEND_RAMP, BLEND_CENTRE = "ramp", "centre"
 PAD_REFLECT = "reflect"
 VIEW_COLORS = {1: "gray", 3: "RGB"}
+
+# A model id names folders and files (`build/<id>`, Triton's `<id>` and `<id>-tiles`): one plain
+# name, never a path. The schema's `model_id` pattern is this one; cpp/src/export.cpp refuses
+# with the same message.
+MODEL_ID_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+MODEL_ID_RULE = "1 to 64 ASCII letters, digits, '.', '_' or '-', starting with a letter or digit"
+
+# the names `deploytool build` gives engines (the schema's `engines` property names)
+ENGINE_FILE_PATTERN = r"model\.sm[0-9]+-trt[0-9.]+\.engine"
 
 
 @dataclass(frozen=True)
 class View:
     """One image the model takes; several views are stacked on the channel axis in this order."""
 
-    name: str  # "image", or "left" / "right" for dual-pixel models
-    channels: int  # 1 (gray) or 3 (RGB)
-    color: str  # "gray" | "RGB"
+    name: str = spec('`"image"`, or `"left"` / `"right"` for dual-pixel models', minLength=1)
+    channels: int = spec("1 (gray) or 3 (RGB)", minimum=1)
+    color: str = spec('`"gray"` or `"RGB"`')
 
 
 @dataclass(frozen=True)
 class GraphInput:
-    name: str
-    shape: tuple[int, int, int, int]  # [batch, channels, tile_h, tile_w]
-    views: tuple[View, ...]
-    dtype: str = "float32"
-    layout: str = "NCHW"
-    value_range: tuple[float, float] = (0.0, 1.0)
+    name: str = spec("graph input tensor name (`input`)", minLength=1)
+    shape: tuple[int, int, int, int] = spec("static NCHW shape `[batch, C, tile_h, tile_w]`", each={"minimum": 1})
+    views: tuple[View, ...] = spec(
+        'the images the model takes, stacked on channels in this order: `[{"image", 3, "RGB"}]`, a gray model '
+        '`[{"image", 1, "gray"}]`, dual-pixel `[{"left", 3, "RGB"}, {"right", 3, "RGB"}]`. A consumer reads one image per view; '
+        "a gray image given to an RGB view is replicated to 3 channels, an RGB image given to a gray view is refused",
+        minItems=1,
+    )
+    dtype: str = spec("element type", const="float32", default="float32")
+    layout: str = spec("memory layout", const="NCHW", default="NCHW")
+    value_range: tuple[float, float] = spec(
+        "nominal value range, `[0, 1]`: 8-bit samples are divided by 255, 16-bit by 65535", json_name="range", default=(0.0, 1.0)
+    )
 
 
 @dataclass(frozen=True)
 class GraphOutput:
-    name: str
-    shape: tuple[int, int, int, int]  # [batch, channels, tile_h * scale, tile_w * scale]
-    color: str
-    dtype: str = "float32"
-    layout: str = "NCHW"
-    value_range: tuple[float, float] = (0.0, 1.0)
-    # False: the graph does not clip; consumers clip to value_range when they write pixels
-    clamped: bool = False
+    name: str = spec("graph output tensor name (`output`)", minLength=1)
+    shape: tuple[int, int, int, int] = spec("static NCHW shape `[batch, C_out, tile_h·scale, tile_w·scale]`", each={"minimum": 1})
+    color: str = spec("`RGB` or `gray`")
+    dtype: str = spec("element type", const="float32", default="float32")
+    layout: str = spec("memory layout", const="NCHW", default="NCHW")
+    clamped: bool = spec("`false`: the graph does not clip; consumers clip to `output.range` before writing pixels", default=False)
+    value_range: tuple[float, float] = spec("nominal value range of the output, `[0, 1]`", json_name="range", default=(0.0, 1.0))
 
 
 @dataclass(frozen=True)
@@ -87,46 +96,65 @@ class Blend:
     averaged (IPT's official chop); a trim is capped at half the overlap.
     """
 
-    mode: str  # "ramp" | "centre"
-    width: int = 0
-    trim: int = 0
+    mode: str = spec(
+        "`ramp`: linear weights rising over `width` input pixels at every inner tile edge (weights `(i + 0.5) / width`); "
+        "`centre`: each tile contributes only its centre, `trim` input pixels in from inner edges, and centres are averaged "
+        "(IPT's official chop)",
+        enum=[BLEND_RAMP, BLEND_CENTRE],
+    )
+    width: int = spec("`ramp`'s width in input pixels: the overlap in use", minimum=0, default=0)
+    trim: int = spec("`centre`'s trim in input pixels (capped at half the overlap)", minimum=0, default=0)
 
 
 @dataclass(frozen=True)
 class Tiling:
     """Everything a consumer needs to run the static graph over images of any size."""
 
-    tile: tuple[int, int]  # [height, width] of one input tile
-    tile_multiple: int  # images are padded bottom/right to this multiple (the model's window)
-    fixed_tile: bool  # True: the model takes exactly this tile (other tiles cannot be exported)
-    batch: int  # tiles per graph call; the last call is filled up with copies of a real tile
-    overlap: int  # default overlap in input pixels, rounded up to tile_multiple at run time
-    padding: str  # "reflect" (mirror without repeating the edge; "edge" where the image is too small)
-    blend: Blend
+    tile: tuple[int, int] = spec("`[h, w]`: the static input tile", each={"minimum": 1})
+    tile_multiple: int = spec(
+        "images are padded bottom/right to a multiple of this (the model's window) before tiling; the overlap is rounded up "
+        "to it, so every tile starts on the whole image's window grid",
+        minimum=1,
+    )
+    fixed_tile: bool = spec("`true`: the model takes exactly this tile (IPT); no other tile can be exported")
+    batch: int = spec("tiles per graph call; a short last batch is filled with copies of a real tile", minimum=1)
+    overlap: int = spec("default overlap between neighbouring tiles, input pixels (`run --overlap` overrides)", minimum=0)
+    padding: str = spec(
+        "`reflect`: the padding to the multiple (and of an image smaller than a tile) mirrors without repeating the edge "
+        "pixel; where the image is too small to mirror (pad ≥ size), the edge pixel is repeated",
+        enum=[PAD_REFLECT],
+    )
+    blend: Blend = spec("how overlapping tile outputs are combined")
 
 
 @dataclass(frozen=True)
 class ModelInfo:
     """What rebuilds the PyTorch model of an export without the config that made it."""
 
-    family: str
-    task: str
-    description: str
-    arch: dict[str, Any]
-    reference: str  # the name of the original implementation parity is measured against
-    reference_chop: int  # >0: the original runs whole images chopped below this many pixels
-    task_index: int  # this id's task in a multi-task checkpoint
+    family: str = spec("family module in `model_defs/`", minLength=1)
+    task: str = spec("`sr`, `denoise`, `jpeg`, `derain`, `deblur`, `defocus`, `dual-defocus`, `real-sr` or `real-denoise`", minLength=1)
+    description: str = spec("one line for people")
+    arch: dict[str, Any] = spec(
+        "the hyperparameters the model was built with (after reconciling with the checkpoint); with the checkpoint they "
+        "rebuild the PyTorch model without the config that made the export"
+    )
+    reference: str = spec("the name of the original implementation parity is measured against, e.g. `spandrel HAT`")
+    reference_chop: int = spec("> 0: the original runs whole images chopped into quadrants below this many pixels (ESRT's `forward_chop`)", minimum=0)
+    task_index: int = spec("this id's task in a multi-task checkpoint (IPT's pre-training file)", minimum=0)
+
+
+SHA256_PATTERN = "^[0-9a-f]{64}$"
 
 
 @dataclass(frozen=True)
 class WeightsSource:
     """Where a model's weights came from: an official-format checkpoint, or a seeded random init."""
 
-    kind: str  # "checkpoint" | "random-init"
-    path: str | None = None
-    sha256: str | None = None
-    wrapper_key: str | None = None
-    seed: int | None = None
+    kind: str = spec("`checkpoint` or `random-init`", enum=["checkpoint", "random-init"])
+    path: str | None = spec("the checkpoint's path", omit_none=True, default=None)
+    sha256: str | None = spec("the checkpoint's sha256", omit_none=True, default=None, pattern=SHA256_PATTERN)
+    wrapper_key: str | None = spec("the checkpoint's wrapper whose weights were used, e.g. `params_ema`", omit_none=True, default=None)
+    seed: int | None = spec("the random init's seed", omit_none=True, default=None)
 
     def describe(self) -> str:
         if self.kind == "random-init":
@@ -134,43 +162,36 @@ class WeightsSource:
         wrapper = f", '{self.wrapper_key}' weights" if self.wrapper_key else ""
         return f"{self.path} (sha256 {self.sha256[:12]}…{wrapper})"
 
-    def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> WeightsSource:
-        return cls(**data)
-
 
 @dataclass(frozen=True)
 class FileRecord:
-    sha256: str
-    bytes: int
+    sha256: str = spec("the file's sha256; consumers refuse a file whose sha256 differs", pattern=SHA256_PATTERN)
+    bytes: int = spec("the file's size", minimum=0)
 
 
 @dataclass(frozen=True)
 class EngineRecord:
     """A TensorRT engine built by `deploytool build` for one GPU architecture and TensorRT version."""
 
-    sha256: str
-    bytes: int
-    gpu: str
-    compute_capability: tuple[int, int]
-    tensorrt: str
-    plan: dict[str, Any]
-    workspace_bytes: int
-    opt_level: int
-    timing_cache: str
-    build_seconds: float
+    sha256: str = spec("the engine file's sha256", pattern=SHA256_PATTERN)
+    bytes: int = spec("the engine file's size", minimum=0)
+    gpu: str = spec("the GPU it was built on")
+    compute_capability: tuple[int, int] = spec("`[major, minor]` of that GPU", each={"minimum": 0})
+    tensorrt: str = spec("the TensorRT version that built it")
+    plan: dict[str, Any] = spec("the builder's precision plan")
+    workspace_bytes: int = spec("the builder's workspace limit", minimum=0)
+    opt_level: int = spec("the builder optimization level", minimum=0, maximum=5)
+    timing_cache: str = spec("the timing cache used")
+    build_seconds: float = spec("wall time of the build", minimum=0)
 
 
 @dataclass(frozen=True)
 class GraphStats:
-    traced_nodes: int
-    merged_initializers: int
-    nodes: int
-    initializers: int
-    parameter_bytes: int
+    traced_nodes: int = spec("nodes of the traced graph", minimum=0)
+    merged_initializers: int = spec("initializers merged as duplicates", minimum=0)
+    nodes: int = spec("nodes of the FP32 graph", minimum=0)
+    initializers: int = spec("initializers of the FP32 graph", minimum=0)
+    parameter_bytes: int = spec("bytes of the FP32 graph's initializers", minimum=0)
 
 
 @dataclass(frozen=True)
@@ -178,8 +199,8 @@ class Fp16Measurement:
     """The graph and inputs the FP16 plan's figures were measured on: the calibration graph
     (`calibration_tile`, batch 1), not necessarily the shipped one (`verify` reports that one's)."""
 
-    shape: tuple[int, int, int, int]  # the measured graph's input shape
-    inputs: str
+    shape: tuple[int, int, int, int] = spec("the input shape of the graph the plan's figures were measured on", each={"minimum": 1})
+    inputs: str = spec("which inputs")
 
 
 @dataclass(frozen=True)
@@ -187,27 +208,27 @@ class Fp16Summary:
     """How model_fp16.onnx was planned, and how far its plan is from model.onnx's on the inputs
     it was validated on (`measured_at`)."""
 
-    margin: float
-    fp32_nodes: int
-    total_nodes: int
-    fp32_by_op: dict[str, int]
-    fp32_by_reason: dict[str, int]
-    fp16_flop_share: float
-    max_abs_vs_fp32: float
-    psnr_vs_fp32: float | None  # None: identical outputs (infinite PSNR)
-    calibration: str
-    largest_ranges: tuple[tuple[str, float], ...]
-    # 1.2: where ranges were measured (None before 1.2: the export's tile), how many tensors'
-    # ranges were grown from there to the export's tile, the blocks the sensitivity search kept FP32
-    calibration_tile: tuple[int, int] | None
-    grown_tensors: int
-    sensitivity_blocks: tuple[str, ...]
-    # 1.3: the graph and inputs max_abs_vs_fp32 and psnr_vs_fp32 were measured on, and the plan's
-    # max |diff| on verify's standard inputs (as measured there) with the limit it had to meet
-    # (None: not measured, e.g. a manifest before 1.3)
-    measured_at: Fp16Measurement | None = None
-    verify_inputs_max_abs: float | None = None
-    verify_inputs_limit: float | None = None
+    margin: float = spec("the range margin", exclusiveMinimum=0)
+    fp32_nodes: int = spec("nodes kept FP32", minimum=0)
+    total_nodes: int = spec("nodes of the graph", minimum=0)
+    fp32_by_op: dict[str, int] = spec("nodes kept FP32 by op type", key_name="op")
+    fp32_by_reason: dict[str, int] = spec("nodes kept FP32 by the reason", key_name="reason")
+    fp16_flop_share: float = spec("the share of FLOPs run in FP16", minimum=0, maximum=1)
+    max_abs_vs_fp32: float = spec(
+        "max |diff| of the plan against FP32 on the calibration graph — not the shipped graph, whose own figures `verify` reports",
+        minimum=0,
+    )
+    psnr_vs_fp32: float | None = spec("PSNR of the plan against FP32 there (null: identical outputs)")
+    calibration: str = spec("the calibration inputs")
+    largest_ranges: tuple[tuple[str, float], ...] = spec("the tensors with the largest ranges, `[name, max abs]`")
+    calibration_tile: tuple[int, int] | None = spec("where ranges were measured (null: the export's tile)", since="1.2", default=None, each={"minimum": 1})
+    grown_tensors: int = spec("how many tensors' ranges were raised from there to the export's tile", since="1.2", default=0, minimum=0)
+    sensitivity_blocks: tuple[str, ...] = spec("the blocks the sensitivity search kept FP32", since="1.2", default=())
+    measured_at: Fp16Measurement | None = spec("the graph and inputs `max_abs_vs_fp32` and `psnr_vs_fp32` were measured on", since="1.3", default=None)
+    verify_inputs_max_abs: float | None = spec(
+        "the plan's max |diff| on `verify`'s standard inputs there (null: not measured)", since="1.3", default=None, minimum=0
+    )
+    verify_inputs_limit: float | None = spec("the `fp16_max_abs / 2` it had to meet (null: not measured)", since="1.3", default=None, exclusiveMinimum=0)
 
 
 @dataclass(frozen=True)
@@ -215,31 +236,48 @@ class StageCost:
     """One export stage: its wall time, and the exporting process's peak resident memory so far
     at the stage's end (a peak that rises during a stage was set by it)."""
 
-    seconds: float
-    peak_rss_mb: float
+    seconds: float = spec("the stage's wall time", minimum=0)
+    peak_rss_mb: float = spec("the exporting process's peak memory so far at the stage's end", minimum=0)
 
 
 @dataclass(frozen=True)
 class Manifest:
-    schema_version: str
-    model_id: str
-    model: ModelInfo
-    scale: int
-    input: GraphInput
-    output: GraphOutput
-    tiling: Tiling
-    opset: int
-    exporter: str
-    versions: dict[str, str]
-    source: WeightsSource
-    graph: GraphStats
-    fp16: Fp16Summary | None
-    files: dict[str, FileRecord]
-    tolerances: dict[str, float]
-    export_seconds: float
-    unused_weights: dict[str, str] = field(default_factory=dict)
-    engines: dict[str, EngineRecord] = field(default_factory=dict)
-    export_stages: dict[str, StageCost] = field(default_factory=dict)  # since 1.1, in stage order
+    schema_version: str = spec('`"MAJOR.MINOR"`', pattern="^1\\.[0-9]+$")
+    model_id: str = spec(
+        "e.g. `hat-x4`; names folders and files (Triton models, default output folders): " + MODEL_ID_RULE + " (a manifest with another is refused)",
+        pattern=MODEL_ID_PATTERN,
+    )
+    model: ModelInfo = spec("the model the graph computes")
+    scale: int = spec("output size / input size (1 for restoration)", minimum=1)
+    input: GraphInput = spec("the graph's input")
+    output: GraphOutput = spec("the graph's output")
+    tiling: Tiling = spec("how to run the static graph over images of any size")
+    opset: int = spec("ONNX opset", minimum=1)
+    exporter: str = spec("how the graph was made")
+    versions: dict[str, str] = spec("package versions", key_name="package")
+    source: WeightsSource = spec("where the weights came from")
+    graph: GraphStats = spec("size of the FP32 graph")
+    fp16: Fp16Summary | None = spec("how `model_fp16.onnx` was planned; null without an FP16 graph")
+    files: dict[str, FileRecord] = spec("every graph file", required=[FP32_FILE])
+    tolerances: dict[str, float] = spec(
+        "the limits parity is judged with (`def_max_abs`, `onnx_max_abs`, `fp16_max_abs`, `fp16_psnr_min`, `tiled_psnr_min`, `fp16_calibration_max_abs`)"
+    )
+    export_seconds: float = spec("wall time of the export (to 0.1 ms)", minimum=0)
+    unused_weights: dict[str, str] = spec("checkpoint entries left out on purpose (other tasks of a multi-task file)", key_name="key", default_factory=dict)
+    engines: dict[str, EngineRecord] = spec(
+        "TensorRT engines built by `deploytool build`, named `model.sm<major><minor>-trt<version>.engine`; a consumer picks "
+        "the one for its GPU and TensorRT or refuses",
+        key_name="file",
+        default_factory=dict,
+        propertyNames={"pattern": f"^{ENGINE_FILE_PATTERN}$"},
+    )
+    export_stages: dict[str, StageCost] = spec(
+        "each export stage (`load`, `trace`, `simplify`, `check`, `fp16`, `save`) in order",
+        key_name="stage",
+        since="1.1",
+        optional=True,
+        default_factory=dict,
+    )
 
     # -- what consumers ask of an export
 
@@ -289,65 +327,12 @@ class Manifest:
     # -- JSON
 
     def to_json(self) -> dict[str, Any]:
-        data = _plain(asdict(self))
-        data["input"]["range"] = data["input"].pop("value_range")
-        data["output"]["range"] = data["output"].pop("value_range")
-        data["source"] = self.source.to_json()
-        return data
+        return encode(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Manifest:
         """A manifest from its JSON form, which must already have passed `validate`."""
-        data = json.loads(json.dumps(data))
-        graph_in, graph_out, tiling = data["input"], data["output"], data["tiling"]
-        fp16 = data.get("fp16")
-        return cls(
-            schema_version=data["schema_version"],
-            model_id=data["model_id"],
-            model=_known(ModelInfo, data["model"]),
-            scale=data["scale"],
-            input=GraphInput(
-                name=graph_in["name"],
-                shape=tuple(graph_in["shape"]),
-                views=tuple(_known(View, v) for v in graph_in["views"]),
-                dtype=graph_in["dtype"],
-                layout=graph_in["layout"],
-                value_range=tuple(graph_in["range"]),
-            ),
-            output=GraphOutput(
-                name=graph_out["name"],
-                shape=tuple(graph_out["shape"]),
-                color=graph_out["color"],
-                dtype=graph_out["dtype"],
-                layout=graph_out["layout"],
-                value_range=tuple(graph_out["range"]),
-                clamped=graph_out["clamped"],
-            ),
-            tiling=Tiling(
-                tile=tuple(tiling["tile"]),
-                tile_multiple=tiling["tile_multiple"],
-                fixed_tile=tiling["fixed_tile"],
-                batch=tiling["batch"],
-                overlap=tiling["overlap"],
-                padding=tiling["padding"],
-                blend=_known(Blend, tiling["blend"]),
-            ),
-            opset=data["opset"],
-            exporter=data["exporter"],
-            versions=data["versions"],
-            source=_known(WeightsSource, data["source"]),
-            graph=_known(GraphStats, data["graph"]),
-            fp16=None if fp16 is None else _known(Fp16Summary, {**fp16, **_fp16_tuples(fp16)}),
-            files={name: _known(FileRecord, record) for name, record in data["files"].items()},
-            tolerances=data["tolerances"],
-            export_seconds=data["export_seconds"],
-            unused_weights=data.get("unused_weights", {}),
-            engines={
-                name: _known(EngineRecord, {**record, "compute_capability": tuple(record["compute_capability"])})
-                for name, record in data.get("engines", {}).items()
-            },
-            export_stages={name: _known(StageCost, cost) for name, cost in data.get("export_stages", {}).items()},
-        )
+        return decode(cls, data)
 
     def write(self, export_dir: str | Path) -> Path:
         path = Path(export_dir) / MANIFEST_FILE
@@ -355,33 +340,6 @@ class Manifest:
         validate(data, where=str(path))
         write_text_atomic(path, json.dumps(data, indent=2) + "\n")
         return path
-
-
-def _plain(value: Any) -> Any:
-    """asdict's output with tuples as lists and infinities as None (JSON has neither)."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
-        return None
-    return value
-
-
-def _fp16_tuples(fp16: dict[str, Any]) -> dict[str, Any]:
-    tile, measured_at = fp16["calibration_tile"], fp16.get("measured_at")
-    return {
-        "largest_ranges": tuple(tuple(r) for r in fp16["largest_ranges"]),
-        "calibration_tile": None if tile is None else tuple(tile),
-        "sensitivity_blocks": tuple(fp16["sensitivity_blocks"]),
-        "measured_at": None if measured_at is None else _known(Fp16Measurement, {**measured_at, "shape": tuple(measured_at["shape"])}),
-    }
-
-
-def _known(cls: type, data: dict[str, Any]):
-    """`cls(**data)` with the fields `cls` knows: a newer minor's extra fields are ignored."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in data.items() if k in names})
 
 
 def parse_version(text: Any) -> tuple[int, int]:
@@ -404,15 +362,7 @@ def check_version(data: dict[str, Any], *, where: str) -> None:
             f"{where} has manifest schema {data['schema_version']}, {newer} major version than this deploytool reads ({SCHEMA_VERSION}); "
             + ("upgrade deploytool" if major > ours[0] else "re-export it")
         )
-    for added_in, defaults in sorted(MINOR_DEFAULTS.items()):
-        if minor < added_in:
-            for dotted, default in defaults.items():
-                *parents, leaf = dotted.split(".")
-                target = data
-                for key in parents:
-                    target = target.setdefault(key, {})
-                if target is not None:  # a null parent (no FP16 graph) has no fields to fill
-                    target.setdefault(leaf, default)
+    fill_minor_defaults(Manifest, data, (major, minor))
 
 
 @functools.lru_cache(maxsize=1)
@@ -455,21 +405,10 @@ def parse_manifest(data: dict[str, Any], *, where: str) -> Manifest:
     return Manifest.from_json(data)
 
 
-def tiled_graph(
-    *,
-    batch: int,
-    tile: tuple[int, int],
-    scale: int,
-    channels: int,
-    out_channels: int,
-    views: tuple[str, ...],
-    tile_multiple: int,
-    fixed_tile: bool,
-    overlap: int,
-    blend_trim: int,
-) -> dict[str, Any]:
-    """A manifest's `input`, `output` and `tiling` for a model of these properties, exported at
-    `tile` and `batch`."""
+def tiled_graph(*, tiling: Tiling, scale: int, channels: int, out_channels: int, views: tuple[str, ...]) -> dict[str, Any]:
+    """A manifest's `input`, `output` and `tiling` for a model of these properties, exported with
+    `tiling` (its tile and batch are the graph's)."""
+    batch, tile = tiling.batch, tuple(tiling.tile)
     return {
         "input": GraphInput(name=INPUT_NAME, shape=(batch, channels, *tile), views=views_for(views, channels)),
         "output": GraphOutput(
@@ -477,16 +416,13 @@ def tiled_graph(
             shape=(batch, out_channels, tile[0] * scale, tile[1] * scale),
             color=VIEW_COLORS.get(out_channels, f"{out_channels}-channel"),
         ),
-        "tiling": Tiling(
-            tile=tuple(tile),
-            tile_multiple=tile_multiple,
-            fixed_tile=fixed_tile,
-            batch=batch,
-            overlap=overlap,
-            padding=PAD_REFLECT,
-            blend=Blend(BLEND_CENTRE, trim=blend_trim) if blend_trim else Blend(BLEND_RAMP, width=overlap),
-        ),
+        "tiling": dataclasses.replace(tiling, tile=tile),
     }
+
+
+def blend_for(overlap: int, trim: int) -> Blend:
+    """Centres averaged `trim` pixels in from inner edges when `trim` > 0, else ramps over the overlap."""
+    return Blend(BLEND_CENTRE, trim=trim) if trim else Blend(BLEND_RAMP, width=overlap)
 
 
 def views_for(names: tuple[str, ...], channels: int) -> tuple[View, ...]:
@@ -495,13 +431,6 @@ def views_for(names: tuple[str, ...], channels: int) -> tuple[View, ...]:
         raise DeployError(f"{channels} input channels cannot be split into the views {', '.join(names)}")
     per_view = channels // len(names)
     return tuple(View(name, per_view, VIEW_COLORS.get(per_view, f"{per_view}-channel")) for name in names)
-
-
-# A model id names folders and files (`build/<id>`, Triton's `<id>` and `<id>-tiles`): one plain
-# name, never a path. The schema's `model_id` pattern is this one; cpp/src/export.cpp refuses
-# with the same message.
-MODEL_ID_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-MODEL_ID_RULE = "1 to 64 ASCII letters, digits, '.', '_' or '-', starting with a letter or digit"
 
 
 def check_model_id(model_id: Any, *, where: str) -> None:
@@ -514,10 +443,6 @@ def check_model_id(model_id: Any, *, where: str) -> None:
     printable = len(model_id) <= 64 and all(" " <= c <= "~" for c in model_id)
     shown = f" {json.dumps(model_id)}" if printable else ""
     raise DeployError(f"{where}: model_id{shown} is not a model id ({MODEL_ID_RULE})")
-
-
-# the names `deploytool build` gives engines (the schema's `engines` property names)
-ENGINE_FILE_PATTERN = r"model\.sm[0-9]+-trt[0-9.]+\.engine"
 
 
 def export_outputs(export_dir: str | Path) -> list[Path]:

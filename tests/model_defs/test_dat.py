@@ -58,8 +58,8 @@ def test_every_dat_id_is_registered_with_the_official_hyperparameters():
         assert entry.weights.filename == f"{FILES[variant(model_id)]}_x{entry.scale}.pth"
         assert entry.weights.url is None and "--weights" in entry.weights.note  # Google Drive only
         # tiles need no padding and start on the window grid: a multiple of the larger window side
-        assert entry.tile_multiple == max(entry.arch["split_size"])
-        assert entry.tile[0] % entry.tile_multiple == 0 and entry.overlap % entry.tile_multiple == 0
+        assert entry.tiling.tile_multiple == max(entry.arch["split_size"])
+        assert entry.tiling.tile[0] % entry.tiling.tile_multiple == 0 and entry.tiling.overlap % entry.tiling.tile_multiple == 0
 
 
 @pytest.mark.parametrize("model_id", family_ids("dat"))

@@ -47,7 +47,7 @@ def test_families_are_discovered_and_configs_name_only_known_families():
 @pytest.mark.parametrize("model_id", all_ids())
 def test_every_id_matches_its_original_at_tiny_size(model_id):
     entry = tiny_entry(model_id)
-    assert_matches_original(model_id, [(2, entry.channels, *entry.tile)], atol=entry.tolerances["def_max_abs"])
+    assert_matches_original(model_id, [(2, entry.channels, *entry.tiling.tile)], atol=entry.tolerances["def_max_abs"])
 
 
 @pytest.mark.parametrize("model_id", one_id_per_structure())
@@ -81,7 +81,7 @@ def test_whole_images_through_the_tiler_match_the_original(tmp_path, model_id):
     manifest = export_tiny(model_id, out, fp16=False, batch=2)
     _, _, state_dict = export_weights(manifest)
     original = TorchRunner(build_original(entry, arch_for(entry, state_dict), state_dict))
-    for (height, width), psnr_floor in [(entry.tile, None), ((entry.tile[0] * 2 + 5, entry.tile[1] * 2 - 7), 20.0)]:
+    for (height, width), psnr_floor in [(entry.tiling.tile, None), ((entry.tiling.tile[0] * 2 + 5, entry.tiling.tile[1] * 2 - 7), 20.0)]:
         pixels = synthetic_batch((1, manifest.channels, height, width), seed=height)[0].transpose(1, 2, 0)
         whole = original(pixels.transpose(2, 0, 1)[None])[0].transpose(1, 2, 0)
         with open_runner(out, manifest, ORT) as runner:

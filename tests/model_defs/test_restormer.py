@@ -18,7 +18,7 @@ def restormer_ids() -> list[str]:
 def tiny_entry(model_id: str):
     entry = registry.get(model_id)
     arch = {**entry.arch, "dim": 8, "num_blocks": [1, 1, 1, 2], "num_refinement_blocks": 1, "heads": [1, 2, 2, 4]}
-    return dataclasses.replace(entry, arch=arch, tile=(32, 32))
+    return dataclasses.replace(entry, arch=arch, tiling=dataclasses.replace(entry.tiling, tile=(32, 32)))
 
 
 def tiny_state(entry, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -71,6 +71,13 @@ struct Manifest {
 // relies on. `where` names the file in messages.
 Manifest parse_manifest(const std::string& json_text, const std::string& where);
 
+// The manifest fields parse_manifest reads and those it leaves to other consumers, as schema paths
+// ('*': every item or entry; a field not read covers the fields inside it). tests/cpp/test_manifest_fields.py
+// checks that together they name every field of the generated schema, and test_export.cpp that
+// parse_manifest refuses a manifest without any field it reads.
+const std::vector<std::string>& manifest_fields_read();
+const std::vector<std::string>& manifest_fields_not_read();
+
 class Export {
  public:
   // Reads and checks `dir`/manifest.json; files are checked against their sha256 when used.

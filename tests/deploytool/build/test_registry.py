@@ -21,7 +21,7 @@ def test_every_swinir_id_is_registered_with_its_official_file():
         assert entry.weights.url.startswith("https://github.com/JingyunLiang/SwinIR/releases/download/")
         assert entry.weights.url.endswith(entry.weights.filename)
         assert entry.arch.get("upscale", 1) == entry.scale
-        assert entry.tile[0] % entry.tile_multiple == 0
+        assert entry.tiling.tile[0] % entry.tiling.tile_multiple == 0
         assert entry.channels == entry.arch.get("in_chans", 3)
 
 
@@ -29,7 +29,7 @@ def test_variant_files_inherit_and_override_their_base():
     car = registry.get("swinir-car-gray-40")
     assert car.arch["window_size"] == 7 and car.arch["img_range"] == 255.0 and car.arch["in_chans"] == 1
     assert car.arch["mlp_ratio"] == 2.0  # from _swinir.toml, two bases up
-    assert car.tile == (126, 126) and car.tile_multiple == 7
+    assert car.tiling.tile == (126, 126) and car.tiling.tile_multiple == 7
     assert registry.get("swinir-real-l-x4").arch["resi_connection"] == "3conv"
     assert registry.get("swinir-m-x4").arch["resi_connection"] == "1conv"
 
@@ -38,7 +38,7 @@ def test_config_path_adds_ids_and_rejects_duplicates(tmp_path, monkeypatch):
     (tmp_path / "extra.toml").write_text('id = "my-swinir"\nbase = "_x"\n')
     (tmp_path / "_x.toml").write_text('family = "swinir"\ntask = "sr"\nscale = 2\nchannels = 3\ntile = 32\n[arch]\nupscale = 2\n')
     monkeypatch.setenv("DEPLOYTOOL_CONFIG_PATH", str(tmp_path))
-    assert registry.get("my-swinir").tile == (32, 32)
+    assert registry.get("my-swinir").tiling.tile == (32, 32)
     (tmp_path / "dup.toml").write_text('id = "swinir-m-x4"\nbase = "_x"\n')
     registry._load_all.cache_clear()  # configs are read once per process
     with pytest.raises(DeployError, match="defined twice"):

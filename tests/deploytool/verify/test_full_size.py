@@ -14,7 +14,9 @@ def test_full_size_export_verifies(tmp_path, model_id):
     entry = registry.get(model_id)
     out = tmp_path / model_id
     manifest = export.export(
-        export.ExportRequest(entry, WeightsSource(kind="random-init", seed=0), out, entry.tile if entry.fixed_tile else (64, 64), 1, calibration_count=2)
+        export.ExportRequest(
+            entry, WeightsSource(kind="random-init", seed=0), out, entry.tiling.tile if entry.tiling.fixed_tile else (64, 64), 1, calibration_count=2
+        )
     )
     assert manifest.graph.nodes < manifest.graph.traced_nodes
     assert manifest.fp16.fp16_flop_share > 0.9
