@@ -34,7 +34,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from deploytool.build.graphs import TensorType, tensor_types
+from deploytool.build.inferred_types import TensorType, tensor_types
 from deploytool.build.metrics import psnr
 from deploytool.errors import ExportError
 from deploytool.runtime.backends.onnxruntime import open_session

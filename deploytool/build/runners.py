@@ -22,7 +22,7 @@ def open_runner(
     if backend == TORCH:
         if device is not None:
             raise DeployError(f"--device applies to the {OPENVINO} backend, not {backend}")
-        from deploytool.build.models import build_def, export_weights
+        from deploytool.build.networks import build_def, export_weights
         from deploytool.runtime.backends.torch import TorchRunner
 
         entry, source, state_dict = export_weights(manifest, weights)

@@ -93,7 +93,7 @@ def compare(results, report_dir, html, as_json) -> None:
 @needs_extra("export")
 def evaluate(export_dir, dataset, scale, methods, overlap, weights, device, as_json) -> None:
     """PSNR/SSIM on the Y channel of an SR test set (BasicSR convention), with a bicubic baseline."""
-    from deploytool.build.models import export_weights
+    from deploytool.build.networks import export_weights
     from deploytool.build.runners import open_runner
     from deploytool.runtime.backends import OPENVINO
     from deploytool.runtime.manifest import read_manifest

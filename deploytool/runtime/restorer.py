@@ -58,7 +58,7 @@ def is_video_file(path: str | Path) -> bool:
     """What `deploytool run` takes for a video: a file FFmpeg finds one in, or a file not named as
     an image (probed as a video, to say what it lacks)."""
     from deploytool.runtime import video
-    from deploytool.runtime.inputs import IMAGE_SUFFIXES
+    from deploytool.runtime.input_batches import IMAGE_SUFFIXES
 
     path = Path(path)
     return video.is_video(path) or (path.is_file() and path.suffix.lower() not in IMAGE_SUFFIXES)

@@ -197,7 +197,7 @@ def restore_remote(
     on_failure: Callable[[dict[str, str]], None] = lambda failure: None,
 ) -> ClientReport:
     """Restore `inputs` (files and folders of images) on `model` at `url` into `output`."""
-    from deploytool.runtime import inputs as input_sources
+    from deploytool.runtime import input_batches
 
     if concurrency < 1:
         raise DeployError(f"--concurrency must be at least 1, not {concurrency}")
@@ -206,7 +206,7 @@ def restore_remote(
     report = ClientReport(url, model)
     try:
         views = client.check()
-        paths = [p for item in inputs for p in (input_sources.list_images(item) if Path(item).is_dir() else [Path(item)])]
+        paths = [p for item in inputs for p in (input_batches.list_images(item) if Path(item).is_dir() else [Path(item)])]
         sources = inference.group_files(model, views, paths)
         targets = inference.destinations(sources, Path(output))
         on_start(len(sources))

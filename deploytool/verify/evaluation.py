@@ -17,8 +17,7 @@ import numpy as np
 
 from deploytool.build.metrics import psnr
 from deploytool.errors import DeployError
-from deploytool.runtime import images, inference
-from deploytool.runtime import inputs as input_sources
+from deploytool.runtime import images, inference, input_batches
 from deploytool.runtime.manifest import Manifest
 
 BICUBIC = "bicubic"
@@ -83,7 +82,7 @@ def dataset_pairs(dataset: Path, scale: int) -> list[tuple[Path, Path]]:
     if not hr_dir.is_dir() or not lr_dir.is_dir():
         raise DeployError(f"{dataset} needs HR/ and LR_bicubic/X{scale}/ folders (the Set5/Set14 layout)")
     pairs = []
-    for hr in input_sources.list_images(hr_dir):
+    for hr in input_batches.list_images(hr_dir):
         candidates = [lr_dir / f"{hr.stem}x{scale}{hr.suffix}", lr_dir / hr.name]
         lr = next((c for c in candidates if c.is_file()), None)
         if lr is None:

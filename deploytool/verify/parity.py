@@ -27,15 +27,14 @@ from typing import Any
 import numpy as np
 
 from deploytool.build.metrics import psnr
-from deploytool.build.models import arch_for, build_def, build_original, export_weights
+from deploytool.build.networks import arch_for, build_def, build_original, export_weights
 from deploytool.errors import (
     BackendUnavailable,
     CheckpointError,
     DeployError,
     ParityError,
 )
-from deploytool.runtime import images, inference
-from deploytool.runtime import inputs as input_sources
+from deploytool.runtime import images, inference, input_batches
 from deploytool.runtime.backends import (
     DEFAULT_PARITY_BACKENDS,
     OPENVINO,
@@ -120,14 +119,14 @@ def parity_inputs(
     """The inputs every backend runs on: seeded synthetic tiles, then whole images."""
     shape = manifest.input.shape
     found = [
-        RunInput(f"synthetic#{index} {'x'.join(map(str, shape))}", SYNTHETIC, input_sources.parity_batch(shape, index)) for index in range(synthetic_batches)
+        RunInput(f"synthetic#{index} {'x'.join(map(str, shape))}", SYNTHETIC, input_batches.parity_batch(shape, index)) for index in range(synthetic_batches)
     ]
     if images_dir is not None and len(manifest.views) > 1:
         skipped["images"] = "models of several views take image groups; --images compares single images only"
         images_dir = None
     if images_dir is not None:
         view = manifest.views[0]
-        for path in input_sources.list_images(images_dir)[: max_images or None]:
+        for path in input_batches.list_images(images_dir)[: max_images or None]:
             pixels = images.fit_channels(images.read_image(path).pixels, view.channels, model_id=manifest.model_id, path=path)
             found.append(RunInput(f"image {path.name} tiled", IMAGE, pixels))
     return found
@@ -150,7 +149,7 @@ def run(
     *,
     images_dir: str | Path | None = None,
     weights: str | Path | None = None,
-    synthetic_batches: int = input_sources.PARITY_BATCHES,
+    synthetic_batches: int = input_batches.PARITY_BATCHES,
     overlap: int | None = None,
     max_images: int | None = None,
     skip_missing_weights: bool = False,
@@ -361,7 +360,7 @@ def verify(
     images_dir: str | Path | None = None,
     weights: str | Path | None = None,
     backends: list[str] | None = None,
-    synthetic_batches: int = input_sources.PARITY_BATCHES,
+    synthetic_batches: int = input_batches.PARITY_BATCHES,
     overlap: int | None = None,
     max_images: int | None = None,
     save_outputs: str | Path | None = None,

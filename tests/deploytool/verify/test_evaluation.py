@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from deploytool.cli import cli
 from deploytool.runtime import images
-from deploytool.runtime.inputs import synthetic_batch
+from deploytool.runtime.input_batches import synthetic_batch
 from deploytool.verify import evaluation
 
 SET5 = Path(__file__).resolve().parents[4] / "shared" / "testsets" / "Set5"
