@@ -18,10 +18,25 @@ import numpy as np
 from deploytool.build.metrics import psnr
 from deploytool.errors import DeployError
 from deploytool.runtime import images, inference, input_batches
+from deploytool.runtime.backends import ORIGINAL
 from deploytool.runtime.manifest import Manifest
 
 BICUBIC = "bicubic"
-REFERENCE = "reference"
+# `eval`'s earlier name for the original (what `verify` calls original): still accepted, with a note
+DEPRECATED_ORIGINAL = "reference"
+
+
+def method_names(text: str, note: Callable[[str], None]) -> list[str]:
+    """'original, ort' -> ['original', 'ort']; the deprecated name of the original is kept as
+    given (it labels its results) and `note` says, in one line, what to write instead."""
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    if DEPRECATED_ORIGINAL in names:
+        note(f"note: --methods {DEPRECATED_ORIGINAL} is deprecated; it is called {ORIGINAL}, as in verify")
+    return names
+
+
+def is_original(method: str) -> bool:
+    return method in (ORIGINAL, DEPRECATED_ORIGINAL)
 
 
 def to_uint8(pixels: np.ndarray) -> np.ndarray:
