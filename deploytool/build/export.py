@@ -94,9 +94,8 @@ def trace(model: torch.nn.Module, example: torch.Tensor) -> onnx.ModelProto:
     """Trace with the TorchScript-based exporter.
 
     Chosen over the dynamo exporter on purpose: with our static-shape definitions both give
-    static graphs, but tracing is much faster on CPU (SwinIR-S at 64 px: 1.5 s vs 13.3 s here),
-    and dynamo was measured storing duplicated buffers (the original SwinIR-S: 20.4 MB instead
-    of 7.7 MB). onnxsim and our deduplication run after either. Pinned by torch's upper bound
+    static graphs, but tracing is much faster on CPU and dynamo stores some buffers twice (the
+    README's "Design choices, measured"). onnxsim and our deduplication run after either. Pinned by torch's upper bound
     in pyproject.toml, since the TorchScript exporter is deprecated upstream.
     """
     buffer = io.BytesIO()
