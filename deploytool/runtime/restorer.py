@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -16,6 +16,9 @@ from deploytool.errors import DeployError, ImageError
 from deploytool.runtime import images, inference
 from deploytool.runtime.backends import Runner
 from deploytool.runtime.manifest import Manifest
+
+if TYPE_CHECKING:
+    from deploytool.runtime.video import EncodeOptions, TiledRestorer
 
 # LoadedImage.bit_depth of float samples: they come back as floats, never quantized
 FLOAT_DEPTH = 32
@@ -81,7 +84,7 @@ class Restorer:
     def __init__(self, runner: Runner, manifest: Manifest, *, overlap: int | None = None):
         self.runner, self.manifest = runner, manifest
         self.overlap = manifest.overlap(overlap)
-        self._frames: Any = None
+        self._frames: TiledRestorer | None = None
 
     @property
     def backend(self) -> str:
@@ -136,15 +139,15 @@ class Restorer:
         of several)."""
         return inference.restore_file(self.runner, self.manifest, source, destination, overlap=self.overlap, on_tiles=on_tiles, on_start=on_start)
 
-    def restore_video(self, source: str | Path, destination: str | Path, encode: Any = None, **options: Any) -> dict[str, Any]:
+    def restore_video(self, source: str | Path, destination: str | Path, encode: EncodeOptions | None = None, **options: Any) -> dict[str, Any]:
         """Restore a video (deploytool.runtime.video.restore_video with this export: `encode` an
-        EncodeOptions, default the source's codec settings; `options` resume_key, segment_frames,
+        EncodeOptions, default what `run` picks for the source; `options` resume_key, segment_frames,
         on_start, on_frame)."""
         from deploytool.runtime import video
 
         return video.restore_video(Path(source), Path(destination), self.frame_restorer(), encode, **options)
 
-    def frame_restorer(self) -> Any:
+    def frame_restorer(self) -> TiledRestorer:
         """Video frames through this export, tiled as images are (deploytool.runtime.video)."""
         from deploytool.runtime import video
 
