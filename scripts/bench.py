@@ -28,10 +28,10 @@ import onnx
 import torch
 
 from deploytool.build import export, registry
-from deploytool.build.models import arch_for, build_def, build_original, load_state_dict, resolve_source
+from deploytool.build.networks import arch_for, build_def, build_original, load_state_dict, resolve_source
 from deploytool.runtime.backends.onnxruntime import OrtRunner
 from deploytool.runtime.backends.torch import TorchRunner
-from deploytool.runtime.inputs import synthetic_batch
+from deploytool.runtime.input_batches import synthetic_batch
 from deploytool.runtime.manifest import FP16_FILE, FP32_FILE, read_manifest
 from deploytool.verify.benchmark import median_seconds
 
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _with_masks_for(entry, arch, state_dict):
     """The state dict with masks recomputed for the reference's img_size (only buffers differ)."""
-    from deploytool.build.models import instantiate_original
+    from deploytool.build.networks import instantiate_original
 
     fresh = instantiate_original(entry, arch).state_dict()
     return {key: (fresh[key] if key.rsplit(".", 1)[-1].startswith("attn_mask") else value) for key, value in state_dict.items()}

@@ -16,6 +16,6 @@ if [ -d "$images" ]; then
     $dt run "$out" "$images/babyx2.png" -o build/baby_x2.png --backend ort-fp16
 else
     $dt verify "$out"
-    .venv/bin/python -c "from deploytool.runtime import images, inputs; images.write_image('build/pattern.png', inputs.synthetic_batch((1, 3, 96, 80), 0)[0].transpose(1, 2, 0))"
+    .venv/bin/python -c "from deploytool.runtime import images, input_batches; images.write_image('build/pattern.png', input_batches.synthetic_batch((1, 3, 96, 80), 0)[0].transpose(1, 2, 0))"
     $dt run "$out" build/pattern.png -o build/pattern_x2.png --backend ort-fp16
 fi

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from deploytool.build import registry
-from deploytool.build.models import build_def, load_state_dict, resolve_source
-from deploytool.runtime import inputs
+from deploytool.build.networks import build_def, load_state_dict, resolve_source
+from deploytool.runtime import input_batches
 from deploytool.verify.benchmark import median_seconds
 from deploytool.verify.parity import metrics
 
@@ -72,10 +72,10 @@ def real_batch(entry: registry.ModelEntry, images_dir: Path | None) -> tuple[np.
     candidates = [images_dir] if images_dir else [SHARED / "Urban100", SHARED / "Set14" / "HR", SHARED / "Set5" / "HR"]
     for folder in candidates:
         if folder and folder.is_dir():
-            batches = inputs.image_crops(inputs.list_images(folder), shape, model_id=entry.id, limit=1)
+            batches = input_batches.image_crops(input_batches.list_images(folder), shape, model_id=entry.id, limit=1)
             if batches:
                 return batches[0], f"crops of {folder}"
-    return inputs.synthetic_batch(shape, seed=0), "synthetic textures (no image folder found)"
+    return input_batches.synthetic_batch(shape, seed=0), "synthetic textures (no image folder found)"
 
 
 def main(argv: list[str] | None = None) -> int:

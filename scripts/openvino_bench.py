@@ -27,11 +27,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from deploytool.build import export, registry  # noqa: E402
-from deploytool.build.models import resolve_source  # noqa: E402
+from deploytool.build.networks import resolve_source  # noqa: E402
 from deploytool.errors import DeployError  # noqa: E402
 from deploytool.runtime.backends.onnxruntime import OrtRunner  # noqa: E402
 from deploytool.runtime.backends.openvino import OpenVinoRunner, openvino_build  # noqa: E402
-from deploytool.runtime.inputs import synthetic_batch  # noqa: E402
+from deploytool.runtime.input_batches import synthetic_batch  # noqa: E402
 from deploytool.runtime.manifest import FP32_FILE, read_manifest  # noqa: E402
 from deploytool.verify.benchmark import median_seconds  # noqa: E402
 from deploytool.verify.parity import metrics  # noqa: E402

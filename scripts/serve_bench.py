@@ -22,12 +22,12 @@ import time
 from pathlib import Path
 
 from deploytool.build import export, registry
-from deploytool.build.models import resolve_source
+from deploytool.build.networks import resolve_source
 from deploytool.errors import DeployError
 from deploytool.runtime import inference
 from deploytool.runtime.backends import TRITON_PYTHON_ORT
 from deploytool.runtime.backends.onnxruntime import OrtRunner
-from deploytool.runtime.inputs import list_images
+from deploytool.runtime.input_batches import list_images
 from deploytool.runtime.manifest import FP32_FILE, read_manifest
 from deploytool.serving import repository, server
 from deploytool.serving.client import restore_remote

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 from deploytool.build import export, registry
-from deploytool.build.models import load_state_dict, resolve_source
-from deploytool.runtime import images, inference, inputs
+from deploytool.build.networks import load_state_dict, resolve_source
+from deploytool.runtime import images, inference, input_batches
 from deploytool.runtime.backends import open_runner
 from deploytool.verify import parity
 
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     state_dict = load_state_dict(entry, source)
     original = parity.original_runner(entry, state_dict)
     overlap = entry.tiling.overlap if args.overlap is None else args.overlap
-    paths = inputs.list_images(args.images)
+    paths = input_batches.list_images(args.images)
     pictures = {p.name: images.fit_channels(images.read_image(p).pixels, entry.channels, model_id=entry.id, path=p) for p in paths}
     print(f"{entry.id}: original on {len(paths)} whole images ({source.describe()})", file=sys.stderr)
     wholes = {name: original(pixels.transpose(2, 0, 1)[None])[0].transpose(1, 2, 0) for name, pixels in pictures.items()}

@@ -43,7 +43,7 @@ def say(message: str) -> None:
 
 def default_export(base: Path) -> Path:
     from deploytool.build import export, registry
-    from deploytool.build.models import resolve_source
+    from deploytool.build.networks import resolve_source
 
     entry = registry.get("esrt-x2")
     source = resolve_source(entry, weights=ESRT_WEIGHTS) if ESRT_WEIGHTS.is_file() else resolve_source(entry, random_init=True)

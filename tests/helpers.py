@@ -10,7 +10,7 @@ import torch
 
 import model_defs
 from deploytool.build import export, registry
-from deploytool.build.models import WeightsSource
+from deploytool.build.networks import WeightsSource
 from deploytool.build.registry import ModelEntry
 
 
@@ -34,7 +34,7 @@ def full_size_state_dicts(model_id: str) -> tuple[dict[str, torch.Tensor], dict[
     The original defines the official checkpoints' keys: the same keys and shapes mean those
     files load strictly into our definition.
     """
-    from deploytool.build.models import instantiate_original
+    from deploytool.build.networks import instantiate_original
 
     entry = registry.get(model_id)
     original = instantiate_original(entry, entry.arch).state_dict()
@@ -60,7 +60,7 @@ def tiny_entry(model_id: str) -> ModelEntry:
 
 def tiny_state_dict(entry: ModelEntry, seed: int = 0) -> dict[str, torch.Tensor]:
     """Weights in the official layout, made by the original implementation (spandrel)."""
-    from deploytool.build.models import instantiate_original
+    from deploytool.build.networks import instantiate_original
 
     torch.manual_seed(seed)
     original = instantiate_original(entry, entry.arch)
@@ -77,7 +77,7 @@ def tiny_state_dict(entry: ModelEntry, seed: int = 0) -> dict[str, torch.Tensor]
 def assert_matches_original(model_id: str, shapes: list[tuple[int, int, int, int]], atol: float = 1e-5) -> None:
     """Our definition and the original, given the same tiny weights, agree on inputs of `shapes`
     (batch, channels, height, width), and both upscale by the id's scale."""
-    from deploytool.build.models import build_def, build_original
+    from deploytool.build.networks import build_def, build_original
 
     entry = tiny_entry(model_id)
     state = tiny_state_dict(entry)
@@ -180,7 +180,7 @@ def _fp16_violations(data: dict) -> list[str]:
 def write_test_png(path: Path, channels: int, size: tuple[int, int] = (21, 37)) -> Path:
     """An 8-bit PNG of seeded synthetic pixels, `channels` 1 or 3."""
     from deploytool.runtime import images
-    from deploytool.runtime.inputs import synthetic_batch
+    from deploytool.runtime.input_batches import synthetic_batch
 
     images.write_image(path, synthetic_batch((1, channels, *size), seed=3)[0].transpose(1, 2, 0), bit_depth=8)
     return path

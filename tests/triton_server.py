@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from deploytool.build import export, registry
-from deploytool.build.models import resolve_source
+from deploytool.build.networks import resolve_source
 from deploytool.errors import DeployError
 from deploytool.serving import server
 from tests.helpers import cli_runner, export_tiny

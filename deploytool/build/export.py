@@ -27,11 +27,11 @@ import torch
 from onnx import numpy_helper
 
 from deploytool.build import precision
-from deploytool.build.graphs import tensor_types
-from deploytool.build.models import build_def, load_state_dict, original_name
+from deploytool.build.inferred_types import tensor_types
+from deploytool.build.networks import build_def, load_state_dict, original_name
 from deploytool.build.registry import ModelEntry
 from deploytool.errors import DeployError, ExportError
-from deploytool.runtime import inputs as calib_inputs
+from deploytool.runtime import input_batches
 from deploytool.runtime.fileio import atomic_path, sha256_file
 from deploytool.runtime.manifest import (
     FP16_FILE,
@@ -94,9 +94,8 @@ def trace(model: torch.nn.Module, example: torch.Tensor) -> onnx.ModelProto:
     """Trace with the TorchScript-based exporter.
 
     Chosen over the dynamo exporter on purpose: with our static-shape definitions both give
-    static graphs, but tracing is much faster on CPU (SwinIR-S at 64 px: 1.5 s vs 13.3 s here),
-    and dynamo was measured storing duplicated buffers (the original SwinIR-S: 20.4 MB instead
-    of 7.7 MB). onnxsim and our deduplication run after either. Pinned by torch's upper bound
+    static graphs, but tracing is much faster on CPU and dynamo stores some buffers twice (the
+    README's "Design choices, measured"). onnxsim and our deduplication run after either. Pinned by torch's upper bound
     in pyproject.toml, since the TorchScript exporter is deprecated upstream.
     """
     buffer = io.BytesIO()
@@ -274,11 +273,11 @@ def save_model(model: onnx.ModelProto, path: Path) -> None:
 
 def calibration_batches(request: ExportRequest, shape: tuple[int, int, int, int]) -> tuple[list[np.ndarray], str]:
     if request.calibration_images:
-        paths = calib_inputs.list_images(request.calibration_images)
-        batches = calib_inputs.image_crops(paths, shape, model_id=request.entry.id, limit=request.calibration_count)
+        paths = input_batches.list_images(request.calibration_images)
+        batches = input_batches.image_crops(paths, shape, model_id=request.entry.id, limit=request.calibration_count)
         if batches:
             return batches, f"{len(batches)} crop batch(es) from {request.calibration_images}"
-    batches = [calib_inputs.synthetic_batch(shape, seed) for seed in range(request.calibration_count)]
+    batches = [input_batches.synthetic_batch(shape, seed) for seed in range(request.calibration_count)]
     return batches, f"{len(batches)} synthetic texture batch(es)"
 
 
@@ -289,12 +288,12 @@ def verify_inputs(entry: ModelEntry, shape: tuple[int, int, int, int], measured_
     limit = entry.tolerances.get("fp16_max_abs")
     if limit is None:
         return None
-    count = calib_inputs.PARITY_BATCHES
+    count = input_batches.PARITY_BATCHES
     if tuple(measured_shape) == tuple(shape):
-        arrays = [calib_inputs.parity_batch(shape, index) for index in range(count)]
+        arrays = [input_batches.parity_batch(shape, index) for index in range(count)]
         label = f"verify's {count} synthetic batches"
     else:
-        arrays = calib_inputs.verify_tiles(shape, tuple(measured_shape[2:]))
+        arrays = input_batches.verify_tiles(shape, tuple(measured_shape[2:]))
         drawn = "" if tuple(measured_shape[2:]) == tuple(shape[2:]) else f" drawn at {_shape_text(measured_shape[2:])}"
         label = f"verify's {count} synthetic batches as {len(arrays)} tiles{drawn}"
     return precision.VerifyInputs(arrays, label, limit / precision.VERIFY_SAFETY)

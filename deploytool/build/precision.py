@@ -34,7 +34,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from deploytool.build.graphs import TensorType, tensor_types
+from deploytool.build.inferred_types import TensorType, tensor_types
 from deploytool.build.metrics import psnr
 from deploytool.errors import ExportError
 from deploytool.runtime.backends.onnxruntime import open_session
@@ -117,15 +117,15 @@ def calibrate(model: onnx.ModelProto, inputs: Sequence[np.ndarray], others: Sequ
     del probed
     input_name, output_name = model.graph.input[0].name, model.graph.output[0].name
     ranges = dict.fromkeys(names, 0.0)
-    references = []
+    fp32_outputs = []
     for array in inputs:
-        reference, *values = session.run([output_name, *(o.name for o in outputs)], {input_name: array})
-        references.append(reference)
+        fp32_output, *values = session.run([output_name, *(o.name for o in outputs)], {input_name: array})
+        fp32_outputs.append(fp32_output)
         for position, name in enumerate(names):
             high, low = values[2 * position], values[2 * position + 1]
             ranges[name] = max(ranges[name], abs(float(high)), abs(float(low)))
     ranges[input_name] = max(float(np.abs(array).max()) for array in inputs)
-    return Calibration(ranges, references, [session.run([output_name], {input_name: array})[0] for array in others])
+    return Calibration(ranges, fp32_outputs, [session.run([output_name], {input_name: array})[0] for array in others])
 
 
 def measure_ranges(model: onnx.ModelProto, inputs: Sequence[np.ndarray]) -> dict[str, float]:
@@ -420,10 +420,10 @@ def flop_counts(model: onnx.ModelProto, types: dict[str, TensorType] | None = No
     return flops
 
 
-def _compare(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) -> tuple[float, float]:
+def _compare(fp32_outputs: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) -> tuple[float, float]:
     """(max |diff|, PSNR of the worst batch) over calibration batches."""
     max_abs, worst_psnr = 0.0, math.inf
-    for a, b in zip(reference, candidate):
+    for a, b in zip(fp32_outputs, candidate):
         if not np.isfinite(b).all():
             return math.inf, -math.inf
         max_abs = max(max_abs, float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max()))
@@ -454,7 +454,7 @@ def validate(
     prepared: onnx.ModelProto,
     fp32_nodes: set[str],
     inputs: Sequence[np.ndarray],
-    reference: Sequence[np.ndarray],
+    fp32_outputs: Sequence[np.ndarray],
     limits: float | Sequence[float],
 ) -> Validation:
     """The plan's FP16 graph (converted from `prepare_conversion`'s model) against the FP32
@@ -465,7 +465,7 @@ def validate(
     session = open_session(graph.SerializeToString(), providers=CPU, memory_arena=False)
     name = session.get_inputs()[0].name
     errors, worst_psnr = [], math.inf
-    for array, expected, limit in zip(inputs, reference, limits):
+    for array, expected, limit in zip(inputs, fp32_outputs, limits):
         max_abs, value_psnr = _compare([expected], [session.run(None, {name: array})[0]])
         errors.append(max_abs)
         worst_psnr = min(worst_psnr, value_psnr)
@@ -508,7 +508,7 @@ def buy_precision(
     prepared: onnx.ModelProto,
     plan: Fp16Plan,
     inputs: Sequence[np.ndarray],
-    reference: Sequence[np.ndarray],
+    fp32_outputs: Sequence[np.ndarray],
     limits: Sequence[float],
     wanted: str,
     progress: Callable[[str], None],
@@ -528,7 +528,7 @@ def buy_precision(
     started = time.perf_counter()
     cost = {}
     for block, names in blocks.items():
-        alone = validate(prepared, plan.fp32_nodes | (fp16_nodes - set(names)), inputs[:1], reference[:1], limits[:1])
+        alone = validate(prepared, plan.fp32_nodes | (fp16_nodes - set(names)), inputs[:1], fp32_outputs[:1], limits[:1])
         cost[block] = alone.max_abs
     ranked = sorted(blocks, key=lambda block: -cost[block])
     progress(
@@ -542,7 +542,7 @@ def buy_precision(
 
     def check(count: int, used: int) -> Validation:
         started = time.perf_counter()
-        result = validate(prepared, plan_keeping(count).fp32_nodes, inputs[:used], reference[:used], limits[:used])
+        result = validate(prepared, plan_keeping(count).fp32_nodes, inputs[:used], fp32_outputs[:used], limits[:used])
         progress(f"  {count} of {len(ranked)} blocks in FP32: max |err| {result.max_abs:.3g} ({time.perf_counter() - started:.1f} s)")
         return result
 
@@ -596,7 +596,7 @@ def build_fp16(
     started = time.perf_counter()
     checked = verify_inputs.arrays if verify_inputs is not None else ()
     measurement = calibrate(measured, calibration, checked)
-    inputs, reference = [*calibration, *checked], [*measurement.outputs, *measurement.other_outputs]
+    inputs, fp32_outputs = [*calibration, *checked], [*measurement.outputs, *measurement.other_outputs]
     limits = [max_abs_tolerance] * len(calibration)
     wanted = f"the tolerance {max_abs_tolerance:g} on its calibration inputs"
     if checked:
@@ -619,7 +619,7 @@ def build_fp16(
     for margin in MARGINS:
         started = time.perf_counter()
         plan = plan_islands(model, ranges, margin, sizes)
-        result = validate(prepared, plan.fp32_nodes, inputs, reference, limits)
+        result = validate(prepared, plan.fp32_nodes, inputs, fp32_outputs, limits)
         seen = "" if result.inputs == len(inputs) else f" on {result.inputs} of {len(inputs)} inputs"
         progress(
             f"FP16 plan with range margin {margin:g}: {len(plan.fp32_nodes)} FP32 nodes, max |err| {result.max_abs:.3g}{seen} ({time.perf_counter() - started:.1f} s)"
@@ -635,9 +635,9 @@ def build_fp16(
         # the input that plan missed goes first: the search ranks and bisects on the first input
         first = result.inputs - 1
         order = [first, *(i for i in range(len(inputs)) if i != first)]
-        inputs, reference, limits = ([items[i] for i in order] for items in (inputs, reference, limits))
+        inputs, fp32_outputs, limits = ([items[i] for i in order] for items in (inputs, fp32_outputs, limits))
         progress(f"no range margin meets {wanted}; searching for the blocks that lose precision, from margin {plan.margin:g}")
-        plan, bought, result = buy_precision(prepared, plan, inputs, reference, limits, wanted, progress)
+        plan, bought, result = buy_precision(prepared, plan, inputs, fp32_outputs, limits, wanted, progress)
         result = dataclasses.replace(result, errors=tuple(result.errors[order.index(i)] for i in range(len(order))))
     del prepared
     candidate = result.graph if measured is model else convert(model, plan.fp32_nodes)
@@ -683,12 +683,4 @@ def ensure_named(model: onnx.ModelProto) -> None:
         seen.add(node.name)
 
 
-__all__ = [
-    "ALWAYS_FP32_OPS",
-    "build_fp16",
-    "convert",
-    "ensure_named",
-    "flop_counts",
-    "measure_ranges",
-    "plan_islands",
-]
+__all__ = ["VERIFY_SAFETY", "VerifyInputs", "build_fp16", "corresponding_tensors", "ensure_named", "input_shape", "tile_growth"]

@@ -57,7 +57,7 @@ class ModelEntry:
     reference_chop: int = 0
     # Constants a node computes from smaller ones (a position bias gathered from its table, a
     # broadcast of masks) stay computed in the graph when larger than this: folded, they would be
-    # stored once per block (HAT: 1.5-3.5 MB a block; a naive HAT-S export is 116 MB for 38 MB of weights).
+    # stored once per block (HAT's sizes: the README's "Design choices, measured").
     fold_limit_mb: float = 1.0
     # the position of this id's head/tail in a multi-task checkpoint (IPT's pre-training file)
     task_index: int = 0

@@ -12,8 +12,8 @@ from deploytool.runtime.manifest import Manifest
 def checkpoint_model(manifest: Manifest, backend: backends.Backend, weights: str | Path | None = None, *, loaded: tuple | None = None):
     """The PyTorch module a checkpoint backend runs: the original implementation or our definition,
     with the export's weights (`weights` if the checkpoint moved). `loaded` reuses
-    deploytool.build.models.export_weights' result when several such backends are opened."""
-    from deploytool.build.models import arch_for, build_def, build_original, export_weights
+    deploytool.build.networks.export_weights' result when several such backends are opened."""
+    from deploytool.build.networks import arch_for, build_def, build_original, export_weights
 
     entry, source, state_dict = loaded or export_weights(manifest, weights)
     if backend.is_original:

@@ -28,7 +28,7 @@ def export(model_id, out_dir, weights, random_init, seed, tile, batch, calibrati
     """Export MODEL_ID to ONNX FP32 + FP16 with a manifest. Without --weights, the official file is downloaded."""
     from deploytool.build import export as exporter
     from deploytool.build import registry
-    from deploytool.build.models import resolve_source
+    from deploytool.build.networks import resolve_source
     from deploytool.runtime.fileio import inside
 
     entry = registry.get(model_id)

@@ -35,7 +35,7 @@ def run(export_dir, inputs, output, backend, overlap, weights, cuda_graph, devic
     """
     from tqdm import tqdm
 
-    from deploytool.build.runners import open_runner
+    import deploytool
     from deploytool.runtime import inference
     from deploytool.runtime import video as videos
     from deploytool.runtime.manifest import read_manifest
@@ -51,29 +51,19 @@ def run(export_dir, inputs, output, backend, overlap, weights, cuda_graph, devic
         else None
     )
     results, video_results = [], []
-    with open_runner(export_dir, manifest, backend, weights=weights, cuda_graph=cuda_graph, device=device) as runner:
-        restorer = videos.TiledRestorer(runner, manifest, overlap=overlap) if video_paths else None
+    with deploytool.open(export_dir, backend, overlap=overlap, weights=weights, cuda_graph=cuda_graph, device=device) as restorer:
+        if video_paths:
+            restorer.frame_restorer()  # refuses a model that cannot take video frames before any image is written
         for source, destination in zip(sources, targets):
             first = source[0] if isinstance(source, tuple) else source
             with tqdm(desc=first.name, unit="tile", file=sys.stderr, disable=None) as bar:
-                results.append(
-                    inference.restore_file(
-                        runner,
-                        manifest,
-                        source,
-                        destination,
-                        overlap=overlap,
-                        on_tiles=bar.update,
-                        on_start=lambda total: setattr(bar, "total", total),
-                    )
-                )
+                results.append(restorer.restore_image_file(source, destination, on_tiles=bar.update, on_start=lambda total: setattr(bar, "total", total)))
         for source, destination in zip(video_paths, targets[len(sources) :]):
             with videos.sigterm_interrupts(), tqdm(desc=source.name, unit="frame", file=sys.stderr, disable=None) as bar:
                 video_results.append(
-                    videos.restore_video(
+                    restorer.restore_video(
                         source,
                         destination,
-                        restorer,
                         encode,
                         resume_key=resume_key,
                         segment_frames=segment_frames or 0,

@@ -81,9 +81,9 @@ def compare(results, report_dir, html, as_json) -> None:
 @click.option("--scale", type=int, required=True)
 @click.option(
     "--methods",
-    default="reference,ort,ort-fp16,bicubic",
+    default="original,ort,ort-fp16,bicubic",
     show_default=True,
-    help=f"reference (original, whole image), {', '.join(registry.runtime_names())} (tiled), bicubic.",
+    help=f"original (whole image; `reference` is its deprecated name), {', '.join(registry.runtime_names())} (tiled), bicubic.",
 )
 @click.option("--overlap", type=int, help="Tile overlap (default: the model's).")
 @weights_option("The export's checkpoint, if it moved.")
@@ -92,7 +92,7 @@ def compare(results, report_dir, html, as_json) -> None:
 @needs_extra("export")
 def evaluate(export_dir, dataset, scale, methods, overlap, weights, device, as_json) -> None:
     """PSNR/SSIM on the Y channel of an SR test set (BasicSR convention), with a bicubic baseline."""
-    from deploytool.build.models import export_weights
+    from deploytool.build.networks import export_weights
     from deploytool.build.runners import open_runner
     from deploytool.runtime.manifest import read_manifest
     from deploytool.verify import evaluation
@@ -101,10 +101,10 @@ def evaluate(export_dir, dataset, scale, methods, overlap, weights, device, as_j
     manifest = read_manifest(export_dir)
     overlap = manifest.overlap(overlap)
     chosen = {}
-    for method in [m.strip() for m in methods.split(",") if m.strip()]:
+    for method in evaluation.method_names(methods, say):
         if method == evaluation.BICUBIC:
             chosen[method] = None
-        elif method == evaluation.REFERENCE:
+        elif evaluation.is_original(method):
             entry, _, state_dict = export_weights(manifest, weights)
             chosen[method] = evaluation.whole_image_method(original_runner(entry, state_dict))
         else:

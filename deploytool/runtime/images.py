@@ -264,7 +264,7 @@ def restore_channels(pixels: np.ndarray, like: LoadedImage) -> np.ndarray:
     raise ValueError(f"cannot turn {have}-channel pixels into {want} channels")
 
 
-# OpenCV's bicubic kernel (a = -0.75), which cv2.resize(INTER_CUBIC) used here before
+# OpenCV's bicubic kernel (a = -0.75), the one cv2.resize(INTER_CUBIC) uses
 _CUBIC_A = -0.75
 
 

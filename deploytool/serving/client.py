@@ -185,6 +185,43 @@ def _write(destination: Path, restored: np.ndarray) -> None:
     images.write_samples(destination, np.ascontiguousarray(colour), alpha=None if alpha is None else np.ascontiguousarray(alpha))
 
 
+def _restore_one(
+    client: TritonImageClient,
+    views: list[str],
+    report: ClientReport,
+    source: inference.Source,
+    destination: Path,
+    *,
+    on_done: Callable[[dict[str, Any]], None],
+    on_failure: Callable[[dict[str, str]], None],
+) -> None:
+    """One image (or group of views) through the server into `destination`, recorded in `report`;
+    a failure of this image alone is recorded, a lost server raised."""
+    label = " + ".join(map(str, source)) if isinstance(source, tuple) else str(source)
+    started = time.perf_counter()
+    try:
+        tensors, output_name = _request(views, source)
+        first = next(iter(tensors.values()))
+        restored = client.infer(tensors, output_name)
+        _write(destination, restored)
+    except ServerLost:
+        raise
+    except DeployError as exc:
+        failure = {"input": label, "error": str(exc)}
+        report.failures.append(failure)
+        on_failure(failure)
+        return
+    record = {
+        "input": label,
+        "output": str(destination),
+        "size": [int(first.shape[1]), int(first.shape[0])],
+        "output_size": [int(restored.shape[1]), int(restored.shape[0])],
+        "seconds": round(time.perf_counter() - started, 4),
+    }
+    report.images.append(record)
+    on_done(record)
+
+
 def restore_remote(
     url: str,
     model: str,
@@ -197,7 +234,7 @@ def restore_remote(
     on_failure: Callable[[dict[str, str]], None] = lambda failure: None,
 ) -> ClientReport:
     """Restore `inputs` (files and folders of images) on `model` at `url` into `output`."""
-    from deploytool.runtime import inputs as input_sources
+    from deploytool.runtime import input_batches
 
     if concurrency < 1:
         raise DeployError(f"--concurrency must be at least 1, not {concurrency}")
@@ -206,38 +243,15 @@ def restore_remote(
     report = ClientReport(url, model)
     try:
         views = client.check()
-        paths = [p for item in inputs for p in (input_sources.list_images(item) if Path(item).is_dir() else [Path(item)])]
+        paths = [p for item in inputs for p in (input_batches.list_images(item) if Path(item).is_dir() else [Path(item)])]
         sources = inference.group_files(model, views, paths)
         targets = inference.destinations(sources, Path(output))
         on_start(len(sources))
-
-        def restore_one(source: inference.Source, destination: Path) -> None:
-            label = " + ".join(map(str, source)) if isinstance(source, tuple) else str(source)
-            started = time.perf_counter()
-            try:
-                tensors, output_name = _request(views, source)
-                first = next(iter(tensors.values()))
-                restored = client.infer(tensors, output_name)
-                _write(destination, restored)
-            except ServerLost:
-                raise
-            except DeployError as exc:
-                failure = {"input": label, "error": str(exc)}
-                report.failures.append(failure)
-                on_failure(failure)
-                return
-            record = {
-                "input": label,
-                "output": str(destination),
-                "size": [int(first.shape[1]), int(first.shape[0])],
-                "output_size": [int(restored.shape[1]), int(restored.shape[0])],
-                "seconds": round(time.perf_counter() - started, 4),
-            }
-            report.images.append(record)
-            on_done(record)
-
         with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="triton-client") as pool:
-            futures = [pool.submit(restore_one, source, destination) for source, destination in zip(sources, targets)]
+            futures = [
+                pool.submit(_restore_one, client, views, report, source, destination, on_done=on_done, on_failure=on_failure)
+                for source, destination in zip(sources, targets)
+            ]
             done, pending = wait(futures, return_when=FIRST_EXCEPTION)
             for future in pending:
                 future.cancel()

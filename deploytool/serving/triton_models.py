@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from deploytool.errors import DeployError, ImageError
-from deploytool.runtime import images, inference
+from deploytool.runtime import images, restorer
 from deploytool.runtime.manifest import Manifest, read_manifest
 from deploytool.serving import protocol
 
@@ -45,31 +45,12 @@ class _TiledInfer:
         pass
 
 
-def _float_image(samples: np.ndarray, label: str) -> images.LoadedImage:
-    """FP32 samples in [0, 1] (gray, gray+alpha, RGB, RGBA), split like `images.from_samples`."""
-    if not np.all(np.isfinite(samples)):
-        raise ImageError(f"{label}: FP32 samples must be finite")
-    if samples.size and (samples.min() < 0.0 or samples.max() > 1.0):
-        raise ImageError(f"{label}: FP32 samples must lie in [0, 1], got [{samples.min():g}, {samples.max():g}]")
-    alpha = np.ascontiguousarray(samples[:, :, -1]) if samples.shape[2] in (2, 4) else None
-    pixels = np.ascontiguousarray(samples[:, :, :-1] if alpha is not None else samples)
-    # bit_depth is unused on this path: FP32 results are returned as floats, never quantized
-    return images.LoadedImage(pixels, alpha, 32, Path(label))
-
-
 def _image(samples: np.ndarray, label: str, max_pixels: int) -> images.LoadedImage:
-    if samples.ndim != 3:
-        raise ImageError(f"{label}: an image is HWC (height, width, channels), got {samples.ndim} dimension(s) {list(samples.shape)}")
-    height, width, channels = samples.shape
-    if channels not in (1, 2, 3, 4):
-        raise ImageError(f"{label}: {channels} channels; send 1 (gray), 2 (gray+alpha), 3 (RGB) or 4 (RGBA)")
-    if height < 1 or width < 1:
-        raise ImageError(f"{label}: empty image {width}x{height}")
+    restorer.check_array(samples, label)
+    height, width = samples.shape[:2]
     if height * width > max_pixels:
         raise ImageError(f"{label}: {width}x{height} is {height * width} pixels, over this model's limit of {max_pixels} (deploytool triton --max-pixels)")
-    if samples.dtype == np.float32:
-        return _float_image(samples, label)
-    return images.from_samples(samples, label)
+    return restorer.image_from_array(samples, label)
 
 
 def restore_request(manifest: Manifest, infer: Infer, tensors: dict[str, np.ndarray], *, max_pixels: int, overlap: int) -> dict[str, np.ndarray]:
@@ -90,23 +71,9 @@ def restore_request(manifest: Manifest, infer: Infer, tensors: dict[str, np.ndar
     if missing:
         raise ImageError(f"{model_id} takes {expected}; {', '.join(missing)} missing")
     loaded = [_image(tensors[name], name, max_pixels) for name in names]
-    if any(image.pixels.shape[:2] != loaded[0].pixels.shape[:2] for image in loaded):
-        raise ImageError(f"{' and '.join(names)} differ in size: the views must match")
-    stacked = [images.fit_channels(image.pixels, view.channels, model_id=model_id, path=name) for image, view, name in zip(loaded, views, names)]
-    pixels = np.concatenate(stacked, axis=2) if len(stacked) > 1 else stacked[0]
-    runner = _TiledInfer(infer, protocol.tile_model_name(model_id), tuple(manifest.input.shape))
-    restored, alpha = inference.restore_image(runner, manifest, pixels, loaded[0], overlap=overlap)
-    bad = int(np.count_nonzero(~np.isfinite(restored)))
-    if bad:
-        raise DeployError(f"{model_id} produced {bad} non-finite (NaN/inf) sample(s); refusing to return them")
-    if sample == "fp32":
-        channels = [np.clip(restored, 0.0, 1.0)] + ([] if alpha is None else [np.clip(alpha, 0.0, 1.0)[:, :, None]])
-        result = np.concatenate(channels, axis=2).astype(np.float32)
-    else:
-        depth = loaded[0].bit_depth
-        channels = [images.quantize(restored, depth)] + ([] if alpha is None else [images.quantize(alpha, depth)[:, :, None]])
-        result = np.concatenate(channels, axis=2)
-    return {protocol.output_name(sample): np.ascontiguousarray(result)}
+    tiles = _TiledInfer(infer, protocol.tile_model_name(model_id), tuple(manifest.input.shape))
+    result = restorer.Restorer(tiles, manifest, overlap=overlap).restore_images(loaded, names)
+    return {protocol.output_name(sample): result}
 
 
 def _error_response(pb_utils, exc: Exception):

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from deploytool.runtime.inputs import synthetic_batch
+from deploytool.runtime.input_batches import synthetic_batch
 from deploytool.runtime.manifest import read_manifest
 
 

@@ -17,12 +17,26 @@ import numpy as np
 
 from deploytool.build.metrics import psnr
 from deploytool.errors import DeployError
-from deploytool.runtime import images, inference
-from deploytool.runtime import inputs as input_sources
+from deploytool.runtime import images, inference, input_batches
+from deploytool.runtime.backends import ORIGINAL
 from deploytool.runtime.manifest import Manifest
 
 BICUBIC = "bicubic"
-REFERENCE = "reference"
+# `eval`'s earlier name for the original (what `verify` calls original): still accepted, with a note
+DEPRECATED_ORIGINAL = "reference"
+
+
+def method_names(text: str, note: Callable[[str], None]) -> list[str]:
+    """'original, ort' -> ['original', 'ort']; the deprecated name of the original is kept as
+    given (it labels its results) and `note` says, in one line, what to write instead."""
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    if DEPRECATED_ORIGINAL in names:
+        note(f"note: --methods {DEPRECATED_ORIGINAL} is deprecated; it is called {ORIGINAL}, as in verify")
+    return names
+
+
+def is_original(method: str) -> bool:
+    return method in (ORIGINAL, DEPRECATED_ORIGINAL)
 
 
 def to_uint8(pixels: np.ndarray) -> np.ndarray:
@@ -83,7 +97,7 @@ def dataset_pairs(dataset: Path, scale: int) -> list[tuple[Path, Path]]:
     if not hr_dir.is_dir() or not lr_dir.is_dir():
         raise DeployError(f"{dataset} needs HR/ and LR_bicubic/X{scale}/ folders (the Set5/Set14 layout)")
     pairs = []
-    for hr in input_sources.list_images(hr_dir):
+    for hr in input_batches.list_images(hr_dir):
         candidates = [lr_dir / f"{hr.stem}x{scale}{hr.suffix}", lr_dir / hr.name]
         lr = next((c for c in candidates if c.is_file()), None)
         if lr is None:

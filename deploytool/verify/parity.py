@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from deploytool.build.metrics import psnr
-from deploytool.build.models import arch_for, build_original, export_weights
+from deploytool.build.networks import arch_for, build_original, export_weights
 from deploytool.build.runners import checkpoint_model
 from deploytool.errors import (
     BackendUnavailable,
@@ -36,8 +36,7 @@ from deploytool.errors import (
     ParityError,
 )
 from deploytool.runtime import backends as registry
-from deploytool.runtime import images, inference
-from deploytool.runtime import inputs as input_sources
+from deploytool.runtime import images, inference, input_batches
 from deploytool.runtime.backends import BF16, FP16, FP32, Runner, open_runner
 from deploytool.runtime.backends.torch import TorchRunner
 from deploytool.runtime.fileio import write_text_atomic
@@ -113,14 +112,14 @@ def parity_inputs(
     """The inputs every backend runs on: seeded synthetic tiles, then whole images."""
     shape = manifest.input.shape
     found = [
-        RunInput(f"synthetic#{index} {'x'.join(map(str, shape))}", SYNTHETIC, input_sources.parity_batch(shape, index)) for index in range(synthetic_batches)
+        RunInput(f"synthetic#{index} {'x'.join(map(str, shape))}", SYNTHETIC, input_batches.parity_batch(shape, index)) for index in range(synthetic_batches)
     ]
     if images_dir is not None and len(manifest.views) > 1:
         skipped["images"] = "models of several views take image groups; --images compares single images only"
         images_dir = None
     if images_dir is not None:
         view = manifest.views[0]
-        for path in input_sources.list_images(images_dir)[: max_images or None]:
+        for path in input_batches.list_images(images_dir)[: max_images or None]:
             pixels = images.fit_channels(images.read_image(path).pixels, view.channels, model_id=manifest.model_id, path=path)
             found.append(RunInput(f"image {path.name} tiled", IMAGE, pixels))
     return found
@@ -178,7 +177,7 @@ def run(
     *,
     images_dir: str | Path | None = None,
     weights: str | Path | None = None,
-    synthetic_batches: int = input_sources.PARITY_BATCHES,
+    synthetic_batches: int = input_batches.PARITY_BATCHES,
     overlap: int | None = None,
     max_images: int | None = None,
     skip_missing_weights: bool = False,
@@ -379,7 +378,7 @@ def verify(
     images_dir: str | Path | None = None,
     weights: str | Path | None = None,
     backends: list[str] | None = None,
-    synthetic_batches: int = input_sources.PARITY_BATCHES,
+    synthetic_batches: int = input_batches.PARITY_BATCHES,
     overlap: int | None = None,
     max_images: int | None = None,
     save_outputs: str | Path | None = None,

@@ -35,17 +35,17 @@ class Visual:
 
     inputs: str  # label, e.g. "image baby.png tiled" or "synthetic#0 1x3x64x64"
     candidate: str  # backend name, e.g. "ort-fp16"
-    reference: np.ndarray  # HWC float32, the original model's output (unclamped, nominal range [0,1]); C is 1 or 3
+    original: np.ndarray  # HWC float32, the original model's output (unclamped, nominal range [0,1]); C is 1 or 3
     output: np.ndarray  # HWC float32, the candidate's output, same shape
 
     def __post_init__(self) -> None:
         # A mismatch here is a bug in the caller, not something a user can fix: no DeployError.
-        for name in ("reference", "output"):
+        for name in ("original", "output"):
             array = getattr(self, name)
             if array.ndim != 3 or array.shape[2] not in (1, 3) or array.shape[0] == 0 or array.shape[1] == 0:
                 raise ValueError(f"Visual {name} must be HWC with 1 or 3 channels, got shape {array.shape}")
-        if self.reference.shape != self.output.shape:
-            raise ValueError(f"Visual reference {self.reference.shape} and output {self.output.shape} differ in shape")
+        if self.original.shape != self.output.shape:
+            raise ValueError(f"Visual original {self.original.shape} and output {self.output.shape} differ in shape")
 
 
 def worst_crop(diff: np.ndarray, size: int = CROP_SIZE) -> tuple[int, int]:
@@ -152,14 +152,14 @@ def _comparison_for(comparisons: list[dict[str, Any]], visual: Visual) -> dict[s
 
 
 def _visual_section(visual: Visual, comparison: dict[str, Any] | None) -> str:
-    reference = np.asarray(visual.reference, dtype=np.float32)
+    original = np.asarray(visual.original, dtype=np.float32)
     output = np.asarray(visual.output, dtype=np.float32)
-    height, width, _ = reference.shape
+    height, width, _ = original.shape
     with np.errstate(invalid="ignore", over="ignore"):
-        channel_diff = np.abs(reference - output)
+        channel_diff = np.abs(original - output)
     diff = channel_diff.max(axis=2)
     # max() over channels propagates NaN but not every inf - inf; test the inputs directly.
-    non_finite = ~(np.isfinite(reference).all(axis=2) & np.isfinite(output).all(axis=2) & np.isfinite(diff))
+    non_finite = ~(np.isfinite(original).all(axis=2) & np.isfinite(output).all(axis=2) & np.isfinite(diff))
     diff[non_finite] = np.nan
     max_diff = float(np.max(diff, where=~non_finite, initial=0.0))
     crop_origin = worst_crop(diff)
@@ -179,12 +179,12 @@ def _visual_section(visual: Visual, comparison: dict[str, Any] | None) -> str:
         metrics,
         '<div class="panes">',
         _heatmap_figure(diff, non_finite, max_diff, crop_origin, visual),
-        _crops_figure(reference, output, channel_diff, diff, crop_origin, visual),
+        _crops_figure(original, output, channel_diff, diff, crop_origin, visual),
         "</div>",
     ]
     if non_finite.any():
         counts = []
-        for name, array in (("original", reference), (f"ours ({visual.candidate})", output)):
+        for name, array in (("original", original), (f"ours ({visual.candidate})", output)):
             bad = int((~np.isfinite(array).all(axis=2)).sum())
             if bad:
                 counts.append(f"{name}: {bad} of {height * width} pixels")
@@ -238,7 +238,7 @@ def _heatmap_figure(diff: np.ndarray, non_finite: np.ndarray, max_diff: float, c
     )
 
 
-def _crops_figure(reference: np.ndarray, output: np.ndarray, channel_diff: np.ndarray, diff: np.ndarray, crop_origin: tuple[int, int], visual: Visual) -> str:
+def _crops_figure(original: np.ndarray, output: np.ndarray, channel_diff: np.ndarray, diff: np.ndarray, crop_origin: tuple[int, int], visual: Visual) -> str:
     height, width = diff.shape
     y, x = crop_origin
     window = (slice(y, y + CROP_SIZE), slice(x, x + CROP_SIZE))
@@ -253,7 +253,7 @@ def _crops_figure(reference: np.ndarray, output: np.ndarray, channel_diff: np.nd
     with np.errstate(invalid="ignore", over="ignore"):
         amplified = channel_diff[window] * gain
     panels = [
-        ("original", _display_rgb(reference[window], ~np.isfinite(reference[window]).all(axis=2))),
+        ("original", _display_rgb(original[window], ~np.isfinite(original[window]).all(axis=2))),
         (f"ours ({visual.candidate})", _display_rgb(output[window], ~np.isfinite(output[window]).all(axis=2))),
         (f"difference ×{_gain_text(gain)}", _display_rgb(amplified, crop_non_finite)),
     ]

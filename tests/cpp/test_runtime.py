@@ -26,6 +26,7 @@ from deploytool.runtime.backends.tensorrt.run import engine_filename, matching_e
 from deploytool.runtime.fileio import sha256_file
 from deploytool.runtime.images import read_image
 from deploytool.runtime.manifest import FP32_FILE, MANIFEST_FILE, EngineRecord, read_manifest
+from deploytool.runtime.restorer import Restorer
 from tests.helpers import export_tiny
 from tests.standin import registry_tiling_configs, standin_runner, write_standin_export
 
@@ -91,7 +92,7 @@ def compare_with_python(cpp_build: Path, export_dir: Path, sources: list[Path], 
         command += ["--overlap", str(overlap)]
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # runs while Python tiles
     source = sources[0] if len(sources) == 1 else tuple(sources)
-    inference.restore_file(standin_runner(manifest), manifest, source, python_png, overlap=manifest.overlap(overlap))
+    Restorer(standin_runner(manifest), manifest, overlap=overlap).restore_image_file(source, python_png)
     _, stderr = child.communicate()
     assert child.returncode == 0, f"deploytool-standin failed on {name}: {stderr.strip()}"
     _assert_same_png(cpp_png, python_png, f"{manifest.model_id} tiling on {name}")

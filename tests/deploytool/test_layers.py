@@ -114,10 +114,10 @@ def test_the_runtime_and_serving_import_no_heavy_dependency_at_import_time():
 @pytest.mark.parametrize(
     ("source", "module", "expected"),
     [
-        ("def f():\n    from deploytool.build import models\n", "deploytool.runtime.backends", ["deploytool.runtime.backends:2 imports deploytool.build"]),
+        ("def f():\n    from deploytool.build import networks\n", "deploytool.runtime.backends", ["deploytool.runtime.backends:2 imports deploytool.build"]),
         ("from deploytool import verify\n", "deploytool.build.export", ["deploytool.build.export:1 imports deploytool.verify"]),
         ("import deploytool.cli\n", "deploytool.serving.client", ["deploytool.serving.client:1 imports deploytool.cli"]),
-        ("from ..build import models\n", "deploytool.serving.client", ["deploytool.serving.client:1 imports deploytool.build"]),
+        ("from ..build import networks\n", "deploytool.serving.client", ["deploytool.serving.client:1 imports deploytool.build"]),
         ("from deploytool.runtime import images\nfrom deploytool.errors import DeployError\n", "deploytool.build.export", []),
         ("from deploytool.serving import protocol\n", "deploytool.cli.serve", []),
     ],

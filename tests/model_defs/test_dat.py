@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from deploytool.build import registry
-from deploytool.build.models import build_def
+from deploytool.build.networks import build_def
 from deploytool.errors import CheckpointError
 from model_defs.dat import (
     DAT,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from deploytool.build import registry
-from deploytool.build.models import build_def, build_original
+from deploytool.build.networks import build_def, build_original
 from model_defs.esrt import ESRT, fold_3x3, patches_3x3
 
 WEIGHTS = Path(__file__).resolve().parents[3] / "shared" / "weights" / "esrt_x2_partial_epoch20.pth"

@@ -7,12 +7,12 @@ import pytest
 
 import model_defs
 from deploytool.build import export, registry
-from deploytool.build.models import arch_for, build_original, export_weights
+from deploytool.build.networks import arch_for, build_original, export_weights
 from deploytool.runtime import inference
 from deploytool.runtime.backends import ORIGINAL, ORT, ORT_FP16, TORCH, open_runner
 from deploytool.runtime.backends.torch import TorchRunner
 from deploytool.runtime.fileio import sha256_file
-from deploytool.runtime.inputs import synthetic_batch
+from deploytool.runtime.input_batches import synthetic_batch
 from deploytool.runtime.manifest import FP16_FILE, FP32_FILE
 from deploytool.verify import parity
 from model_defs.family import Family

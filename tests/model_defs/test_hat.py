@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from deploytool.build.models import build_def
+from deploytool.build.networks import build_def
 from deploytool.errors import CheckpointError
 from model_defs.hat import overlap_relative_position_index
 from model_defs.windows import overlapping_windows
@@ -61,7 +61,7 @@ def test_full_size_keys_and_shapes_match_the_original(model_id):
 
 
 def test_params_ema_is_used_and_reported(tmp_path):
-    from deploytool.build.models import WeightsSource, load_state_dict
+    from deploytool.build.networks import WeightsSource, load_state_dict
 
     entry = tiny_entry("hat-s-x4")
     ema, plain = tiny_state_dict(entry, seed=1), tiny_state_dict(entry, seed=2)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from deploytool.build import registry
-from deploytool.build.models import build_def, build_original, instantiate_original
+from deploytool.build.networks import build_def, build_original, instantiate_original
 from model_defs.restormer import BiasFreeNorm, WithBiasNorm
 from tests.helpers import family_ids, full_size_state_dicts
 

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from deploytool.build.models import build_def, build_original
+from deploytool.build.networks import build_def, build_original
 from deploytool.errors import CheckpointError
 from tests.helpers import (
     assert_matches_original,
@@ -32,7 +32,7 @@ def test_full_size_keys_and_shapes_match_the_original(model_id):
 
 @pytest.mark.parametrize("wrapper", ["params", "params_ema", None])
 def test_official_wrappers_load_strictly(tmp_path, wrapper):
-    from deploytool.build.models import WeightsSource, load_state_dict
+    from deploytool.build.networks import WeightsSource, load_state_dict
 
     entry = tiny_entry("swinir-real-m-x4")
     state = tiny_state_dict(entry)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from deploytool.build.models import build_def
+from deploytool.build.networks import build_def
 from tests.helpers import tiny_entry, tiny_state_dict
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "gpu_baseline.py"

@@ -58,7 +58,7 @@ def open_session(model: str | Path | bytes, *, providers: list[str] | None = Non
     """An ONNX Runtime session on a graph file or serialized graph; errors only in its log.
 
     `memory_arena=False` for the export's own runs: an arena's cached blocks add up across the
-    several sessions an export opens (measured: Restormer at 256 px, 3.3 -> 2.3 GB).
+    several sessions an export opens (the README's "Design choices, measured").
     `priority_order` runs each node as soon as its inputs exist (see precision.measure_ranges).
     """
     try:

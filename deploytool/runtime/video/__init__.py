@@ -28,7 +28,7 @@ def list_media(directory) -> tuple[list, list]:
     from pathlib import Path
 
     from deploytool.errors import ImageError
-    from deploytool.runtime.inputs import IMAGE_SUFFIXES
+    from deploytool.runtime.input_batches import IMAGE_SUFFIXES
 
     directory = Path(directory)
     if not directory.is_dir():
@@ -48,7 +48,7 @@ def split_inputs(inputs) -> tuple[list, list]:
     """(image files, video files) of command-line inputs: files and folders, in the order given."""
     from pathlib import Path
 
-    from deploytool.runtime.inputs import IMAGE_SUFFIXES
+    from deploytool.runtime.input_batches import IMAGE_SUFFIXES
 
     found_images, found_videos = [], []
     for item in map(Path, inputs):

@@ -12,7 +12,7 @@ import torch
 
 from deploytool.build import export, precision
 from deploytool.runtime.backends import ORIGINAL, ORT_FP16
-from deploytool.runtime.inputs import PARITY_BATCHES, parity_batch, synthetic_batch
+from deploytool.runtime.input_batches import PARITY_BATCHES, parity_batch, synthetic_batch
 from deploytool.runtime.manifest import FP16_FILE, FP32_FILE, read_manifest
 from deploytool.verify import parity
 from tests.helpers import export_tiny, save_official, tiny_entry, tiny_state_dict
@@ -150,7 +150,7 @@ def test_ranges_are_measured_at_the_export_tile_where_the_smaller_graph_differs(
 def test_tile_growth_bounds_the_tile_wide_sums():
     """Restormer's q/k norms sum over all H*W pixels, its channel attention multiplies over them:
     from 32 to 64 px those grow 2x (sqrt of 4x the pixels) and 4x; window-local tensors do not."""
-    from deploytool.build.models import build_def
+    from deploytool.build.networks import build_def
     from tests.model_defs.test_restormer import tiny_entry as restormer_entry
     from tests.model_defs.test_restormer import tiny_state
 

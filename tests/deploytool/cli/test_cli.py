@@ -12,7 +12,7 @@ import torch
 
 from deploytool.cli import cli
 from deploytool.runtime import images
-from deploytool.runtime.inputs import synthetic_batch
+from deploytool.runtime.input_batches import synthetic_batch
 from tests.helpers import cli_runner, save_official, tiny_entry, tiny_state_dict
 
 SHARED = Path(__file__).resolve().parents[4] / "shared"

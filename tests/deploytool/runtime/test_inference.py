@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from deploytool.build.models import arch_for, build_original, export_weights
+from deploytool.build.networks import arch_for, build_original, export_weights
 from deploytool.runtime import inference
 from deploytool.runtime.backends import open_runner
 from deploytool.runtime.backends.torch import TorchRunner
-from deploytool.runtime.inputs import synthetic_batch
+from deploytool.runtime.input_batches import synthetic_batch
 from deploytool.runtime.manifest import read_manifest
 from deploytool.verify import parity
 from tests.helpers import export_tiny

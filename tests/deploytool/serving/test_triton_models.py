@@ -13,6 +13,7 @@ from deploytool.errors import DeployError, ImageError
 from deploytool.runtime import images, inference
 from deploytool.runtime.backends.onnxruntime import OrtRunner
 from deploytool.runtime.manifest import read_manifest
+from deploytool.runtime.restorer import Restorer
 from deploytool.serving.triton_models import ort_threads, restore_request
 from tests.helpers import export_tiny
 
@@ -38,7 +39,7 @@ def test_a_request_returns_what_run_writes(served, tmp_path, channels, dtype):
     array = samples(37, 45, channels, dtype)
     path = tmp_path / "in.png"
     images.write_samples(path, array[:, :, :3] if channels == 4 else array, alpha=array[:, :, 3] if channels == 4 else None)
-    inference.restore_file(runner, manifest, path, tmp_path / "out.png", overlap=manifest.overlap())
+    Restorer(runner, manifest).restore_image_file(path, tmp_path / "out.png")
     name = "image_uint8" if dtype == np.uint8 else "image_uint16"
     outputs = restore_request(manifest, runner, {name: images.read_samples(path)}, max_pixels=10_000, overlap=manifest.overlap())
     output = outputs["restored_uint8" if dtype == np.uint8 else "restored_uint16"]

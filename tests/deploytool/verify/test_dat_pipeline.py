@@ -7,7 +7,7 @@ import onnx
 import pytest
 
 from deploytool.build import precision
-from deploytool.runtime.inputs import synthetic_batch
+from deploytool.runtime.input_batches import synthetic_batch
 from deploytool.runtime.manifest import FP16_FILE, FP32_FILE
 from deploytool.verify import parity
 from tests.deploytool.build.test_export import assert_static

@@ -7,7 +7,7 @@ import pytest
 
 from deploytool.build import export, registry
 from deploytool.build.checkpoints import load_state_dict_file
-from deploytool.build.models import WeightsSource
+from deploytool.build.networks import WeightsSource
 from deploytool.runtime.manifest import FP16_FILE, FP32_FILE
 from deploytool.verify import parity
 

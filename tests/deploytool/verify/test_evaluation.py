@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from deploytool.cli import cli
 from deploytool.runtime import images
-from deploytool.runtime.inputs import synthetic_batch
+from deploytool.runtime.input_batches import synthetic_batch
 from deploytool.verify import evaluation
 
 SET5 = Path(__file__).resolve().parents[4] / "shared" / "testsets" / "Set5"
@@ -60,6 +60,22 @@ def test_eval_command_scores_every_method(tmp_path):
     assert all(v["images"] == 2 and 5 < v["psnr"] < 100 for v in report["summary"].values())
     wrong = CliRunner().invoke(cli, ["eval", str(out), "--dataset", str(dataset), "--scale", "3"])
     assert wrong.exit_code == 2 and "does not match the export's scale" in wrong.stderr
+
+
+def test_eval_calls_the_original_original_and_takes_reference_with_a_note(tmp_path):
+    from tests.helpers import export_tiny
+
+    out = tmp_path / "m"
+    export_tiny("swinir-m-x2", out, fp16=False)
+    dataset = make_dataset(tmp_path / "set", 2)
+    result = CliRunner().invoke(cli, ["eval", str(out), "--dataset", str(dataset), "--scale", "2", "--methods", "original,reference", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)["summary"]
+    assert summary["original"] == summary["reference"] and summary["original"]["images"] == 2
+    notes = [line for line in result.stderr.splitlines() if "deprecated" in line]
+    assert notes == ["note: --methods reference is deprecated; it is called original, as in verify"]
+    quiet = CliRunner().invoke(cli, ["eval", str(out), "--dataset", str(dataset), "--scale", "2", "--methods", "original,bicubic"])
+    assert quiet.exit_code == 0 and "deprecated" not in quiet.stderr, quiet.output
 
 
 @pytest.mark.skipif(not SET5.is_dir(), reason="../shared/testsets/Set5 is not present")

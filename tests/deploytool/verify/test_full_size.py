@@ -3,7 +3,7 @@
 import pytest
 
 from deploytool.build import export, registry
-from deploytool.build.models import WeightsSource
+from deploytool.build.networks import WeightsSource
 from deploytool.verify import parity
 
 pytestmark = pytest.mark.slow

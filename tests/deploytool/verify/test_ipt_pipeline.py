@@ -9,7 +9,7 @@ import torch
 
 from deploytool.errors import DeployError
 from deploytool.runtime.backends.onnxruntime import OrtRunner
-from deploytool.runtime.inputs import synthetic_batch
+from deploytool.runtime.input_batches import synthetic_batch
 from deploytool.runtime.manifest import FP32_FILE
 from deploytool.verify import parity
 from tests.helpers import export_tiny, save_official, tiny_entry
@@ -105,7 +105,7 @@ def test_whole_images_agree_with_the_official_chop(tmp_path):
     """Our tiler (batches of 48 px tiles at a stride of 12, 12 px dropped at inner edges, centres
     averaged) reproduces the original's forward_chop away from the image's last 48 px, which the
     chop assembles from separate edge strips."""
-    from deploytool.build.models import export_weights
+    from deploytool.build.networks import export_weights
     from deploytool.runtime import images, inference
     from deploytool.verify.parity import original_runner
 

@@ -11,7 +11,7 @@ import pytest
 
 from deploytool.build import precision
 from deploytool.errors import DeployError
-from deploytool.runtime.inputs import PARITY_BATCHES, parity_batch
+from deploytool.runtime.input_batches import PARITY_BATCHES, parity_batch
 from deploytool.runtime.manifest import FileRecord
 from deploytool.verify import parity
 from deploytool.verify import results as saved_results

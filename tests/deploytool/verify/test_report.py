@@ -51,7 +51,7 @@ def _with_error(reference: np.ndarray, blob: tuple[int, int], size: int = 10, am
 def _report(visuals: list[Visual], *, model_id: str = "swinir-classical-x2", failed: set[str] = frozenset()) -> dict:
     comparisons = []
     for visual in visuals:
-        diff = np.abs(visual.reference.astype(np.float64) - visual.output)
+        diff = np.abs(visual.original.astype(np.float64) - visual.output)
         finite = bool(np.isfinite(diff).all())
         comparisons.append(
             {
@@ -176,7 +176,7 @@ def test_crop_shown_is_the_worst_window_of_the_output() -> None:
     page = render_html(_report([visual]), [visual])
     _, original_crop, ours_crop, difference_crop = _data_images(page)
 
-    y, x = worst_crop(np.abs(visual.reference - visual.output).max(axis=2), 64)
+    y, x = worst_crop(np.abs(visual.original - visual.output).max(axis=2), 64)
     assert f"at x {x}, y {y} of 160×128" in page
     expected = np.rint(np.clip(reference[y : y + 64, x : x + 64], 0, 1) * 255).astype(np.uint8)[:, :, ::-1]
     assert np.array_equal(original_crop, expected)

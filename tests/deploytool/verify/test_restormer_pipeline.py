@@ -8,10 +8,10 @@ import pytest
 
 from deploytool.build import export, precision, registry
 from deploytool.build.checkpoints import load_state_dict_file
-from deploytool.build.models import WeightsSource
+from deploytool.build.networks import WeightsSource
 from deploytool.runtime import images, inference
 from deploytool.runtime.backends import open_runner
-from deploytool.runtime.inputs import synthetic_batch
+from deploytool.runtime.input_batches import synthetic_batch
 from deploytool.runtime.manifest import FP16_FILE, FP32_FILE
 from deploytool.verify import parity
 from tests.helpers import save_official

@@ -14,7 +14,7 @@ from deploytool.cli import cli
 from deploytool.errors import BackendUnavailable, DeployError
 from deploytool.runtime.backends import OPENVINO, ORT, TORCH, open_runner
 from deploytool.runtime.backends import openvino as backend
-from deploytool.runtime.inputs import synthetic_batch
+from deploytool.runtime.input_batches import synthetic_batch
 from deploytool.runtime.manifest import FP32_FILE, read_manifest
 from deploytool.verify import parity
 from tests.helpers import assert_one_line_error, export_tiny, write_test_png

@@ -60,7 +60,7 @@ def test_tiny_engine_builds_runs_and_matches_the_fp16_graph(tmp_path, model_id):
 
     from deploytool.runtime.backends.onnxruntime import OrtRunner
     from deploytool.runtime.backends.tensorrt import build as engines
-    from deploytool.runtime.inputs import synthetic_batch
+    from deploytool.runtime.input_batches import synthetic_batch
     from deploytool.verify import parity
     from tests.helpers import export_tiny
 

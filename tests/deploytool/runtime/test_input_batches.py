@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from deploytool.runtime.inputs import PARITY_BATCHES, parity_batch, verify_tiles
+from deploytool.runtime.input_batches import PARITY_BATCHES, parity_batch, verify_tiles
 
 
 def test_verify_tiles_at_the_graphs_tile_are_verifys_batches_tile_by_tile():
