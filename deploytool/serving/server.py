@@ -263,8 +263,11 @@ class TritonServer:
             "--exit-timeout-secs=10",
         ]
         with open(self.log, "wb") as log:
-            # its own session: Ctrl-C reaches deploytool, which stops the server once, in order
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=server_environment(self.environment), start_new_session=True)
+            # its own session: Ctrl-C reaches deploytool, which stops the server once, in order; in
+            # the work folder, since the models' Python puts its current folder first on sys.path
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=server_environment(self.environment), cwd=self.workdir, start_new_session=True
+            )
 
     def ready(self) -> bool:
         return is_ready(self.url)
