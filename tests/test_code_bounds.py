@@ -28,8 +28,9 @@ LONG_PYTHON_ALLOWED = {
     ("scripts/cpp_bench.py", "main"),
 }
 CPP_ALLOWED = {
-    ("cpp/src/tiler.cpp", "deploytool::run_tiled"),
-    ("cpp/src/export.cpp", "deploytool::parse_manifest"),
+    ("cpp/src/tiler.cpp", "deploytool::run_tiled"),  # the tiler's split
+    ("cpp/src/export.cpp", "deploytool::parse_manifest"),  # the contract's generated reader
+    # in files other developers edit this round: split after the merge
     ("cpp/src/export.cpp", "deploytool::check_model_id"),
     ("cpp/src/restorer.cpp", "deploytool::Restorer::restore_views"),
     ("cpp/src/cli.cpp", "deploytool::parse"),
@@ -85,7 +86,7 @@ def test_no_python_function_is_longer_than_60_lines():
 
 def test_the_line_count_sees_nested_and_method_functions(tmp_path):
     source = tmp_path / "sample.py"
-    body = "\n".join(f"        x{i} = {i}" for i in range(61))
+    body = "\n".join(f"            x{i} = {i}" for i in range(61))
     source.write_text(f"class A:\n    def __init__(self):\n        pass\n\n    def method(self):\n        def inner():\n{body}\n")
     assert [(name, lines) for name, lines, _ in python_functions(source)] == [("A.__init__", 2), ("A.method", 63), ("A.method.inner", 62)]
     assert [constructor for _, _, constructor in python_functions(source)] == [True, False, False]
