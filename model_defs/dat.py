@@ -474,15 +474,36 @@ def reconcile_arch(arch: dict[str, Any], state_dict: dict[str, Tensor]) -> dict[
     """
     if "conv_first.weight" not in state_dict or "layers.0.blocks.0.attn.attns.0.rpe_biases" not in state_dict:
         return arch  # not a DAT checkpoint: strict loading explains the key differences
+    read, scale, in_chans = _read_arch(state_dict, list(arch.get("num_heads", ())))
+    _check_fits_id(arch, read, scale, in_chans)
+    arch = {**arch, **read}
+    _check_loads(arch, state_dict)
+    return arch
+
+
+def _read_arch(state_dict: dict[str, Tensor], configured_heads: list[int]) -> tuple[dict[str, Any], int, int]:
+    """The hyperparameters a DAT state dict's shapes fix, with its scale and input channels."""
     read: dict[str, Any] = {}
     first = state_dict["conv_first.weight"]
     embed_dim, in_chans = int(first.shape[0]), int(first.shape[1])
     read["embed_dim"] = embed_dim
     groups = _seq_len(state_dict, "layers")
     read["depth"] = [_seq_len(state_dict, f"layers.{i}.blocks") for i in range(groups)]
-    configured_heads = list(arch.get("num_heads", ()))
+    read["num_heads"] = _read_heads(state_dict, len(read["depth"]), configured_heads)
+    read["split_size"] = [round(s) + 1 for s in state_dict["layers.0.blocks.0.attn.attns.0.rpe_biases"][-1].tolist()]
+    read["expansion_factor"] = float(state_dict["layers.0.blocks.0.ffn.fc1.weight"].shape[0]) / embed_dim
+    read["qkv_bias"] = "layers.0.blocks.0.attn.qkv.bias" in state_dict
+    read["resi_connection"] = "1conv" if "conv_after_body.weight" in state_dict else "3conv"
+    read["upsampler"], scale = _read_upsampler(state_dict, in_chans)
+    mask = next((v for k, v in state_dict.items() if k.endswith("attn.attn_mask_0")), None)
+    if mask is not None:
+        read["img_size"] = round(math.sqrt(int(mask.shape[0]) * int(mask.shape[1])))
+    return read, scale, in_chans
+
+
+def _read_heads(state_dict: dict[str, Tensor], groups: int, configured_heads: list[int]) -> list[int]:
     heads = []
-    for i in range(len(read["depth"])):
+    for i in range(groups):
         temperature = state_dict.get(f"layers.{i}.blocks.1.attn.temperature")
         if temperature is not None:
             heads.append(int(temperature.shape[0]))
@@ -491,23 +512,19 @@ def reconcile_arch(arch: dict[str, Any], state_dict: dict[str, Tensor]) -> dict[
         half = int(state_dict[f"layers.{i}.blocks.0.attn.attns.0.pos.pos3.2.weight"].shape[0])
         configured = configured_heads[i] if i < len(configured_heads) else None
         heads.append(configured if configured is not None and configured // 2 == half else 2 * half)
-    read["num_heads"] = heads
-    read["split_size"] = [round(s) + 1 for s in state_dict["layers.0.blocks.0.attn.attns.0.rpe_biases"][-1].tolist()]
-    read["expansion_factor"] = float(state_dict["layers.0.blocks.0.ffn.fc1.weight"].shape[0]) / embed_dim
-    read["qkv_bias"] = "layers.0.blocks.0.attn.qkv.bias" in state_dict
-    read["resi_connection"] = "1conv" if "conv_after_body.weight" in state_dict else "3conv"
+    return heads
+
+
+def _read_upsampler(state_dict: dict[str, Tensor], in_chans: int) -> tuple[str, int]:
+    """The upsampler's name and the scale it upscales by."""
     if "conv_last.weight" in state_dict:
-        read["upsampler"] = "pixelshuffle"
         convs = [k for k in state_dict if k.startswith("upsample.") and k.endswith(".weight")]
         out = int(state_dict[convs[0]].shape[0]) // NUM_FEAT if convs else 0
-        scale = 3 if out == 9 else 2 ** len(convs)
-    else:
-        read["upsampler"] = "pixelshuffledirect"
-        scale = round(math.sqrt(int(state_dict["upsample.0.weight"].shape[0]) // in_chans))
-    mask = next((v for k, v in state_dict.items() if k.endswith("attn.attn_mask_0")), None)
-    if mask is not None:
-        read["img_size"] = round(math.sqrt(int(mask.shape[0]) * int(mask.shape[1])))
+        return "pixelshuffle", 3 if out == 9 else 2 ** len(convs)
+    return "pixelshuffledirect", round(math.sqrt(int(state_dict["upsample.0.weight"].shape[0]) // in_chans))
 
+
+def _check_fits_id(arch: dict[str, Any], read: dict[str, Any], scale: int, in_chans: int) -> None:
     problems = []
     if scale != arch.get("upscale", 2):
         problems.append(f"it upscales x{scale}, this id x{arch.get('upscale', 2)}")
@@ -518,7 +535,10 @@ def reconcile_arch(arch: dict[str, Any], state_dict: dict[str, Tensor]) -> dict[
         problems.append(f"its {read['split_size'][0]}x{read['split_size'][1]} windows do not divide this id's window grid of {grid} px")
     if problems:
         raise ValueError(f"a DAT checkpoint that does not fit this model id: {'; '.join(problems)}")
-    arch = {**arch, **read}
+
+
+def _check_loads(arch: dict[str, Any], state_dict: dict[str, Tensor]) -> None:
+    """ValueError unless a DAT built from `arch` has exactly the state dict's keys and shapes."""
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in DAT(**arch).state_dict().items()}
     missing = [k for k in expected if k not in state_dict]
@@ -533,7 +553,6 @@ def reconcile_arch(arch: dict[str, Any], state_dict: dict[str, Tensor]) -> dict[
             if v
         ]
         raise ValueError(f"a DAT checkpoint whose hyperparameters cannot all be read from it: {'; '.join(listed)}")
-    return arch
 
 
 def tiny_arch(arch: dict[str, Any]) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -81,23 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / entry.id
         started = time.perf_counter()
-        # A separate process, so that the memory calibration held is returned before timing.
-        weights = ["--weights", args.weights] if args.weights else ["--random-init"]
-        command = [
-            sys.executable,
-            "-m",
-            "deploytool",
-            "export",
-            entry.id,
-            "--out",
-            str(out),
-            "--tile",
-            f"{tile[0]}x{tile[1]}",
-            "--batch",
-            str(args.batch),
-            *weights,
-        ]
-        if subprocess.run(command).returncode:
+        if not _export(entry, out, tile, args.batch, args.weights):
             return 1
         export_seconds = time.perf_counter() - started
         manifest = read_manifest(out)
@@ -111,52 +96,95 @@ def main(argv: list[str] | None = None) -> int:
             ("ONNX Runtime FP16 graph (CPU)", median_latency(OrtRunner(out / FP16_FILE, name="ort-fp16"), batch, args.runs)),
         ]
         print("naive export of the original, then onnxsim", file=sys.stderr)
-        sized_by_img_size = "img_size" in arch and tile[0] == tile[1]
-        reference_arch = {**arch, "img_size": tile[0]} if sized_by_img_size else arch
-        naive_model = build_original(entry, reference_arch, _with_masks_for(entry, reference_arch, state_dict))
-        naive, _ = export.simplify(naive_export(naive_model, shape))
-        naive_path = Path(tmp) / "naive.onnx"
-        onnx.save(naive, str(naive_path))
-        naive_nodes, naive_mb = len(naive.graph.node), naive_path.stat().st_size / 1e6
-        del naive
-        rows.insert(2, ("ONNX Runtime FP32, naive export of the original (CPU)", median_latency(OrtRunner(naive_path, name="naive"), batch, args.runs)))
-        # At a tile other than its img_size the original recomputes masks in every block; onnxsim
-        # on that graph ran past 15 minutes, so only the traced size is reported.
-        as_shipped = len(naive_export(original.model, shape).graph.node) if sized_by_img_size and tile[0] != arch["img_size"] else None
+        naive = _naive_export(entry, arch, state_dict, shape, Path(tmp) / "naive.onnx", original.model)
+        rows.insert(2, ("ONNX Runtime FP32, naive export of the original (CPU)", median_latency(OrtRunner(naive.path, name="naive"), batch, args.runs)))
 
+    result = _result(entry, tile, args.batch, source, rows, naive, manifest, export_seconds)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    _print_report(result, rows, naive, tile, arch, source, export_seconds)
+    return 0
+
+
+def _export(entry, out: Path, tile: tuple[int, int], batch: int, weights: str | None) -> bool:
+    # A separate process, so that the memory calibration held is returned before timing.
+    weights_options = ["--weights", weights] if weights else ["--random-init"]
+    command = [
+        sys.executable,
+        "-m",
+        "deploytool",
+        "export",
+        entry.id,
+        "--out",
+        str(out),
+        "--tile",
+        f"{tile[0]}x{tile[1]}",
+        "--batch",
+        str(batch),
+        *weights_options,
+    ]
+    return subprocess.run(command).returncode == 0
+
+
+@dataclass
+class NaiveExport:
+    path: Path
+    nodes: int
+    mb: float
+    as_shipped: int | None  # traced nodes at the shipped img_size, when the tile differs from it
+
+
+def _naive_export(entry, arch: dict, state_dict: dict, shape: tuple[int, ...], path: Path, original_model) -> NaiveExport:
+    """A plain torch.onnx.export of the original, then onnxsim, saved at `path`."""
+    tile = shape[2:]
+    sized_by_img_size = "img_size" in arch and tile[0] == tile[1]
+    reference_arch = {**arch, "img_size": tile[0]} if sized_by_img_size else arch
+    naive_model = build_original(entry, reference_arch, _with_masks_for(entry, reference_arch, state_dict))
+    naive, _ = export.simplify(naive_export(naive_model, shape))
+    onnx.save(naive, str(path))
+    nodes, mb = len(naive.graph.node), path.stat().st_size / 1e6
+    del naive
+    # At a tile other than its img_size the original recomputes masks in every block; onnxsim
+    # on that graph ran past 15 minutes, so only the traced size is reported.
+    as_shipped = len(naive_export(original_model, shape).graph.node) if sized_by_img_size and tile[0] != arch["img_size"] else None
+    return NaiveExport(path, nodes, mb, as_shipped)
+
+
+def _result(entry, tile, batch: int, source, rows: list[tuple[str, float]], naive: NaiveExport, manifest, export_seconds: float) -> dict:
     baseline = rows[0][1]
-    result = {
+    return {
         "model_id": entry.id,
         "tile": list(tile),
-        "batch": args.batch,
+        "batch": batch,
         "weights": source.describe(),
         "threads": torch.get_num_threads(),
         "latency_s": {name: round(seconds, 4) for name, seconds in rows},
-        "tiles_per_s": {name: round(args.batch / seconds, 3) for name, seconds in rows},
+        "tiles_per_s": {name: round(batch / seconds, 3) for name, seconds in rows},
         "speedup_vs_original": {name: round(baseline / seconds, 2) for name, seconds in rows},
-        "nodes_after_onnxsim": {"naive export of the original": naive_nodes, "ours": manifest.graph.nodes},
-        "naive_traced_nodes_at_shipped_img_size": as_shipped,
+        "nodes_after_onnxsim": {"naive export of the original": naive.nodes, "ours": manifest.graph.nodes},
+        "naive_traced_nodes_at_shipped_img_size": naive.as_shipped,
         "model_onnx_mb": round(manifest.files[FP32_FILE].bytes / 1e6, 2),
-        "naive_model_onnx_mb": round(naive_mb, 2),
+        "naive_model_onnx_mb": round(naive.mb, 2),
         "model_fp16_onnx_mb": round(manifest.files[FP16_FILE].bytes / 1e6, 2),
         "fp16_flop_share": round(manifest.fp16.fp16_flop_share, 4),
         "export_wall_s": round(export_seconds, 1),
     }
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return 0
-    print(f"\n{entry.id}, tile {tile[0]}x{tile[1]}, batch {args.batch}, {result['threads']} threads, {source.describe()}\n")
+
+
+def _print_report(result: dict, rows: list[tuple[str, float]], naive: NaiveExport, tile, arch: dict, source, export_seconds: float) -> None:
+    batch, baseline = result["batch"], rows[0][1]
+    print(f"\n{result['model_id']}, tile {tile[0]}x{tile[1]}, batch {batch}, {result['threads']} threads, {source.describe()}\n")
     print("| runtime | latency per batch (s) | tiles/s | speed vs original |")
     print("|---|---:|---:|---:|")
     for name, seconds in rows:
-        print(f"| {name} | {seconds:.3f} | {args.batch / seconds:.2f} | {baseline / seconds:.2f}x |")
-    print(f"\nnodes after onnxsim: naive export of the original {naive_nodes}, ours {manifest.graph.nodes}")
-    print(f"model.onnx after onnxsim: naive export of the original {naive_mb:.1f} MB, ours {result['model_onnx_mb']} MB")
-    if as_shipped:
-        print(f"naive export of the original as shipped (img_size {arch.get('img_size')}, tile {tile[0]}): {as_shipped} nodes before onnxsim")
+        print(f"| {name} | {seconds:.3f} | {batch / seconds:.2f} | {baseline / seconds:.2f}x |")
+    print(f"\nnodes after onnxsim: naive export of the original {naive.nodes}, ours {result['nodes_after_onnxsim']['ours']}")
+    print(f"model.onnx after onnxsim: naive export of the original {naive.mb:.1f} MB, ours {result['model_onnx_mb']} MB")
+    if naive.as_shipped:
+        print(f"naive export of the original as shipped (img_size {arch.get('img_size')}, tile {tile[0]}): {naive.as_shipped} nodes before onnxsim")
     print(f"model.onnx {result['model_onnx_mb']} MB, model_fp16.onnx {result['model_fp16_onnx_mb']} MB; FP16 share of FLOPs {result['fp16_flop_share']:.1%}")
     print(f"export wall time (trace, onnxsim, checks, FP16 calibration): {export_seconds:.1f} s")
-    return 0
 
 
 def _with_masks_for(entry, arch, state_dict):

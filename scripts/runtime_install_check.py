@@ -125,14 +125,16 @@ def main() -> int:
 
 def runtime_sizes(python: Path) -> dict[str, int]:
     """Bytes of site-packages: the runtime install's, .venv's, and the runtime's with the CPU ONNX
-    Runtime wheel instead of the GPU one (its installed size read from .venv-serve, which holds it)."""
+    Runtime wheel instead of the GPU one (its installed size read from .venv-serve, where that holds it)."""
     runtime_packages = site_packages(python)
     sizes = {"runtime": size_bytes(runtime_packages), "full": size_bytes(Path(sysconfig.get_paths()["purelib"]))}
     serve_python = REPO / ".venv-serve" / "bin" / "python"
     if serve_python.is_file():
-        cpu_ort = site_packages(serve_python) / "onnxruntime"
+        serve_packages = site_packages(serve_python)
+        cpu_ort = serve_packages / "onnxruntime"
         gpu_ort = runtime_packages / "onnxruntime"
-        if cpu_ort.is_dir() and gpu_ort.is_dir():
+        # both wheels install the `onnxruntime` folder: only the CPU wheel's metadata says which it is
+        if any(serve_packages.glob("onnxruntime-*.dist-info")) and gpu_ort.is_dir():
             sizes["runtime_with_cpu_onnxruntime"] = sizes["runtime"] - size_bytes(gpu_ort) + size_bytes(cpu_ort)
     return sizes
 

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Create .venv-serve (once) with the packages of deploytool's `serve` extra: the environment the
-# Triton server's Python models run in (`deploytool serve` finds it beside the source). It is
-# separate from .venv because the nvidia-pytriton wheel's Python backend is built against numpy
-# 1.x, and deploytool's own environment may hold numpy 2. Safe to run again.
+# Create .venv-serve (once) and install `deploytool[serve]` into it from this source: the
+# environment the Triton server's Python models run in (`deploytool serve` finds it beside the
+# source). It is separate from .venv because the nvidia-pytriton wheel's Python backend is built
+# against numpy 1.x, and deploytool's own environment may hold numpy 2. deploytool is installed
+# from a wheel, not editable: Triton's embedded Python ignores .pth files. An installed copy goes
+# stale when the source changes (`deploytool serve` then refuses); run this again to reinstall.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # the base interpreter of .venv (the stub embeds its libpython), else python3
@@ -13,12 +15,30 @@ fi
 if [ ! -x .venv-serve/bin/python ]; then
     "$base_python" -m venv .venv-serve
 fi
-requirements="$(mktemp)"
-trap 'rm -f "$requirements"' EXIT
-"$base_python" - >"$requirements" <<'PY'
-import tomllib
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+# The wheel is built from a copy of what it packages: setuptools leaves build/ and *.egg-info
+# beside the sources it builds, and a build/lib left from an earlier build would keep modules
+# that the source has since deleted.
+"$base_python" - "$work/source" <<'PY'
+import shutil, sys, tomllib
+from pathlib import Path
+
 with open("pyproject.toml", "rb") as handle:
-    print("\n".join(tomllib.load(handle)["project"]["optional-dependencies"]["serve"]))
+    pyproject = tomllib.load(handle)
+roots = sorted({name.split(".")[0] for name in pyproject["tool"]["setuptools"]["packages"]})
+into = Path(sys.argv[1])
+into.mkdir()
+for name in ("pyproject.toml", pyproject["project"]["readme"]):
+    shutil.copy2(name, into / name)
+for root in roots:
+    shutil.copytree(root, into / root, ignore=shutil.ignore_patterns("__pycache__"))
 PY
 .venv-serve/bin/python -m pip install --quiet --upgrade pip
-.venv-serve/bin/python -m pip install --quiet -r "$requirements"
+.venv-serve/bin/python -m pip wheel --quiet --no-deps -w "$work/dist" "$work/source"
+wheel="$(echo "$work"/dist/deploytool-*.whl)"
+# the CPU onnxruntime wheel installs into the GPU one's `onnxruntime` folder: never both
+.venv-serve/bin/python -m pip uninstall --quiet --yes onnxruntime
+.venv-serve/bin/python -m pip install --quiet "$wheel[serve]"
+# the same version number over changed sources: pip would keep the installed copy
+.venv-serve/bin/python -m pip install --quiet --no-deps --force-reinstall "$wheel"

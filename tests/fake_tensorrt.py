@@ -11,67 +11,80 @@ import types
 def fake_tensorrt(version: str, flags: dict[str, int]) -> types.ModuleType:
     """A `tensorrt` of `version` whose NetworkDefinitionCreationFlag has exactly `flags` (name: value)."""
     calls: dict[str, list] = {"create_network": [], "parse_from_file": [], "set_flag": []}
-
-    class Logger:
-        WARNING = "warning"
-
-        def __init__(self, severity):
-            self.severity = severity
-
-    class TimingCache:
-        def serialize(self) -> bytes:
-            return b"timing cache"
-
-    class BuilderConfig:
-        builder_optimization_level = 3
-
-        def set_memory_pool_limit(self, pool, size):
-            pass
-
-        def set_flag(self, flag):
-            calls["set_flag"].append(flag)
-
-        def create_timing_cache(self, data: bytes) -> TimingCache:
-            return TimingCache()
-
-        def set_timing_cache(self, cache, ignore_mismatch):
-            pass
-
-        def get_timing_cache(self) -> TimingCache:
-            return TimingCache()
-
-    class Builder:
-        def __init__(self, logger):
-            pass
-
-        def create_network(self, flags: int):
-            calls["create_network"].append(flags)
-            return types.SimpleNamespace(flags=flags)
-
-        def create_builder_config(self) -> BuilderConfig:
-            return BuilderConfig()
-
-        def build_serialized_network(self, network, config) -> bytes:
-            return b"serialized engine"
-
-    class OnnxParser:
-        num_errors = 0
-
-        def __init__(self, network, logger):
-            pass
-
-        def parse_from_file(self, path: str) -> bool:
-            calls["parse_from_file"].append(path)
-            return True
-
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version
     trt.calls = calls
     trt.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", flags)
     trt.BuilderFlag = enum.IntEnum("BuilderFlag", {"FP16": 0, "OBEY_PRECISION_CONSTRAINTS": 9})
     trt.MemoryPoolType = enum.IntEnum("MemoryPoolType", {"WORKSPACE": 0})
-    trt.Logger, trt.Builder, trt.OnnxParser = Logger, Builder, OnnxParser
+    trt.Logger = Logger
+    # classes of this module only: each fake records into its own `calls`
+    trt.Builder = type("Builder", (Builder,), {"calls": calls})
+    trt.OnnxParser = type("OnnxParser", (OnnxParser,), {"calls": calls})
     return trt
+
+
+class Logger:
+    WARNING = "warning"
+
+    def __init__(self, severity):
+        self.severity = severity
+
+
+class TimingCache:
+    def serialize(self) -> bytes:
+        return b"timing cache"
+
+
+class BuilderConfig:
+    builder_optimization_level = 3
+
+    def __init__(self, calls: dict[str, list]):
+        self.calls = calls
+
+    def set_memory_pool_limit(self, pool, size):
+        pass
+
+    def set_flag(self, flag):
+        self.calls["set_flag"].append(flag)
+
+    def create_timing_cache(self, data: bytes) -> TimingCache:
+        return TimingCache()
+
+    def set_timing_cache(self, cache, ignore_mismatch):
+        pass
+
+    def get_timing_cache(self) -> TimingCache:
+        return TimingCache()
+
+
+class Builder:
+    calls: dict[str, list]
+
+    def __init__(self, logger):
+        pass
+
+    def create_network(self, flags: int):
+        self.calls["create_network"].append(flags)
+        return types.SimpleNamespace(flags=flags)
+
+    def create_builder_config(self) -> BuilderConfig:
+        return BuilderConfig(self.calls)
+
+    def build_serialized_network(self, network, config) -> bytes:
+        return b"serialized engine"
+
+
+class OnnxParser:
+    calls: dict[str, list]
+    num_errors = 0
+
+    def __init__(self, network, logger):
+        pass
+
+    def parse_from_file(self, path: str) -> bool:
+        self.calls["parse_from_file"].append(path)
+        return True
 
 
 def pretend_gpu(monkeypatch, trt: types.ModuleType) -> None:

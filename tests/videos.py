@@ -53,61 +53,87 @@ def make_clip(path: Path, clip: Clip) -> list[np.ndarray]:
 
     frames = pictures(clip)
     with av.open(str(path), "w", options=clip.container_options) as out:
-        video = out.add_stream(clip.codec, rate=clip.rate)
-        video.width, video.height, video.pix_fmt = *clip.size, clip.pix_fmt
-        video.codec_context.time_base = clip.time_base
-        video.time_base = clip.time_base
-        options = {"x265-params": "log-level=error"} if clip.codec == "libx265" else {}
-        if clip.codec in ("libx264", "libx265"):
-            options["preset"] = "ultrafast"
-        video.options = {**options, **clip.options}
-        if clip.gop:
-            video.codec_context.gop_size = clip.gop
-        if clip.colour:
-            context = video.codec_context
-            context.color_primaries, context.color_trc, context.colorspace, context.color_range = clip.colour
-        if clip.sample_aspect_ratio:
-            video.codec_context.sample_aspect_ratio = clip.sample_aspect_ratio
-        if clip.rotation:
-            video.set_display_rotation(clip.rotation)
-        if clip.title:
-            out.metadata["title"] = clip.title
-        if clip.attachment is not None:
-            out.add_attachment("font.ttf", "application/x-truetype-font", clip.attachment)
-        if clip.chapters:
-            tick = clip.time_base
-            out.set_chapters(
-                [{"id": n + 1, "start": n, "end": n + 1, "time_base": tick, "metadata": {"title": title}} for n, title in enumerate(clip.chapters)]
-            )
+        video = _add_video_stream(out, clip)
+        _add_container_extras(out, clip)
         audio = out.add_stream("aac", rate=16000) if clip.audio else None
         if audio is not None:
             audio.layout = "mono"
-        subtitles = out.add_mux_stream(clip.subtitles) if clip.subtitles else None
-        if subtitles is not None:
-            subtitles.time_base = Fraction(1, 1000)
-            for number, text in enumerate([b"hello", b"bye"]):
-                payload = len(text).to_bytes(2, "big") + text if clip.subtitles == "mov_text" else text
-                packet = av.Packet(payload)
-                packet.pts = packet.dts = number * 300
-                packet.duration, packet.time_base, packet.stream = 200, subtitles.time_base, subtitles
-                out.mux(packet)
-        for picture, pts in zip(frames, clip.pts):
-            frame = av.VideoFrame.from_ndarray(picture, format="rgb48le" if clip.deep else "rgb24")
-            if clip.colour:
-                matrix = {1: "ITU709", 9: "BT2020", 5: "ITU601", 6: "SMPTE170M"}.get(clip.colour[2])
-                if matrix and not av.VideoFormat(clip.pix_fmt).is_rgb:
-                    frame = frame.reformat(format=clip.pix_fmt, dst_colorspace=matrix, dst_color_range="JPEG" if clip.colour[3] == 2 else "MPEG")
-            frame.pts = pts
-            out.mux(video.encode(frame))
-        out.mux(video.encode(None))
+        if clip.subtitles:
+            _write_subtitles(out, clip.subtitles)
+        _write_pictures(out, video, frames, clip)
         if audio is not None:
-            rng = np.random.default_rng(1)
-            for number in range(8):
-                samples = av.AudioFrame.from_ndarray(rng.uniform(-0.2, 0.2, (1, 1024)).astype(np.float32), format="fltp", layout="mono")
-                samples.sample_rate, samples.pts = 16000, number * 1024
-                out.mux(audio.encode(samples))
-            out.mux(audio.encode(None))
+            _write_audio(out, audio)
     return frames
+
+
+def _add_video_stream(out, clip: Clip):
+    video = out.add_stream(clip.codec, rate=clip.rate)
+    video.width, video.height, video.pix_fmt = *clip.size, clip.pix_fmt
+    video.codec_context.time_base = clip.time_base
+    video.time_base = clip.time_base
+    options = {"x265-params": "log-level=error"} if clip.codec == "libx265" else {}
+    if clip.codec in ("libx264", "libx265"):
+        options["preset"] = "ultrafast"
+    video.options = {**options, **clip.options}
+    if clip.gop:
+        video.codec_context.gop_size = clip.gop
+    if clip.colour:
+        context = video.codec_context
+        context.color_primaries, context.color_trc, context.colorspace, context.color_range = clip.colour
+    if clip.sample_aspect_ratio:
+        video.codec_context.sample_aspect_ratio = clip.sample_aspect_ratio
+    if clip.rotation:
+        video.set_display_rotation(clip.rotation)
+    return video
+
+
+def _add_container_extras(out, clip: Clip) -> None:
+    """The title, the attachment and the chapters `clip` asks for."""
+    if clip.title:
+        out.metadata["title"] = clip.title
+    if clip.attachment is not None:
+        out.add_attachment("font.ttf", "application/x-truetype-font", clip.attachment)
+    if clip.chapters:
+        tick = clip.time_base
+        out.set_chapters([{"id": n + 1, "start": n, "end": n + 1, "time_base": tick, "metadata": {"title": title}} for n, title in enumerate(clip.chapters)])
+
+
+def _write_subtitles(out, codec: str) -> None:
+    import av
+
+    subtitles = out.add_mux_stream(codec)
+    subtitles.time_base = Fraction(1, 1000)
+    for number, text in enumerate([b"hello", b"bye"]):
+        payload = len(text).to_bytes(2, "big") + text if codec == "mov_text" else text
+        packet = av.Packet(payload)
+        packet.pts = packet.dts = number * 300
+        packet.duration, packet.time_base, packet.stream = 200, subtitles.time_base, subtitles
+        out.mux(packet)
+
+
+def _write_pictures(out, video, frames: list[np.ndarray], clip: Clip) -> None:
+    import av
+
+    for picture, pts in zip(frames, clip.pts):
+        frame = av.VideoFrame.from_ndarray(picture, format="rgb48le" if clip.deep else "rgb24")
+        if clip.colour:
+            matrix = {1: "ITU709", 9: "BT2020", 5: "ITU601", 6: "SMPTE170M"}.get(clip.colour[2])
+            if matrix and not av.VideoFormat(clip.pix_fmt).is_rgb:
+                frame = frame.reformat(format=clip.pix_fmt, dst_colorspace=matrix, dst_color_range="JPEG" if clip.colour[3] == 2 else "MPEG")
+        frame.pts = pts
+        out.mux(video.encode(frame))
+    out.mux(video.encode(None))
+
+
+def _write_audio(out, audio) -> None:
+    import av
+
+    rng = np.random.default_rng(1)
+    for number in range(8):
+        samples = av.AudioFrame.from_ndarray(rng.uniform(-0.2, 0.2, (1, 1024)).astype(np.float32), format="fltp", layout="mono")
+        samples.sample_rate, samples.pts = 16000, number * 1024
+        out.mux(audio.encode(samples))
+    out.mux(audio.encode(None))
 
 
 @dataclass

@@ -44,6 +44,35 @@ void png_error_to_jump(png_structp png, png_const_charp text) {
 
 void png_ignore_warning(png_structp, png_const_charp) {}
 
+// OpenCV's choice of channels: palette/RGB with tRNS and anything with alpha -> 4, RGB -> 3, gray -> 1.
+int opencv_png_channels(int color, bool transparency) {
+  if (color == PNG_COLOR_TYPE_GRAY_ALPHA || color == PNG_COLOR_TYPE_RGB_ALPHA) return 4;
+  if (color == PNG_COLOR_TYPE_RGB || color == PNG_COLOR_TYPE_PALETTE) return transparency ? 4 : 3;
+  return 1;
+}
+
+// libpng's transforms to 8- or 16-bit samples in `channels` channels, RGB(A) order, host byte order.
+void set_png_transforms(png_structp png, png_infop info, int channels) {
+  int depth = png_get_bit_depth(png, info), color = png_get_color_type(png, info);
+  if (channels < 4) {
+    png_set_strip_alpha(png);
+  } else {
+    png_set_tRNS_to_alpha(png);
+  }
+  if (color == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(png);
+  if ((color & PNG_COLOR_MASK_COLOR) == 0 && depth < 8) png_set_expand_gray_1_2_4_to_8(png);
+  if (channels == 4 && (color & PNG_COLOR_MASK_COLOR) == 0) png_set_gray_to_rgb(png);
+  if (depth == 16) png_set_swap(png);  // to the host's (little-endian) order
+  png_set_interlace_handling(png);
+  png_read_update_info(png, info);
+}
+
+void read_png_rows(png_structp png, unsigned char* samples, png_bytep* rows, png_uint_32 height, std::size_t row_bytes) {
+  for (png_uint_32 y = 0; y < height; ++y) rows[y] = samples + row_bytes * y;
+  png_read_image(png, rows);
+  png_read_end(png, nullptr);
+}
+
 bool decode_png(std::FILE* file, Decoded* out) {
   PngError error;
   error.message = out->message;
@@ -63,38 +92,21 @@ bool decode_png(std::FILE* file, Decoded* out) {
   png_set_user_limits(png, 1u << 30, 1u << 30);
   png_read_info(png, info);
   png_uint_32 width = png_get_image_width(png, info), height = png_get_image_height(png, info);
-  int depth = png_get_bit_depth(png, info), color = png_get_color_type(png, info);
-  bool transparency = png_get_valid(png, info, PNG_INFO_tRNS) != 0;
-  // OpenCV's choice of channels: palette/RGB with tRNS and anything with alpha -> 4, RGB -> 3, gray -> 1.
-  int channels = 1;
-  if (color == PNG_COLOR_TYPE_RGB || color == PNG_COLOR_TYPE_PALETTE) channels = transparency ? 4 : 3;
-  if (color == PNG_COLOR_TYPE_GRAY_ALPHA || color == PNG_COLOR_TYPE_RGB_ALPHA) channels = 4;
-  if (channels < 4) {
-    png_set_strip_alpha(png);
-  } else {
-    png_set_tRNS_to_alpha(png);
-  }
-  if (color == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(png);
-  if ((color & PNG_COLOR_MASK_COLOR) == 0 && depth < 8) png_set_expand_gray_1_2_4_to_8(png);
-  if (channels == 4 && (color & PNG_COLOR_MASK_COLOR) == 0) png_set_gray_to_rgb(png);
-  if (depth == 16) png_set_swap(png);  // to the host's (little-endian) order
-  png_set_interlace_handling(png);
-  png_read_update_info(png, info);
-  int bytes_per_sample = depth == 16 ? 2 : 1;
+  int bytes_per_sample = png_get_bit_depth(png, info) == 16 ? 2 : 1;
+  int channels = opencv_png_channels(png_get_color_type(png, info), png_get_valid(png, info, PNG_INFO_tRNS) != 0);
+  set_png_transforms(png, info, channels);
   std::size_t row_bytes = std::size_t(width) * channels * bytes_per_sample;
   if (png_get_rowbytes(png, info) != row_bytes) png_error(png, "unexpected row layout");
   out->samples = static_cast<unsigned char*>(std::malloc(row_bytes * height));
   rows = static_cast<png_bytep*>(std::malloc(sizeof(png_bytep) * height));
   if (!out->samples || !rows) png_error(png, "out of memory");
-  for (png_uint_32 y = 0; y < height; ++y) rows[y] = out->samples + row_bytes * y;
-  png_read_image(png, rows);
-  png_read_end(png, nullptr);
+  read_png_rows(png, out->samples, rows, height, row_bytes);
   std::free(rows);
   png_destroy_read_struct(&png, &info, nullptr);
   out->width = int(width);
   out->height = int(height);
   out->channels = channels;
-  out->bit_depth = depth == 16 ? 16 : 8;
+  out->bit_depth = bytes_per_sample * 8;
   return true;
 }
 
@@ -172,23 +184,30 @@ std::string Image::mode() const {
   return base == "rgb" ? "rgba" : "gray+alpha";
 }
 
-Image read_image(const std::filesystem::path& path) {
-  const std::string name = path.string();
+namespace {
+
+void check_readable_file(const std::filesystem::path& path, const std::string& name) {
   std::error_code error;
   if (!std::filesystem::exists(path, error)) throw ImageError(name + ": no such file");
   if (!std::filesystem::is_regular_file(path, error)) throw ImageError(name + ": not a file");
   if (std::filesystem::file_size(path, error) == 0) throw ImageError(name + ": file is empty");
-  std::unique_ptr<std::FILE, FileCloser> file(std::fopen(name.c_str(), "rb"));
-  if (!file) throw ImageError(name + ": cannot open: " + std::strerror(errno));
+}
+
+bool is_png(const unsigned char* magic, std::size_t got) { return got == 8 && png_sig_cmp(magic, 0, 8) == 0; }
+
+bool is_jpeg(const unsigned char* magic, std::size_t got) { return got >= 3 && magic[0] == 0xFF && magic[1] == 0xD8 && magic[2] == 0xFF; }
+
+// The file's samples (malloc'ed, the caller frees them), or an ImageError saying why not.
+Decoded decode_file(std::FILE* file, const std::string& name) {
   unsigned char magic[8] = {0};
-  std::size_t got = std::fread(magic, 1, sizeof magic, file.get());
-  std::rewind(file.get());
+  std::size_t got = std::fread(magic, 1, sizeof magic, file);
+  std::rewind(file);
   Decoded decoded;
   bool ok = false;
-  if (got == 8 && png_sig_cmp(magic, 0, 8) == 0) {
-    ok = decode_png(file.get(), &decoded);
-  } else if (got >= 3 && magic[0] == 0xFF && magic[1] == 0xD8 && magic[2] == 0xFF) {
-    int status = decode_jpeg(file.get(), &decoded);
+  if (is_png(magic, got)) {
+    ok = decode_png(file, &decoded);
+  } else if (is_jpeg(magic, got)) {
+    int status = decode_jpeg(file, &decoded);
     if (status == 2) throw ImageError(name + ": CMYK JPEG images are not supported by the C++ runtime; convert it to RGB");
     ok = status == 0;
   } else {
@@ -198,9 +217,11 @@ Image read_image(const std::filesystem::path& path) {
     if (!decoded.message[0]) throw ImageError(name + ": not a readable image (unknown format or corrupt file)");
     throw ImageError(name + ": not a readable image (corrupt file: " + decoded.message + ")");
   }
-  std::unique_ptr<unsigned char, decltype(&std::free)> samples(decoded.samples, &std::free);
-  if (decoded.width <= 0 || decoded.height <= 0) throw ImageError(name + ": image has zero size");
+  return decoded;
+}
 
+// Samples as floats in [0, 1]: colour into `pixels`, a fourth channel into `alpha`.
+Image to_image(const Decoded& decoded, const unsigned char* samples, const std::string& name) {
   Image image;
   image.path = name;
   image.bit_depth = decoded.bit_depth;
@@ -209,11 +230,11 @@ Image read_image(const std::filesystem::path& path) {
   if (decoded.channels == 4) image.alpha = Pixels(decoded.height, decoded.width, 1);
   const float top = decoded.bit_depth == 16 ? 65535.0f : 255.0f;
   const std::size_t count = std::size_t(decoded.width) * decoded.height;
-  const auto* wide = reinterpret_cast<const unsigned short*>(samples.get());
+  const auto* wide = reinterpret_cast<const unsigned short*>(samples);
   for (std::size_t i = 0; i < count; ++i) {
     for (int c = 0; c < decoded.channels; ++c) {
       std::size_t at = i * decoded.channels + c;
-      float value = float(decoded.bit_depth == 16 ? wide[at] : samples.get()[at]) / top;
+      float value = float(decoded.bit_depth == 16 ? wide[at] : samples[at]) / top;
       if (c < colour) {
         image.pixels.values[i * colour + c] = value;
       } else {
@@ -222,6 +243,19 @@ Image read_image(const std::filesystem::path& path) {
     }
   }
   return image;
+}
+
+}  // namespace
+
+Image read_image(const std::filesystem::path& path) {
+  const std::string name = path.string();
+  check_readable_file(path, name);
+  std::unique_ptr<std::FILE, FileCloser> file(std::fopen(name.c_str(), "rb"));
+  if (!file) throw ImageError(name + ": cannot open: " + std::strerror(errno));
+  Decoded decoded = decode_file(file.get(), name);
+  std::unique_ptr<unsigned char, decltype(&std::free)> samples(decoded.samples, &std::free);
+  if (decoded.width <= 0 || decoded.height <= 0) throw ImageError(name + ": image has zero size");
+  return to_image(decoded, samples.get(), name);
 }
 
 Pixels fit_channels(const Pixels& pixels, int channels, const std::string& model_id, const std::string& path) {

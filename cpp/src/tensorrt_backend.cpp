@@ -72,49 +72,13 @@ class TensorRtBackend : public Backend {
     check_cuda(cudaSetDevice(options.device), "select the GPU");
     cudaDeviceProp properties{};
     check_cuda(cudaGetDeviceProperties(&properties, options.device), "query the GPU");
-    // The headers and the loaded library must be one TensorRT: the engine name uses the version.
-    const int library = getInferLibVersion();
-    const int headers = NV_TENSORRT_MAJOR * 10000 + NV_TENSORRT_MINOR * 100 + NV_TENSORRT_PATCH;
-    if (library != headers) {
-      throw BackendUnavailable("the TensorRT library loaded (" + std::to_string(library) + ") is not the one this runtime was built with (" +
-                               std::to_string(headers) + "); rebuild deploytool_runtime against it");
-    }
-    const std::string name = matching_engine(exported.manifest(), properties.major, properties.minor, tensorrt_version());
-    path_ = (exported.dir() / name).string();
-    const std::vector<char> plan = exported.read_checked(name);  // hashed and deserialised: the same bytes
-
-    runtime_.reset(nvinfer1::createInferRuntime(logger_));
-    if (!runtime_) throw BackendUnavailable("TensorRT could not create a runtime");
-    engine_.reset(runtime_->deserializeCudaEngine(plan.data(), plan.size()));
-    if (!engine_) throw Error("TensorRT could not load " + path_ + ": built for another GPU or TensorRT version?");
-    context_.reset(engine_->createExecutionContext());
-    if (!context_) throw Error("TensorRT could not create an execution context for " + path_);
-
-    for (int i = 0; i < engine_->getNbIOTensors(); ++i) {
-      const char* tensor = engine_->getIOTensorName(i);
-      if (engine_->getTensorDataType(tensor) != nvinfer1::DataType::kFLOAT) {
-        throw Error(path_ + ": tensor " + tensor + " is not float32, the export's contract");
-      }
-      if (engine_->getTensorIOMode(tensor) == nvinfer1::TensorIOMode::kINPUT) {
-        input_name_ = tensor;
-        input_shape_ = shape_of(engine_->getTensorShape(tensor));
-      } else {
-        output_name_ = tensor;
-        output_shape_ = shape_of(engine_->getTensorShape(tensor));
-      }
-    }
-    if (input_name_.empty() || output_name_.empty() || input_shape_.elements() == 0 || output_shape_.elements() == 0) {
-      throw Error(path_ + ": expected one static NCHW input and output");
-    }
+    check_library_version();
+    load_engine(exported, matching_engine(exported.manifest(), properties.major, properties.minor, tensorrt_version()));
+    find_tensors();
     cudaStream_t stream = nullptr;
     check_cuda(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "create a stream");
     stream_.reset(stream);
-    device_input_ = device_buffer(input_shape_.elements() * sizeof(float), "allocate the input buffer");
-    device_output_ = device_buffer(output_shape_.elements() * sizeof(float), "allocate the output buffer");
-    if (!context_->setTensorAddress(input_name_.c_str(), device_input_.get()) ||
-        !context_->setTensorAddress(output_name_.c_str(), device_output_.get())) {
-      throw Error("TensorRT refused the buffers of " + path_);
-    }
+    bind_buffers();
     if (options.cuda_graph) capture();
   }
 
@@ -137,6 +101,56 @@ class TensorRtBackend : public Backend {
   }
 
  private:
+  // The headers and the loaded library must be one TensorRT: the engine name uses the version.
+  static void check_library_version() {
+    const int library = getInferLibVersion();
+    const int headers = NV_TENSORRT_MAJOR * 10000 + NV_TENSORRT_MINOR * 100 + NV_TENSORRT_PATCH;
+    if (library != headers) {
+      throw BackendUnavailable("the TensorRT library loaded (" + std::to_string(library) + ") is not the one this runtime was built with (" +
+                               std::to_string(headers) + "); rebuild deploytool_runtime against it");
+    }
+  }
+
+  void load_engine(const Export& exported, const std::string& name) {
+    path_ = (exported.dir() / name).string();
+    const std::vector<char> plan = exported.read_checked(name);  // hashed and deserialised: the same bytes
+    runtime_.reset(nvinfer1::createInferRuntime(logger_));
+    if (!runtime_) throw BackendUnavailable("TensorRT could not create a runtime");
+    engine_.reset(runtime_->deserializeCudaEngine(plan.data(), plan.size()));
+    if (!engine_) throw Error("TensorRT could not load " + path_ + ": built for another GPU or TensorRT version?");
+    context_.reset(engine_->createExecutionContext());
+    if (!context_) throw Error("TensorRT could not create an execution context for " + path_);
+  }
+
+  // The engine's one float32 NCHW input and output, by name and shape.
+  void find_tensors() {
+    for (int i = 0; i < engine_->getNbIOTensors(); ++i) {
+      const char* tensor = engine_->getIOTensorName(i);
+      if (engine_->getTensorDataType(tensor) != nvinfer1::DataType::kFLOAT) {
+        throw Error(path_ + ": tensor " + tensor + " is not float32, the export's contract");
+      }
+      if (engine_->getTensorIOMode(tensor) == nvinfer1::TensorIOMode::kINPUT) {
+        input_name_ = tensor;
+        input_shape_ = shape_of(engine_->getTensorShape(tensor));
+      } else {
+        output_name_ = tensor;
+        output_shape_ = shape_of(engine_->getTensorShape(tensor));
+      }
+    }
+    if (input_name_.empty() || output_name_.empty() || input_shape_.elements() == 0 || output_shape_.elements() == 0) {
+      throw Error(path_ + ": expected one static NCHW input and output");
+    }
+  }
+
+  void bind_buffers() {
+    device_input_ = device_buffer(input_shape_.elements() * sizeof(float), "allocate the input buffer");
+    device_output_ = device_buffer(output_shape_.elements() * sizeof(float), "allocate the output buffer");
+    if (!context_->setTensorAddress(input_name_.c_str(), device_input_.get()) ||
+        !context_->setTensorAddress(output_name_.c_str(), device_output_.get())) {
+      throw Error("TensorRT refused the buffers of " + path_);
+    }
+  }
+
   void launch() {
     if (!context_->enqueueV3(stream_.get())) throw Error("TensorRT failed to run " + path_);
   }

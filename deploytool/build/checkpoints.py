@@ -169,33 +169,42 @@ def _pickle_globals(data: bytes) -> list[str]:
     names: list[str] = []
     stream = io.BytesIO(data)
     while stream.tell() < len(data):
-        strings: list[str] = []
-        memo: dict[int, Any] = {}
-        last: Any = None
-        stream_names: list[str] = []
+        scan = _GlobalScan()
         try:
             for opcode, arg, _ in pickletools.genops(stream):
-                if opcode.name in ("GLOBAL", "INST"):
-                    stream_names.append(str(arg).replace(" ", "."))
-                elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
-                    stream_names.append(f"{strings[-2]}.{strings[-1]}")
-                elif opcode.name == "MEMOIZE":
-                    memo[len(memo)] = last
-                elif opcode.name in ("PUT", "BINPUT", "LONG_BINPUT"):
-                    memo[int(arg)] = last
-                elif opcode.name in ("GET", "BINGET", "LONG_BINGET"):
-                    last = memo.get(int(arg))
-                    if isinstance(last, str):
-                        strings.append(last)
-                elif isinstance(arg, str) and ("UNICODE" in opcode.name or "STRING" in opcode.name):
-                    last = arg
-                    strings.append(arg)
-                else:
-                    last = None
+                scan.feed(opcode.name, arg)
         except Exception:
             break
-        names.extend(n for n in stream_names if _DOTTED_NAME_RE.match(n))
+        names.extend(n for n in scan.names if _DOTTED_NAME_RE.match(n))
     return names
+
+
+class _GlobalScan:
+    """The globals one pickle stream imports, from its opcodes: GLOBAL/INST name them, and
+    STACK_GLOBAL takes the last two strings pushed, which may come from the memo."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.strings: list[str] = []
+        self.memo: dict[int, Any] = {}
+        self.last: Any = None
+
+    def feed(self, opcode: str, arg: Any) -> None:
+        if opcode in ("GLOBAL", "INST"):
+            self.names.append(str(arg).replace(" ", "."))
+        elif opcode == "STACK_GLOBAL" and len(self.strings) >= 2:
+            self.names.append(f"{self.strings[-2]}.{self.strings[-1]}")
+        elif opcode in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"):
+            self.memo[len(self.memo) if opcode == "MEMOIZE" else int(arg)] = self.last
+        elif opcode in ("GET", "BINGET", "LONG_BINGET"):
+            self.last = self.memo.get(int(arg))
+            if isinstance(self.last, str):
+                self.strings.append(self.last)
+        elif isinstance(arg, str) and ("UNICODE" in opcode or "STRING" in opcode):
+            self.last = arg
+            self.strings.append(arg)
+        else:
+            self.last = None
 
 
 def _torch_allowed_globals() -> set[str]:
@@ -335,53 +344,71 @@ def fetch(
     timeout: float = 30,
 ) -> Path:
     """Return the cached copy of `url` as `cache_dir/filename`, downloading it first if needed."""
-    if not filename or Path(filename).name != filename or filename in (".", ".."):
-        raise ValueError(f"filename must be a plain file name, got {filename!r}")
-    expected_sha = sha256.strip().lower() if sha256 else None
-    if expected_sha is not None and not _SHA256_RE.match(expected_sha):
-        raise ValueError(f"sha256 must be 64 hex digits, got {sha256!r}")
-
-    target = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    target = target / filename
+    expected_sha = _checked_fetch_arguments(filename, sha256)
+    target = (Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()) / filename
     if target.is_file():
-        if expected_sha is not None:
-            actual = sha256_file(target)
-            if actual != expected_sha:
-                raise CheckpointError(
-                    f"cached {target} does not match its expected sha256 (got {actual[:12]}…, "
-                    f"expected {expected_sha[:12]}…); delete it and run again to download it anew"
-                )
+        _check_cached(target, expected_sha)
         return target
-
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CheckpointError(
-            f"cannot create the weights cache {target.parent} ({_one_line(exc.strerror or exc)}); set DEPLOYTOOL_CACHE to a writable directory"
-        ) from None
-
-    def fail(reason: str) -> CheckpointError:
-        return CheckpointError(f"cannot download {filename} from {url} ({reason}); download it yourself and pass --weights PATH")
-
+    _make_cache_dir(target.parent)
     with atomic_path(target) as part:
-        try:
-            received, digest, total = _download(url, part, filename=filename, progress=progress, timeout=timeout)
-        except urllib.error.HTTPError as exc:
-            raise fail(f"HTTP {exc.code} {_one_line(exc.reason)}") from None
-        except urllib.error.URLError as exc:
-            raise fail(_one_line(getattr(exc.reason, "strerror", None) or exc.reason)) from None
-        except TimeoutError:
-            raise fail(f"no answer within {timeout:g} s") from None
-        except Exception as exc:  # http.client and socket errors mid-stream, bad URLs
-            raise fail(_one_line(exc) or type(exc).__name__) from None
+        received, digest, total = _download_or_fail(url, part, filename=filename, progress=progress, timeout=timeout)
         if total is not None and received != total:
-            raise fail(f"got {received} of {total} bytes")
+            raise _download_failure(filename, url, f"got {received} of {total} bytes")
         if expected_sha is not None and digest != expected_sha:
             raise CheckpointError(
                 f"downloaded {filename} from {url} does not match its expected sha256 "
                 f"(got {digest[:12]}…, expected {expected_sha[:12]}…); the file was discarded"
             )
     return target
+
+
+def _checked_fetch_arguments(filename: str, sha256: str | None) -> str | None:
+    """The expected sha256 in lower case (None without one); ValueError for a file name that is
+    not a plain name or a digest that is not 64 hex digits."""
+    if not filename or Path(filename).name != filename or filename in (".", ".."):
+        raise ValueError(f"filename must be a plain file name, got {filename!r}")
+    expected_sha = sha256.strip().lower() if sha256 else None
+    if expected_sha is not None and not _SHA256_RE.match(expected_sha):
+        raise ValueError(f"sha256 must be 64 hex digits, got {sha256!r}")
+    return expected_sha
+
+
+def _check_cached(target: Path, expected_sha: str | None) -> None:
+    if expected_sha is None:
+        return
+    actual = sha256_file(target)
+    if actual != expected_sha:
+        raise CheckpointError(
+            f"cached {target} does not match its expected sha256 (got {actual[:12]}…, "
+            f"expected {expected_sha[:12]}…); delete it and run again to download it anew"
+        )
+
+
+def _make_cache_dir(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CheckpointError(
+            f"cannot create the weights cache {folder} ({_one_line(exc.strerror or exc)}); set DEPLOYTOOL_CACHE to a writable directory"
+        ) from None
+
+
+def _download_failure(filename: str, url: str, reason: str) -> CheckpointError:
+    return CheckpointError(f"cannot download {filename} from {url} ({reason}); download it yourself and pass --weights PATH")
+
+
+def _download_or_fail(url: str, dest: Path, *, filename: str, progress: bool, timeout: float) -> tuple[int, str, int | None]:
+    """`_download`, with every way it can fail turned into one CheckpointError."""
+    try:
+        return _download(url, dest, filename=filename, progress=progress, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        raise _download_failure(filename, url, f"HTTP {exc.code} {_one_line(exc.reason)}") from None
+    except urllib.error.URLError as exc:
+        raise _download_failure(filename, url, _one_line(getattr(exc.reason, "strerror", None) or exc.reason)) from None
+    except TimeoutError:
+        raise _download_failure(filename, url, f"no answer within {timeout:g} s") from None
+    except Exception as exc:  # http.client and socket errors mid-stream, bad URLs
+        raise _download_failure(filename, url, _one_line(exc) or type(exc).__name__) from None
 
 
 def _download(url: str, dest: Path, *, filename: str, progress: bool, timeout: float) -> tuple[int, str, int | None]:

@@ -58,7 +58,7 @@ def triton(export_dirs, repo, runtime, instances, gpus, max_pixels, fp32, as_jso
     "--env",
     "env",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Environment with nvidia-pytriton and the models' packages  [default: $DEPLOYTOOL_SERVE_ENV, else .venv-serve]",
+    help="Environment where deploytool[serve] is installed  [default: $DEPLOYTOOL_SERVE_ENV, else .venv-serve]",
 )
 @click.option("--timeout", type=click.IntRange(1), default=180, show_default=True, help="Seconds to wait for the models to be ready.")
 def serve(repo, http_port, host, env, timeout) -> None:

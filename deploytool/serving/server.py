@@ -1,25 +1,29 @@
 """Starting the `tritonserver` of the nvidia-pytriton wheel on a repository, and stopping it.
 
-The wheel ships a real Triton (2.51 in nvidia-pytriton 0.7) with the Python backend only. Two
+The wheel ships a real Triton (2.51 in nvidia-pytriton 0.7) with the Python backend only. Three
 facts of that build decide how it is started:
 
 - its Python-backend stub is compiled against numpy 1.x, so the models run in their own
-  environment (numpy < 2, ONNX Runtime, OpenCV; `scripts/setup.sh` makes `.venv-serve`),
-  separate from deploytool's (numpy 2 is fine there);
+  environment, where `deploytool[serve]` is installed (numpy < 2; `scripts/setup_serve.sh` makes
+  `.venv-serve`), separate from deploytool's (numpy 2 is fine there);
 - the stub embeds `libpython3.X.so`, resolved by the dynamic linker: a Python built outside the
   system (pyenv) has it in its own `lib/`, which must come first on LD_LIBRARY_PATH, or the
-  system's libpython is picked up with the system's standard library and packages.
+  system's libpython is picked up with the system's standard library and packages;
+- the embedded interpreter's `sys.prefix` is the base Python's, not the environment's, and it
+  reads no `.pth` file: the environment's site-packages go on PYTHONPATH, alone, and deploytool
+  must be installed there from its wheel (an editable install's source root, named by a `.pth`
+  file, would not be seen).
 
-The embedded interpreter's `sys.prefix` is the base Python's, not the environment's, so the
-environment's site-packages go on PYTHONPATH, after a folder holding only the `deploytool`
-package (not the folder deploytool is installed in: the main environment's site-packages, with
-numpy 2, would shadow the server environment's packages). These are settings of the server
-process only; the repository names no path of this machine and stays portable (a per-model
+The server imports the deploytool installed in that environment, never this process's: an
+environment whose deploytool differs from this one, file by file, is refused in one line naming
+the fix, so changed sources are never served stale. These are settings of the server process
+only; the repository names no path of this machine and stays portable (a per-model
 EXECUTION_ENV_PATH would tie it to this machine's environment).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -41,7 +45,7 @@ SERVE_ENV_VARIABLE = "DEPLOYTOOL_SERVE_ENV"
 DEFAULT_ENV_NAME = ".venv-serve"
 PACKAGE_DIR = Path(deploytool.__file__).resolve().parent
 SOURCE_ROOT = PACKAGE_DIR.parent
-SETUP_HINT = f"run scripts/setup.sh (it creates {DEFAULT_ENV_NAME}), or pass --env with an environment holding `deploytool[serve]`'s packages"
+SETUP_HINT = f"run scripts/setup.sh or scripts/setup_serve.sh (it installs deploytool[serve] into {DEFAULT_ENV_NAME}), or pass --env with an environment where deploytool[serve] is installed"
 
 
 @dataclass(frozen=True)
@@ -67,30 +71,49 @@ class ServerEnvironment:
 
 
 _PROBE = """
-import json, sys, sysconfig
+import json, os, sys, sysconfig
 try:
     import numpy
     numpy_version = numpy.__version__
 except ImportError:
     numpy_version = None
+try:
+    import deploytool
+    deploytool_dir = os.path.dirname(os.path.realpath(deploytool.__file__))
+except ImportError:
+    deploytool_dir = None
 print(json.dumps({"version": f"{sys.version_info[0]}.{sys.version_info[1]}", "purelib": sysconfig.get_paths()["purelib"],
-                  "libdir": sysconfig.get_config_var("LIBDIR"), "shared": bool(sysconfig.get_config_var("Py_ENABLE_SHARED")), "numpy": numpy_version}))
+                  "libdir": sysconfig.get_config_var("LIBDIR"), "shared": bool(sysconfig.get_config_var("Py_ENABLE_SHARED")), "numpy": numpy_version,
+                  "deploytool": deploytool_dir}))
 """
 
 
 def find_environment(env: Path | None = None) -> ServerEnvironment:
     """The server environment: `env`, else $DEPLOYTOOL_SERVE_ENV, else `.venv-serve` beside
-    deploytool's source; checked for everything the wheel's Triton needs, refused in one line."""
+    deploytool's source; checked for everything the wheel's Triton needs and for this deploytool
+    installed in it, refused in one line."""
     chosen = env or (Path(os.environ[SERVE_ENV_VARIABLE]) if os.environ.get(SERVE_ENV_VARIABLE) else SOURCE_ROOT / DEFAULT_ENV_NAME)
+    facts = _probe(chosen)
+    found = ServerEnvironment(chosen.resolve(), facts["version"], Path(facts["purelib"]), Path(facts["libdir"]))
+    _check_triton(found, facts, chosen)
+    _check_deploytool(found, facts["deploytool"], chosen)
+    return found
+
+
+def _probe(chosen: Path) -> dict:
+    """What the environment's Python reports about itself, run isolated (-I: no PYTHONPATH, no
+    current folder on sys.path), as the server's Python sees it."""
     python = chosen / "bin" / "python"
     if not python.is_file():
         raise DeployError(f"no server environment at {chosen}: {SETUP_HINT}")
-    probe = subprocess.run([str(python), "-c", _PROBE], capture_output=True, text=True, timeout=60)
+    probe = subprocess.run([str(python), "-I", "-c", _PROBE], capture_output=True, text=True, timeout=60)
     if probe.returncode != 0:
         last = (probe.stderr.strip().splitlines() or [f"exit status {probe.returncode}"])[-1]
         raise DeployError(f"{python} does not run: {last}")
-    facts = json.loads(probe.stdout)
-    found = ServerEnvironment(chosen.resolve(), facts["version"], Path(facts["purelib"]), Path(facts["libdir"]))
+    return json.loads(probe.stdout)
+
+
+def _check_triton(found: ServerEnvironment, facts: dict, chosen: Path) -> None:
     if not found.binary.is_file():
         raise DeployError(f"{chosen} has no nvidia-pytriton (no {found.binary}): {SETUP_HINT}")
     if facts["numpy"] is None or int(facts["numpy"].split(".")[0]) >= 2:
@@ -98,11 +121,42 @@ def find_environment(env: Path | None = None) -> ServerEnvironment:
         raise DeployError(f"{chosen} has {have}: the wheel's Python backend is built against numpy 1.x (pip install 'numpy<2' there)")
     if not facts["shared"]:
         raise DeployError(
-            f"{python} is a Python built without libpython{found.python_version}.so, which Triton's Python backend embeds; use a shared-library build"
+            f"{chosen / 'bin' / 'python'} is a Python built without libpython{found.python_version}.so, which Triton's Python backend embeds; use a shared-library build"
         )
     if not (found.triton_dir / "python_backend_stubs" / found.python_version / "triton_python_backend_stub").is_file():
         raise DeployError(f"nvidia-pytriton in {chosen} has no Python-backend stub for Python {found.python_version}")
-    return found
+
+
+def _check_deploytool(found: ServerEnvironment, imported_from: str | None, chosen: Path) -> None:
+    """deploytool must be installed in the environment's site-packages (the only folder on the
+    server's PYTHONPATH) and hold the same files as the deploytool running this launcher."""
+    installed = found.site_packages / "deploytool"
+    if imported_from is None:
+        raise DeployError(f"{chosen} has no deploytool: {SETUP_HINT}")
+    if Path(imported_from) != installed.resolve():
+        raise DeployError(
+            f"{chosen} imports deploytool from {imported_from}, not from its site-packages (an editable install? Triton's embedded Python reads no .pth file): {SETUP_HINT}"
+        )
+    differing = first_difference(installed, PACKAGE_DIR)
+    if differing is not None:
+        raise DeployError(
+            f"the deploytool installed in {chosen} is not this one ({differing} differs from {PACKAGE_DIR / differing}): "
+            "reinstall it (scripts/setup_serve.sh does, for .venv-serve)"
+        )
+
+
+def package_files(folder: Path) -> dict[str, str]:
+    """{path relative to `folder`: sha256 of its bytes} for every file of a package folder, the
+    byte-code caches left out."""
+    files = (path for path in folder.rglob("*") if path.is_file() and "__pycache__" not in path.relative_to(folder).parts)
+    return {path.relative_to(folder).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest() for path in files}
+
+
+def first_difference(installed: Path, source: Path) -> str | None:
+    """The first file (in name order) that one package folder holds and the other does not, or
+    holds with other bytes; None when they hold the same files."""
+    theirs, ours = package_files(installed), package_files(source)
+    return next((name for name in sorted(theirs.keys() | ours.keys()) if theirs.get(name) != ours.get(name)), None)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -121,26 +175,18 @@ def is_ready(url: str) -> bool:
         return False
 
 
-def package_folder(into: Path) -> Path:
-    """A folder in `into` holding only the `deploytool` package (a link to this one), for the
-    server's PYTHONPATH."""
-    folder = into / "python"
-    folder.mkdir()
-    (folder / "deploytool").symlink_to(PACKAGE_DIR, target_is_directory=True)
-    return folder
-
-
-def server_environment(env: ServerEnvironment, packages: Path) -> dict[str, str]:
-    """The process environment tritonserver (and its Python stubs, its children) run in;
-    `packages` is a `package_folder`."""
+def server_environment(env: ServerEnvironment) -> dict[str, str]:
+    """The process environment tritonserver (and its Python stubs, its children) run in: Python
+    finds packages in the environment's site-packages only (no source root, none of this
+    process's folders)."""
     variables = dict(os.environ)
 
     def prepend(name: str, *paths: Path) -> None:
         variables[name] = os.pathsep.join([str(p) for p in paths] + ([variables[name]] if variables.get(name) else []))
 
     prepend("LD_LIBRARY_PATH", env.libpython_dir, env.wheel_libs)
-    prepend("PYTHONPATH", packages, env.site_packages)
     prepend("PATH", env.prefix / "bin")
+    variables["PYTHONPATH"] = str(env.site_packages)
     variables.pop("PYTHONHOME", None)
     return variables
 
@@ -203,7 +249,6 @@ class TritonServer:
             raise DeployError(f"model repository not found: {self.repo}")
         self.workdir = Path(tempfile.mkdtemp(prefix="deploytool-triton-"))
         backends = _backends(self.environment, self.workdir)
-        packages = package_folder(self.workdir)
         self.log = self.log or self.workdir / "tritonserver.log"
         command = [
             str(self.environment.binary),
@@ -218,9 +263,10 @@ class TritonServer:
             "--exit-timeout-secs=10",
         ]
         with open(self.log, "wb") as log:
-            # its own session: Ctrl-C reaches deploytool, which stops the server once, in order
+            # its own session: Ctrl-C reaches deploytool, which stops the server once, in order; in
+            # the work folder, since the models' Python puts its current folder first on sys.path
             self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env=server_environment(self.environment, packages), start_new_session=True
+                command, stdout=log, stderr=subprocess.STDOUT, env=server_environment(self.environment), cwd=self.workdir, start_new_session=True
             )
 
     def ready(self) -> bool:

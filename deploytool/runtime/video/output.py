@@ -80,19 +80,35 @@ def supported_codecs(muxer: str) -> set[str]:
 
 def plan_output(info: VideoInfo, options: EncodeOptions, destination: Path, *, scale: int) -> OutputPlan:
     """The encoder, its settings and the streams copied, or one line saying what cannot be done."""
-    import av
-
     muxer = muxer_for(destination, info.container)
     deep = info.bit_depth > 8
+    codec, pix_fmt = _codec_and_pix_fmt(options, muxer, destination, deep=deep)
+    target = _checked_pixel_format(codec, pix_fmt)
+    width, height = info.width * scale, info.height * scale
+    if _subsampled_odd(target, width, height):
+        raise VideoError(f"{codec} {pix_fmt} needs an even size, and the output is {width}x{height}; use e.g. --pix-fmt yuv444p")
+    settings = _encoder_settings(codec, options)
+    matrix, matrix_tag, range_tag = _colour_tags(target, info)
+    depth = 8 if max(c.bits for c in target.components) <= 8 and not deep else 16
+    copied = tuple(s for s in info.others if options.audio or s.type != "audio")
+    check_container(muxer, destination, codec, copied)
+    return OutputPlan(muxer, codec, pix_fmt, settings, depth, matrix, matrix_tag, range_tag, width, height, copied)
+
+
+def _codec_and_pix_fmt(options: EncodeOptions, muxer: str, destination: Path, *, deep: bool) -> tuple[str, str]:
     if options.lossless:
         if options.codec not in (None, LOSSLESS_CODEC) or options.crf is not None or options.preset is not None:
             raise VideoError("--lossless writes FFV1: it takes no --codec, --crf or --preset")
         if muxer != LOSSLESS_CONTAINER:
             raise VideoError(f"{destination}: --lossless writes FFV1 in Matroska; name the output .mkv")
-        codec, pix_fmt = LOSSLESS_CODEC, options.pix_fmt or ("gbrp16le" if deep else "bgr0")
-    else:
-        codec = options.codec or ("libx265" if deep else "libx264")
-        pix_fmt = options.pix_fmt or ("yuv420p10le" if deep else "yuv420p")
+        return LOSSLESS_CODEC, options.pix_fmt or ("gbrp16le" if deep else "bgr0")
+    return options.codec or ("libx265" if deep else "libx264"), options.pix_fmt or ("yuv420p10le" if deep else "yuv420p")
+
+
+def _checked_pixel_format(codec: str, pix_fmt: str):
+    """The av.VideoFormat of `pix_fmt`, once `codec` is known to be a video encoder that takes it."""
+    import av
+
     try:
         encoder = av.codec.Codec(codec, "w")
     except (av.FFmpegError, ValueError):
@@ -103,12 +119,12 @@ def plan_output(info: VideoInfo, options: EncodeOptions, destination: Path, *, s
     if formats and pix_fmt not in formats:
         raise VideoError(f"--pix-fmt {pix_fmt}: {codec} takes {', '.join(formats[:12])}{' ...' if len(formats) > 12 else ''}")
     try:
-        target = av.VideoFormat(pix_fmt)
+        return av.VideoFormat(pix_fmt)
     except (av.FFmpegError, ValueError):
         raise VideoError(f"--pix-fmt {pix_fmt}: not a pixel format this FFmpeg knows") from None
-    width, height = info.width * scale, info.height * scale
-    if _subsampled_odd(target, width, height):
-        raise VideoError(f"{codec} {pix_fmt} needs an even size, and the output is {width}x{height}; use e.g. --pix-fmt yuv444p")
+
+
+def _encoder_settings(codec: str, options: EncodeOptions) -> dict[str, str]:
     settings = dict(_QUIET.get(codec, {}))
     if options.crf is not None and codec not in _CRF_ENCODERS:
         raise VideoError(f"--crf: {codec} takes no CRF (those that do: {', '.join(sorted(_CRF_ENCODERS))})")
@@ -120,14 +136,16 @@ def plan_output(info: VideoInfo, options: EncodeOptions, destination: Path, *, s
         if codec not in ("libx264", "libx265", "libsvtav1"):
             raise VideoError(f"--preset: {codec} takes no preset")
         settings["preset"] = options.preset
-    rgb_out = target.is_rgb
-    matrix = None if rgb_out else (framing.sws_matrix(info.colour) if not info.rgb else "ITU709")
-    matrix_tag = framing.MATRIX_RGB if rgb_out else (info.colour.matrix if not info.rgb else 1)
-    range_tag = framing.RANGE_FULL if rgb_out else (framing.source_range(info) if not info.rgb else framing.RANGE_LIMITED)
-    depth = 8 if max(c.bits for c in target.components) <= 8 and not deep else 16
-    copied = tuple(s for s in info.others if options.audio or s.type != "audio")
-    check_container(muxer, destination, codec, copied)
-    return OutputPlan(muxer, codec, pix_fmt, settings, depth, matrix, matrix_tag, range_tag, width, height, copied)
+    return settings
+
+
+def _colour_tags(target, info: VideoInfo) -> tuple[str | None, int, int]:
+    """The colour matrix to convert with (None: RGB out) and the matrix and range to tag."""
+    if target.is_rgb:
+        return None, framing.MATRIX_RGB, framing.RANGE_FULL
+    if info.rgb:
+        return "ITU709", 1, framing.RANGE_LIMITED
+    return framing.sws_matrix(info.colour), info.colour.matrix, framing.source_range(info)
 
 
 def _subsampled_odd(target, width: int, height: int) -> bool:

@@ -152,45 +152,53 @@ def _decode(run: _Run, path: Path, info: VideoInfo, copied: dict[int, Any], out:
             video = container.streams[info.index]
             video.thread_type = "AUTO"
             wanted = [video, *(s for s in container.streams if s.index in copied and s.type != "attachment")]
-            index = 0
-
-            def emit(frames) -> None:
-                for frame in frames:
-                    run.put(out, framing.to_rgb(frame, info, decoded.frames))
-                    decoded.frames += 1
-
             try:
-                for packet in container.demux(wanted):
-                    if run.stop.is_set():
-                        raise Stopped
-                    if packet.stream.index != video.index:
-                        if packet.dts is not None:
-                            run.put(out, _Packet(packet, packet.stream.index))
-                        continue
-                    if packet.size == 0:
-                        continue
-                    position, index = index, index + 1
-                    if packet_range is not None:
-                        if position < packet_range[0]:
-                            continue
-                        if position >= packet_range[1]:
-                            break
-                    decoded.packets += 1
-                    try:
-                        frames = video.decode(packet)
-                    except av.FFmpegError:
-                        decoded.errors += 1
-                        continue
-                    emit(frames)
+                _demux(run, container.demux(wanted), video, info, out, decoded, packet_range)
             except av.FFmpegError:
                 decoded.errors += 1  # the demuxer gave up: a damaged or truncated tail
             try:
-                emit(video.decode(None))
+                _emit(run, video.decode(None), info, out, decoded)
             except av.FFmpegError:
                 decoded.errors += 1
         run.put(out, _END)
     except BaseException as exc:  # noqa: BLE001 - handed to the calling thread, which raises it
         run.fail(exc)
+
+
+def _demux(run: _Run, packets, video, info: VideoInfo, out: queue.Queue, decoded: Decoded, packet_range: tuple[int, int] | None) -> None:
+    """The video packets (those of `packet_range` only, when given) decoded into `out`, the other
+    streams' packets passed on as they come."""
+    import av
+
+    index = 0
+    for packet in packets:
+        if run.stop.is_set():
+            raise Stopped
+        if packet.stream.index != video.index:
+            if packet.dts is not None:
+                run.put(out, _Packet(packet, packet.stream.index))
+            continue
+        if packet.size == 0:
+            continue
+        position, index = index, index + 1
+        if packet_range is not None:
+            if position < packet_range[0]:
+                continue
+            if position >= packet_range[1]:
+                break
+        decoded.packets += 1
+        try:
+            frames = video.decode(packet)
+        except av.FFmpegError:
+            decoded.errors += 1
+            continue
+        _emit(run, frames, info, out, decoded)
+
+
+def _emit(run: _Run, frames, info: VideoInfo, out: queue.Queue, decoded: Decoded) -> None:
+    for frame in frames:
+        run.put(out, framing.to_rgb(frame, info, decoded.frames))
+        decoded.frames += 1
 
 
 def _copy_metadata(source: dict, target: dict) -> None:
@@ -319,21 +327,10 @@ def run_stages(
     encoder = threading.Thread(target=_encode, args=(run, output, stream, plan, info, mapping, restored_queue, counted), name="video-encode", daemon=True)
     busy_before = restorer.busy_seconds
     started = time.perf_counter()
-
-    def frames() -> Iterator[framing.Frame]:
-        while True:
-            item = run.get(decoded_queue)
-            if item is _END:
-                return
-            if isinstance(item, _Packet):
-                run.put(restored_queue, item)
-                continue
-            yield item
-
     decoder.start()
     encoder.start()
     try:
-        for frame, samples in restorer.restore(frames(), plan.depth):
+        for frame, samples in restorer.restore(_decoded_frames(run, decoded_queue, restored_queue), plan.depth):
             run.put(restored_queue, (frame.index, frame.pts, samples))
         run.put(restored_queue, _END)
         while encoder.is_alive():
@@ -343,14 +340,31 @@ def run_stages(
     except BaseException as exc:
         run.fail(exc)
     finally:
-        if run.failure is not None:
-            run.stop.set()
-        encoder.join()
-        run.stop.set()
-        decoder.join()
+        _join(run, encoder, decoder)
     if run.failure is not None:
         raise run.failure
     return StageResult(done[0], decoded, time.perf_counter() - started, restorer.busy_seconds - busy_before)
+
+
+def _decoded_frames(run: _Run, decoded_queue: queue.Queue, restored_queue: queue.Queue) -> Iterator[framing.Frame]:
+    """The frames of the decode stage, until _END; copied packets go straight on to the encoder."""
+    while True:
+        item = run.get(decoded_queue)
+        if item is _END:
+            return
+        if isinstance(item, _Packet):
+            run.put(restored_queue, item)
+            continue
+        yield item
+
+
+def _join(run: _Run, encoder: threading.Thread, decoder: threading.Thread) -> None:
+    """Both stage threads ended: after a failure the encoder is stopped at once, else it drains."""
+    if run.failure is not None:
+        run.stop.set()
+    encoder.join()
+    run.stop.set()
+    decoder.join()
 
 
 def _lost(info: VideoInfo, decoded: Decoded, frames: int) -> None:
