@@ -27,6 +27,7 @@ def test_the_servers_process_environment_finds_libpython_first():
     env = serve_environment_or_skip()
     variables = server.server_environment(env)
     assert variables["LD_LIBRARY_PATH"].split(":")[:2] == [str(env.libpython_dir), str(env.wheel_libs)]
+    assert variables["PYTHONPATH"] == str(env.site_packages)  # no source root, whatever this process's PYTHONPATH holds
     assert (env.libpython_dir / f"libpython{env.python_version}.so").exists() or any(env.libpython_dir.glob(f"libpython{env.python_version}*.so*"))
 
 
