@@ -1,12 +1,6 @@
 #include "deploytool/tiler.hpp"
 
 #include <algorithm>
-#include <cstdint>
-
-#if defined(__linux__)
-#include <sys/mman.h>
-#include <unistd.h>
-#endif
 
 #include "deploytool/errors.hpp"
 
@@ -53,17 +47,23 @@ void quotients_to_row(const float* sums, std::size_t stride, const float* weight
   quotients_to_row<0>(sums, stride, weights, width, channels, pixels);
 }
 
-// numpy asks Linux for transparent huge pages for its large arrays; the tiler's output is the
-// largest allocation here, and faulting it in page by page costs more than blending it.
-void advise_huge_pages(const std::vector<float>& values) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  const std::uintptr_t page = std::uintptr_t(sysconf(_SC_PAGESIZE));
-  const std::uintptr_t begin = (std::uintptr_t(values.data()) + page - 1) / page * page;
-  const std::uintptr_t end = std::uintptr_t(values.data() + values.capacity()) / page * page;
-  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);  // only a hint: its failure changes nothing
-#else
-  (void)values;
-#endif
+// One row of a CHW output tile (planes `tile_plane` apart) times `weight`, added into the band's
+// planes (`plane` apart), and `weight` into the weights' row.
+template <int kChannels>
+void add_row(const float* __restrict__ source, std::size_t tile_plane, const float* __restrict__ weight, int width, int channels,
+             float* __restrict__ values, std::size_t plane, float* __restrict__ weights) {
+  const int count = kChannels > 0 ? kChannels : channels;
+  for (int j = 0; j < width; ++j) {
+    for (int c = 0; c < count; ++c) values[c * plane + j] += source[c * tile_plane + j] * weight[j];
+    weights[j] += weight[j];
+  }
+}
+
+void add_row(const float* source, std::size_t tile_plane, const float* weight, int width, int channels, float* values, std::size_t plane,
+             float* weights) {
+  if (channels == 3) return add_row<3>(source, tile_plane, weight, width, channels, values, plane, weights);
+  if (channels == 1) return add_row<1>(source, tile_plane, weight, width, channels, values, plane, weights);
+  add_row<0>(source, tile_plane, weight, width, channels, values, plane, weights);
 }
 
 }  // namespace
@@ -201,23 +201,19 @@ BandAccumulator::BandAccumulator(int out_h, int out_w, int band_h, int band_w, i
   output_.width = out_w;
   output_.channels = channels;
   output_.values.reserve(std::size_t(out_h) * out_w * channels);
-  advise_huge_pages(output_.values);
 }
 
 void BandAccumulator::add(int top, int left, const float* tile, const std::vector<float>& row_window, const std::vector<float>& col_window) {
   const int tile_h = int(row_window.size()), tile_w = int(col_window.size());
-  const std::size_t plane = std::size_t(band_h_) * band_w_;
-  float* const weight = weight_row_.data();
+  const std::size_t plane = std::size_t(band_h_) * band_w_, tile_plane = std::size_t(tile_h) * tile_w;
   for (int i = 0; i < tile_h; ++i) {
-    for (int j = 0; j < tile_w; ++j) weight[j] = row_window[i] * col_window[j];
-    const std::size_t at = row_offset(top - band_y_ + i) + left;
-    for (int c = 0; c < output_.channels; ++c) {
-      float* values = &values_[c * plane + at];
-      const float* source = tile + (std::size_t(c) * tile_h + i) * tile_w;
-      for (int j = 0; j < tile_w; ++j) values[j] += source[j] * weight[j];
+    const float* weight = col_window.data();  // row_window[i] * col_window[j] is col_window[j] where row_window[i] is 1
+    if (row_window[i] != 1.0f) {
+      for (int j = 0; j < tile_w; ++j) weight_row_[j] = row_window[i] * col_window[j];
+      weight = weight_row_.data();
     }
-    float* weights = &weights_[at];
-    for (int j = 0; j < tile_w; ++j) weights[j] += weight[j];
+    const std::size_t at = row_offset(top - band_y_ + i) + left;
+    add_row(tile + std::size_t(i) * tile_w, tile_plane, weight, tile_w, output_.channels, &values_[at], plane, &weights_[at]);
   }
 }
 

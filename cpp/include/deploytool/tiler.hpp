@@ -1,7 +1,9 @@
 #pragma once
 // Running a static-shape backend over images of any size, tile by tile, exactly as
-// deploytool/tiling.py and deploytool/inference.py do (same grid, padding, weights and float32
-// arithmetic, so the same pixels). Memory is bounded by one row of tiles, never the image's tiles.
+// deploytool/runtime/tiling.py and deploytool/runtime/inference.py do (same grid, padding, weights
+// and float32 arithmetic, so the same pixels), in the same pieces: TileGrid, BlendWeights,
+// BandAccumulator, TiledImage and run_tiled's batching loop. Memory is bounded by one row of
+// tiles, never the image's tiles.
 #include <functional>
 #include <vector>
 
@@ -109,7 +111,8 @@ class BandAccumulator {
 // i = 0, 1, ... in order; `result()` is the output once every tile was added.
 class TiledImage {
  public:
-  // The output is the top-left crop_h x crop_w (at most the image's size times the scale).
+  // The output is the top-left crop_h x crop_w (at most the image's size times the scale);
+  // `image` is read, not copied, and must outlive the TiledImage.
   TiledImage(const Pixels& image, const TileOptions& options, int out_channels, int crop_h, int crop_w);
   int count() const { return grid_.count(); }
   void cut(int index, float* tile) const { grid_.cut(image_, index, tile); }
