@@ -157,8 +157,8 @@ class BandAccumulator:
 
     def __init__(self, out_h: int, out_w: int, band_h: int, band_w: int, channels: int):
         self.output = np.empty((out_h, out_w, channels), dtype=np.float32)
-        self.values = np.zeros((channels, band_h, band_w), dtype=np.float32)
-        self.weights = np.zeros((band_h, band_w), dtype=np.float32)
+        self.values = np.zeros((channels, band_h, band_w), dtype=np.float32)  # sums of weight * value
+        self.weights = np.zeros((band_h, band_w), dtype=np.float32)  # sums of weights
         self.band_y = 0  # output row of the band's first row
 
     def add(self, top: int, left: int, values: np.ndarray, row_window: np.ndarray, col_window: np.ndarray) -> None:
@@ -206,7 +206,7 @@ class TiledImage:
         self.out_th, self.out_tw = self.tile_h * self.scale, self.tile_w * self.scale
         # neighbours' centres cover a trimmed edge only while the overlap is at least two trims
         trim = min(int(trim), overlap // 2) * self.scale
-        self.weights = BlendWeights(self.out_th, self.out_tw, overlap * self.scale, trim)
+        self.blend = BlendWeights(self.out_th, self.out_tw, overlap * self.scale, trim)
         self.band: BandAccumulator | None = None
         self.current_row = 0
         self.added = 0
@@ -236,7 +236,7 @@ class TiledImage:
         if row != self.current_row:
             band.flush(self.grid.ys[row] * self.scale)
             self.current_row = row
-        band.add(self.grid.ys[row] * self.scale, self.grid.xs[col] * self.scale, output, *self.weights.windows(self.grid.edges(index)))
+        band.add(self.grid.ys[row] * self.scale, self.grid.xs[col] * self.scale, output, *self.blend.windows(self.grid.edges(index)))
         self.added += 1
 
     def result(self) -> np.ndarray:
