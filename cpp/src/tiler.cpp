@@ -196,7 +196,7 @@ BandAccumulator::BandAccumulator(int out_h, int out_w, int band_h, int band_w, i
       values_(std::size_t(channels) * band_h * band_w, 0.0f),
       weights_(std::size_t(band_h) * band_w, 0.0f),
       weight_row_(band_w) {
-  // The output grows row by row as rows are flushed: each sample is written once, never zeroed first.
+  // The output grows row by row as rows are flushed, so no pass over all of it zeroes it before it is written.
   output_.height = out_h;
   output_.width = out_w;
   output_.channels = channels;
