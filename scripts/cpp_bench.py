@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,29 +36,30 @@ from deploytool.errors import DeployError  # noqa: E402
 from deploytool.runtime import inference, png  # noqa: E402
 from deploytool.runtime.manifest import read_manifest  # noqa: E402
 from tests.helpers import export_tiny  # noqa: E402
-from tests.standin import registry_tiling_configs, standin_runner, write_standin_export  # noqa: E402
+from tests.standin import TilingConfig, registry_tiling_configs, standin_runner, write_standin_export  # noqa: E402
 
 
 def python_child(export_dir: Path, image: Path) -> None:
     """Runs in a child process: the Python tiler over `image`; prints its timings as JSON."""
     manifest = read_manifest(export_dir)
     model = standin_runner(manifest)
-    model_seconds = 0.0
+    model_seconds = {"wall": 0.0, "cpu": 0.0}
 
     def timed(batch: np.ndarray) -> np.ndarray:
-        nonlocal model_seconds
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.process_time()
         result = model(batch)
-        model_seconds += time.perf_counter() - started
+        model_seconds["wall"] += time.perf_counter() - started
+        model_seconds["cpu"] += time.process_time() - started_cpu
         return result
 
     pixels, loaded = inference.model_input(manifest, image)
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.process_time()
     restored = inference.restore_array(timed, manifest, pixels, overlap=manifest.tiling.overlap)
     restored = inference.images.restore_channels(restored, loaded)
-    seconds = time.perf_counter() - started
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - started_cpu
     tiles = inference.tiles_for(manifest, *pixels.shape[:2], manifest.tiling.overlap)
-    print(json.dumps({"restore_s": seconds, "model_s": model_seconds, "tiles": tiles, "output": list(restored.shape[:2])}))
+    timings = {"restore_s": seconds, "model_s": model_seconds["wall"], "restore_cpu_s": cpu_seconds, "model_cpu_s": model_seconds["cpu"]}
+    print(json.dumps({**timings, "tiles": tiles, "output": list(restored.shape[:2])}))
 
 
 # Peak RSS is read with os.wait4 on a grandchild forked by this small launcher: a child spawned
@@ -84,10 +86,11 @@ def run_child(command: list[str]) -> tuple[dict, float]:
     return json.loads(done.stdout), usage["maxrss_kib"] / 1024  # Linux: KiB
 
 
-def build_from_scratch(build_dir: Path, jobs: int) -> float:
+def build(source: Path, build_dir: Path, jobs: int) -> float:
+    """Configure and build cpp/ (Release) in `build_dir`; the seconds it took."""
     started = time.perf_counter()
     for command in (
-        ["cmake", "-S", str(REPO / "cpp"), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release", f"-DPython3_EXECUTABLE={sys.executable}"],
+        ["cmake", "-S", str(source), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release", f"-DPython3_EXECUTABLE={sys.executable}"],
         ["cmake", "--build", str(build_dir), "-j", str(jobs)],
     ):
         done = subprocess.run(command, capture_output=True, text=True)
@@ -145,68 +148,124 @@ def end_to_end(model_id: str, build_dir: Path, scratch: Path, size: int, channel
     ]
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--model-id",
-        help="a registry id whose tiling (tile, overlap, batch, scale, blend) to use; default: the first single-image RGB restoration (scale 1) tiling",
+        action="append",
+        help="a registry id whose tiling (tile, overlap, batch, scale, blend) to use, one row each (repeatable); "
+        "default: the first single-image RGB restoration (scale 1) tiling",
     )
     parser.add_argument("--size", type=int, default=4096, help="image height and width")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each tiler per stand-in row, C++ and Python alternating")
     parser.add_argument("--e2e-size", type=int, default=512, help="image height and width of the end-to-end (real export) row")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel compile jobs")
+    parser.add_argument("--build-dir", type=Path, help="build cpp/ here, incrementally, instead of from scratch in a temporary folder")
+    parser.add_argument("--standin-only", action="store_true", help="only the stand-in rows: no build time, no end-to-end row")
     parser.add_argument("--python-child", nargs=2, metavar=("EXPORT_DIR", "IMAGE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.size < 1 or args.repeat < 1:
+        parser.error("--size and --repeat must be at least 1")
+    return args
+
+
+def standin_config(model_id: str | None) -> TilingConfig:
+    """The registry's tiling configuration of `model_id` (default: the first RGB restoration one)."""
+    configs = registry_tiling_configs()
+    if model_id is None:
+        return next(c for c in configs if c.scale == 1 and c.views == ("image",) and c.channels == 3 and not c.blend_trim)
+    try:
+        entry = registry.get(model_id)
+    except DeployError as error:
+        sys.exit(f"error: {error}")
+    config = next(
+        c
+        for c in configs
+        if (c.scale, c.tile, c.tile_multiple, c.batch, c.overlap, c.blend_trim, c.views)
+        == (entry.scale, entry.tiling.tile, entry.tiling.tile_multiple, entry.tiling.batch, entry.tiling.overlap, entry.tiling.blend.trim, entry.views)
+        and c.channels == entry.channels
+    )
+    if len(config.views) != 1:
+        sys.exit(f"error: {model_id} takes {len(config.views)} views; the benchmark runs single-image models")
+    return config
+
+
+def standin_row(config: TilingConfig, build_dir: Path, scratch: Path, size: int, repeat: int) -> dict:
+    """Both tilers on one image with the stand-in model, alternately: medians and peak RSS."""
+    export_dir = scratch / f"export-{config.label}"
+    write_standin_export(config, export_dir)
+    image = scratch / f"image-{config.channels}.png"
+    if not image.is_file():
+        y, x = np.meshgrid(np.linspace(0, 1, size), np.linspace(0, 1, size), indexing="ij")
+        rng = np.random.default_rng(0)
+        base = 0.5 + 0.4 * np.sin(9 * x[..., None] + 5 * y[..., None] + np.arange(config.channels))
+        image.write_bytes(png.encode(np.rint(np.clip(base + 0.05 * rng.standard_normal(base.shape), 0, 1) * 255).astype(np.uint8)))
+    commands = {
+        "C++": [str(build_dir / "deploytool-standin"), "--bench", str(export_dir), str(image)],
+        "Python": [sys.executable, str(Path(__file__).resolve()), "--python-child", str(export_dir), str(image)],
+    }
+    runs: dict[str, list[tuple[dict, float]]] = {name: [] for name in commands}
+    for _ in range(repeat):
+        for name, command in commands.items():
+            runs[name].append(run_child(command))
+    row = {"config": config, "tiles": runs["C++"][0][0]["tiles"], "output": runs["C++"][0][0]["output"]}
+    for name, measured in runs.items():
+        assert all(m["tiles"] == row["tiles"] and m["output"] == row["output"] for m, _ in measured), (name, measured)
+        row[name] = {
+            "restore_s": statistics.median(m["restore_s"] for m, _ in measured),
+            "model_s": statistics.median(m["model_s"] for m, _ in measured),
+            "overhead_s": statistics.median(m["restore_s"] - m["model_s"] for m, _ in measured),
+            "overhead_cpu_s": statistics.median(m["restore_cpu_s"] - m["model_cpu_s"] for m, _ in measured),
+            "rss_mib": max(rss for _, rss in measured),
+        }
+    print(f"{config.model_id} tiling measured", file=sys.stderr)
+    return row
+
+
+def standin_table(rows: list[dict], size: int, repeat: int) -> list[str]:
+    lines = [
+        f"stand-in model on a {size}x{size} image: medians of {repeat} runs each, C++ and Python alternating; "
+        f"cores {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}",
+        "",
+        "| tiling | tiles | output | tiler | restore s | in stand-in model s | tiler overhead s | tiler overhead CPU s | peak RSS MiB |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        for name in ("Python", "C++"):
+            m = row[name]
+            lines.append(
+                f"| {row['config'].model_id} ({row['config'].label}) | {row['tiles']} | {row['output'][0]}x{row['output'][1]} | {name} "
+                f"| {m['restore_s']:.3f} | {m['model_s']:.3f} | {m['overhead_s']:.3f} | {m['overhead_cpu_s']:.3f} | {m['rss_mib']:.0f} |"
+            )
+    lines.append("")
+    for row in rows:
+        python, cpp = row["Python"], row["C++"]
+        lines.append(
+            f"{row['config'].model_id} (x{row['config'].scale}): tiler overhead ratio Python / C++ {python['overhead_s'] / cpp['overhead_s']:.1f}x "
+            f"(CPU time {python['overhead_cpu_s'] / cpp['overhead_cpu_s']:.1f}x); "
+            f"peak RSS ratio Python / C++ {python['rss_mib'] / cpp['rss_mib']:.1f}x"
+        )
+    return lines
+
+
+def main() -> None:
+    args = parse_args()
     if args.python_child:
         python_child(Path(args.python_child[0]), Path(args.python_child[1]))
         return
-
-    configs = registry_tiling_configs()
-    if args.model_id is None:
-        config = next(c for c in configs if c.scale == 1 and c.views == ("image",) and c.channels == 3 and not c.blend_trim)
-    else:
-        try:
-            entry = registry.get(args.model_id)
-        except DeployError as error:
-            sys.exit(f"error: {error}")
-        config = next(
-            c
-            for c in configs
-            if (c.scale, c.tile, c.tile_multiple, c.batch, c.overlap, c.blend_trim, c.views)
-            == (entry.scale, entry.tiling.tile, entry.tiling.tile_multiple, entry.tiling.batch, entry.tiling.overlap, entry.tiling.blend.trim, entry.views)
-            and c.channels == entry.channels
-        )
-    if len(config.views) != 1:
-        sys.exit(f"error: {config.model_id} takes {len(config.views)} views; the benchmark runs single-image models")
-
+    configs = [standin_config(model_id) for model_id in args.model_id or [None]]
     with tempfile.TemporaryDirectory(prefix="cpp_bench_") as scratch:
         scratch = Path(scratch)
-        build_seconds = build_from_scratch(scratch / "build", args.jobs)
-        export_dir = scratch / "export"
-        write_standin_export(config, export_dir)
-        image = scratch / "image.png"
-        y, x = np.meshgrid(np.linspace(0, 1, args.size), np.linspace(0, 1, args.size), indexing="ij")
-        rng = np.random.default_rng(0)
-        base = 0.5 + 0.4 * np.sin(9 * x[..., None] + 5 * y[..., None] + np.arange(config.channels // len(config.views)))
-        image.write_bytes(png.encode(np.rint(np.clip(base + 0.05 * rng.standard_normal(base.shape), 0, 1) * 255).astype(np.uint8)))
-
-        cpp, cpp_rss = run_child([str(scratch / "build" / "deploytool-standin"), "--bench", str(export_dir), str(image)])
-        python, python_rss = run_child([sys.executable, str(Path(__file__).resolve()), "--python-child", str(export_dir), str(image)])
-        real = end_to_end(config.model_id, scratch / "build", scratch, args.e2e_size, config.channels // len(config.views))
-
-    assert cpp["tiles"] == python["tiles"] and cpp["output"] == python["output"], (cpp, python)
-    cpp_overhead, python_overhead = cpp["restore_s"] - cpp["model_s"], python["restore_s"] - python["model_s"]
-    print(f"{config.model_id} tiling ({config.label}) on a {args.size}x{args.size} image: {cpp['tiles']} tiles, output {cpp['output'][0]}x{cpp['output'][1]}")
-    print(f"cores {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}")
-    print()
-    print("| | restore s | in stand-in model s | tiler overhead s | peak RSS MiB |")
-    print("|---|---:|---:|---:|---:|")
-    print(f"| Python (numpy) | {python['restore_s']:.2f} | {python['model_s']:.2f} | {python_overhead:.2f} | {python_rss:.0f} |")
-    print(f"| C++ | {cpp['restore_s']:.2f} | {cpp['model_s']:.2f} | {cpp_overhead:.2f} | {cpp_rss:.0f} |")
-    print()
-    print(f"tiler overhead ratio Python / C++: {python_overhead / cpp_overhead:.1f}x; peak RSS ratio Python / C++: {python_rss / cpp_rss:.1f}x")
-    print(f"cpp/ built from scratch (Release, -j{args.jobs}, library, deploytool-infer, tests): {build_seconds:.0f} s")
-    print()
-    print("\n".join(real))
+        build_dir = args.build_dir.resolve() if args.build_dir else scratch / "build"
+        build_seconds = build(REPO / "cpp", build_dir, args.jobs)
+        rows = [standin_row(config, build_dir, scratch, args.size, args.repeat) for config in configs]
+        real = [] if args.standin_only else end_to_end(configs[0].model_id, build_dir, scratch, args.e2e_size, configs[0].channels)
+    print("\n".join(standin_table(rows, args.size, args.repeat)))
+    if not (args.build_dir or args.standin_only):
+        print(f"cpp/ built from scratch (Release, -j{args.jobs}, library, deploytool-infer, tests): {build_seconds:.0f} s")
+    if real:
+        print()
+        print("\n".join(real))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,67 @@
 #include "deploytool/tiler.hpp"
 
 namespace deploytool {
+namespace {
+
+std::string joined_paths(const std::vector<const Image*>& views, const std::string& separator) {
+  std::string joined;
+  for (const Image* image : views) joined += (joined.empty() ? "" : separator) + image->path;
+  return joined;
+}
+
+std::string view_names(const Manifest& manifest) {
+  std::string names;
+  for (const View& view : manifest.views) names += (names.empty() ? "" : ", ") + view.name;
+  return names;
+}
+
+// Refuses images that are not one of each of the manifest's views, all of one size.
+void check_views(const Manifest& manifest, const std::vector<const Image*>& views) {
+  const std::string& model_id = manifest.model_id;
+  if (views.empty()) throw ImageError(model_id + " needs an image");
+  if (manifest.views.size() == 1 && views.size() != 1) {
+    throw ImageError(model_id + " takes one image, not " + std::to_string(views.size()));
+  }
+  if (views.size() != manifest.views.size()) {
+    throw ImageError(model_id + " takes " + std::to_string(manifest.views.size()) + " views of one scene (" + view_names(manifest) + "); " +
+                     joined_paths(views, " + ") + " is not such a group");
+  }
+  for (const Image* image : views) {
+    if (image->pixels.height != views.front()->pixels.height || image->pixels.width != views.front()->pixels.width) {
+      throw ImageError(joined_paths(views, " and ") + " differ in size: the views must match");
+    }
+  }
+}
+
+// The views fitted to their channels in the manifest and stacked on channels in its order.
+Pixels stacked_views(const Manifest& manifest, const std::vector<const Image*>& views) {
+  const Pixels& first = views.front()->pixels;
+  Pixels stacked(first.height, first.width, manifest.channels());
+  int offset = 0;
+  for (std::size_t v = 0; v < views.size(); ++v) {
+    Pixels fitted = fit_channels(views[v]->pixels, manifest.views[v].channels, manifest.model_id, views[v]->path);
+    const std::size_t count = std::size_t(first.height) * first.width;
+    for (std::size_t i = 0; i < count; ++i) {
+      for (int c = 0; c < fitted.channels; ++c) stacked.values[i * stacked.channels + offset + c] = fitted.values[i * fitted.channels + c];
+    }
+    offset += fitted.channels;
+  }
+  return stacked;
+}
+
+TileOptions tile_options(const Manifest& manifest, int overlap) {
+  const Tiling& grid = manifest.tiling;
+  TileOptions options;
+  options.tile_h = grid.tile_h;
+  options.tile_w = grid.tile_w;
+  options.scale = manifest.scale;
+  options.batch = grid.batch;
+  options.overlap = aligned_overlap(overlap, grid.tile_multiple, grid.tile_h, grid.tile_w);
+  options.trim = grid.blend.mode == BlendMode::centre ? grid.blend.trim : 0;
+  return options;
+}
+
+}  // namespace
 
 Restorer::Restorer(Export exported, std::unique_ptr<Backend> backend, std::optional<int> overlap)
     : exported_(std::move(exported)), backend_(std::move(backend)), overlap_(overlap.value_or(exported_.manifest().tiling.overlap)) {
@@ -28,10 +89,8 @@ int Restorer::tiles_for(int height, int width) const {
 Image Restorer::restore(const Image& image) {
   const Manifest& manifest = exported_.manifest();
   if (manifest.views.size() != 1) {
-    std::string names;
-    for (const View& view : manifest.views) names += (names.empty() ? "" : ", ") + view.name;
-    throw ImageError(manifest.model_id + " takes " + std::to_string(manifest.views.size()) + " views of one scene (" + names + "); " + image.path +
-                     " is not such a group");
+    throw ImageError(manifest.model_id + " takes " + std::to_string(manifest.views.size()) + " views of one scene (" + view_names(manifest) + "); " +
+                     image.path + " is not such a group");
   }
   return restore_views({&image});
 }
@@ -44,42 +103,15 @@ Image Restorer::restore(const std::vector<Image>& views) {
 
 Image Restorer::restore_views(const std::vector<const Image*>& views) {
   const Manifest& manifest = exported_.manifest();
-  const std::string& model_id = manifest.model_id;
-  if (views.empty()) throw ImageError(model_id + " needs an image");
-  if (manifest.views.size() == 1 && views.size() != 1) {
-    throw ImageError(model_id + " takes one image, not " + std::to_string(views.size()));
-  }
-  if (views.size() != manifest.views.size()) {
-    std::string names, given;
-    for (const View& view : manifest.views) names += (names.empty() ? "" : ", ") + view.name;
-    for (const Image* image : views) given += (given.empty() ? "" : " + ") + image->path;
-    throw ImageError(model_id + " takes " + std::to_string(manifest.views.size()) + " views of one scene (" + names + "); " + given +
-                     " is not such a group");
-  }
+  check_views(manifest, views);
   const Image& first = *views.front();
   const int height = first.pixels.height, width = first.pixels.width;
-  for (const Image* image : views) {
-    if (image->pixels.height != height || image->pixels.width != width) {
-      std::string joined;
-      for (const Image* each : views) joined += (joined.empty() ? "" : " and ") + each->path;
-      throw ImageError(joined + " differ in size: the views must match");
-    }
-  }
   // The model's input: the image itself when it already has the model's channels (no copy of a
   // large image), else the views fitted and stacked on channels in the manifest's order.
   Pixels stacked;
   const Pixels* input = &first.pixels;
   if (views.size() != 1 || first.pixels.channels != manifest.channels()) {
-    stacked = Pixels(height, width, manifest.channels());
-    int offset = 0;
-    for (std::size_t v = 0; v < views.size(); ++v) {
-      Pixels fitted = fit_channels(views[v]->pixels, manifest.views[v].channels, model_id, views[v]->path);
-      const std::size_t count = std::size_t(height) * width;
-      for (std::size_t i = 0; i < count; ++i) {
-        for (int c = 0; c < fitted.channels; ++c) stacked.values[i * stacked.channels + offset + c] = fitted.values[i * fitted.channels + c];
-      }
-      offset += fitted.channels;
-    }
+    stacked = stacked_views(manifest, views);
     input = &stacked;
   }
   const Tiling& grid = manifest.tiling;
@@ -88,15 +120,7 @@ Image Restorer::restore_views(const std::vector<const Image*>& views) {
     padded = window_aligned(*input, grid.tile_multiple);
     input = &padded;
   }
-
-  TileOptions options;
-  options.tile_h = grid.tile_h;
-  options.tile_w = grid.tile_w;
-  options.scale = manifest.scale;
-  options.batch = grid.batch;
-  options.overlap = aligned_overlap(overlap_, grid.tile_multiple, grid.tile_h, grid.tile_w);
-  options.trim = grid.blend.mode == BlendMode::centre ? grid.blend.trim : 0;
-  Pixels restored = run_tiled(*input, *backend_, options, height * manifest.scale, width * manifest.scale, on_tiles);
+  Pixels restored = run_tiled(*input, *backend_, tile_options(manifest, overlap_), height * manifest.scale, width * manifest.scale, on_tiles);
   stacked = Pixels();
   padded = Pixels();
 

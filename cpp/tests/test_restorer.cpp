@@ -117,3 +117,32 @@ TEST(Cli, RestoresAndReportsEveryBadInputInOneLine) {
   CliRun usage = cli({dir});
   EXPECT_EQ(usage.code, 2);
 }
+
+TEST(Restorer, RefusesImagesThatAreNotOneGroupOfTheViewsInOneLine) {
+  ExportFolder folder("restorer_views");
+  dt::testing::json manifest = minimal_manifest(dt::sha256_hex("graph"));
+  manifest["input"]["shape"] = {2, 6, 16, 16};
+  manifest["input"]["views"] = dt::testing::json::parse(R"([{"name": "left", "channels": 3, "color": "RGB"}, {"name": "right", "channels": 3, "color": "RGB"}])");
+  folder.write(manifest);
+  dt::Export exported = dt::Export::open(folder.dir);
+  dt::Restorer restorer(exported, standin(exported, {}));
+  dt::Image left, right, small;
+  left.pixels = levels(20, 24, 3), left.path = "l.png";
+  right.pixels = levels(20, 24, 3), right.path = "r.png";
+  small.pixels = levels(20, 23, 3), small.path = "s.png";
+  auto message = [&restorer](const std::vector<dt::Image>& views) {
+    try {
+      restorer.restore(views);
+    } catch (const dt::ImageError& error) {
+      return std::string(error.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_EQ(message({}), "toy-x2 needs an image");
+  EXPECT_EQ(message({left}), "toy-x2 takes 2 views of one scene (left, right); l.png is not such a group");
+  EXPECT_EQ(message({left, small}), "l.png and s.png differ in size: the views must match");
+  EXPECT_THROW(restorer.restore(left), dt::ImageError);
+  const dt::Image restored = restorer.restore(std::vector<dt::Image>{left, right});
+  EXPECT_EQ(restored.pixels.height, 40);
+  EXPECT_EQ(restored.pixels.channels, 3);
+}

@@ -104,3 +104,50 @@ TEST(Tiler, RefusesABackendOfAnotherShape) {
   options.batch = 2;
   EXPECT_THROW(dt::run_tiled(gradient(20, 20, 3), *backend, options), dt::Error);
 }
+
+TEST(Tiler, GridPlacesTilesRowByRowWithTheirNeighbours) {
+  const dt::TileGrid grid(40, 20, 16, 12, 4);
+  EXPECT_EQ(grid.ys(), std::vector<int>({0, 12, 24}));
+  EXPECT_EQ(grid.xs(), std::vector<int>({0, 8}));
+  ASSERT_EQ(grid.count(), 6);
+  EXPECT_EQ(grid.row(3), 1);
+  EXPECT_EQ(grid.col(3), 1);
+  const dt::TileEdges first = grid.edges(0), middle = grid.edges(3);
+  EXPECT_TRUE(!first.top && first.bottom && !first.left && first.right);
+  EXPECT_TRUE(middle.top && middle.bottom && middle.left && !middle.right);
+}
+
+TEST(Tiler, GridCutsPlanarTilesAndPadsAnImageSmallerThanTheTile) {
+  dt::Pixels image(2, 3, 2);
+  image.values = {1, 10, 2, 20, 3, 30, 4, 40, 5, 50, 6, 60};
+  const dt::TileGrid grid(2, 3, 4, 4, 1);  // 2 rows: edge padding below; 3 columns: one reflected column
+  std::vector<float> tile(2 * 4 * 4);
+  grid.cut(image, 0, tile.data());
+  EXPECT_EQ(std::vector<float>(tile.begin(), tile.begin() + 16), std::vector<float>({1, 2, 3, 2, 4, 5, 6, 5, 4, 5, 6, 5, 4, 5, 6, 5}));
+  EXPECT_EQ(tile[16], 10);
+}
+
+TEST(Tiler, BandAccumulatorWritesRowsOnceTheyAreFlushedAndMovesDown) {
+  dt::BandAccumulator band(6, 3, 4, 4, 1);
+  const std::vector<float> ones4(4, 1.0f), ones3(3, 1.0f), half_below{1, 1, 0.5f, 0.5f};
+  const std::vector<float> twos(16, 2.0f), fives(12, 5.0f), eights(16, 8.0f);
+  band.add(0, 0, twos.data(), ones4, ones4);
+  band.add(0, 1, fives.data(), ones4, ones3);
+  band.flush(2);  // rows 0 and 1 are final
+  EXPECT_EQ(band.band_y(), 2);
+  band.add(2, 0, eights.data(), half_below, ones4);
+  band.flush(6);
+  const dt::Pixels out = band.take();
+  ASSERT_EQ(out.values.size(), 18u);
+  EXPECT_EQ(out.values, std::vector<float>({2, 3.5f, 3.5f, 2, 3.5f, 3.5f, 5, 5, 5, 5, 5, 5, 8, 8, 8, 8, 8, 8}));
+}
+
+TEST(Tiler, TiledImageTakesOutputsInOrderOnly) {
+  const dt::Pixels image = gradient(20, 20, 3);
+  dt::TiledImage tiled(image, dt::TileOptions{16, 16, 1, 1, 4, 0}, 3, 20, 20);
+  std::vector<float> output(3 * 16 * 16);
+  EXPECT_THROW(tiled.add(1, output.data()), dt::Error);
+  EXPECT_THROW(tiled.result(), dt::Error);
+  for (int index = 0; index < tiled.count(); ++index) tiled.add(index, output.data());
+  EXPECT_EQ(tiled.result().values.size(), 20u * 20 * 3);
+}

@@ -8,6 +8,7 @@ tile size times the image width, never by the image area.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
@@ -88,6 +89,104 @@ def _validate(image: np.ndarray, tile: tuple[int, int], scale: int, batch: int, 
         raise ValueError(f"overlap must be an integer in [0, {min(tile)}) for tile {tuple(tile)}, got {overlap}")
 
 
+class TileGrid:
+    """Where the tiles of one image lie: tile rows start at `ys`, columns at `xs`, and tiles are
+    numbered row by row. Along an axis where the image is smaller than the tile, `cut` pads each
+    tile up to it (reflect, or edge when the image is too small to mirror)."""
+
+    def __init__(self, height: int, width: int, tile: tuple[int, int], overlap: int):
+        self.height, self.width = height, width
+        self.tile_h, self.tile_w = int(tile[0]), int(tile[1])
+        self.ys = tile_starts(max(height, self.tile_h), self.tile_h, overlap)
+        self.xs = tile_starts(max(width, self.tile_w), self.tile_w, overlap)
+
+    @property
+    def count(self) -> int:
+        return len(self.ys) * len(self.xs)
+
+    def place(self, index: int) -> tuple[int, int]:
+        """(row, column) of tile `index` in the grid."""
+        return divmod(index, len(self.xs))
+
+    def edges(self, index: int) -> tuple[bool, bool, bool, bool]:
+        """Whether tile `index` has a neighbour (top, bottom, left, right)."""
+        row, col = self.place(index)
+        return row > 0, row < len(self.ys) - 1, col > 0, col < len(self.xs) - 1
+
+    def cut(self, image: np.ndarray, index: int) -> np.ndarray:
+        """Tile `index` of `image` (HWC, the grid's size), CHW."""
+        row, col = self.place(index)
+        y, x = self.ys[row], self.xs[col]
+        piece = image[y : y + self.tile_h, x : x + self.tile_w]
+        if piece.shape[0] < self.tile_h:
+            piece = np.pad(piece, ((0, self.tile_h - self.height), (0, 0), (0, 0)), mode=_pad_mode(self.height, self.tile_h))
+        if piece.shape[1] < self.tile_w:
+            piece = np.pad(piece, ((0, 0), (0, self.tile_w - self.width), (0, 0)), mode=_pad_mode(self.width, self.tile_w))
+        return piece.transpose(2, 0, 1)
+
+
+class BlendWeights:
+    """The weight of each pixel of an output tile, by which of its edges have a neighbour: linear
+    ramps over the `ramp` output pixels of overlap, or with `trim` > 0, 1 on the tile's centre and
+    0 on the `trim` pixels at edges that have a neighbour. A tile's weight is the outer product
+    of a row window and a column window."""
+
+    def __init__(self, out_th: int, out_tw: int, ramp: int, trim: int):
+        def window(length: int, before: bool, after: bool) -> np.ndarray:
+            return _centre_window(length, trim, before, after) if trim else _ramp_window(length, ramp, before, after)
+
+        sides = [(before, after) for before in (False, True) for after in (False, True)]
+        self.row_windows = {side: window(out_th, *side) for side in sides}
+        self.col_windows = {side: window(out_tw, *side) for side in sides}
+
+    def windows(self, edges: tuple[bool, bool, bool, bool]) -> tuple[np.ndarray, np.ndarray]:
+        """(row window, column window) of a tile with neighbours (top, bottom, left, right)."""
+        top, bottom, left, right = edges
+        return self.row_windows[(top, bottom)], self.col_windows[(left, right)]
+
+    def tile(self, edges: tuple[bool, bool, bool, bool]) -> np.ndarray:
+        """The (out_th, out_tw) weights of a tile with neighbours (top, bottom, left, right)."""
+        return np.outer(*self.windows(edges))
+
+
+class BandAccumulator:
+    """Blends output tiles into an (out_h, out_w, channels) output through a band of `band_h` rows
+    as wide as `band_w`: sums of weight * value and of weights. Tiles are added row of tiles by row
+    of tiles; `flush(stop)` divides the rows above output row `stop` out into the output (what lies
+    beyond out_h x out_w is dropped) and shifts the band down the image to start at `stop`."""
+
+    def __init__(self, out_h: int, out_w: int, band_h: int, band_w: int, channels: int):
+        self.output = np.empty((out_h, out_w, channels), dtype=np.float32)
+        self.values = np.zeros((channels, band_h, band_w), dtype=np.float32)  # sums of weight * value
+        self.weights = np.zeros((band_h, band_w), dtype=np.float32)  # sums of weights
+        self.band_y = 0  # output row of the band's first row
+
+    def add(self, top: int, left: int, values: np.ndarray, row_window: np.ndarray, col_window: np.ndarray) -> None:
+        """Add a CHW output tile at output row `top` (in the band) and column `left`, weighted by
+        row_window[i] * col_window[j]."""
+        weight = np.outer(row_window, col_window)
+        height, width = weight.shape
+        top -= self.band_y
+        self.values[:, top : top + height, left : left + width] += values * weight
+        self.weights[top : top + height, left : left + width] += weight
+
+    def flush(self, stop: int) -> None:
+        done = stop - self.band_y
+        if done <= 0:
+            return
+        band_h, out_h, out_w = self.weights.shape[0], self.output.shape[0], self.output.shape[1]
+        keep_to = min(stop, out_h)
+        if keep_to > self.band_y:
+            rows = keep_to - self.band_y
+            final = self.values[:, :rows, :out_w] / self.weights[None, :rows, :out_w]
+            self.output[self.band_y : keep_to] = final.transpose(1, 2, 0)
+        self.values[:, : band_h - done] = self.values[:, done:]
+        self.values[:, band_h - done :] = 0.0
+        self.weights[: band_h - done] = self.weights[done:]
+        self.weights[band_h - done :] = 0.0
+        self.band_y = stop
+
+
 class TiledImage:
     """One image cut into fixed-size tiles, and the blend of their outputs back into one image.
 
@@ -100,90 +199,52 @@ class TiledImage:
     def __init__(self, image: np.ndarray, *, tile: tuple[int, int], scale: int, overlap: int, trim: int = 0):
         _validate(image, tile, scale, 1, overlap)
         self.image = image
-        self.tile_h, self.tile_w = int(tile[0]), int(tile[1])
+        self.height, self.width, _ = image.shape
+        self.grid = TileGrid(self.height, self.width, tile, int(overlap))
+        self.tile_h, self.tile_w = self.grid.tile_h, self.grid.tile_w
         self.scale, overlap = int(scale), int(overlap)
-        height, width, _ = image.shape
-        self.height, self.width = height, width
-        # Images smaller than the tile are padded (per tile, below) up to it; output is cropped back.
-        self.pad_w = max(width, self.tile_w)
-        self.ys = tile_starts(max(height, self.tile_h), self.tile_h, overlap)
-        self.xs = tile_starts(self.pad_w, self.tile_w, overlap)
-        self.positions = [(row, col) for row in range(len(self.ys)) for col in range(len(self.xs))]
-        self.out_th, self.out_tw, ramp = self.tile_h * self.scale, self.tile_w * self.scale, overlap * self.scale
+        self.out_th, self.out_tw = self.tile_h * self.scale, self.tile_w * self.scale
         # neighbours' centres cover a trimmed edge only while the overlap is at least two trims
         trim = min(int(trim), overlap // 2) * self.scale
-
-        def window(length: int, before: bool, after: bool) -> np.ndarray:
-            return _centre_window(length, trim, before, after) if trim else _ramp_window(length, ramp, before, after)
-
-        self.row_windows = {(top, bottom): window(self.out_th, top, bottom) for top in (False, True) for bottom in (False, True)}
-        self.col_windows = {(left, right): window(self.out_tw, left, right) for left in (False, True) for right in (False, True)}
-        self.output: np.ndarray | None = None
-        self.band_values: np.ndarray | None = None  # (C_out, out_th, pad_w*scale): sum of weight*value
-        self.band_weights = np.zeros((self.out_th, self.pad_w * self.scale), dtype=np.float32)
-        self.band_y = 0  # output row of the band's first row
+        self.blend = BlendWeights(self.out_th, self.out_tw, overlap * self.scale, trim)
+        self.band: BandAccumulator | None = None
         self.current_row = 0
         self.added = 0
 
     @property
     def count(self) -> int:
-        return len(self.positions)
+        return self.grid.count
 
     def tile(self, index: int) -> np.ndarray:
-        row, col = self.positions[index]
-        y, x = self.ys[row], self.xs[col]
-        height, width = self.height, self.width
-        piece = self.image[y : y + self.tile_h, x : x + self.tile_w]
-        if piece.shape[0] < self.tile_h:
-            piece = np.pad(piece, ((0, self.tile_h - height), (0, 0), (0, 0)), mode=_pad_mode(height, self.tile_h))
-        if piece.shape[1] < self.tile_w:
-            piece = np.pad(piece, ((0, 0), (0, self.tile_w - width), (0, 0)), mode=_pad_mode(width, self.tile_w))
-        return piece.transpose(2, 0, 1)
+        return self.grid.cut(self.image, index)
 
-    def _flush(self, stop: int) -> None:
-        """Normalise band rows above output row `stop` into the output and shift the band up."""
-        done = stop - self.band_y
-        if done <= 0:
-            return
-        scale, out_th, band_values, band_weights = self.scale, self.out_th, self.band_values, self.band_weights
-        keep_to = min(stop, self.height * scale)
-        if keep_to > self.band_y:
-            rows = keep_to - self.band_y
-            final = band_values[:, :rows, : self.width * scale] / band_weights[None, :rows, : self.width * scale]
-            self.output[self.band_y : keep_to] = final.transpose(1, 2, 0)
-        band_values[:, : out_th - done] = band_values[:, done:]
-        band_values[:, out_th - done :] = 0.0
-        band_weights[: out_th - done] = band_weights[done:]
-        band_weights[out_th - done :] = 0.0
-        self.band_y = stop
+    def _band_for(self, output: np.ndarray) -> BandAccumulator:
+        out_channels = output.shape[0]
+        if self.band is None:
+            # Images smaller than the tile are padded (per tile) up to it; the band spans the padding.
+            band_w = max(self.width, self.tile_w) * self.scale
+            self.band = BandAccumulator(self.height * self.scale, self.width * self.scale, self.out_th, band_w, out_channels)
+        elif out_channels != self.band.output.shape[2]:
+            raise ValueError(f"infer changed its output channels from {self.band.output.shape[2]} to {out_channels}")
+        return self.band
 
     def add(self, index: int, output: np.ndarray) -> None:
         if index != self.added:
             raise ValueError(f"tile outputs must be added in order: expected tile {self.added}, got {index}")
-        if self.output is None:
-            out_channels = output.shape[0]
-            self.output = np.empty((self.height * self.scale, self.width * self.scale, out_channels), dtype=np.float32)
-            self.band_values = np.zeros((out_channels, self.out_th, self.pad_w * self.scale), dtype=np.float32)
-        elif output.shape[0] != self.output.shape[2]:
-            raise ValueError(f"infer changed its output channels from {self.output.shape[2]} to {output.shape[0]}")
-        row, col = self.positions[index]
-        ys, xs, scale = self.ys, self.xs, self.scale
+        band = self._band_for(output)
+        row, col = self.grid.place(index)
         if row != self.current_row:
-            self._flush(ys[row] * scale)
+            band.flush(self.grid.ys[row] * self.scale)
             self.current_row = row
-        weight = np.outer(self.row_windows[(row > 0, row < len(ys) - 1)], self.col_windows[(col > 0, col < len(xs) - 1)])
-        top = ys[row] * scale - self.band_y
-        left = xs[col] * scale
-        self.band_values[:, top : top + self.out_th, left : left + self.out_tw] += output * weight
-        self.band_weights[top : top + self.out_th, left : left + self.out_tw] += weight
+        band.add(self.grid.ys[row] * self.scale, self.grid.xs[col] * self.scale, output, *self.blend.windows(self.grid.edges(index)))
         self.added += 1
 
     def result(self) -> np.ndarray:
         if self.added != self.count:
             raise ValueError(f"{self.added} of {self.count} tile outputs were added")
-        self._flush(self.band_y + self.out_th)
-        assert self.output is not None
-        return self.output
+        assert self.band is not None
+        self.band.flush(self.band.band_y + self.out_th)
+        return self.band.output
 
 
 def _run_batch(infer: Infer, inputs: np.ndarray, filled: int, tiled: TiledImage) -> np.ndarray:
@@ -219,18 +280,46 @@ def run_tiled(
     """
     _validate(image, tile, scale, batch, overlap)
     tiled = TiledImage(image, tile=tile, scale=scale, overlap=overlap, trim=trim)
-    batch = int(batch)
-    inputs = np.empty((batch, image.shape[2], tiled.tile_h, tiled.tile_w), dtype=np.float32)
-    for first in range(0, tiled.count, batch):
-        chunk = range(first, min(first + batch, tiled.count))
-        for slot, index in enumerate(chunk):
-            inputs[slot] = tiled.tile(index)
-        outputs = _run_batch(infer, inputs, len(chunk), tiled)
-        for slot, index in enumerate(chunk):
-            tiled.add(index, outputs[slot])
-        if on_tiles is not None:
-            on_tiles(len(chunk))
+    for _ in run_tiled_stream([tiled], infer, batch=batch, on_batch=on_tiles):
+        pass
     return tiled.result()
+
+
+class _Batches:
+    """Tiles of consecutive images gathered into batches for `infer`, each output blended back
+    into its image; images come out, in order, once all their tiles are added."""
+
+    def __init__(self, infer: Infer, size: int, on_batch: Callable[[int], None] | None):
+        self.infer, self.size, self.on_batch = infer, size, on_batch
+        self.inputs: np.ndarray | None = None
+        self.slots: list[tuple[TiledImage, int]] = []  # (image, tile index) of each filled slot
+        self.waiting: deque[TiledImage] = deque()  # images with tiles in flight, in order
+
+    def put(self, tiled: TiledImage) -> Iterator[TiledImage]:
+        shape = (self.size, tiled.image.shape[2], tiled.tile_h, tiled.tile_w)
+        if self.inputs is None:
+            self.inputs = np.empty(shape, dtype=np.float32)
+        elif self.inputs.shape != shape:
+            raise ValueError(f"every image of a stream needs tiles of one shape: {self.inputs.shape[1:]} then {shape[1:]}")
+        self.waiting.append(tiled)
+        for index in range(tiled.count):
+            self.inputs[len(self.slots)] = tiled.tile(index)
+            self.slots.append((tiled, index))
+            if len(self.slots) == self.size:
+                yield from self.run()
+
+    def run(self) -> Iterator[TiledImage]:
+        """Run the filled slots; yield the images this finished."""
+        if not self.slots:
+            return
+        outputs = _run_batch(self.infer, self.inputs, len(self.slots), self.slots[0][0])
+        for slot, (tiled, index) in enumerate(self.slots):
+            tiled.add(index, outputs[slot])
+        if self.on_batch is not None:
+            self.on_batch(len(self.slots))
+        self.slots.clear()
+        while self.waiting and self.waiting[0].added == self.waiting[0].count:
+            yield self.waiting.popleft()
 
 
 def run_tiled_stream(
@@ -249,32 +338,7 @@ def run_tiled_stream(
     """
     if int(batch) != batch or batch < 1:
         raise ValueError(f"batch must be an integer >= 1, got {batch}")
-    batch = int(batch)
-    inputs: np.ndarray | None = None
-    pending: list[tuple[TiledImage, int]] = []  # (image, tile index) of each filled slot
-    waiting: list[TiledImage] = []  # images with tiles in flight, in order
-
-    def run_pending() -> Iterator[TiledImage]:
-        outputs = _run_batch(infer, inputs, len(pending), pending[0][0])
-        for slot, (tiled, index) in enumerate(pending):
-            tiled.add(index, outputs[slot])
-        if on_batch is not None:
-            on_batch(len(pending))
-        pending.clear()
-        while waiting and waiting[0].added == waiting[0].count:
-            yield waiting.pop(0)
-
+    batches = _Batches(infer, int(batch), on_batch)
     for tiled in images:
-        shape = (batch, tiled.image.shape[2], tiled.tile_h, tiled.tile_w)
-        if inputs is None:
-            inputs = np.empty(shape, dtype=np.float32)
-        elif inputs.shape != shape:
-            raise ValueError(f"every image of a stream needs tiles of one shape: {inputs.shape[1:]} then {shape[1:]}")
-        waiting.append(tiled)
-        for index in range(tiled.count):
-            inputs[len(pending)] = tiled.tile(index)
-            pending.append((tiled, index))
-            if len(pending) == batch:
-                yield from run_pending()
-    if pending:
-        yield from run_pending()
+        yield from batches.put(tiled)
+    yield from batches.run()

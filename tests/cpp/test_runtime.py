@@ -27,33 +27,13 @@ from deploytool.runtime.fileio import sha256_file
 from deploytool.runtime.images import read_image
 from deploytool.runtime.manifest import FP32_FILE, MANIFEST_FILE, EngineRecord, read_manifest
 from deploytool.runtime.restorer import Restorer
+from tests.cpp.build_tools import missing_build_tools
 from tests.helpers import export_tiny
 from tests.standin import registry_tiling_configs, standin_runner, write_standin_export
 
 REPO = Path(__file__).resolve().parents[2]
 TESTSETS = REPO.parent / "shared" / "testsets"
 CONFIGS = registry_tiling_configs()
-
-
-def _missing_tools() -> list[str]:
-    return [tool for tool in ("cmake", "g++") if shutil.which(tool) is None]
-
-
-@pytest.fixture(scope="session")
-def cpp_build() -> Path:
-    """cpp/ configured and built once per session (incrementally across sessions) in build/cpp-pytest."""
-    missing = _missing_tools()
-    if missing:
-        pytest.skip(f"{', '.join(missing)} not on PATH: the C++ runtime cannot be built (scripts/setup.sh installs them as root)")
-    build = REPO / "build" / "cpp-pytest"
-    for command in (
-        # this interpreter's `openvino` package (when installed) is where CMake finds OpenVINO's C++ SDK
-        ["cmake", "-S", str(REPO / "cpp"), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", f"-DPython3_EXECUTABLE={sys.executable}"],
-        ["cmake", "--build", str(build), "-j", str(min(4, os.cpu_count() or 1))],
-    ):
-        done = subprocess.run(command, capture_output=True, text=True)
-        assert done.returncode == 0, f"{' '.join(command)} failed:\n{(done.stdout + done.stderr)[-4000:]}"
-    return build
 
 
 def test_ctest_unit_tests_pass(cpp_build: Path) -> None:
@@ -592,7 +572,7 @@ def test_openvino_backend_refusals_are_one_line(openvino_build: Path, real_expor
 
 
 def test_infer_built_without_openvino_refuses_in_one_line(real_exports: dict[str, Path], synthetic_images: dict[str, Path], tmp_path: Path) -> None:
-    missing = _missing_tools()
+    missing = missing_build_tools()
     if missing:
         pytest.skip(f"{', '.join(missing)} not on PATH: the C++ runtime cannot be built (scripts/setup.sh installs them as root)")
     build = REPO / "build" / "cpp-pytest-no-openvino"

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from deploytool.runtime.tiling import count_tiles, run_tiled, tile_starts
+from deploytool.runtime.tiling import BandAccumulator, BlendWeights, TiledImage, TileGrid, count_tiles, run_tiled, tile_starts
 
 
 def _image(height: int, width: int, channels: int = 3, seed: int = 0) -> np.ndarray:
@@ -313,3 +313,66 @@ def test_a_stream_of_images_batched_across_them_equals_each_image_run_alone():
     for picture, done in zip(pictures, streamed):
         alone = run_tiled(picture, upscale, tile=(16, 16), scale=2, batch=5, overlap=4)
         assert np.array_equal(done.result(), alone)
+
+
+# --- the pieces: grid, weights, band accumulator ------------------------------------------------
+
+
+def test_grid_places_tiles_row_by_row_and_knows_their_neighbours() -> None:
+    grid = TileGrid(40, 20, (16, 12), 4)
+    assert (grid.ys, grid.xs, grid.count) == ([0, 12, 24], [0, 8], 6)
+    assert [grid.place(i) for i in range(grid.count)] == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)]
+    assert grid.edges(0) == (False, True, False, True)
+    assert grid.edges(3) == (True, True, True, False)
+    assert grid.edges(4) == (True, False, False, True)
+
+
+def test_grid_cuts_chw_tiles_and_pads_an_image_smaller_than_the_tile() -> None:
+    image = _image(5, 30, channels=2)
+    grid = TileGrid(5, 30, (8, 16), 2)
+    tile = grid.cut(image, 1)
+    assert tile.shape == (2, 8, 16)
+    np.testing.assert_array_equal(tile[:, :5], image[:, 14:30].transpose(2, 0, 1))
+    np.testing.assert_array_equal(tile[:, 5:], image[[3, 2, 1], 14:30].transpose(2, 0, 1))  # reflected below the image
+    tiny = TileGrid(2, 2, (4, 4), 1).cut(_image(2, 2, channels=1), 0)
+    np.testing.assert_array_equal(tiny[0], np.pad(_image(2, 2, channels=1)[..., 0], ((0, 2), (0, 2)), mode="edge"))  # too small to mirror
+
+
+def test_blend_weights_of_neighbouring_tiles_share_the_overlap() -> None:
+    """Across an overlap of `ramp` pixels, the falling edge of one tile and the rising edge of the next sum to 1."""
+    ramp = 8
+    weights = BlendWeights(20, 24, ramp, 0)
+    left, right = weights.tile((False, False, False, True)), weights.tile((False, False, True, False))
+    assert left.dtype == np.float32 and left.shape == (20, 24)
+    np.testing.assert_allclose(left[:, -ramp:] + right[:, :ramp], 1.0)
+    assert np.all(left[:, : 24 - ramp] == 1) and np.all(right[:, ramp:] == 1)
+    np.testing.assert_array_equal(weights.tile((True, True, True, True)), np.outer(*weights.windows((True, True, True, True))))
+
+
+def test_centre_blend_weights_drop_the_trimmed_edges_that_have_a_neighbour() -> None:
+    weights = BlendWeights(10, 12, 8, 3)
+    inner = weights.tile((True, False, False, True))
+    assert np.all(inner[:3] == 0) and np.all(inner[:, -3:] == 0)
+    assert np.all(inner[3:, :-3] == 1)
+
+
+def test_band_accumulator_writes_rows_once_they_are_flushed_and_moves_down() -> None:
+    band = BandAccumulator(out_h=6, out_w=3, band_h=4, band_w=4, channels=1)
+    ones = np.ones(4, dtype=np.float32)
+    band.add(0, 0, np.full((1, 4, 4), 2.0, np.float32), ones, ones)
+    band.add(0, 1, np.full((1, 4, 3), 5.0, np.float32), ones, ones[:3])
+    band.flush(2)  # rows 0 and 1 are final: (2 + 5) / 2 where both tiles lie, 2 where only the first
+    np.testing.assert_array_equal(band.output[:2, :, 0], [[2.0, 3.5, 3.5]] * 2)
+    assert band.band_y == 2
+    band.add(2, 0, np.full((1, 4, 4), 8.0, np.float32), np.float32([1, 1, 0.5, 0.5]), ones)
+    band.flush(6)
+    np.testing.assert_array_equal(band.output[2:4, :, 0], [[5.0, 5.0, 5.0]] * 2)  # (2 + 8) / 2 in column 0, (2 + 5 + 8) / 3 beyond
+    np.testing.assert_array_equal(band.output[4:, :, 0], [[8.0, 8.0, 8.0]] * 2)  # 8 * 0.5 / 0.5
+
+
+def test_tiled_image_takes_outputs_in_order_only() -> None:
+    tiled = TiledImage(_image(20, 20), tile=(16, 16), scale=1, overlap=4)
+    with pytest.raises(ValueError, match="added in order: expected tile 0, got 1"):
+        tiled.add(1, np.zeros((3, 16, 16), np.float32))
+    with pytest.raises(ValueError, match="0 of 4 tile outputs were added"):
+        tiled.result()
