@@ -22,8 +22,6 @@ MAX_CPP_COMPLEXITY = 10
 LONG_PYTHON_ALLOWED = {
     ("deploytool/build/precision.py", "build_fp16"),
     ("deploytool/build/export.py", "export"),
-    ("deploytool/cli/run.py", "run"),
-    ("deploytool/serving/client.py", "restore_remote"),
 }
 CPP_ALLOWED: set[tuple[str, str]] = set()
 
