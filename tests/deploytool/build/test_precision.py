@@ -338,8 +338,8 @@ def emulated_max_abs(fp32: onnx.ModelProto, fp32_nodes: set[str], batches: list[
 
 def test_the_bf16_sensitivity_search_buys_precision_where_op_islands_cannot(tmp_path):
     """`cancelling_ipt_checkpoint`'s cancellation (3K - K with K = 1000.3) is lost in BF16's 8
-    bits as in FP16's 11: the search ranks the tail costliest and keeps it in FP32 (with what
-    else the tolerance needs), and the shipped graph holds."""
+    bits as in FP16's 11: the search ranks the last conv costliest and keeps it in FP32 (with
+    what else the tolerance needs), and the shipped graph holds."""
     from deploytool.build import bf16
 
     out = tmp_path / "e"
@@ -352,7 +352,7 @@ def test_the_bf16_sensitivity_search_buys_precision_where_op_islands_cannot(tmp_
     plan = manifest.bf16
     assert manifest.fp16 is None and set(manifest.files) == {FP32_FILE, BF16_FILE}
     assert plan.sensitivity_blocks and plan.fp32_by_reason["sensitivity"] > 0
-    assert plan.sensitivity_blocks[0].startswith("/tail") and {"/tail.0/tail.0.0", "/tail.0/tail.0.1"} <= set(plan.sensitivity_blocks)
+    assert plan.sensitivity_blocks[0] == "/tail.0/tail.0.1"  # the last conv, where the channels cancel
     assert plan.max_abs_vs_fp32 <= tolerance and 0 < plan.bf16_flop_share < 1.0
     shipped = bf16.fp32_islands(onnx.load(str(out / BF16_FILE)), fp32)
     assert by_op.fp32_nodes < shipped and emulated_max_abs(fp32, shipped, batch) <= tolerance
