@@ -95,7 +95,9 @@ def save_official(state: dict[str, torch.Tensor], path: Path, wrapper: str | Non
     return path
 
 
-def export_tiny(model_id: str, out_dir: Path, *, weights: Path | None = None, fp16: bool = True, tile=None, batch: int = 1, **entry_changes) -> dict:
+def export_tiny(
+    model_id: str, out_dir: Path, *, weights: Path | None = None, fp16: bool = True, bf16: bool = False, tile=None, batch: int = 1, **entry_changes
+) -> dict:
     entry = dataclasses.replace(tiny_entry(model_id), **entry_changes)
     if weights is None:
         weights = save_official(tiny_state_dict(entry), out_dir.parent / f"{out_dir.name}.pth")
@@ -103,12 +105,14 @@ def export_tiny(model_id: str, out_dir: Path, *, weights: Path | None = None, fp
 
     loaded = load_state_dict_file(weights)
     source = WeightsSource(kind="checkpoint", path=str(weights), sha256=loaded.sha256, wrapper_key=loaded.wrapper_key)
-    request = export.ExportRequest(entry=entry, source=source, out_dir=out_dir, tile=tile or entry.tiling.tile, batch=batch, fp16=fp16, calibration_count=2)
+    request = export.ExportRequest(
+        entry=entry, source=source, out_dir=out_dir, tile=tile or entry.tiling.tile, batch=batch, fp16=fp16, bf16=bf16, calibration_count=2
+    )
     return export.export(request)
 
 
 # README: the stages in the order an export runs them
-STAGES = ("load", "trace", "simplify", "check", "fp16", "save")
+STAGES = ("load", "trace", "simplify", "check", "fp16", "bf16", "save")
 TOP_LEVEL = {
     "schema_version",
     "model_id",
@@ -138,7 +142,7 @@ def contract_violations(data: dict) -> list[str]:
         return problems
     if not re.fullmatch(r"1\.[0-9]+", str(data["schema_version"])):
         problems.append(f"schema_version {data['schema_version']!r} is not 1.MINOR")
-    problems += _shape_violations(data) + _fp16_violations(data)
+    problems += _shape_violations(data) + _reduced_plan_violations(data)
     stages = list(data.get("export_stages", {}))
     if stages != [stage for stage in STAGES if stage in stages]:
         problems.append(f"export_stages {stages} are not in the order {STAGES}")
@@ -160,20 +164,29 @@ def _shape_violations(data: dict) -> list[str]:
     return problems
 
 
-def _fp16_violations(data: dict) -> list[str]:
-    """The graph files against the FP16 summary, and the summary's own figures."""
+def _reduced_plan_violations(data: dict) -> list[str]:
+    """The graph files against the FP16 and BF16 summaries, and the summaries' own figures."""
     problems = []
     if "model.onnx" not in data["files"]:
         problems.append("files lists no model.onnx")
-    if (data["fp16"] is None) != ("model_fp16.onnx" not in data["files"]):
-        problems.append("fp16 and files disagree on whether there is a model_fp16.onnx")
-    fp16 = data["fp16"] or {}
-    measured_at = fp16.get("measured_at")
-    if measured_at is not None and measured_at["shape"][1] != data["input"]["shape"][1]:
-        problems.append(f"fp16.measured_at.shape {measured_at['shape']} has other channels than the input")
-    limit, measured = fp16.get("verify_inputs_limit"), fp16.get("verify_inputs_max_abs")
+    for reduced in ("fp16", "bf16"):
+        problems += reduced_plan_violations(data, reduced, data["input"]["shape"][1])
+    return problems
+
+
+def reduced_plan_violations(data: dict, reduced: str, channels: int) -> list[str]:
+    """What in one manifest's `reduced` ("fp16" | "bf16") plan breaks the contract."""
+    problems = []
+    plan = data.get(reduced)  # bf16: absent before 1.4
+    if (plan is None) != (f"model_{reduced}.onnx" not in data["files"]):
+        problems.append(f"{reduced} and files disagree on whether there is a model_{reduced}.onnx")
+    plan = plan or {}
+    measured_at = plan.get("measured_at")
+    if measured_at is not None and measured_at["shape"][1] != channels:
+        problems.append(f"{reduced}.measured_at.shape {measured_at['shape']} has other channels than the input")
+    limit, measured = plan.get("verify_inputs_limit"), plan.get("verify_inputs_max_abs")
     if (limit is None) != (measured is None) or (limit is not None and measured > limit):
-        problems.append(f"fp16.verify_inputs_max_abs {measured} does not meet its limit {limit}")
+        problems.append(f"{reduced}.verify_inputs_max_abs {measured} does not meet its limit {limit}")
     return problems
 
 

@@ -274,7 +274,7 @@ const std::vector<std::string>& manifest_fields_not_read() {
       "input/range", "output/range",  // the tiler maps samples to [0, 1] as every export does
       "output/color",  // the output's channels (output/shape) decide how pixels are written
       "model", "opset", "exporter", "versions", "source", "graph", "tolerances", "export_seconds", "unused_weights", "export_stages",  // provenance
-      "fp16",  // how model_fp16.onnx was planned: the graph file is what runs
+      "fp16", "bf16",  // how model_fp16.onnx and model_bf16.onnx were planned: the graph file is what runs
       "engines/*/plan", "engines/*/workspace_bytes", "engines/*/opt_level", "engines/*/timing_cache", "engines/*/build_seconds",  // how it was built
       // manifest-fields-not-read:end
   };

@@ -1,6 +1,6 @@
 """The export folder: the contract between `deploytool export` and everything that reads an export.
 
-An export folder holds `model.onnx`, `model_fp16.onnx`, TensorRT engines and `manifest.json`
+An export folder holds `model.onnx`, `model_fp16.onnx`, `model_bf16.onnx`, TensorRT engines and `manifest.json`
 (written last: a folder without it is an unfinished export). This module owns the folder: the
 file names, the typed manifest (dataclasses, from which deploytool/runtime/contract.py generates
 `schemas/manifest.schema.json` and the README's field table), reading
@@ -29,9 +29,10 @@ from deploytool.errors import DeployError
 from deploytool.runtime.contract import decode, encode, fill_minor_defaults, spec
 from deploytool.runtime.fileio import sha256_file, write_text_atomic
 
-SCHEMA_VERSION = "1.3"
+SCHEMA_VERSION = "1.4"
 MANIFEST_FILE = "manifest.json"
 FP32_FILE, FP16_FILE = "model.onnx", "model_fp16.onnx"
+BF16_FILE = "model_bf16.onnx"
 TIMING_CACHE = "timing.cache"
 PARITY_JSON, PARITY_MD, PARITY_HTML = "parity.json", "parity.md", "parity.html"
 INPUT_NAME, OUTPUT_NAME = "input", "output"
@@ -232,6 +233,31 @@ class Fp16Summary:
 
 
 @dataclass(frozen=True)
+class Bf16Summary:
+    """How model_bf16.onnx was planned: `Fp16Summary`'s fields, with the BF16 share of FLOPs.
+    BF16 has FP32's range, so its FP32 islands are by op, by accumulation and by sensitivity."""
+
+    margin: float = spec("the range margin (BF16 tries one: its range is FP32's)", exclusiveMinimum=0)
+    fp32_nodes: int = spec("nodes kept FP32", minimum=0)
+    total_nodes: int = spec("nodes of the graph", minimum=0)
+    fp32_by_op: dict[str, int] = spec("nodes kept FP32 by op type", key_name="op")
+    fp32_by_reason: dict[str, int] = spec("nodes kept FP32 by the reason (`op`, `accumulation`, `sensitivity`)", key_name="reason")
+    bf16_flop_share: float = spec("the share of FLOPs run in BF16", minimum=0, maximum=1)
+    max_abs_vs_fp32: float = spec("max |diff| of the plan (emulated BF16) against FP32 on the calibration graph", minimum=0)
+    psnr_vs_fp32: float | None = spec("PSNR of the plan against FP32 there (null: identical outputs)")
+    calibration: str = spec("the calibration inputs")
+    largest_ranges: tuple[tuple[str, float], ...] = spec("the tensors with the largest ranges, `[name, max abs]`")
+    calibration_tile: tuple[int, int] | None = spec("where the plan was measured (null: the export's tile)", each={"minimum": 1})
+    grown_tensors: int = spec(
+        "how many tensors' ranges were raised from there to the export's tile (recorded; BF16's islands do not depend on range)", minimum=0
+    )
+    sensitivity_blocks: tuple[str, ...] = spec("the blocks the sensitivity search kept FP32")
+    measured_at: Fp16Measurement | None = spec("the graph and inputs `max_abs_vs_fp32` and `psnr_vs_fp32` were measured on", default=None)
+    verify_inputs_max_abs: float | None = spec("the plan's max |diff| on `verify`'s standard inputs there (null: not measured)", default=None, minimum=0)
+    verify_inputs_limit: float | None = spec("the `bf16_max_abs / 2` it had to meet (null: not measured)", default=None, exclusiveMinimum=0)
+
+
+@dataclass(frozen=True)
 class StageCost:
     """One export stage: its wall time, and the exporting process's peak resident memory so far
     at the stage's end (a peak that rises during a stage was set by it)."""
@@ -260,7 +286,7 @@ class Manifest:
     fp16: Fp16Summary | None = spec("how `model_fp16.onnx` was planned; null without an FP16 graph")
     files: dict[str, FileRecord] = spec("every graph file", required=[FP32_FILE])
     tolerances: dict[str, float] = spec(
-        "the limits parity is judged with (`def_max_abs`, `onnx_max_abs`, `fp16_max_abs`, `fp16_psnr_min`, `tiled_psnr_min`, `fp16_calibration_max_abs`)"
+        "the limits parity is judged with (`def_max_abs`, `onnx_max_abs`, `fp16_max_abs`, `fp16_psnr_min`, `tiled_psnr_min`, `fp16_calibration_max_abs`, and with a BF16 graph `bf16_max_abs`, `bf16_psnr_min`, `bf16_calibration_max_abs`)"
     )
     export_seconds: float = spec("wall time of the export (to 0.1 ms)", minimum=0)
     unused_weights: dict[str, str] = spec("checkpoint entries left out on purpose (other tasks of a multi-task file)", key_name="key", default_factory=dict)
@@ -272,12 +298,13 @@ class Manifest:
         propertyNames={"pattern": f"^{ENGINE_FILE_PATTERN}$"},
     )
     export_stages: dict[str, StageCost] = spec(
-        "each export stage (`load`, `trace`, `simplify`, `check`, `fp16`, `save`) in order",
+        "each export stage (`load`, `trace`, `simplify`, `check`, `fp16`, `bf16`, `save`) in order",
         key_name="stage",
         since="1.1",
         optional=True,
         default_factory=dict,
     )
+    bf16: Bf16Summary | None = spec("how `model_bf16.onnx` was planned; null without a BF16 graph", since="1.4", default=None)
 
     # -- what consumers ask of an export
 
@@ -296,6 +323,10 @@ class Manifest:
     @property
     def has_fp16(self) -> bool:
         return FP16_FILE in self.files
+
+    @property
+    def has_bf16(self) -> bool:
+        return BF16_FILE in self.files
 
     def overlap(self, requested: int | None = None) -> int:
         """The overlap to tile with: the one asked for, else the export's default."""
@@ -454,7 +485,7 @@ def export_outputs(export_dir: str | Path) -> list[Path]:
     folder = Path(export_dir)
     if not folder.is_dir():
         return []
-    names = {MANIFEST_FILE, FP32_FILE, FP16_FILE, TIMING_CACHE, PARITY_JSON, PARITY_MD, PARITY_HTML}
+    names = {MANIFEST_FILE, FP32_FILE, FP16_FILE, BF16_FILE, TIMING_CACHE, PARITY_JSON, PARITY_MD, PARITY_HTML}
     ours = []
     for path in sorted(folder.iterdir()):
         # fileio.atomic_path's temporary files are `.<name>.<random>.part<suffix>`
