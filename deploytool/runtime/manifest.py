@@ -30,6 +30,7 @@ from deploytool.runtime.fileio import sha256_file, write_text_atomic
 SCHEMA_VERSION = "1.3"
 MANIFEST_FILE = "manifest.json"
 FP32_FILE, FP16_FILE = "model.onnx", "model_fp16.onnx"
+BF16_FILE = "model_bf16.onnx"
 TIMING_CACHE = "timing.cache"
 PARITY_JSON, PARITY_MD, PARITY_HTML = "parity.json", "parity.md", "parity.html"
 INPUT_NAME, OUTPUT_NAME = "input", "output"
@@ -517,7 +518,7 @@ def check_model_id(model_id: Any, *, where: str) -> None:
 
 
 # the names `deploytool build` gives engines (the schema's `engines` property names)
-ENGINE_FILE_PATTERN = r"model\.sm[0-9]+-trt[0-9.]+\.engine"
+ENGINE_FILE_PATTERN = r"model(_bf16)?\.sm[0-9]+-trt[0-9.]+\.engine"
 
 
 def export_outputs(export_dir: str | Path) -> list[Path]:
