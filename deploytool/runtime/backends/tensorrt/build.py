@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from deploytool.errors import BackendUnavailable, DeployError
-from deploytool.runtime.backends.tensorrt.run import ENGINE_STEMS, engine_filename, require_tensorrt
+from deploytool.runtime.backends.tensorrt.run import engine_filename, require_tensorrt
 from deploytool.runtime.fileio import atomic_path, inside, sha256_file
 from deploytool.runtime.manifest import (
     BF16_FILE,
