@@ -78,3 +78,12 @@ def add_bf16_graph(export_dir: Path, fp32_nodes: Iterable[str] = ()) -> Path:
     record = FileRecord(sha256=sha256_file(out), bytes=out.stat().st_size)
     dataclasses.replace(manifest, files={**manifest.files, BF16_FILE: record}).write(export_dir)
     return out
+
+
+def export_tiny_bf16(model_id: str, out_dir: Path) -> Path:
+    """A tiny export of `model_id` with its BF16 graph recorded (no FP16 graph)."""
+    from tests.helpers import export_tiny
+
+    export_tiny(model_id, out_dir, fp16=False)
+    add_bf16_graph(out_dir)
+    return out_dir

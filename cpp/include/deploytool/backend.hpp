@@ -54,5 +54,8 @@ bool openvino_available();
 // inference precision, cached under the export's openvino-cache/ (shared with the Python tool);
 // throws BackendUnavailable in a build without OpenVINO or for a device OpenVINO does not see.
 std::unique_ptr<Backend> openvino_backend(const Export& exported, OpenVinoOptions options = {});
+// The export's BF16 plan (model_bf16.onnx) likewise, on a device whose OpenVINO capabilities
+// include BF16 (CPUs with AVX-512 BF16 or AMX); throws BackendUnavailable elsewhere.
+std::unique_ptr<Backend> openvino_bf16_backend(const Export& exported, OpenVinoOptions options = {});
 
 }  // namespace deploytool
