@@ -1,13 +1,24 @@
-"""A runner for any backend of an export, our PyTorch definition (the torch backend) included."""
+"""A runner for any backend of an export, those built from the checkpoint (torch, original) included."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from deploytool.errors import DeployError
 from deploytool.runtime import backends
-from deploytool.runtime.backends import OPENVINO, TORCH, Runner
+from deploytool.runtime.backends import Runner
 from deploytool.runtime.manifest import Manifest
+
+
+def checkpoint_model(manifest: Manifest, backend: backends.Backend, weights: str | Path | None = None, *, loaded: tuple | None = None):
+    """The PyTorch module a checkpoint backend runs: the original implementation or our definition,
+    with the export's weights (`weights` if the checkpoint moved). `loaded` reuses
+    deploytool.build.models.export_weights' result when several such backends are opened."""
+    from deploytool.build.models import arch_for, build_def, build_original, export_weights
+
+    entry, source, state_dict = loaded or export_weights(manifest, weights)
+    if backend.is_original:
+        return build_original(entry, arch_for(entry, state_dict), state_dict)
+    return build_def(entry, state_dict, source=source.path or "random init")
 
 
 def open_runner(
@@ -15,16 +26,14 @@ def open_runner(
 ) -> Runner:
     """A runner for `backend` on the export in `export_dir` (files checked against the manifest).
 
-    torch builds our definition from the export's checkpoint (`weights` if it moved); the other
-    backends run the export's files (deploytool.runtime.backends.open_runner). `cuda_graph`
-    applies to TensorRT: replay one captured launch per batch of tiles; `device` to OpenVINO.
+    Backends that need the checkpoint (torch) build it from the export's checkpoint (`weights` if
+    it moved); the other backends run the export's files (deploytool.runtime.backends.open_runner).
+    `cuda_graph` applies to TensorRT: replay one captured launch per batch of tiles; `device` to
+    the backends that take one (OpenVINO).
     """
-    if backend == TORCH:
-        if device is not None:
-            raise DeployError(f"--device applies to the {OPENVINO} backend, not {backend}")
-        from deploytool.build.models import build_def, export_weights
-        from deploytool.runtime.backends.torch import TorchRunner
-
-        entry, source, state_dict = export_weights(manifest, weights)
-        return TorchRunner(build_def(entry, state_dict, source=source.path or "random init"), name=TORCH)
-    return backends.open_runner(export_dir, manifest, backend, cuda_graph=cuda_graph, device=device)
+    descriptor = backends.get(backend)
+    model = None
+    if descriptor.needs_checkpoint:
+        descriptor.check_device(device)
+        model = checkpoint_model(manifest, descriptor, weights)
+    return backends.open_runner(export_dir, manifest, backend, cuda_graph=cuda_graph, device=device, model=model)

@@ -10,14 +10,14 @@ import click
 
 from deploytool.cli.group import cli
 from deploytool.cli.options import device_option, json_option, needs_extra, say, video_encode_options, weights_option
-from deploytool.runtime.backends import ORT_FP16, RUNTIMES
+from deploytool.runtime import backends as registry
 
 
 @cli.command()
 @click.argument("export_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output file (one input) or folder.")
-@click.option("--backend", type=click.Choice(RUNTIMES), default=ORT_FP16, show_default=True)
+@click.option("--backend", type=click.Choice(registry.runtime_names()), default=registry.DEFAULT_RUNTIME, show_default=True)
 @click.option("--overlap", type=int, help="Tile overlap in input pixels (default: the model's).")
 @weights_option("The export's checkpoint, if it moved (torch backend).")
 @click.option("--cuda-graph", is_flag=True, help="TensorRT: replay one captured CUDA graph per batch of tiles.")

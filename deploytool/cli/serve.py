@@ -12,7 +12,7 @@ import click
 from deploytool.cli.group import cli
 from deploytool.cli.options import json_option, say, video_encode_options
 from deploytool.errors import DeployError
-from deploytool.runtime.backends import TRITON_RUNTIMES, TRITON_TRT
+from deploytool.runtime import backends
 
 
 @cli.command()
@@ -22,8 +22,8 @@ from deploytool.runtime.backends import TRITON_RUNTIMES, TRITON_TRT
 )
 @click.option(
     "--runtime",
-    type=click.Choice(TRITON_RUNTIMES),
-    default=TRITON_TRT,
+    type=click.Choice([runtime.name for runtime in backends.triton_runtimes()]),
+    default=backends.DEFAULT_TRITON_RUNTIME,
     show_default=True,
     help="What runs the tiles: a TensorRT engine, Triton's ONNX Runtime backend (GPU), ONNX Runtime in a Python model (CPU), or Triton's OpenVINO backend (CPU).",
 )

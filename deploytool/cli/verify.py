@@ -9,7 +9,7 @@ import click
 
 from deploytool.cli.group import cli
 from deploytool.cli.options import device_option, json_option, needs_extra, say, weights_option
-from deploytool.runtime.backends import DEFAULT_PARITY_BACKENDS, PARITY_BACKENDS, RUNTIMES
+from deploytool.runtime import backends as registry
 
 
 @cli.command()
@@ -18,9 +18,9 @@ from deploytool.runtime.backends import DEFAULT_PARITY_BACKENDS, PARITY_BACKENDS
 @weights_option("The export's checkpoint, if it moved.")
 @click.option(
     "--backends",
-    default=",".join(DEFAULT_PARITY_BACKENDS),
+    default=",".join(registry.verify_default_names()),
     show_default=True,
-    help=f"Comma-separated backends to run, of {', '.join(PARITY_BACKENDS)}. Without --save-outputs the original always runs.",
+    help=f"Comma-separated backends to run, of {', '.join(registry.names())}. Without --save-outputs the original always runs.",
 )
 @click.option("--overlap", type=int, help="Tile overlap for --images (default: the model's).")
 @click.option("--max-images", type=int, help="Use at most this many images.")
@@ -34,14 +34,13 @@ from deploytool.runtime.backends import DEFAULT_PARITY_BACKENDS, PARITY_BACKENDS
 @needs_extra("export")
 def verify(export_dir, images_dir, weights, backends, overlap, max_images, save_outputs, html, as_json) -> None:
     """Compare the original model, our definition, ONNX FP32/FP16 and TensorRT on the same inputs."""
-    from deploytool.runtime.backends import parse_backends
     from deploytool.verify import parity
 
     report = parity.verify(
         export_dir,
         images_dir=images_dir,
         weights=weights,
-        backends=parse_backends(backends),
+        backends=registry.parse_backends(backends),
         overlap=overlap,
         max_images=max_images,
         save_outputs=save_outputs,
@@ -84,7 +83,7 @@ def compare(results, report_dir, html, as_json) -> None:
     "--methods",
     default="reference,ort,ort-fp16,bicubic",
     show_default=True,
-    help=f"reference (original, whole image), {', '.join(RUNTIMES)} (tiled), bicubic.",
+    help=f"reference (original, whole image), {', '.join(registry.runtime_names())} (tiled), bicubic.",
 )
 @click.option("--overlap", type=int, help="Tile overlap (default: the model's).")
 @weights_option("The export's checkpoint, if it moved.")
@@ -95,7 +94,6 @@ def evaluate(export_dir, dataset, scale, methods, overlap, weights, device, as_j
     """PSNR/SSIM on the Y channel of an SR test set (BasicSR convention), with a bicubic baseline."""
     from deploytool.build.models import export_weights
     from deploytool.build.runners import open_runner
-    from deploytool.runtime.backends import OPENVINO
     from deploytool.runtime.manifest import read_manifest
     from deploytool.verify import evaluation
     from deploytool.verify.parity import original_runner
@@ -111,7 +109,7 @@ def evaluate(export_dir, dataset, scale, methods, overlap, weights, device, as_j
             chosen[method] = evaluation.whole_image_method(original_runner(entry, state_dict))
         else:
             chosen[method] = evaluation.tiled_method(
-                open_runner(export_dir, manifest, method, weights=weights, device=device if method == OPENVINO else None), manifest, overlap
+                open_runner(export_dir, manifest, method, weights=weights, device=device if registry.get(method).takes_device else None), manifest, overlap
             )
     report = evaluation.evaluate(manifest.model_id, manifest.scale, dataset, chosen, scale=scale, progress=say)
     click.echo(json.dumps(report, indent=2) if as_json else evaluation.markdown(report))
@@ -119,7 +117,13 @@ def evaluate(export_dir, dataset, scale, methods, overlap, weights, device, as_j
 
 @cli.command()
 @click.argument("export_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--backend", "backends", default="ort,ort-fp16", show_default=True, help=f"Comma-separated: {', '.join(RUNTIMES)}; ratios are against the first.")
+@click.option(
+    "--backend",
+    "backends",
+    default="ort,ort-fp16",
+    show_default=True,
+    help=f"Comma-separated: {', '.join(registry.runtime_names())}; ratios are against the first.",
+)
 @click.option("--runs", type=click.IntRange(1), default=10, show_default=True)
 @click.option("--warmup", type=click.IntRange(0), default=2, show_default=True)
 @click.option("--cuda-graph", is_flag=True, help="TensorRT: replay one captured CUDA graph per batch.")
@@ -129,10 +133,16 @@ def evaluate(export_dir, dataset, scale, methods, overlap, weights, device, as_j
 @needs_extra("export")
 def bench(export_dir, backends, runs, warmup, cuda_graph, weights, device, as_json) -> None:
     """Latency and tiles/s of an export's backends on this machine, in one run."""
-    from deploytool.runtime.backends import parse_backends
     from deploytool.verify import benchmark
 
     report = benchmark.bench(
-        export_dir, parse_backends(backends, RUNTIMES), runs=runs, warmup=warmup, cuda_graph=cuda_graph, weights=weights, device=device, progress=say
+        export_dir,
+        registry.parse_backends(backends, registry.runtime_names()),
+        runs=runs,
+        warmup=warmup,
+        cuda_graph=cuda_graph,
+        weights=weights,
+        device=device,
+        progress=say,
     )
     click.echo(json.dumps(report, indent=2) if as_json else benchmark.markdown(report))

@@ -11,9 +11,8 @@ import platform
 import sys
 from typing import Any
 
-from deploytool.runtime.backends import OPENVINO, ORT, ORT_FP16, TORCH, TRT
-from deploytool.runtime.backends.openvino import NOT_INSTALLED as OPENVINO_NOT_INSTALLED
-from deploytool.runtime.backends.tensorrt.run import NOT_INSTALLED
+from deploytool.runtime import backends
+from deploytool.runtime.backends.tensorrt import build_status
 
 
 def _version(module: str) -> str | None:
@@ -60,40 +59,15 @@ def probe() -> dict[str, Any]:
 
 def capabilities(facts: dict[str, Any]) -> dict[str, str]:
     """One line per command: what it can do on a machine with these facts."""
-    from deploytool.runtime.backends.tensorrt.build import OLDEST_SUPPORTED, parse_version
-
-    gpu = facts["gpus"][0] if facts["gpus"] else None
     missing = [name for name in ("torch", "onnx", "onnxsim", "onnxruntime") if not facts.get(name)]
-    backends = [] if not facts.get("torch") else [TORCH]
-    if facts.get("onnxruntime"):
-        backends += [ORT, ORT_FP16]
-    ort_device = "CUDA" if gpu and "CUDAExecutionProvider" in facts["ort_providers"] else "CPU"
-    if facts.get("openvino"):
-        backends.append(OPENVINO)
-        openvino = f"OpenVINO on {', '.join(facts.get('openvino_devices') or ['no device'])} (--device; default CPU)"
-    else:
-        openvino = f"no {OPENVINO} backend ({OPENVINO_NOT_INSTALLED})"
-
-    if not facts.get("tensorrt"):
-        build = f"no: {NOT_INSTALLED}"
-    elif not gpu:
-        build = "no: TensorRT is installed but torch sees no CUDA GPU"
-    else:
-        version = parse_version(facts["tensorrt"])[:2]
-        sm = f"sm{gpu['compute_capability'][0]}{gpu['compute_capability'][1]}"
-        if version < OLDEST_SUPPORTED:
-            build = f"no: TensorRT {facts['tensorrt']} is too old (10 or 11 needed)"
-        else:
-            build = f"yes: strongly typed engines from model_fp16.onnx for {gpu['name']} ({sm})"
-        if build.startswith("yes"):
-            backends.append(TRT)
-
+    runnable = [name for name in backends.available(facts) if name in backends.runtime_names()]
+    notes = [note for note in (backends.get(name).doctor_note(facts) for name in backends.runtime_names()) if note]
     return {
         "export": f"no: missing {', '.join(missing)}" if missing else "yes (CPU is enough)",
-        "verify": f"yes: {', '.join(backends)} against the original" + ("" if facts.get("spandrel") else " (no spandrel: pip install spandrel)"),
-        "run": f"yes: backends {', '.join(backends)}; ONNX Runtime on {ort_device}; {openvino}",
-        "build": build,
-        "bench": f"yes: {', '.join(backends)}" + ("" if gpu else " (no GPU: CPU timings only)"),
+        "verify": f"yes: {', '.join(runnable)} against the original" + ("" if facts.get("spandrel") else " (no spandrel: pip install spandrel)"),
+        "run": f"yes: backends {'; '.join([', '.join(runnable), *notes])}",
+        "build": build_status(facts),
+        "bench": f"yes: {', '.join(runnable)}" + ("" if facts.get("gpus") else " (no GPU: CPU timings only)"),
     }
 
 

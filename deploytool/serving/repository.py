@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from deploytool.errors import DeployError
-from deploytool.runtime.backends import TRITON_ONNX, TRITON_OPENVINO, TRITON_PYTHON_ORT, TRITON_RUNTIMES, TRITON_TRT
+from deploytool.runtime import backends
 from deploytool.runtime.fileio import inside
-from deploytool.runtime.manifest import FP16_FILE, FP32_FILE, MANIFEST_FILE, Manifest, read_manifest
+from deploytool.runtime.manifest import MANIFEST_FILE, Manifest, read_manifest
 from deploytool.serving import protocol
 
 TRT_PLAN_FILE = "model.plan"
@@ -37,7 +37,7 @@ class Enum(str):
 
 @dataclass(frozen=True)
 class RepositoryOptions:
-    runtime: str = TRITON_TRT
+    runtime: str = backends.DEFAULT_TRITON_RUNTIME
     instances: int = 1  # tile-model instances, on each listed GPU (or on the CPU)
     gpus: tuple[int, ...] = ()  # empty: every GPU the server sees
     max_pixels: int = 16_000_000  # per view; larger images are refused by the whole-image model
@@ -118,48 +118,24 @@ def _tensor(name: str, data_type: str, dims: list[int], **extra: Any) -> dict[st
 def tile_config(manifest: Manifest, options: RepositoryOptions) -> dict[str, Any]:
     """The `<id>-tiles` model: the export's static shape, no batching by Triton (the graph's batch
     dimension is fixed, so max_batch_size is 0 and the dims include it)."""
-    config: dict[str, Any] = {"name": protocol.tile_model_name(manifest.model_id)}
-    if options.runtime == TRITON_TRT:
-        config |= {"platform": "tensorrt_plan", "default_model_filename": TRT_PLAN_FILE}
-    elif options.runtime == TRITON_ONNX:
-        config |= {"backend": "onnxruntime", "default_model_filename": ONNX_MODEL_FILE}
-    elif options.runtime == TRITON_OPENVINO:
-        config |= {"backend": "openvino", "default_model_filename": ONNX_MODEL_FILE}
-    else:
-        config |= {"backend": "python"}
+    runtime = backends.triton_runtime(options.runtime)
+    config: dict[str, Any] = {"name": protocol.tile_model_name(manifest.model_id), **runtime.model}
     config |= {
         "max_batch_size": 0,
         "input": [_tensor(manifest.input.name, "TYPE_FP32", list(manifest.input.shape))],
         "output": [_tensor(manifest.output.name, "TYPE_FP32", list(manifest.output.shape))],
     }
-    if options.runtime == TRITON_PYTHON_ORT:
+    if runtime.on_cpu:
         config["instance_group"] = [{"count": options.instances, "kind": Enum("KIND_CPU")}]
-        config["parameters"] = _parameters({protocol.PARAM_THREADS: 0})
-    elif options.runtime == TRITON_OPENVINO:
-        config["instance_group"] = [{"count": options.instances, "kind": Enum("KIND_CPU")}]
-        config["parameters"] = _parameters(openvino_parameters(options.instances))
     else:
         group: dict[str, Any] = {"count": options.instances, "kind": Enum("KIND_GPU")}
         if options.gpus:
             group["gpus"] = list(options.gpus)
         config["instance_group"] = [group]
+    parameters = {protocol.PARAM_THREADS: 0} if runtime.python_model else runtime.parameters(options.instances)
+    if parameters:
+        config["parameters"] = _parameters(parameters)
     return config
-
-
-def openvino_parameters(instances: int) -> dict[str, str]:
-    """Triton's OpenVINO backend parameters (the keys its README documents; it refuses others):
-    one OpenVINO stream per tile instance, so instances run side by side instead of queueing on one.
-
-    The backend has no parameter for FP32 inference precision (`HINT_BF16` takes only YES), so on
-    CPUs with AVX-512 BF16 or AMX OpenVINO's default, bf16, applies: `OPENVINO_PRECISION_NOTE`.
-    """
-    return {"PERFORMANCE_HINT": "LATENCY" if instances == 1 else "THROUGHPUT", "NUM_STREAMS": str(instances)}
-
-
-OPENVINO_PRECISION_NOTE = (
-    "Triton's OpenVINO backend cannot pin f32 inference precision: on CPUs with AVX-512 BF16 or AMX it runs the graph in bf16, "
-    "unlike `deploytool run --backend openvino`; use --runtime python-ort for FP32 results there"
-)
 
 
 def image_instances(options: RepositoryOptions) -> int:
@@ -203,40 +179,10 @@ def _model_py(class_name: str, what: str) -> str:
     )
 
 
-def _engine_file(export_dir: Path, manifest: Manifest) -> str:
-    """The engine `deploytool build` made for this GPU and TensorRT, or for the only target built."""
-    from deploytool.errors import BackendUnavailable
-    from deploytool.runtime.backends.tensorrt.run import current_target, matching_engine
-
-    build = f"deploytool build {export_dir}"
-    if not manifest.engines:
-        raise DeployError(f"{export_dir} has no TensorRT engine: run `{build}` on a machine with the server's GPU and TensorRT, or use --runtime onnx")
-    try:
-        capability, version = current_target()
-    except BackendUnavailable:
-        if len(manifest.engines) == 1:
-            return next(iter(manifest.engines))
-        raise DeployError(
-            f"{export_dir} has engines for several GPUs ({', '.join(sorted(manifest.engines))}) and this machine has no TensorRT GPU to choose: "
-            f"write the repository on the server's machine, or run `{build}` there"
-        ) from None
-    try:
-        return matching_engine(manifest.engines, capability, version)
-    except DeployError as exc:
-        raise DeployError(f"{exc} (`{build}`)") from None
-
-
 def _model_files(export_dir: Path, manifest: Manifest, options: RepositoryOptions) -> dict[str, Path]:
     """{name in the version folder: exported file it is copied from} for the tile model."""
-    if options.runtime == TRITON_TRT:
-        return {TRT_PLAN_FILE: manifest.check_file(export_dir, _engine_file(export_dir, manifest))}
-    if options.runtime == TRITON_ONNX and not options.fp32:
-        if not manifest.has_fp16:
-            raise DeployError(f"{export_dir} has no {FP16_FILE} (exported with --no-fp16): add --fp32 to serve {FP32_FILE}")
-        return {ONNX_MODEL_FILE: manifest.check_file(export_dir, FP16_FILE)}
-    # python-ort and openvino run model.onnx: on CPUs FP16 graphs bring no speed, and ONNX Runtime's CPU
-    # provider lacks FP16 kernels for many ops (it would insert casts around them)
-    return {ONNX_MODEL_FILE: manifest.check_file(export_dir, FP32_FILE)}
+    runtime = backends.triton_runtime(options.runtime)
+    return {runtime.served_as: runtime.source(export_dir, manifest, options.fp32)}
 
 
 def _write_model(repo: Path, name: str, config: dict[str, Any], files: dict[str, Path], texts: dict[str, str]) -> Path:
@@ -267,14 +213,13 @@ def _write_model(repo: Path, name: str, config: dict[str, Any], files: dict[str,
 
 
 def validate_options(options: RepositoryOptions) -> None:
-    if options.runtime not in TRITON_RUNTIMES:
-        raise DeployError(f"unknown Triton runtime {options.runtime!r}; choose from {', '.join(TRITON_RUNTIMES)}")
+    runtime = backends.triton_runtime(options.runtime)
     if options.instances < 1:
         raise DeployError(f"--instances must be at least 1, not {options.instances}")
-    if options.runtime in (TRITON_PYTHON_ORT, TRITON_OPENVINO) and options.gpus:
+    if runtime.on_cpu and options.gpus:
         raise DeployError(f"--gpus places GPU instances; the {options.runtime} runtime runs on the CPU (use --runtime onnx or trt)")
-    if options.runtime == TRITON_TRT and options.fp32:
-        raise DeployError("--fp32 chooses model.onnx for --runtime onnx; a TensorRT engine's precision is the one `deploytool build` gave it")
+    if runtime.fp32_refusal and options.fp32:
+        raise DeployError(runtime.fp32_refusal)
     if options.max_pixels < 1:
         raise DeployError(f"--max-pixels must be positive, not {options.max_pixels}")
 
@@ -284,6 +229,7 @@ def write_repository(
 ) -> list[WrittenModel]:
     """Write `<id>-tiles` and `<id>` for every export into `repo` (other models there are kept)."""
     validate_options(options)
+    runtime = backends.triton_runtime(options.runtime)
     exports = [(Path(d), read_manifest(d)) for d in export_dirs]
     ids = [manifest.model_id for _, manifest in exports]
     for model_id in ids:
@@ -299,16 +245,13 @@ def write_repository(
     written = []
     for export_dir, manifest, files in plans:
         tiles = protocol.tile_model_name(manifest.model_id)
-        texts = (
-            {protocol.WHOLE_IMAGE_MODEL_FILE: _model_py("OrtTileModel", f"{tiles}, ONNX Runtime on the CPU")} if options.runtime == TRITON_PYTHON_ORT else {}
-        )
+        texts = {protocol.WHOLE_IMAGE_MODEL_FILE: _model_py(runtime.python_model, f"{tiles}, ONNX Runtime on the CPU")} if runtime.python_model else {}
         path = _write_model(repo, tiles, tile_config(manifest, options), files, texts)
         source = next(iter(files.values())).name
         written.append(WrittenModel(tiles, path, "tiles", options.runtime, source))
-        on_cpu = options.runtime in (TRITON_PYTHON_ORT, TRITON_OPENVINO)
-        progress(f"{path}: {options.runtime} on {source}, {options.instances} instance(s){'' if on_cpu else ' per GPU'}")
-        if options.runtime == TRITON_OPENVINO:
-            progress(f"note: {OPENVINO_PRECISION_NOTE}")
+        progress(f"{path}: {options.runtime} on {source}, {options.instances} instance(s){'' if runtime.on_cpu else ' per GPU'}")
+        if runtime.note:
+            progress(f"note: {runtime.note}")
         whole = _write_model(
             repo,
             manifest.model_id,

@@ -43,7 +43,7 @@ def bench(
     progress: Callable[[str], None] = lambda message: None,
 ) -> dict[str, Any]:
     from deploytool.build.runners import open_runner
-    from deploytool.runtime.backends import OPENVINO
+    from deploytool.runtime import backends as registry
 
     manifest = read_manifest(export_dir)
     shape = manifest.input.shape
@@ -51,7 +51,9 @@ def bench(
     results = []
     for backend in backends:
         progress(f"{backend}: {warmup} warm-up and {runs} timed runs of a {'x'.join(map(str, shape))} batch")
-        with open_runner(export_dir, manifest, backend, weights=weights, cuda_graph=cuda_graph, device=device if backend == OPENVINO else None) as runner:
+        with open_runner(
+            export_dir, manifest, backend, weights=weights, cuda_graph=cuda_graph, device=device if registry.get(backend).takes_device else None
+        ) as runner:
             median, fastest = median_seconds(lambda: runner(batch), runs, warmup=warmup)
         results.append({"backend": backend, "median_s": median, "min_s": fastest, "tiles_per_s": shape[0] / median})
     baseline = results[0]["median_s"] if results else 1.0

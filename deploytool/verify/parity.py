@@ -27,27 +27,18 @@ from typing import Any
 import numpy as np
 
 from deploytool.build.metrics import psnr
-from deploytool.build.models import arch_for, build_def, build_original, export_weights
+from deploytool.build.models import arch_for, build_original, export_weights
+from deploytool.build.runners import checkpoint_model
 from deploytool.errors import (
     BackendUnavailable,
     CheckpointError,
     DeployError,
     ParityError,
 )
+from deploytool.runtime import backends as registry
 from deploytool.runtime import images, inference
 from deploytool.runtime import inputs as input_sources
-from deploytool.runtime.backends import (
-    DEFAULT_PARITY_BACKENDS,
-    OPENVINO,
-    ORIGINAL,
-    ORT,
-    ORT_FP16,
-    PARITY_BACKENDS,
-    TORCH,
-    TRT,
-    Runner,
-    open_runner,
-)
+from deploytool.runtime.backends import BF16, FP16, FP32, Runner, open_runner
 from deploytool.runtime.backends.torch import TorchRunner
 from deploytool.runtime.fileio import write_text_atomic
 from deploytool.runtime.manifest import (
@@ -61,6 +52,10 @@ from deploytool.verify import results as saved_results
 from deploytool.verify.results import IMAGE, SYNTHETIC, BackendRun, RunInput, RunResults
 
 Progress = Callable[[str], None]
+
+# {precision class: (max |diff| key, PSNR floor key)} of the manifest's tolerances, for backends
+# that run an export's graph; those built from the checkpoint are judged by `def_max_abs`
+PRECISION_TOLERANCES = {FP32: ("onnx_max_abs", None), FP16: ("fp16_max_abs", "fp16_psnr_min"), BF16: ("bf16_max_abs", "bf16_psnr_min")}
 
 
 @dataclass
@@ -89,13 +84,11 @@ def pair_limits(candidate: str, tolerances: dict[str, float], *, tiled: bool) ->
     """(max_abs limit, PSNR floor) for the original vs `candidate` (a backend name)."""
     if tiled:
         return None, tolerances.get("tiled_psnr_min")
-    if candidate in (TORCH, ORIGINAL):  # the original on another machine: the same FP32 code
+    backend = registry.get(candidate)
+    if backend.needs_checkpoint:  # our definition, or the original on another machine: FP32 PyTorch code
         return tolerances.get("def_max_abs"), None
-    if candidate in (ORT, OPENVINO):  # the FP32 graph
-        return tolerances.get("onnx_max_abs"), None
-    if candidate in (ORT_FP16, TRT):
-        return tolerances.get("fp16_max_abs"), tolerances.get("fp16_psnr_min")
-    raise DeployError(f"no tolerance is defined for backend {candidate!r}")
+    max_key, psnr_key = PRECISION_TOLERANCES[backend.precision]
+    return tolerances.get(max_key), None if psnr_key is None else tolerances.get(psnr_key)
 
 
 def judge_pair(inputs: str, reference: str, candidate: str, ref_out: np.ndarray, out: np.ndarray, limits: tuple[float | None, float | None]) -> Comparison:
@@ -108,7 +101,7 @@ def judge_pair(inputs: str, reference: str, candidate: str, ref_out: np.ndarray,
 
 def original_runner(entry, state_dict) -> TorchRunner:
     """The original implementation with these weights, as a runner."""
-    return TorchRunner(build_original(entry, arch_for(entry, state_dict), state_dict), name=ORIGINAL)
+    return TorchRunner(build_original(entry, arch_for(entry, state_dict), state_dict), name=registry.original().name)
 
 
 # -- running
@@ -134,14 +127,49 @@ def parity_inputs(
 
 
 def _open(export_dir: Path, manifest: Manifest, name: str, weights: str | Path | None, state: dict[str, Any]) -> Runner:
-    if name in (ORIGINAL, TORCH):
-        if "loaded" not in state:
-            state["loaded"] = export_weights(manifest, weights)
-        entry, source, state_dict = state["loaded"]
-        if name == ORIGINAL:
-            return original_runner(entry, state_dict)
-        return TorchRunner(build_def(entry, state_dict, source=source.path or "random init"), name=TORCH)
-    return open_runner(export_dir, manifest, name)
+    """A runner for backend `name`; the checkpoint is loaded once for all backends that need it."""
+    backend = registry.get(name)
+    if not backend.needs_checkpoint:
+        return open_runner(export_dir, manifest, name)
+    if "loaded" not in state:
+        state["loaded"] = export_weights(manifest, weights)
+    return open_runner(export_dir, manifest, name, model=checkpoint_model(manifest, backend, loaded=state["loaded"]))
+
+
+def _open_or_skip(export_dir: Path, manifest: Manifest, name: str, weights, state: dict[str, Any], *, skip_missing_weights: bool) -> Runner | str:
+    """A runner, or the reason to skip a backend this machine cannot run (no TensorRT, no engine
+    for this GPU; the checkpoint missing when `skip_missing_weights`)."""
+    try:
+        return _open(export_dir, manifest, name, weights, state)
+    except CheckpointError as exc:
+        if not skip_missing_weights:
+            raise
+        return str(exc)
+    except BackendUnavailable as exc:
+        return str(exc)
+    except DeployError as exc:
+        if not registry.get(name).machine_specific:
+            raise
+        return str(exc)
+
+
+def _selected(manifest: Manifest, names: list[str]) -> list[str]:
+    """`names` checked, less the backends whose file this export was made without (no FP16 graph)."""
+    unknown = [b for b in names if b not in registry.names()]
+    if unknown:
+        raise DeployError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(registry.names())}")
+    return [b for b in names if registry.get(b).file in (None, *manifest.files)]
+
+
+def _run_input(runner: Runner, name: str, label: str, item: RunInput, manifest: Manifest, overlap: int, progress: Progress) -> np.ndarray:
+    if item.kind == SYNTHETIC:
+        progress(f"{label}: {name}")
+        return runner(item.array)
+    if registry.get(name).is_original:
+        progress(f"{label}: {name} on the whole image ({item.array.shape[1]}x{item.array.shape[0]})")
+        return runner(item.array.transpose(2, 0, 1)[None])[0].transpose(1, 2, 0)
+    progress(f"{label}: {name} (overlap {overlap})")
+    return inference.restore_array(runner, manifest, item.array, overlap=overlap)
 
 
 def run(
@@ -164,11 +192,7 @@ def run(
     """
     export_dir = Path(export_dir)
     manifest = read_manifest(export_dir)
-    unknown = [b for b in backends if b not in PARITY_BACKENDS]
-    if unknown:
-        raise DeployError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(PARITY_BACKENDS)}")
-    if ORT_FP16 in backends and not manifest.has_fp16:
-        backends = [b for b in backends if b != ORT_FP16]
+    backends = _selected(manifest, backends)
     overlap = manifest.overlap(overlap)
     results = RunResults(manifest=manifest, original=manifest.model.reference, weights=manifest.source.describe(), host=saved_results.host_info())
     results.inputs = {
@@ -178,36 +202,15 @@ def run(
     progress(f"original: {results.original}; weights: {results.weights}")
     loaded: dict[str, Any] = {}
     for name in backends:
-        try:
-            runner = _open(export_dir, manifest, name, weights, loaded)
-        except CheckpointError as exc:
-            if not skip_missing_weights:
-                raise
-            results.skipped[name] = str(exc)
-            progress(f"skipping {name}: {exc}")
-            continue
-        except BackendUnavailable as exc:
-            results.skipped[name] = str(exc)
-            progress(f"skipping {name}: {exc}")
-            continue
-        except DeployError as exc:
-            if name != TRT:  # an engine for another machine is reported, not fatal
-                raise
-            results.skipped[name] = str(exc)
-            progress(f"skipping {name}: {exc}")
+        runner = _open_or_skip(export_dir, manifest, name, weights, loaded, skip_missing_weights=skip_missing_weights)
+        if isinstance(runner, str):
+            results.skipped[name] = runner
+            progress(f"skipping {name}: {runner}")
             continue
         with runner:
-            record = BackendRun(name, runner.device, overlap=None if name == ORIGINAL else overlap)
+            record = BackendRun(name, runner.device, overlap=None if registry.get(name).is_original else overlap)
             for label, item in results.inputs.items():
-                if item.kind == SYNTHETIC:
-                    progress(f"{label}: {name}")
-                    record.outputs[label] = runner(item.array)
-                elif name == ORIGINAL:
-                    progress(f"{label}: original on the whole image ({item.array.shape[1]}x{item.array.shape[0]})")
-                    record.outputs[label] = runner(item.array.transpose(2, 0, 1)[None])[0].transpose(1, 2, 0)
-                else:
-                    progress(f"{label}: {name} (overlap {overlap})")
-                    record.outputs[label] = inference.restore_array(runner, manifest, item.array, overlap=overlap)
+                record.outputs[label] = _run_input(runner, name, label, item, manifest, overlap, progress)
         results.backends[name] = record
     return results
 
@@ -253,6 +256,42 @@ class Judgement:
     pairs: list[tuple[Comparison, np.ndarray, np.ndarray]]
 
 
+def _is_original(name: str) -> bool:
+    return registry.get(name).is_original
+
+
+def _merged_inputs(runs: list[RunResults]) -> tuple[dict[str, RunInput], dict[str, str]]:
+    """Every input of every file (the first file's where labels repeat), and every skipped reason."""
+    inputs: dict[str, RunInput] = {}
+    skipped: dict[str, str] = {}
+    for item in runs:
+        for label, value in item.inputs.items():
+            inputs.setdefault(label, value)
+        skipped.update(item.skipped)
+    return inputs, skipped
+
+
+def _compare_all(
+    backends: list[tuple[str, str, RunResults]], inputs: dict[str, RunInput], reference_run: RunResults, tolerances: dict[str, float], skipped: dict[str, str]
+) -> list[tuple[Comparison, np.ndarray, np.ndarray]]:
+    """The original's outputs against every other backend's, input by input."""
+    original = registry.original().name
+    reference_outputs = reference_run.backends[original].outputs
+    pairs: list[tuple[Comparison, np.ndarray, np.ndarray]] = []
+    for label, item in inputs.items():
+        if label not in reference_outputs:
+            skipped[f"inputs {label}"] = "the original did not run on it"
+            continue
+        for display, name, owner in backends:
+            out = owner.backends[name].outputs.get(label)
+            if (owner is reference_run and _is_original(name)) or out is None:
+                continue
+            limits = pair_limits(name, tolerances, tiled=item.kind == IMAGE)
+            comparison = judge_pair(label, original, display, reference_outputs[label], out, limits)
+            pairs.append((comparison, reference_outputs[label], out))
+    return pairs
+
+
 def judge(runs: list[RunResults], *, export_dir: str | Path | None = None) -> Judgement:
     """Compare the original's outputs with every other backend's, across `runs`."""
     if not runs:
@@ -260,40 +299,19 @@ def judge(runs: list[RunResults], *, export_dir: str | Path | None = None) -> Ju
     _check_compatible(runs)
     manifest = runs[0].manifest
     backends = _qualified_backends(runs)
-    originals = [b for b in backends if b[1] == ORIGINAL]
+    originals = [b for b in backends if _is_original(b[1])]
     if not originals:
         raise DeployError("no results hold the original's outputs: run `deploytool verify --backends original,... --save-outputs FILE` where the checkpoint is")
     _, _, reference_run = originals[0]
-    reference_outputs = reference_run.backends[ORIGINAL].outputs
-    inputs: dict[str, RunInput] = {}
-    for item in runs:
-        for label, value in item.inputs.items():
-            inputs.setdefault(label, value)
-    skipped: dict[str, str] = {}
-    for item in runs:
-        skipped.update(item.skipped)
-    comparisons: list[Comparison] = []
-    pairs: list[tuple[Comparison, np.ndarray, np.ndarray]] = []
-    for label, item in inputs.items():
-        if label not in reference_outputs:
-            skipped[f"inputs {label}"] = "the original did not run on it"
-            continue
-        for display, name, owner in backends:
-            if owner is reference_run and name == ORIGINAL:
-                continue
-            out = owner.backends[name].outputs.get(label)
-            if out is None:
-                continue
-            limits = pair_limits(name, manifest.tolerances, tiled=item.kind == IMAGE)
-            comparison = judge_pair(label, ORIGINAL, display, reference_outputs[label], out, limits)
-            comparisons.append(comparison)
-            pairs.append((comparison, reference_outputs[label], out))
+    inputs, skipped = _merged_inputs(runs)
+    pairs = _compare_all(backends, inputs, reference_run, manifest.tolerances, skipped)
+    comparisons = [comparison for comparison, _, _ in pairs]
     report = {
         "model_id": manifest.model_id,
         "export_dir": str(export_dir) if export_dir is not None else None,
         "original": reference_run.original,
         "weights": reference_run.weights,
-        "backends": [display for display, name, owner in backends if not (owner is reference_run and name == ORIGINAL)],
+        "backends": [display for display, name, owner in backends if not (owner is reference_run and _is_original(name))],
         "skipped": skipped,
         "passed": bool(comparisons) and all(c.passed for c in comparisons),
         "comparisons": [asdict(c) for c in comparisons],
@@ -307,19 +325,19 @@ def judge(runs: list[RunResults], *, export_dir: str | Path | None = None) -> Ju
 def fp16_figures(backends: list[tuple[str, str, RunResults]], inputs: dict[str, RunInput]) -> list[dict[str, Any]]:
     """The shipped FP16 graph's (and engines') own distance from the FP32 graph, at the export's
     shape on this run's inputs: the figures the manifest's `fp16` gives for the calibration graph."""
-    fp32 = next(((display, item) for display, name, item in backends if name == ORT), None)
+    fp32 = next(((display, name, item) for display, name, item in backends if registry.get(name).fp32_graph_reference), None)
     if fp32 is None:
         return []
-    fp32_name, fp32_run = fp32
+    fp32_display, fp32_name, fp32_run = fp32
     figures = []
     for label in inputs:
-        expected = fp32_run.backends[ORT].outputs.get(label)
+        expected = fp32_run.backends[fp32_name].outputs.get(label)
         for display, name, item in backends:
             out = item.backends[name].outputs.get(label)
-            if name not in (ORT_FP16, TRT) or expected is None or out is None:
+            if registry.get(name).precision != FP16 or expected is None or out is None:
                 continue
             max_abs, mean_abs, value_psnr = metrics(expected, out)
-            figures.append({"inputs": label, "fp32": fp32_name, "fp16": display, "max_abs": max_abs, "mean_abs": mean_abs, "psnr": value_psnr})
+            figures.append({"inputs": label, "fp32": fp32_display, "fp16": display, "max_abs": max_abs, "mean_abs": mean_abs, "psnr": value_psnr})
     return figures
 
 
@@ -374,9 +392,9 @@ def verify(
     With it, exactly `backends` run and their outputs are saved; the run is judged only when the
     original is among them, else None is returned (judge later with `compare`).
     """
-    backends = list(backends or DEFAULT_PARITY_BACKENDS)
-    if save_outputs is None and ORIGINAL not in backends:
-        backends.insert(0, ORIGINAL)
+    backends = list(backends or registry.verify_default_names())
+    if save_outputs is None and not any(_is_original(name) for name in backends):
+        backends.insert(0, registry.original().name)
     results = run(
         export_dir,
         backends,
@@ -396,7 +414,7 @@ def verify(
             f"saved inputs and outputs of {', '.join(results.backends) or 'no backend'} to {saved} "
             f"({saved.stat().st_size / 1e6:.1f} MB in {time.perf_counter() - started:.2f} s)"
         )
-        if ORIGINAL not in results.backends:
+        if not any(_is_original(name) for name in results.backends):
             return None
     judgement = judge([results], export_dir=export_dir)
     write_reports(judgement, export_dir, html=html)

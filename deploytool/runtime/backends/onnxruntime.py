@@ -1,4 +1,5 @@
-"""ONNX Runtime backend: the exported FP32 or FP16 graph, on CUDA when present, else CPU."""
+"""ONNX Runtime backends: the exported FP32 graph (`ort`) or FP16 graph (`ort-fp16`), on CUDA
+when present, else CPU."""
 
 from __future__ import annotations
 
@@ -7,7 +8,11 @@ from pathlib import Path
 import numpy as np
 
 from deploytool.errors import BackendUnavailable, DeployError
-from deploytool.runtime.backends import ORT, ClosingRunner
+from deploytool.runtime.backends.base import FP16, FP32, Backend, ClosingRunner, OpenRequest, TritonRuntime, register
+from deploytool.runtime.manifest import FP16_FILE, FP32_FILE, Manifest
+
+ORT, ORT_FP16 = "ort", "ort-fp16"
+INSTALL = "pip install onnxruntime-gpu"
 
 
 def available_providers() -> list[str]:
@@ -92,3 +97,61 @@ class OrtRunner(ClosingRunner):
 
     def close(self) -> None:
         self.session = None
+
+
+def _opener(name: str, file: str):
+    def open_graph(request: OpenRequest) -> OrtRunner:
+        return OrtRunner(request.manifest.check_file(request.export_dir, file), name=name)
+
+    return open_graph
+
+
+def _doctor_note(facts: dict) -> str:
+    on_cuda = facts.get("gpus") and "CUDAExecutionProvider" in facts.get("ort_providers", [])
+    return f"ONNX Runtime on {'CUDA' if on_cuda else 'CPU'}"
+
+
+def _graph_for_gpus(export_dir: Path, manifest: Manifest, fp32: bool) -> Path:
+    if fp32:
+        return manifest.check_file(export_dir, FP32_FILE)
+    if not manifest.has_fp16:
+        raise DeployError(f"{export_dir} has no {FP16_FILE} (exported with --no-fp16): add --fp32 to serve {FP32_FILE}")
+    return manifest.check_file(export_dir, FP16_FILE)
+
+
+def _fp32_graph(export_dir: Path, manifest: Manifest, fp32: bool) -> Path:
+    # on CPUs an FP16 graph brings no speed, and ONNX Runtime's CPU provider lacks FP16 kernels
+    # for many ops (it would insert casts around them)
+    return manifest.check_file(export_dir, FP32_FILE)
+
+
+# Triton's ONNX Runtime backend on GPUs (the FP16 graph unless --fp32), and ONNX Runtime inside a
+# Python-backend model on CPU servers (deploytool.serving.triton_models.OrtTileModel)
+TRITON_ONNX = TritonRuntime("onnx", {"backend": "onnxruntime", "default_model_filename": "model.onnx"}, "model.onnx", _graph_for_gpus)
+TRITON_PYTHON_ORT = TritonRuntime("python-ort", {"backend": "python"}, "model.onnx", _fp32_graph, on_cpu=True, python_model="OrtTileModel")
+
+register(
+    Backend(
+        ORT,
+        FP32,
+        "ONNX Runtime on the exported FP32 graph",
+        _opener(ORT, FP32_FILE),
+        file=FP32_FILE,
+        requires=("onnxruntime",),
+        install=INSTALL,
+        fp32_graph_reference=True,
+        doctor_note=_doctor_note,
+        triton=(TRITON_ONNX, TRITON_PYTHON_ORT),
+    )
+)
+register(
+    Backend(
+        ORT_FP16,
+        FP16,
+        "ONNX Runtime on the exported FP16 graph",
+        _opener(ORT_FP16, FP16_FILE),
+        file=FP16_FILE,
+        requires=("onnxruntime",),
+        install=INSTALL,
+    )
+)

@@ -19,10 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from deploytool.errors import BackendUnavailable, DeployError
-from deploytool.runtime.backends import OPENVINO, ClosingRunner
+from deploytool.runtime.backends.base import FP32, Backend, ClosingRunner, OpenRequest, TritonRuntime, register
 from deploytool.runtime.manifest import FP32_FILE, Manifest
 
-NOT_INSTALLED = "OpenVINO is not installed: pip install deploytool[openvino]"
+OPENVINO = "openvino"
+INSTALL = "pip install deploytool[openvino]"
+NOT_INSTALLED = f"OpenVINO is not installed: {INSTALL}"
 DEFAULT_DEVICE = "CPU"
 PRECISION = "f32"
 CACHE_FOLDER = "openvino-cache"
@@ -122,3 +124,61 @@ class OpenVinoRunner(ClosingRunner):
     def close(self) -> None:
         self.request = None
         self.compiled = None
+
+
+def _open(request: OpenRequest) -> OpenVinoRunner:
+    return OpenVinoRunner.for_export(request.export_dir, request.manifest, device=request.device or DEFAULT_DEVICE)
+
+
+def triton_parameters(instances: int) -> dict[str, str]:
+    """Triton's OpenVINO backend parameters (the keys its README documents; it refuses others):
+    one OpenVINO stream per tile instance, so instances run side by side instead of queueing on one.
+
+    The backend has no parameter for FP32 inference precision (`HINT_BF16` takes only YES), so on
+    CPUs with AVX-512 BF16 or AMX OpenVINO's default, bf16, applies: `TRITON_PRECISION_NOTE`.
+    """
+    return {"PERFORMANCE_HINT": "LATENCY" if instances == 1 else "THROUGHPUT", "NUM_STREAMS": str(instances)}
+
+
+TRITON_PRECISION_NOTE = (
+    "Triton's OpenVINO backend cannot pin f32 inference precision: on CPUs with AVX-512 BF16 or AMX it runs the graph in bf16, "
+    "unlike `deploytool run --backend openvino`; use --runtime python-ort for FP32 results there"
+)
+
+
+def _fp32_graph(export_dir: Path, manifest: Manifest, fp32: bool) -> Path:
+    return manifest.check_file(export_dir, FP32_FILE)
+
+
+TRITON_OPENVINO = TritonRuntime(
+    OPENVINO,
+    {"backend": "openvino", "default_model_filename": "model.onnx"},
+    "model.onnx",
+    _fp32_graph,
+    on_cpu=True,
+    parameters=triton_parameters,
+    note=TRITON_PRECISION_NOTE,
+)
+
+
+def _doctor_note(facts: dict) -> str:
+    if not facts.get("openvino"):
+        return f"no {OPENVINO} backend ({NOT_INSTALLED})"
+    return f"OpenVINO on {', '.join(facts.get('openvino_devices') or ['no device'])} (--device; default CPU)"
+
+
+register(
+    Backend(
+        OPENVINO,
+        FP32,
+        "OpenVINO on the exported FP32 graph, f32 inference precision",
+        _open,
+        file=FP32_FILE,
+        requires=("openvino",),
+        install=INSTALL,
+        takes_device=True,
+        verify_by_default=False,  # an optional extra: `verify` runs it when asked by name
+        doctor_note=_doctor_note,
+        triton=(TRITON_OPENVINO,),
+    )
+)

@@ -1,4 +1,6 @@
-"""PyTorch backend: our export-friendly definition (or any module) run eagerly.
+"""PyTorch backends: our export-friendly definition (`torch`) and the original implementation
+(`original`, parity only), both built from the export's checkpoint by deploytool.build.runners
+and run eagerly.
 
 torch is imported when a runner is made, so that the runtime imports without it.
 """
@@ -10,10 +12,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from deploytool.errors import DeployError
-from deploytool.runtime.backends import TORCH, ClosingRunner
+from deploytool.runtime.backends.base import FP32, Backend, ClosingRunner, OpenRequest, register
 
 if TYPE_CHECKING:
     import torch
+
+ORIGINAL, TORCH = "original", "torch"
+EXPORT_EXTRA = "pip install deploytool[export]"
 
 
 class TorchRunner(ClosingRunner):
@@ -40,3 +45,35 @@ class TorchRunner(ClosingRunner):
 
     def close(self) -> None:
         self.model = None
+
+
+def _opener(name: str):
+    def open_model(request: OpenRequest) -> TorchRunner:
+        return TorchRunner(request.model, name=name)
+
+    return open_model
+
+
+register(
+    Backend(
+        ORIGINAL,
+        FP32,
+        "the original implementation (a third-party faithful port) with the checkpoint's weights",
+        _opener(ORIGINAL),
+        requires=("torch",),
+        install=EXPORT_EXTRA,
+        needs_checkpoint=True,
+        is_original=True,
+    )
+)
+register(
+    Backend(
+        TORCH,
+        FP32,
+        "our export-friendly PyTorch definition with the checkpoint's weights",
+        _opener(TORCH),
+        requires=("torch",),
+        install=EXPORT_EXTRA,
+        needs_checkpoint=True,
+    )
+)

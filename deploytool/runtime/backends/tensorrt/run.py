@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from deploytool.errors import BackendUnavailable, DeployError
-from deploytool.runtime.backends import TRT, ClosingRunner
+from deploytool.runtime.backends.base import ClosingRunner
+from deploytool.runtime.backends.tensorrt import INSTALL, TRT
 from deploytool.runtime.manifest import Manifest
 
-NOT_INSTALLED = "TensorRT is not installed: pip install deploytool[trt] on a machine with an NVIDIA GPU"
+NOT_INSTALLED = f"TensorRT is not installed: {INSTALL}"
 
 
 def require_tensorrt():
