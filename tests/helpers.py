@@ -48,6 +48,13 @@ def all_ids() -> list[str]:
     return sorted(registry.all_entries())
 
 
+def one_id_per_family() -> list[str]:
+    first: dict[str, str] = {}
+    for model_id in all_ids():
+        first.setdefault(registry.get(model_id).family, model_id)
+    return sorted(first.values())
+
+
 def tiny_entry(model_id: str) -> ModelEntry:
     """The id's structure (upsampler, residual conv, window, range, channels, scale) at the toy
     size its family declares, with that configuration's tile."""
@@ -95,7 +102,9 @@ def save_official(state: dict[str, torch.Tensor], path: Path, wrapper: str | Non
     return path
 
 
-def export_tiny(model_id: str, out_dir: Path, *, weights: Path | None = None, fp16: bool = True, tile=None, batch: int = 1, **entry_changes) -> dict:
+def export_tiny(
+    model_id: str, out_dir: Path, *, weights: Path | None = None, fp16: bool = True, bf16: bool = False, tile=None, batch: int = 1, **entry_changes
+) -> dict:
     entry = dataclasses.replace(tiny_entry(model_id), **entry_changes)
     if weights is None:
         weights = save_official(tiny_state_dict(entry), out_dir.parent / f"{out_dir.name}.pth")
@@ -103,7 +112,7 @@ def export_tiny(model_id: str, out_dir: Path, *, weights: Path | None = None, fp
 
     loaded = load_state_dict_file(weights)
     source = WeightsSource(kind="checkpoint", path=str(weights), sha256=loaded.sha256, wrapper_key=loaded.wrapper_key)
-    request = export.ExportRequest(entry=entry, source=source, out_dir=out_dir, tile=tile or entry.tile, batch=batch, fp16=fp16, calibration_count=2)
+    request = export.ExportRequest(entry=entry, source=source, out_dir=out_dir, tile=tile or entry.tile, batch=batch, fp16=fp16, bf16=bf16, calibration_count=2)
     return export.export(request)
 
 

@@ -63,11 +63,11 @@ TEST(Export, RefusesInOneLineAsPythonDoes) {
   data["schema_version"] = "2.0";
   folder.write(data);
   EXPECT_EQ(message_of([&] { dt::Export::open(folder.dir); }),
-            where + " has manifest schema 2.0, a newer major version than this deploytool reads (1.3); upgrade deploytool");
+            where + " has manifest schema 2.0, a newer major version than this deploytool reads (1.4); upgrade deploytool");
   data["schema_version"] = "0.9";
   folder.write(data);
   EXPECT_EQ(message_of([&] { dt::Export::open(folder.dir); }),
-            where + " has manifest schema 0.9, an older major version than this deploytool reads (1.3); re-export it");
+            where + " has manifest schema 0.9, an older major version than this deploytool reads (1.4); re-export it");
   data["schema_version"] = "one";
   folder.write(data);
   EXPECT_EQ(message_of([&] { dt::Export::open(folder.dir); }), "schema_version 'one' is not MAJOR.MINOR");
@@ -77,7 +77,7 @@ TEST(Export, RefusesInOneLineAsPythonDoes) {
   data["format"] = 1;
   folder.write(data);
   EXPECT_EQ(message_of([&] { dt::Export::open(folder.dir); }),
-            where + " was written by an older deploytool (manifest format 1, before schema 1.3); re-export it");
+            where + " was written by an older deploytool (manifest format 1, before schema 1.4); re-export it");
 
   std::ofstream(folder.dir / "manifest.json") << "{\"schema_version\": ";
   std::string bad_json = message_of([&] { dt::Export::open(folder.dir); });
@@ -88,11 +88,11 @@ TEST(Export, RefusesInOneLineAsPythonDoes) {
   data["tiling"].erase("batch");
   folder.write(data);
   EXPECT_EQ(message_of([&] { dt::Export::open(folder.dir); }),
-            where + " does not follow the manifest schema 1.3: at tiling: 'batch' is a required property");
+            where + " does not follow the manifest schema 1.4: at tiling: 'batch' is a required property");
   data = minimal_manifest(dt::sha256_hex("graph"));
   data["scale"] = "2";
   folder.write(data);
-  EXPECT_EQ(message_of([&] { dt::Export::open(folder.dir); }), where + " does not follow the manifest schema 1.3: at scale: \"2\" is not of type 'integer'");
+  EXPECT_EQ(message_of([&] { dt::Export::open(folder.dir); }), where + " does not follow the manifest schema 1.4: at scale: \"2\" is not of type 'integer'");
 }
 
 TEST(Export, RefusesAModelIdThatIsNotAPlainNameAsPythonDoes) {

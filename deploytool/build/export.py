@@ -1,13 +1,15 @@
-"""torch -> ONNX at one static tile, simplified, checked, plus the FP16 deploy graph and manifest.
+"""torch -> ONNX at one static tile, simplified, checked, plus the FP16/BF16 deploy graphs and manifest.
 
 Writes an export folder (`deploytool.runtime.manifest` owns its layout): `model.onnx` (FP32,
-simplified), `model_fp16.onnx` (FP16 with FP32 islands, FP32 IO) and `manifest.json` (written
-last: a folder without it is an unfinished export). Only the exporter imports this module.
+simplified), `model_fp16.onnx` (FP16 with FP32 islands, FP32 IO), where asked `model_bf16.onnx`
+(BF16 likewise) and `manifest.json` (written last: a folder without it is an unfinished export).
+Only the exporter imports this module.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import resource
@@ -34,12 +36,14 @@ from deploytool.errors import DeployError, ExportError
 from deploytool.runtime import inputs as calib_inputs
 from deploytool.runtime.fileio import atomic_path, sha256_file
 from deploytool.runtime.manifest import (
+    BF16_FILE,
     FP16_FILE,
     FP32_FILE,
     INPUT_NAME,
     MANIFEST_FILE,
     OUTPUT_NAME,
     SCHEMA_VERSION,
+    Bf16Summary,
     FileRecord,
     Fp16Summary,
     GraphStats,
@@ -88,6 +92,12 @@ class ExportRequest:
     fp16: bool = True
     calibration_images: Path | None = None
     calibration_count: int = 4
+    bf16: bool = False
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        """The reduced-precision deploy graphs asked for, in the order they are built."""
+        return tuple(name for name, wanted in (("fp16", self.fp16), ("bf16", self.bf16)) if wanted)
 
 
 def trace(model: torch.nn.Module, example: torch.Tensor) -> onnx.ModelProto:
@@ -281,11 +291,11 @@ def calibration_batches(request: ExportRequest, shape: tuple[int, int, int, int]
     return batches, f"{len(batches)} synthetic texture batch(es)"
 
 
-def verify_inputs(entry: ModelEntry, shape: tuple[int, int, int, int], measured_shape: tuple[int, ...]) -> precision.VerifyInputs | None:
-    """`verify`'s standard synthetic inputs for an export of `shape`, as the graph the FP16 plan is
-    validated on (of `measured_shape`) takes them: exactly verify's tiles at the export's tile,
-    the same generator and seeds drawn at the smaller tile otherwise; None without a limit."""
-    limit = entry.tolerances.get("fp16_max_abs")
+def verify_inputs(entry: ModelEntry, shape: tuple[int, int, int, int], measured_shape: tuple[int, ...], reduced: str = "fp16") -> precision.VerifyInputs | None:
+    """`verify`'s standard synthetic inputs for an export of `shape`, as the graph the `reduced`
+    plan is validated on (of `measured_shape`) takes them: exactly verify's tiles at the export's
+    tile, the same generator and seeds drawn at the smaller tile otherwise; None without a limit."""
+    limit = entry.tolerances.get(f"{reduced}_max_abs")
     if limit is None:
         return None
     count = calib_inputs.PARITY_BATCHES
@@ -342,15 +352,17 @@ class StageClock:
 def export(request: ExportRequest, progress: Progress = lambda message: None) -> Manifest:
     """Run every export stage into `request.out_dir`; returns the manifest.
 
-    When no FP16 plan meets the model's tolerance, the FP32 export is still written (without
-    model_fp16.onnx) before the ExportError says so.
+    When no FP16 (or BF16) plan meets the model's tolerance, the export is still written without
+    that graph before the ExportError says so.
     """
     entry, out_dir = request.entry, request.out_dir
     entry.check_tile(request.tile)
     if request.batch < 1:
         raise DeployError(f"batch must be at least 1, not {request.batch}")
+    for name in request.precisions:
+        calibration_tolerance(entry, name)  # refused before any work when a config lacks it
     started = time.perf_counter()
-    clock = StageClock(6 if request.fp16 else 5, progress)
+    clock = StageClock(5 + len(request.precisions), progress)
 
     unused: dict[str, str] = {}
     with clock.stage("load", f"loading weights: {request.source.describe()}"):
@@ -377,48 +389,98 @@ def export(request: ExportRequest, progress: Progress = lambda message: None) ->
 
     with tempfile.TemporaryDirectory(prefix=".export-", dir=_parent(out_dir)) as staging:
         staging = Path(staging)
-        files, fp16_report, fp16_failure = [FP32_FILE], None, None
-        if request.fp16:
-            with clock.stage("fp16", "building the FP16 deploy graph"):
-                small_graph = calibration_graph(model, finished, request, lambda message: progress(f"      {message}"))
-                del model
-                measured_shape = shape if small_graph is None else precision.input_shape(small_graph)
-                batches, label = calibration_batches(request, measured_shape)
-                try:
-                    fp16_graph, fp16_report = precision.build_fp16(
-                        graph,
-                        batches,
-                        max_abs_tolerance=entry.tolerances.get("fp16_calibration_max_abs", 0.02),
-                        calibration_label=label,
-                        calibration_model=small_graph,
-                        verify_inputs=verify_inputs(entry, shape, measured_shape),
-                        progress=lambda message: progress(f"      {message}"),
-                    )
-                except ExportError as exc:
-                    fp16_failure = exc
-                else:
-                    deduplicate_initializers(fp16_graph)
-                    onnx.checker.check_model(fp16_graph, full_check=True)
-                    save_model(fp16_graph, staging / FP16_FILE)
-                    del fp16_graph
-                    files.append(FP16_FILE)
+        reduced = ReducedGraphs(staging)
+        for name in request.precisions:
+            with clock.stage(name, f"building the {name.upper()} deploy graph"):
+                if model is not None:  # traced once for every precision, then freed
+                    reduced.small_graph = calibration_graph(model, finished, request, lambda message: progress(f"      {message}"))
+                    model = None
+                build_reduced_graph(name, request, graph, reduced, lambda message: progress(f"      {message}"))
         with clock.stage("save", f"writing {out_dir}"):
-            save_model(graph, staging / FP32_FILE)
-            records = {name: FileRecord(sha256=sha256_file(staging / name), bytes=(staging / name).stat().st_size) for name in files}
-            out_dir.mkdir(parents=True, exist_ok=True)
-            # the manifest first: until the new one is written, the folder is an unfinished export;
-            # then what an earlier export, its `verify` and `build` wrote, which would not describe this one
-            (out_dir / MANIFEST_FILE).unlink(missing_ok=True)
-            for stale in export_outputs(out_dir):
-                stale.unlink()
-            for name in files:
-                shutil.move(str(staging / name), out_dir / name)
-        manifest = build_manifest(request, records, graph, traced_nodes, merged, fp16_report, unused, time.perf_counter() - started, clock.costs)
+            records = move_into(out_dir, staging, [FP32_FILE, *reduced.files], graph)
+        manifest = build_manifest(request, records, graph, traced_nodes, merged, reduced.plans.get("fp16"), unused, time.perf_counter() - started, clock.costs)
+        manifest = dataclasses.replace(manifest, bf16=reduced.plans.get("bf16"))
         manifest.write(out_dir)
-    if fp16_failure is not None:
-        raise ExportError(f"{fp16_failure}; the FP32 export is written to {out_dir} without model_fp16.onnx (re-export with --no-fp16 to skip the FP16 graph)")
+    if reduced.failures:
+        raise ExportError("; ".join(failure_message(name, exc, out_dir) for name, exc in reduced.failures.items()))
     progress(f"done in {manifest.export_seconds:.1f} s: {out_dir}")
     return manifest
+
+
+@dataclass
+class ReducedGraphs:
+    """The reduced-precision graphs an export built into `staging`: their files, their plans, and
+    why a precision has none (no plan met its tolerance)."""
+
+    staging: Path
+    small_graph: onnx.ModelProto | None = None  # the calibration graph (see calibration_graph)
+    files: list[str] = dataclasses.field(default_factory=list)
+    plans: dict[str, Fp16Summary | Bf16Summary] = dataclasses.field(default_factory=dict)
+    failures: dict[str, ExportError] = dataclasses.field(default_factory=dict)
+
+
+REDUCED_FILES = {"fp16": FP16_FILE, "bf16": BF16_FILE}
+
+
+def build_reduced_graph(name: str, request: ExportRequest, graph: onnx.ModelProto, built: ReducedGraphs, progress: Progress) -> None:
+    """Plan, check and stage the `name` ("fp16" | "bf16") deploy graph of `graph`, or record why not."""
+    entry = request.entry
+    shape = (request.batch, entry.channels, *request.tile)
+    measured_shape = shape if built.small_graph is None else precision.input_shape(built.small_graph)
+    batches, label = calibration_batches(request, measured_shape)
+    builder = precision.build_fp16 if name == "fp16" else precision.build_bf16
+    try:
+        reduced_graph, plan = builder(
+            graph,
+            batches,
+            max_abs_tolerance=calibration_tolerance(entry, name),
+            calibration_label=label,
+            calibration_model=built.small_graph,
+            verify_inputs=verify_inputs(entry, shape, measured_shape, name),
+            progress=progress,
+        )
+    except ExportError as exc:
+        built.failures[name] = exc
+        return
+    deduplicate_initializers(reduced_graph)
+    onnx.checker.check_model(reduced_graph, full_check=True)
+    save_model(reduced_graph, built.staging / REDUCED_FILES[name])
+    built.files.append(REDUCED_FILES[name])
+    built.plans[name] = plan
+
+
+def calibration_tolerance(entry: ModelEntry, name: str) -> float:
+    """The max |diff| a `name` plan must meet on its calibration inputs. FP16's has a default
+    (0.02, from before configs named it); BF16's must be measured into the config."""
+    key = f"{name}_calibration_max_abs"
+    if name == "fp16":
+        return entry.tolerances.get(key, 0.02)
+    if key not in entry.tolerances:
+        raise ExportError(f"{entry.id}: its config has no {key} tolerance; measure one before exporting {name.upper()}")
+    return entry.tolerances[key]
+
+
+def failure_message(name: str, exc: ExportError, out_dir: Path) -> str:
+    """Why an export has no `name` graph, and how to export without asking for it."""
+    if name == "fp16":
+        return f"{exc}; the FP32 export is written to {out_dir} without model_fp16.onnx (re-export with --no-fp16 to skip the FP16 graph)"
+    return f"{exc}; the export is written to {out_dir} without {REDUCED_FILES[name]} (re-export without {name} in --precision to skip the {name.upper()} graph)"
+
+
+def move_into(out_dir: Path, staging: Path, files: list[str], graph: onnx.ModelProto) -> dict[str, FileRecord]:
+    """Save `graph` as model.onnx beside the staged `files`, then move them into `out_dir`;
+    returns their records."""
+    save_model(graph, staging / FP32_FILE)
+    records = {name: FileRecord(sha256=sha256_file(staging / name), bytes=(staging / name).stat().st_size) for name in files}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # the manifest first: until the new one is written, the folder is an unfinished export;
+    # then what an earlier export, its `verify` and `build` wrote, which would not describe this one
+    (out_dir / MANIFEST_FILE).unlink(missing_ok=True)
+    for stale in export_outputs(out_dir):
+        stale.unlink()
+    for name in files:
+        shutil.move(str(staging / name), out_dir / name)
+    return records
 
 
 def calibration_graph(model: torch.nn.Module, export_graph: FinishedGraph, request: ExportRequest, progress: Progress) -> onnx.ModelProto | None:

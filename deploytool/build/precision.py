@@ -1,4 +1,5 @@
-"""The FP16 deploy graph: FP16 everywhere except FP32 islands chosen from measured ranges.
+"""The FP16 and BF16 deploy graphs: the reduced precision everywhere except FP32 islands
+chosen by measurement. One planner serves both precisions (`ReducedPrecision`: FP16, BF16).
 
 TensorRT 10 and 11 build strongly typed networks, which run each tensor in the type the ONNX
 gives it, so `model_fp16.onnx` is the engine's precision contract. It is built in three steps:
@@ -18,6 +19,16 @@ By construction no FP16 edge of the result carries a tensor whose measured range
 FP16_MAX / margin. ONNX Runtime's CPU provider runs FP16 nodes without FP16 kernels in FP32 and
 may drop the FP16 rounding between two such nodes, so it under-reports overflow: the tests also
 run the overflow stress case in onnx's reference evaluator, which computes in true FP16.
+
+BF16 (`model_bf16.onnx`, deploytool.build.bf16) has FP32's range and 8 significant bits, so its
+loss is precision, not overflow. What carries over from FP16: calibration on the smaller
+calibration graph, the islands by op (normalisations, softmax, and ops ONNX has no BF16 kernel
+for), the validation on the calibration inputs and verify's, and the sensitivity search, which
+is where BF16 plans buy their precision. What does not: the range islands and margins (no tensor
+comes near BF16's range, so one margin is tried) and with them the tile growth, which only
+grows ranges. Reductions are judged by their element count instead of their running sum (see
+BF16_SUMMED_LIMIT). Plans are measured on the graph's emulation in FP32 (bf16.emulate): ONNX
+Runtime's CPU provider has no BF16 kernels.
 """
 
 from __future__ import annotations
@@ -34,11 +45,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from deploytool.build import bf16
 from deploytool.build.graphs import TensorType, tensor_types
 from deploytool.build.metrics import psnr
 from deploytool.errors import ExportError
 from deploytool.runtime.backends.onnxruntime import open_session
-from deploytool.runtime.manifest import Fp16Measurement, Fp16Summary
+from deploytool.runtime.manifest import Bf16Summary, Fp16Measurement, Fp16Summary
 
 FP16_MAX = 65504.0
 # Fused normalisations and softmax: their inner sums are not graph tensors, so there is nothing
@@ -64,6 +76,31 @@ BOUNDED_OPS = frozenset(
 )
 # The export's own runs measure the graph itself, on CPU wherever the export happens
 CPU = ["CPUExecutionProvider"]
+# A reduction whose kernel accumulates in BF16 (8 significant bits) drops every addend below
+# 2^-9 of its running sum: past 2^8 equal addends the sum's error bound reaches the sum itself.
+# The emulation accumulates in FP32 as BF16 CPUs and GPUs do, so it cannot show this; reductions
+# over more elements stay FP32. (FP16 judges its accumulators by their measured range instead.)
+BF16_SUMMED_LIMIT = 2**8
+
+
+@dataclass(frozen=True)
+class ReducedPrecision:
+    """What the planner needs of the precision it plans: one planner, two precisions."""
+
+    name: str  # "fp16" | "bf16": the file, tolerance and manifest names
+    max_value: float  # the largest finite value: range islands keep tensors above max_value / margin
+    margins: tuple[float, ...]
+    summed_limit: int | None  # reductions over more elements stay FP32 (None: judged by range alone)
+    lacks_kernel: Callable[[str], bool]  # op types ONNX defines no kernel of this precision for
+    # the graph ONNX Runtime runs to measure a plan, from `prepare_conversion`'s model
+    validation_graph: Callable[[onnx.ModelProto, set[str]], onnx.ModelProto]
+    deploy_graph: Callable[[onnx.ModelProto, set[str]], onnx.ModelProto]  # the shipped graph
+    validated_is_deployed: bool  # the validation graph is the shipped one (FP16) or its emulation (BF16)
+    summary: type
+
+    @property
+    def label(self) -> str:
+        return self.name.upper()
 
 
 @dataclass
@@ -133,29 +170,41 @@ def measure_ranges(model: onnx.ModelProto, inputs: Sequence[np.ndarray]) -> dict
     return calibrate(model, inputs).ranges
 
 
-def plan_islands(model: onnx.ModelProto, ranges: dict[str, float], margin: float, sizes: dict[str, int] | None = None) -> Fp16Plan:
-    """Nodes that must stay FP32: by op type, and by measured range against FP16_MAX / margin.
+def plan_islands(
+    model: onnx.ModelProto, ranges: dict[str, float], margin: float, sizes: dict[str, int] | None = None, reduced: ReducedPrecision | None = None
+) -> Fp16Plan:
+    """Nodes that must stay FP32: by op type, by measured range against the reduced precision's
+    largest value / margin, and reductions by their accumulation (`reduced`: FP16 by default).
 
     `sizes` (element counts, default: this graph's) judge the reductions' running sums.
     """
-    limit = FP16_MAX / margin
+    reduced = reduced or FP16
+    limit = reduced.max_value / margin
     if sizes is None:
         sizes = tensor_sizes(model) if any(n.op_type in REDUCTIONS for n in model.graph.node) else {}
     fp32_nodes: set[str] = set()
     reasons: dict[str, str] = {}
     for node in model.graph.node:
-        if node.op_type in ALWAYS_FP32_OPS:
+        reason = island_reason(node, ranges, limit, sizes, reduced)
+        if reason is not None:
             fp32_nodes.add(node.name)
-            reasons[node.name] = f"op:{node.op_type}"
-            continue
-        large = [t for t in (*node.input, *node.output) if ranges.get(t, 0.0) > limit]
-        if large:
-            fp32_nodes.add(node.name)
-            reasons[node.name] = "range"
-        elif node.op_type in REDUCTIONS and reduction_accumulator(node, ranges, sizes) > limit:
-            fp32_nodes.add(node.name)
-            reasons[node.name] = "accumulator"
+            reasons[node.name] = reason
     return Fp16Plan(fp32_nodes, reasons, margin)
+
+
+def island_reason(node: onnx.NodeProto, ranges: dict[str, float], limit: float, sizes: dict[str, int], reduced: ReducedPrecision) -> str | None:
+    """Why `node` stays FP32 ("op:<type>", "range", "accumulator", "accumulation"), or None."""
+    if node.op_type in ALWAYS_FP32_OPS or reduced.lacks_kernel(node.op_type):
+        return f"op:{node.op_type}"
+    if any(ranges.get(t, 0.0) > limit for t in (*node.input, *node.output)):
+        return "range"
+    if node.op_type not in REDUCTIONS:
+        return None
+    if reduction_accumulator(node, ranges, sizes) > limit:
+        return "accumulator"
+    if reduced.summed_limit is not None and summed_elements(node, sizes) > reduced.summed_limit:
+        return "accumulation"
+    return None
 
 
 def corresponding_tensors(measured: onnx.ModelProto, target: onnx.ModelProto) -> dict[str, str] | None:
@@ -208,34 +257,38 @@ def tile_growth(
         return inner[0] / inner[1]
 
     for node in target.graph.node:
-        factors = [growth.get(name, 1.0) for name in node.input if name]
-        first = factors[0] if factors else 1.0
-        op = node.op_type
-        if op in BOUNDED_OPS:
-            factor = 1.0
-        elif op in ("Mul", "MatMul", "Gemm"):
-            factor = math.prod(factors[:2]) if len(factors) > 1 else first
-            factor = max(factor, *factors[2:]) if op == "Gemm" else factor
-        elif op == "Div":
-            factor = first
-        elif op == "Sqrt":
-            factor = math.sqrt(first)
-        elif op == "ReduceSumSquare":
-            factor = first * first
-        elif op == "Pow":
-            exponent = constants.get(node.input[1])
-            power = float(np.max(np.abs(numpy_helper.to_array(exponent)))) if exponent is not None else math.inf
-            factor = first**power if first > 1.0 else 1.0
-        elif op == "Exp":
-            factor = math.inf if first > 1.0 else 1.0
-        else:
-            factor = max(factors, default=1.0)
-        if op in SUMS_OVER_INPUT:
+        factor = flowing_growth(node, [growth.get(name, 1.0) for name in node.input if name], constants)
+        if node.op_type in SUMS_OVER_INPUT:
             ratio = summed_ratio(node)
-            factor *= math.sqrt(ratio) if op == "ReduceL2" else ratio
+            factor *= math.sqrt(ratio) if node.op_type == "ReduceL2" else ratio
         if factor != 1.0:
             growth.update(dict.fromkeys(node.output, factor))
     return growth
+
+
+def flowing_growth(node: onnx.NodeProto, factors: list[float], constants: dict[str, onnx.TensorProto]) -> float:
+    """The growth of `node`'s output from its inputs' (`factors`), before any sum of its own
+    (see `tile_growth`)."""
+    first = factors[0] if factors else 1.0
+    op = node.op_type
+    if op in BOUNDED_OPS:
+        return 1.0
+    if op in ("Mul", "MatMul", "Gemm"):
+        factor = math.prod(factors[:2]) if len(factors) > 1 else first
+        return max(factor, *factors[2:]) if op == "Gemm" else factor
+    if op == "Div":
+        return first
+    if op == "Sqrt":
+        return math.sqrt(first)
+    if op == "ReduceSumSquare":
+        return first * first
+    if op == "Pow":
+        exponent = constants.get(node.input[1])
+        power = float(np.max(np.abs(numpy_helper.to_array(exponent)))) if exponent is not None else math.inf
+        return first**power if first > 1.0 else 1.0
+    if op == "Exp":
+        return math.inf if first > 1.0 else 1.0
+    return max(factors, default=1.0)
 
 
 def carried_ranges(ranges: dict[str, float], names: dict[str, str], growth: dict[str, float]) -> dict[str, float]:
@@ -258,9 +311,13 @@ def reduction_accumulator(node: onnx.NodeProto, ranges: dict[str, float], sizes:
     if node.op_type == "ReduceL2":
         return out * out
     if node.op_type in ("ReduceMean", "GlobalAveragePool"):
-        count = sizes.get(node.input[0], 1) // max(1, sizes.get(node.output[0], 1))
-        return out * count
+        return out * summed_elements(node, sizes)
     return out
+
+
+def summed_elements(node: onnx.NodeProto, sizes: dict[str, int]) -> int:
+    """How many input elements a reduction sums into each output element."""
+    return sizes.get(node.input[0], 1) // max(1, sizes.get(node.output[0], 1))
 
 
 def prepare_conversion(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -442,7 +499,7 @@ class Validation:
     max_abs: float
     psnr: float
     inputs: int  # how many inputs ran: a plan stops at the first input it fails
-    graph: onnx.ModelProto | None  # the FP16 graph, kept where it met every input's limit
+    graph: onnx.ModelProto | None  # the graph validated, kept where it met every input's limit
     errors: tuple[float, ...] = ()  # max |diff| of each input that ran, in order
 
     @property
@@ -456,12 +513,13 @@ def validate(
     inputs: Sequence[np.ndarray],
     reference: Sequence[np.ndarray],
     limits: float | Sequence[float],
+    reduced: ReducedPrecision | None = None,
 ) -> Validation:
-    """The plan's FP16 graph (converted from `prepare_conversion`'s model) against the FP32
-    outputs, input by input, each against its max |diff| limit (one for all, or one each):
+    """The plan's graph (FP16 by default; made from `prepare_conversion`'s model) against the
+    FP32 outputs, input by input, each against its max |diff| limit (one for all, or one each):
     the first input that misses its limit ends the run."""
     limits = [limits] * len(inputs) if isinstance(limits, (int, float)) else list(limits)
-    graph = convert(prepared, fp32_nodes, prepared=True)
+    graph = (reduced or FP16).validation_graph(prepared, fp32_nodes)
     session = open_session(graph.SerializeToString(), providers=CPU, memory_arena=False)
     name = session.get_inputs()[0].name
     errors, worst_psnr = [], math.inf
@@ -481,8 +539,8 @@ MIN_BLOCKS = 8
 MAX_BLOCK_DEPTH = 6
 
 
-def node_blocks(model: onnx.ModelProto, fp16_nodes: set[str]) -> dict[str, list[str]]:
-    """FP16 nodes grouped by the module path the tracer put in their names ("/body/layers.3/...")
+def node_blocks(model: onnx.ModelProto, reduced_nodes: set[str]) -> dict[str, list[str]]:
+    """Reduced-precision nodes grouped by the module path the tracer put in their names ("/body/layers.3/...")
     cut at the shallowest depth that gives MIN_BLOCKS blocks; a node without a path (a fused Gemm)
     joins its first input's producer's block. Blocks in graph order."""
     producer = {out: node for node in model.graph.node for out in node.output}
@@ -497,42 +555,55 @@ def node_blocks(model: onnx.ModelProto, fp16_nodes: set[str]) -> dict[str, list[
     for depth in range(1, MAX_BLOCK_DEPTH + 1):
         blocks = {}
         for node in model.graph.node:
-            if node.name in fp16_nodes:
+            if node.name in reduced_nodes:
                 blocks.setdefault("/" + "/".join(paths[node.name][:depth]), []).append(node.name)
         if len(blocks) >= MIN_BLOCKS:
             break
     return blocks
 
 
-def buy_precision(
-    prepared: onnx.ModelProto,
-    plan: Fp16Plan,
-    inputs: Sequence[np.ndarray],
-    reference: Sequence[np.ndarray],
-    limits: Sequence[float],
-    wanted: str,
-    progress: Callable[[str], None],
-) -> tuple[Fp16Plan, tuple[str, ...], Validation]:
-    """Keep in FP32, besides the range plan's islands, the blocks whose FP16 costs the most, as
-    few as the inputs' `limits` allow (`wanted` says what they are, for messages).
+@dataclass(frozen=True)
+class SearchInputs:
+    """The inputs a plan is validated on, their FP32 outputs and max |diff| limits (`wanted`
+    says what the limits are, for messages)."""
 
-    Each block's cost is the output error with that block alone in FP16 (all else FP32), on
-    the first input: it includes what later blocks make of its rounding (a cancellation
-    downstream). Then a bisection for the shortest head of that ranking that holds on the first
-    input, confirmed on all.
+    arrays: Sequence[np.ndarray]
+    reference: Sequence[np.ndarray]
+    limits: Sequence[float]
+    wanted: str
+
+    def first(self, used: int) -> SearchInputs:
+        return SearchInputs(self.arrays[:used], self.reference[:used], self.limits[:used], self.wanted)
+
+    def starting_with(self, index: int) -> SearchInputs:
+        order = [index, *(i for i in range(len(self.arrays)) if i != index)]
+        return SearchInputs(*([items[i] for i in order] for items in (self.arrays, self.reference, self.limits)), self.wanted)
+
+
+def buy_precision(
+    prepared: onnx.ModelProto, plan: Fp16Plan, checked: SearchInputs, reduced: ReducedPrecision, progress: Callable[[str], None]
+) -> tuple[Fp16Plan, tuple[str, ...], Validation]:
+    """Keep in FP32, besides the range plan's islands, the blocks whose reduced precision costs
+    the most, as few as the inputs' limits allow.
+
+    Each block's cost is the output error with that block alone in the reduced precision (all
+    else FP32), on the first input: it includes what later blocks make of its rounding (a
+    cancellation downstream). Then a bisection for the shortest head of that ranking that holds
+    on the first input, confirmed on all.
     """
-    fp16_nodes = {n.name for n in prepared.graph.node} - plan.fp32_nodes
-    blocks = node_blocks(prepared, fp16_nodes)
+    label = reduced.label
+    reduced_nodes = {n.name for n in prepared.graph.node} - plan.fp32_nodes
+    blocks = node_blocks(prepared, reduced_nodes)
     if len(blocks) < 2:
-        raise ExportError(f"no FP16 plan meets {wanted}, and the graph has no blocks to search")
-    started = time.perf_counter()
+        raise ExportError(f"no {label} plan meets {checked.wanted}, and the graph has no blocks to search")
+    started, one = time.perf_counter(), checked.first(1)
     cost = {}
     for block, names in blocks.items():
-        alone = validate(prepared, plan.fp32_nodes | (fp16_nodes - set(names)), inputs[:1], reference[:1], limits[:1])
+        alone = validate(prepared, plan.fp32_nodes | (reduced_nodes - set(names)), one.arrays, one.reference, one.limits, reduced)
         cost[block] = alone.max_abs
     ranked = sorted(blocks, key=lambda block: -cost[block])
     progress(
-        f"sensitivity of {len(blocks)} blocks, each alone in FP16 ({time.perf_counter() - started:.1f} s); worst: "
+        f"sensitivity of {len(blocks)} blocks, each alone in {label} ({time.perf_counter() - started:.1f} s); worst: "
         + ", ".join(f"{b} ({cost[b]:.2g})" for b in ranked[:3])
     )
 
@@ -541,12 +612,12 @@ def buy_precision(
         return Fp16Plan(plan.fp32_nodes | set(kept), {**plan.reasons, **kept}, plan.margin)
 
     def check(count: int, used: int) -> Validation:
-        started = time.perf_counter()
-        result = validate(prepared, plan_keeping(count).fp32_nodes, inputs[:used], reference[:used], limits[:used])
+        started, inputs = time.perf_counter(), checked.first(used)
+        result = validate(prepared, plan_keeping(count).fp32_nodes, inputs.arrays, inputs.reference, inputs.limits, reduced)
         progress(f"  {count} of {len(ranked)} blocks in FP32: max |err| {result.max_abs:.3g} ({time.perf_counter() - started:.1f} s)")
         return result
 
-    # at least one block stays FP16: a plan with every block in FP32 is not an FP16 graph
+    # at least one block stays in the reduced precision: a plan with every block in FP32 is not a reduced graph
     low, high = 1, len(ranked) - 1
     while low < high:
         middle = (low + high) // 2
@@ -556,10 +627,10 @@ def buy_precision(
             low = middle + 1
     # the bisection looked at one input; the others may ask for more blocks
     for count in range(low, len(ranked)):
-        result = check(count, len(inputs))
+        result = check(count, len(checked.arrays))
         if result.holds:
             return plan_keeping(count), tuple(ranked[:count]), result
-    raise ExportError(f"no FP16 plan meets {wanted}, even with {len(ranked) - 1} of {len(ranked)} blocks kept in FP32 by the sensitivity search")
+    raise ExportError(f"no {label} plan meets {checked.wanted}, even with {len(ranked) - 1} of {len(ranked)} blocks kept in FP32 by the sensitivity search")
 
 
 @dataclass(frozen=True)
@@ -572,36 +643,44 @@ class VerifyInputs:
     limit: float
 
 
-def build_fp16(
+@dataclass
+class Measured:
+    """What calibration gives the plan search: ranges at the export's tile, the inputs plans are
+    validated on, and the export graph's sizes and FLOPs."""
+
+    model: onnx.ModelProto  # the export's graph
+    measured: onnx.ModelProto  # the graph ranges were measured and plans are validated on
+    checked: SearchInputs
+    ranges: dict[str, float]
+    growth: dict[str, float]
+    sizes: dict[str, int]
+    flops: dict[str, int]
+    calibration_count: int
+    calibration_label: str
+    verify_inputs: VerifyInputs | None
+
+
+def measure(
     model: onnx.ModelProto,
     calibration: Sequence[np.ndarray],
-    *,
     max_abs_tolerance: float,
     calibration_label: str,
-    calibration_model: onnx.ModelProto | None = None,
-    verify_inputs: VerifyInputs | None = None,
-    progress: Callable[[str], None] = lambda message: None,
-) -> tuple[onnx.ModelProto, Fp16Summary]:
-    """Plan FP32 islands from measured ranges, convert, validate; widen the margin while it
-    misses the tolerance, and when no margin meets it, buy precision by sensitivity.
-
-    `calibration_model` is the same graph at a smaller tile (`corresponding_tensors`), `calibration`
-    inputs of its shape: ranges are measured and plans validated there, ranges carried to
-    `model`'s tile by `tile_growth`, and the final plan converts `model` by node name.
-    A plan holds when it meets `max_abs_tolerance` on the calibration inputs and, with
-    `verify_inputs`, their limit on those too.
-    """
+    calibration_model: onnx.ModelProto | None,
+    verify_inputs: VerifyInputs | None,
+    progress: Callable[[str], None],
+) -> Measured:
+    """Ranges and FP32 outputs on `calibration_model` (or `model`), ranges carried to `model`'s tile."""
     measured = calibration_model if calibration_model is not None else model
     progress(f"calibrating on {len(calibration)} input(s) at {'x'.join(map(str, input_shape(measured)[2:]))} ({calibration_label})")
     started = time.perf_counter()
-    checked = verify_inputs.arrays if verify_inputs is not None else ()
-    measurement = calibrate(measured, calibration, checked)
-    inputs, reference = [*calibration, *checked], [*measurement.outputs, *measurement.other_outputs]
+    extra = verify_inputs.arrays if verify_inputs is not None else ()
+    measurement = calibrate(measured, calibration, extra)
     limits = [max_abs_tolerance] * len(calibration)
     wanted = f"the tolerance {max_abs_tolerance:g} on its calibration inputs"
-    if checked:
-        limits += [verify_inputs.limit] * len(checked)
+    if extra:
+        limits += [verify_inputs.limit] * len(extra)
         wanted += f" and {verify_inputs.limit:g} on {verify_inputs.label}"
+    checked = SearchInputs([*calibration, *extra], [*measurement.outputs, *measurement.other_outputs], limits, wanted)
     ranges, growth = measurement.ranges, {}
     types = tensor_types(model)  # one shape inference of the export's graph for growth, sizes and FLOPs
     if measured is not model:
@@ -611,63 +690,105 @@ def build_fp16(
         growth = tile_growth(measured, model, names, types)
         ranges = carried_ranges(ranges, names, growth)
     progress(f"ranges and FP32 reference measured ({time.perf_counter() - started:.1f} s)")
-    sizes = tensor_sizes(model, types)
-    flops = flop_counts(model, types)
-    total_flops = max(1, sum(flops.values()))
-    prepared = prepare_conversion(measured)
-    tried: list[tuple[Fp16Plan, Validation]] = []
-    for margin in MARGINS:
+    sizes, flops = tensor_sizes(model, types), flop_counts(model, types)
+    return Measured(model, measured, checked, ranges, growth, sizes, flops, len(calibration), calibration_label, verify_inputs)
+
+
+def search_plan(
+    found: Measured, prepared: onnx.ModelProto, reduced: ReducedPrecision, progress: Callable[[str], None]
+) -> tuple[Fp16Plan, tuple[str, ...], Validation]:
+    """The first margin's plan that holds; when none does, the sensitivity search's.
+    Returns the plan, the blocks the search kept FP32 and the plan's validation."""
+    checked, tried = found.checked, []
+    for margin in reduced.margins:
         started = time.perf_counter()
-        plan = plan_islands(model, ranges, margin, sizes)
-        result = validate(prepared, plan.fp32_nodes, inputs, reference, limits)
-        seen = "" if result.inputs == len(inputs) else f" on {result.inputs} of {len(inputs)} inputs"
+        plan = plan_islands(found.model, found.ranges, margin, found.sizes, reduced)
+        result = validate(prepared, plan.fp32_nodes, checked.arrays, checked.reference, checked.limits, reduced)
+        seen = "" if result.inputs == len(checked.arrays) else f" on {result.inputs} of {len(checked.arrays)} inputs"
         progress(
-            f"FP16 plan with range margin {margin:g}: {len(plan.fp32_nodes)} FP32 nodes, max |err| {result.max_abs:.3g}{seen} ({time.perf_counter() - started:.1f} s)"
+            f"{reduced.label} plan with range margin {margin:g}: {len(plan.fp32_nodes)} FP32 nodes, max |err| {result.max_abs:.3g}{seen} ({time.perf_counter() - started:.1f} s)"
         )
         tried.append((plan, result))
         if result.holds:
-            break
-    plan, result = tried[-1]
-    bought: tuple[str, ...] = ()
-    if not result.holds:
-        # from the narrowest plan: wider margins bought FP32 by range, which did not help
-        plan, result = tried[0]
-        # the input that plan missed goes first: the search ranks and bisects on the first input
-        first = result.inputs - 1
-        order = [first, *(i for i in range(len(inputs)) if i != first)]
-        inputs, reference, limits = ([items[i] for i in order] for items in (inputs, reference, limits))
-        progress(f"no range margin meets {wanted}; searching for the blocks that lose precision, from margin {plan.margin:g}")
-        plan, bought, result = buy_precision(prepared, plan, inputs, reference, limits, wanted, progress)
-        result = dataclasses.replace(result, errors=tuple(result.errors[order.index(i)] for i in range(len(order))))
-    del prepared
-    candidate = result.graph if measured is model else convert(model, plan.fp32_nodes)
+            return plan, (), result
+    # from the narrowest plan: wider margins bought FP32 by range, which did not help
+    plan, result = tried[0]
+    # the input that plan missed goes first: the search ranks and bisects on the first input
+    first = result.inputs - 1
+    progress(f"no range margin meets {checked.wanted}; searching for the blocks that lose precision, from margin {plan.margin:g}")
+    plan, bought, result = buy_precision(prepared, plan, checked.starting_with(first), reduced, progress)
+    order = [first, *(i for i in range(len(checked.arrays)) if i != first)]
+    return plan, bought, dataclasses.replace(result, errors=tuple(result.errors[order.index(i)] for i in range(len(order))))
+
+
+def plan_summary(found: Measured, plan: Fp16Plan, bought: tuple[str, ...], result: Validation, reduced: ReducedPrecision):
+    """The manifest's record of the plan (`reduced.summary`: Fp16Summary or Bf16Summary)."""
+    model = found.model
     by_op = collections.Counter(n.op_type for n in model.graph.node if n.name in plan.fp32_nodes)
     by_reason = collections.Counter(r.split(":")[0] for r in plan.reasons.values())
-    fp32_flops = sum(v for k, v in flops.items() if k in plan.fp32_nodes)
-    largest = sorted(ranges.items(), key=lambda kv: -kv[1])[:5]
-    verified = result.errors[len(calibration) :]
-    report = Fp16Summary(
+    fp32_flops = sum(v for k, v in found.flops.items() if k in plan.fp32_nodes)
+    largest = sorted(found.ranges.items(), key=lambda kv: -kv[1])[:5]
+    verified = result.errors[found.calibration_count :]
+    verify_inputs = found.verify_inputs
+    return reduced.summary(
         margin=plan.margin,
         fp32_nodes=len(plan.fp32_nodes),
         total_nodes=len(model.graph.node),
         fp32_by_op=dict(by_op.most_common()),
         fp32_by_reason=dict(by_reason),
-        fp16_flop_share=1.0 - fp32_flops / total_flops,
         max_abs_vs_fp32=result.max_abs,
         psnr_vs_fp32=result.psnr if math.isfinite(result.psnr) else None,
-        calibration=calibration_label,
+        calibration=found.calibration_label,
         largest_ranges=tuple((k, round(v, 3)) for k, v in largest),
-        calibration_tile=input_shape(measured)[2:],
-        grown_tensors=len(growth),
+        calibration_tile=input_shape(found.measured)[2:],
+        grown_tensors=len(found.growth),
         sensitivity_blocks=bought,
         measured_at=Fp16Measurement(
-            shape=input_shape(measured),
-            inputs=calibration_label + (f" + {verify_inputs.label}" if verified else ""),
+            shape=input_shape(found.measured),
+            inputs=found.calibration_label + (f" + {verify_inputs.label}" if verified else ""),
         ),
         verify_inputs_max_abs=max(verified) if verified else None,
         verify_inputs_limit=verify_inputs.limit if verified else None,
+        **{f"{reduced.name}_flop_share": 1.0 - fp32_flops / max(1, sum(found.flops.values()))},
     )
-    return candidate, report
+
+
+def build_reduced(
+    model: onnx.ModelProto,
+    calibration: Sequence[np.ndarray],
+    *,
+    reduced: ReducedPrecision,
+    max_abs_tolerance: float,
+    calibration_label: str,
+    calibration_model: onnx.ModelProto | None = None,
+    verify_inputs: VerifyInputs | None = None,
+    progress: Callable[[str], None] = lambda message: None,
+) -> tuple[onnx.ModelProto, Fp16Summary | Bf16Summary]:
+    """Plan FP32 islands by op and from measured ranges, validate; widen the margin while it
+    misses the tolerance, and when no margin meets it, buy precision by sensitivity.
+
+    `calibration_model` is the same graph at a smaller tile (`corresponding_tensors`), `calibration`
+    inputs of its shape: ranges are measured and plans validated there, ranges carried to
+    `model`'s tile by `tile_growth`, and the final plan converts `model` by node name.
+    A plan holds when it meets `max_abs_tolerance` on the calibration inputs and, with
+    `verify_inputs`, their limit on those too.
+    """
+    found = measure(model, calibration, max_abs_tolerance, calibration_label, calibration_model, verify_inputs, progress)
+    prepared = prepare_conversion(found.measured)
+    plan, bought, result = search_plan(found, prepared, reduced, progress)
+    del prepared
+    shipped = result.graph if found.measured is model and reduced.validated_is_deployed else reduced.deploy_graph(model, plan.fp32_nodes)
+    return shipped, plan_summary(found, plan, bought, result, reduced)
+
+
+def build_fp16(model: onnx.ModelProto, calibration: Sequence[np.ndarray], **options) -> tuple[onnx.ModelProto, Fp16Summary]:
+    """The FP16 deploy graph and its plan (`build_reduced`'s options)."""
+    return build_reduced(model, calibration, reduced=FP16, **options)
+
+
+def build_bf16(model: onnx.ModelProto, calibration: Sequence[np.ndarray], **options) -> tuple[onnx.ModelProto, Bf16Summary]:
+    """The BF16 deploy graph and its plan (`build_reduced`'s options)."""
+    return build_reduced(model, calibration, reduced=BF16, **options)
 
 
 def input_shape(model: onnx.ModelProto) -> tuple[int, ...]:
@@ -683,8 +804,36 @@ def ensure_named(model: onnx.ModelProto) -> None:
         seen.add(node.name)
 
 
+FP16 = ReducedPrecision(
+    name="fp16",
+    max_value=FP16_MAX,
+    margins=MARGINS,
+    summed_limit=None,
+    lacks_kernel=lambda op_type: False,  # the converter keeps its own block list in FP32
+    validation_graph=lambda prepared, fp32_nodes: convert(prepared, fp32_nodes, prepared=True),
+    deploy_graph=lambda model, fp32_nodes: convert(model, fp32_nodes),
+    validated_is_deployed=True,
+    summary=Fp16Summary,
+)
+BF16 = ReducedPrecision(
+    name="bf16",
+    max_value=bf16.BF16_MAX,
+    margins=MARGINS[:1],  # ranges never near BF16's: wider margins give the same plan
+    summed_limit=BF16_SUMMED_LIMIT,
+    lacks_kernel=bf16.lacks_bf16,
+    validation_graph=lambda prepared, fp32_nodes: bf16.emulate(prepared, fp32_nodes, bf16.declared_float_tensors(prepared)),
+    deploy_graph=bf16.convert,
+    validated_is_deployed=False,
+    summary=Bf16Summary,
+)
+PRECISIONS = {reduced.name: reduced for reduced in (FP16, BF16)}
+
+
 __all__ = [
     "ALWAYS_FP32_OPS",
+    "BF16",
+    "FP16",
+    "build_bf16",
     "build_fp16",
     "convert",
     "ensure_named",

@@ -1,4 +1,4 @@
-"""Commands that make an export: `export` (ONNX FP32/FP16 + manifest) and `build` (its TensorRT engine)."""
+"""Commands that make an export: `export` (ONNX FP32/FP16/BF16 + manifest) and `build` (its TensorRT engine)."""
 
 from __future__ import annotations
 
@@ -22,10 +22,18 @@ from deploytool.cli.options import json_option, needs_extra, parse_tile, say, we
 @click.option("--batch", type=int, help="Static batch size (default: the model's).")
 @click.option("--calibration-images", type=click.Path(file_okay=False, path_type=Path), help="Real images to measure FP16 ranges on.")
 @click.option("--no-fp16", is_flag=True, help="Skip the FP16 deploy graph.")
+@click.option(
+    "--precision",
+    "precisions",
+    default="fp16",
+    show_default=True,
+    callback=lambda context, parameter, value: parse_precisions(value),
+    help="Deploy graphs beside model.onnx, comma-separated: fp16 (model_fp16.onnx), bf16 (model_bf16.onnx); fp32 alone for neither.",
+)
 @json_option("Print the manifest as JSON.")
 @needs_extra("export")
-def export(model_id, out_dir, weights, random_init, seed, tile, batch, calibration_images, no_fp16, as_json) -> None:
-    """Export MODEL_ID to ONNX FP32 + FP16 with a manifest. Without --weights, the official file is downloaded."""
+def export(model_id, out_dir, weights, random_init, seed, tile, batch, calibration_images, no_fp16, precisions, as_json) -> None:
+    """Export MODEL_ID to ONNX FP32 + FP16 (+ BF16) with a manifest. Without --weights, the official file is downloaded."""
     from deploytool.build import export as exporter
     from deploytool.build import registry
     from deploytool.build.models import resolve_source
@@ -42,12 +50,25 @@ def export(model_id, out_dir, weights, random_init, seed, tile, batch, calibrati
         out_dir=out_dir,
         tile=parse_tile(tile) or entry.tile,
         batch=batch or entry.batch,
-        fp16=not no_fp16,
+        fp16="fp16" in precisions and not no_fp16,
+        bf16="bf16" in precisions,
         calibration_images=calibration_images,
     )
     manifest = exporter.export(request, progress=say)
     if as_json:
         click.echo(json.dumps(manifest.to_json(), indent=2))
+
+
+PRECISIONS = ("fp16", "bf16", "fp32")
+
+
+def parse_precisions(value: str) -> frozenset[str]:
+    """`--precision`'s comma-separated names; fp32 (model.onnx, always written) asks for no other."""
+    names = frozenset(name.strip().lower() for name in value.split(","))
+    unknown = sorted(names - set(PRECISIONS))
+    if unknown:
+        raise click.BadParameter(f"{', '.join(unknown)}: not one of {', '.join(PRECISIONS)}")
+    return names - {"fp32"}
 
 
 @cli.command()

@@ -1,6 +1,6 @@
 """The export folder: the contract between `deploytool export` and everything that reads an export.
 
-An export folder holds `model.onnx`, `model_fp16.onnx`, TensorRT engines and `manifest.json`
+An export folder holds `model.onnx`, `model_fp16.onnx`, `model_bf16.onnx`, TensorRT engines and `manifest.json`
 (written last: a folder without it is an unfinished export). This module owns the folder: the
 file names, the typed manifest (dataclasses mirroring `schemas/manifest.schema.json`), reading
 with version and schema checks, atomic writing, and checking files against their sha256. Every
@@ -27,7 +27,7 @@ from typing import Any
 from deploytool.errors import DeployError
 from deploytool.runtime.fileio import sha256_file, write_text_atomic
 
-SCHEMA_VERSION = "1.3"
+SCHEMA_VERSION = "1.4"
 MANIFEST_FILE = "manifest.json"
 FP32_FILE, FP16_FILE = "model.onnx", "model_fp16.onnx"
 BF16_FILE = "model_bf16.onnx"
@@ -40,6 +40,7 @@ MINOR_DEFAULTS: dict[int, dict[str, Any]] = {
     2: {"fp16.calibration_tile": None, "fp16.grown_tensors": 0, "fp16.sensitivity_blocks": []},  # 1.2: how the FP16 plan was found
     # 1.3: where the FP16 figures were measured, and the plan's check on verify's inputs (null: unknown)
     3: {"fp16.measured_at": None, "fp16.verify_inputs_max_abs": None, "fp16.verify_inputs_limit": None},
+    4: {"bf16": None},  # 1.4: the BF16 deploy graph's plan (null: no model_bf16.onnx)
 }
 
 BLEND_RAMP, BLEND_CENTRE = "ramp", "centre"
@@ -212,6 +213,29 @@ class Fp16Summary:
 
 
 @dataclass(frozen=True)
+class Bf16Summary:
+    """How model_bf16.onnx was planned: `Fp16Summary`'s fields, with the BF16 share of FLOPs.
+    BF16 has FP32's range, so its FP32 islands are by op, by accumulation and by sensitivity."""
+
+    margin: float
+    fp32_nodes: int
+    total_nodes: int
+    fp32_by_op: dict[str, int]
+    fp32_by_reason: dict[str, int]
+    bf16_flop_share: float
+    max_abs_vs_fp32: float
+    psnr_vs_fp32: float | None  # None: identical outputs (infinite PSNR)
+    calibration: str
+    largest_ranges: tuple[tuple[str, float], ...]
+    calibration_tile: tuple[int, int] | None
+    grown_tensors: int
+    sensitivity_blocks: tuple[str, ...]
+    measured_at: Fp16Measurement | None = None
+    verify_inputs_max_abs: float | None = None
+    verify_inputs_limit: float | None = None
+
+
+@dataclass(frozen=True)
 class StageCost:
     """One export stage: its wall time, and the exporting process's peak resident memory so far
     at the stage's end (a peak that rises during a stage was set by it)."""
@@ -241,6 +265,7 @@ class Manifest:
     unused_weights: dict[str, str] = field(default_factory=dict)
     engines: dict[str, EngineRecord] = field(default_factory=dict)
     export_stages: dict[str, StageCost] = field(default_factory=dict)  # since 1.1, in stage order
+    bf16: Bf16Summary | None = None  # since 1.4
 
     # -- what consumers ask of an export
 
@@ -259,6 +284,10 @@ class Manifest:
     @property
     def has_fp16(self) -> bool:
         return FP16_FILE in self.files
+
+    @property
+    def has_bf16(self) -> bool:
+        return BF16_FILE in self.files
 
     def overlap(self, requested: int | None = None) -> int:
         """The overlap to tile with: the one asked for, else the export's default."""
@@ -301,7 +330,7 @@ class Manifest:
         """A manifest from its JSON form, which must already have passed `validate`."""
         data = json.loads(json.dumps(data))
         graph_in, graph_out, tiling = data["input"], data["output"], data["tiling"]
-        fp16 = data.get("fp16")
+        fp16, bf16 = data.get("fp16"), data.get("bf16")
         return cls(
             schema_version=data["schema_version"],
             model_id=data["model_id"],
@@ -348,6 +377,7 @@ class Manifest:
                 for name, record in data.get("engines", {}).items()
             },
             export_stages={name: _known(StageCost, cost) for name, cost in data.get("export_stages", {}).items()},
+            bf16=None if bf16 is None else _known(Bf16Summary, {**bf16, **_fp16_tuples(bf16)}),
         )
 
     def write(self, export_dir: str | Path) -> Path:
@@ -530,7 +560,7 @@ def export_outputs(export_dir: str | Path) -> list[Path]:
     folder = Path(export_dir)
     if not folder.is_dir():
         return []
-    names = {MANIFEST_FILE, FP32_FILE, FP16_FILE, TIMING_CACHE, PARITY_JSON, PARITY_MD, PARITY_HTML}
+    names = {MANIFEST_FILE, FP32_FILE, FP16_FILE, BF16_FILE, TIMING_CACHE, PARITY_JSON, PARITY_MD, PARITY_HTML}
     ours = []
     for path in sorted(folder.iterdir()):
         # fileio.atomic_path's temporary files are `.<name>.<random>.part<suffix>`

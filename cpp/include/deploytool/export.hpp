@@ -10,7 +10,7 @@
 
 namespace deploytool {
 
-inline constexpr const char* kSchemaVersion = "1.3";  // the newest schema this runtime reads
+inline constexpr const char* kSchemaVersion = "1.4";  // the newest schema this runtime reads
 inline constexpr const char* kManifestFile = "manifest.json";
 
 struct View {

@@ -1,4 +1,5 @@
-"""The FP16 deploy graph under overflow stress: naive FP16 breaks, the planned graph holds."""
+"""The FP16 deploy graph under overflow stress: naive FP16 breaks, the planned graph holds; the
+BF16 plan of the same planner: islands by op and accumulation, bought precision, every id."""
 
 import dataclasses
 import functools
@@ -12,10 +13,11 @@ import torch
 
 from deploytool.build import export, precision
 from deploytool.runtime.backends import ORIGINAL, ORT_FP16
+from deploytool.runtime.fileio import sha256_file
 from deploytool.runtime.inputs import PARITY_BATCHES, parity_batch, synthetic_batch
-from deploytool.runtime.manifest import FP16_FILE, FP32_FILE, read_manifest
+from deploytool.runtime.manifest import BF16_FILE, FP16_FILE, FP32_FILE, read_manifest
 from deploytool.verify import parity
-from tests.helpers import export_tiny, save_official, tiny_entry, tiny_state_dict
+from tests.helpers import all_ids, export_tiny, one_id_per_family, save_official, tiny_entry, tiny_state_dict
 
 # The layer that reads the long skip (conv_first + conv_after_body): scaled down by the factor
 # that scales those two up, so the FP32 model stays sane while the skip goes beyond 65504.
@@ -292,3 +294,103 @@ def test_the_fp16_plan_holds_on_verifys_inputs_not_only_on_its_calibration_input
     assert max_abs(onnx.load(str(out / FP16_FILE)), verify_inputs) <= tolerance / precision.VERIFY_SAFETY
     report = parity.verify(out, backends=[ORIGINAL, ORT_FP16])
     assert report["passed"] and {c["candidate"] for c in report["comparisons"]} == {ORT_FP16}
+
+
+# -- BF16: the same planner over the other reduced precision
+
+
+def test_bf16_islands_are_by_op_and_accumulation_not_by_range():
+    """BF16 has FP32's range: a tensor beyond FP16's stays BF16. Normalisations and softmax stay
+    FP32 by op as in FP16, ops ONNX has no BF16 kernel for stay FP32, and a reduction over more
+    than BF16_SUMMED_LIMIT elements stays FP32 whatever its range."""
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("Softmax", ["x"], ["s"], name="soft"),
+        helper.make_node("Add", ["s", "x"], ["big"], name="add"),
+        helper.make_node("ReduceMean", ["big"], ["wide"], name="wide", axes=[0, 1], keepdims=0),
+        helper.make_node("ReduceMean", ["big"], ["narrow"], name="narrow", axes=[0], keepdims=0),
+        helper.make_node("Einsum", ["narrow"], ["out"], name="einsum", equation="i->i"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [16, 64])],
+        [helper.make_tensor_value_info("wide", TensorProto.FLOAT, []), helper.make_tensor_value_info("out", TensorProto.FLOAT, [64])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    ranges = {"x": 1.0, "s": 1.0, "big": 60000.0, "wide": 1.0, "narrow": 1.0, "out": 1.0}
+    plan = precision.plan_islands(model, ranges, margin=16.0, reduced=precision.BF16)
+    assert plan.reasons == {"soft": "op:Softmax", "wide": "accumulation", "einsum": "op:Einsum"}
+    assert precision.summed_elements(nodes[2], precision.tensor_sizes(model)) == 1024 > precision.BF16_SUMMED_LIMIT
+    assert precision.summed_elements(nodes[3], precision.tensor_sizes(model)) == 16
+    fp16 = precision.plan_islands(model, ranges, margin=16.0)  # the same graph's FP16 plan, for contrast
+    assert fp16.reasons["add"] == "range" and "einsum" not in fp16.fp32_nodes
+
+
+def emulated_max_abs(fp32: onnx.ModelProto, fp32_nodes: set[str], batches: list[np.ndarray]) -> float:
+    """The BF16 plan keeping `fp32_nodes`, emulated, against the FP32 graph."""
+    from deploytool.build import bf16
+
+    expected, actual = precision.run_graph(fp32, batches), precision.run_graph(bf16.emulate(fp32, fp32_nodes), batches)
+    return max(float(np.abs(e - a).max()) for e, a in zip(expected, actual))
+
+
+def test_the_bf16_sensitivity_search_buys_precision_where_op_islands_cannot(tmp_path):
+    """`cancelling_ipt_checkpoint`'s cancellation (3K - K with K = 1000.3) is lost in BF16's 8
+    bits as in FP16's 11: the search keeps the tail in FP32, and the shipped graph holds."""
+    from deploytool.build import bf16
+
+    out = tmp_path / "e"
+    manifest = export_tiny("ipt-sr-x4", out, weights=cancelling_ipt_checkpoint(tmp_path / "ipt.pth"), fp16=False, bf16=True)
+    tolerance = manifest.tolerances["bf16_calibration_max_abs"]
+    fp32 = onnx.load(str(out / FP32_FILE))
+    batch = [synthetic_batch(manifest.input.shape, seed) for seed in (7, 8)]
+    by_op = precision.plan_islands(fp32, precision.measure_ranges(fp32, batch), precision.MARGINS[0], reduced=precision.BF16)
+    assert emulated_max_abs(fp32, by_op.fp32_nodes, batch) > tolerance  # what the op islands alone would ship
+    plan = manifest.bf16
+    assert manifest.fp16 is None and set(manifest.files) == {FP32_FILE, BF16_FILE}
+    assert plan.sensitivity_blocks and plan.fp32_by_reason["sensitivity"] > 0
+    assert all(block.startswith("/tail") for block in plan.sensitivity_blocks)
+    assert plan.max_abs_vs_fp32 <= tolerance and 0.5 < plan.bf16_flop_share < 1.0
+    shipped = bf16.fp32_islands(onnx.load(str(out / BF16_FILE)), fp32)
+    assert by_op.fp32_nodes < shipped and emulated_max_abs(fp32, shipped, batch) <= tolerance
+
+
+def assert_bf16_plan_holds(out, manifest) -> None:
+    """The shipped BF16 graph (its islands read back from model_bf16.onnx, emulated) against
+    model.onnx on verify's standard inputs: within the config's BF16 tolerances."""
+    from deploytool.build import bf16
+    from deploytool.build.metrics import psnr
+
+    fp32, shipped = onnx.load(str(out / FP32_FILE)), onnx.load(str(out / BF16_FILE))
+    assert export.static_graph_violations(shipped) == []
+    assert manifest.files[BF16_FILE].sha256 == sha256_file(out / BF16_FILE)
+    plan, tolerances = manifest.bf16, manifest.tolerances
+    assert plan.max_abs_vs_fp32 <= tolerances["bf16_calibration_max_abs"] and 0 < plan.bf16_flop_share <= 1
+    assert plan.fp32_nodes == len(bf16.fp32_islands(shipped, fp32))
+    batches = [parity_batch(manifest.input.shape, index) for index in range(PARITY_BATCHES)]
+    expected = precision.run_graph(fp32, batches)
+    actual = precision.run_graph(bf16.emulate(fp32, bf16.fp32_islands(shipped, fp32)), batches)
+    for e, a in zip(expected, actual):
+        assert float(np.abs(e - a).max()) <= tolerances["bf16_max_abs"] and psnr(e, a) >= tolerances["bf16_psnr_min"]
+
+
+@pytest.mark.parametrize("model_id", all_ids())
+def test_every_id_exports_a_bf16_plan_that_holds(tmp_path, model_id):
+    out = tmp_path / model_id
+    manifest = export_tiny(model_id, out, fp16=False, bf16=True)
+    assert_bf16_plan_holds(out, manifest)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_id", one_id_per_family())
+def test_a_full_size_bf16_plan_holds(tmp_path, model_id):
+    from deploytool.build import registry
+    from deploytool.build.models import WeightsSource
+
+    entry = registry.get(model_id)
+    out = tmp_path / model_id
+    tile = entry.tile if entry.fixed_tile else (64, 64)
+    request = export.ExportRequest(entry, WeightsSource(kind="random-init", seed=0), out, tile, 1, fp16=False, bf16=True, calibration_count=2)
+    assert_bf16_plan_holds(out, export.export(request))

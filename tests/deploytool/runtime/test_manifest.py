@@ -1,6 +1,7 @@
 """The export folder contract: typed manifest, schema, versions, self-contained exports."""
 
 import ast
+import dataclasses
 import json
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import jsonschema
 import pytest
 
 from deploytool.errors import DeployError
-from deploytool.runtime.manifest import MANIFEST_FILE, SCHEMA_VERSION, Manifest, read_manifest, schema
+from deploytool.runtime.manifest import BF16_FILE, FP32_FILE, MANIFEST_FILE, SCHEMA_VERSION, Bf16Summary, Manifest, read_manifest, schema, validate
 from tests.helpers import contract_violations, export_tiny
 
 PACKAGE = Path(__file__).resolve().parents[3] / "deploytool"
@@ -225,3 +226,25 @@ def test_the_suites_contract_check_sees_what_the_schema_cannot(exported):
         copy = json.loads(json.dumps(data))
         change(copy)
         assert validator.is_valid(copy) and contract_violations(copy)
+
+
+def test_the_bf16_plan_is_recorded_beside_the_fp16_one_from_1_4(exported):
+    current = read_manifest(exported)
+    plan = Bf16Summary(
+        **{name: value for name, value in dataclasses.asdict(current.fp16).items() if name != "fp16_flop_share"},
+        bf16_flop_share=0.75,
+    )
+    plan = dataclasses.replace(plan, measured_at=current.fp16.measured_at)
+    record = current.files[FP32_FILE]
+    with_bf16 = dataclasses.replace(current, bf16=plan, files={**current.files, BF16_FILE: record})
+    data = with_bf16.to_json()
+    validate(data)
+    assert data["bf16"]["bf16_flop_share"] == 0.75 and "fp16_flop_share" not in data["bf16"]
+    assert Manifest.from_json(data) == with_bf16 and with_bf16.has_bf16 and not current.has_bf16
+
+    def schema_1_3(data):
+        data["schema_version"] = "1.3"
+        del data["bf16"]  # added in 1.4
+
+    assert current.bf16 is None
+    assert read_manifest(rewrite(exported, schema_1_3)) == dataclasses.replace(current, schema_version="1.3")

@@ -1,0 +1,43 @@
+"""`deploytool export --precision`: which deploy graphs an export writes beside model.onnx."""
+
+import pytest
+
+from deploytool.build import registry
+from deploytool.cli import cli
+from deploytool.runtime.manifest import BF16_FILE, FP16_FILE, FP32_FILE, read_manifest
+from tests.helpers import cli_runner, save_official, tiny_entry, tiny_state_dict
+
+
+@pytest.fixture
+def tiny_swinir(tmp_path, monkeypatch):
+    entry = tiny_entry("swinir-s-x2")
+    monkeypatch.setattr(registry, "get", lambda model_id: entry)
+    return save_official(tiny_state_dict(entry), tmp_path / "tiny.pth")
+
+
+@pytest.mark.parametrize(
+    "options, files",
+    [
+        ((), {FP32_FILE, FP16_FILE}),  # the default: as before --precision
+        (("--precision", "fp16,bf16"), {FP32_FILE, FP16_FILE, BF16_FILE}),
+        (("--precision", "bf16"), {FP32_FILE, BF16_FILE}),
+        (("--precision", "fp16,bf16", "--no-fp16"), {FP32_FILE, BF16_FILE}),
+        (("--precision", "fp32"), {FP32_FILE}),
+    ],
+)
+def test_precision_chooses_the_deploy_graphs(tmp_path, tiny_swinir, options, files):
+    out = tmp_path / "e"
+    result = cli_runner().invoke(cli, ["export", "swinir-s-x2", "--weights", str(tiny_swinir), "--out", str(out), "--batch", "1", *options])
+    assert result.exit_code == 0, result.output
+    manifest = read_manifest(out)
+    assert set(manifest.files) == files and {path.name for path in out.glob("*.onnx")} == files
+    assert (manifest.fp16 is not None) == (FP16_FILE in files) and (manifest.bf16 is not None) == (BF16_FILE in files)
+    assert ("building the BF16 deploy graph" in result.stderr) == (BF16_FILE in files)
+
+
+def test_an_unknown_precision_is_refused_in_one_line(tmp_path, tiny_swinir):
+    result = cli_runner().invoke(cli, ["export", "swinir-s-x2", "--weights", str(tiny_swinir), "--out", str(tmp_path / "e"), "--precision", "fp16,int8"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    last = [line for line in result.stderr.splitlines() if line.strip()][-1]
+    assert last == "Error: Invalid value for '--precision': int8: not one of fp16, bf16, fp32", last
+    assert not (tmp_path / "e").exists()
