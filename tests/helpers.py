@@ -117,7 +117,7 @@ def export_tiny(
 
 
 # README: the stages in the order an export runs them
-STAGES = ("load", "trace", "simplify", "check", "fp16", "save")
+STAGES = ("load", "trace", "simplify", "check", "fp16", "bf16", "save")
 TOP_LEVEL = {
     "schema_version",
     "model_id",

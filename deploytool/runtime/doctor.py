@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from deploytool.runtime import backends
+from deploytool.runtime.backends.openvino_bf16 import probe_capabilities
 from deploytool.runtime.backends.tensorrt import build_status
 
 
@@ -54,6 +55,7 @@ def probe() -> dict[str, Any]:
         import openvino
 
         facts["openvino_devices"] = list(openvino.Core().available_devices)
+        facts["openvino_capabilities"] = probe_capabilities()
     return facts
 
 

@@ -16,9 +16,11 @@ backend's, keyed by the BF16 graph's sha256, so a second `run` imports the blob.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from deploytool.errors import BackendUnavailable
-from deploytool.runtime.backends.openvino import DEFAULT_DEVICE, OpenVinoRunner, cache_dir, check_device, require_openvino
+from deploytool.runtime.backends.base import BF16, Backend, OpenRequest, register
+from deploytool.runtime.backends.openvino import DEFAULT_DEVICE, INSTALL, NOT_INSTALLED, OpenVinoRunner, cache_dir, check_device, require_openvino
 from deploytool.runtime.manifest import BF16_FILE, Manifest
 
 OPENVINO_BF16 = "openvino-bf16"
@@ -37,6 +39,12 @@ def bf16_refusal(device: str, capabilities: list[str]) -> str | None:
 
 def device_capabilities(core, device: str) -> list[str]:
     return [str(c) for c in core.get_property(device, "OPTIMIZATION_CAPABILITIES")]
+
+
+def probe_capabilities() -> dict[str, list[str]]:
+    """{device: its OPTIMIZATION_CAPABILITIES} for every device OpenVINO sees (doctor's fact)."""
+    core = require_openvino().Core()
+    return {device: device_capabilities(core, device) for device in core.available_devices}
 
 
 def bf16_devices() -> list[str]:
@@ -59,3 +67,41 @@ def open_bf16_runner(export_dir: str | Path, manifest: Manifest, *, device: str 
     graph = manifest.check_file(export_dir, BF16_FILE)
     check_bf16_device(device)
     return OpenVinoRunner(graph, name=OPENVINO_BF16, device=device, cache=cache_dir(export_dir, manifest, device, graph=BF16_FILE))
+
+
+def _check(facts: dict[str, Any]) -> str | None:
+    capabilities = facts.get("openvino_capabilities") or {}
+    if any(bf16_refusal(device, offered) is None for device, offered in capabilities.items()):
+        return None
+    return bf16_refusal(DEFAULT_DEVICE, capabilities.get(DEFAULT_DEVICE, []))
+
+
+def _doctor_note(facts: dict[str, Any]) -> str:
+    if not facts.get("openvino"):
+        return f"no {OPENVINO_BF16} backend ({NOT_INSTALLED})"
+    refusal = _check(facts)
+    if refusal:
+        return f"no {OPENVINO_BF16} backend: {refusal}"
+    capabilities = facts.get("openvino_capabilities") or {}
+    return f"{OPENVINO_BF16}: the BF16 plan on {', '.join(d for d, offered in capabilities.items() if bf16_refusal(d, offered) is None)}"
+
+
+def _open(request: OpenRequest) -> OpenVinoRunner:
+    return open_bf16_runner(request.export_dir, request.manifest, device=request.device or DEFAULT_DEVICE)
+
+
+register(
+    Backend(
+        OPENVINO_BF16,
+        BF16,
+        "OpenVINO on the BF16 plan (model_bf16.onnx), its FP32 islands in FP32, on devices with BF16 arithmetic",
+        _open,
+        file=BF16_FILE,
+        requires=("openvino",),
+        install=INSTALL,
+        check=_check,
+        takes_device=True,
+        verify_by_default=False,  # an optional extra, and a CPU feature: `verify` runs it when asked by name
+        doctor_note=_doctor_note,
+    )
+)

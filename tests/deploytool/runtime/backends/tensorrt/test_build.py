@@ -10,7 +10,6 @@ import pytest
 from deploytool.errors import BackendUnavailable, DeployError
 from deploytool.runtime.backends.tensorrt import build as engines
 from deploytool.runtime.manifest import BF16_FILE, FP16_FILE, EngineRecord, read_manifest
-from tests.bf16_graph import add_bf16_graph
 from tests.fake_tensorrt import fake_tensorrt, pretend_gpu
 from tests.helpers import assert_one_line_error, export_tiny
 
@@ -136,8 +135,7 @@ def test_an_engine_is_a_file_of_its_export_folder(tmp_path):
 @pytest.fixture(scope="module")
 def bf16_export(tmp_path_factory):
     folder = tmp_path_factory.mktemp("engines") / "bf16"
-    export_tiny("swinir-s-x2", folder, fp16=False)
-    add_bf16_graph(folder)
+    export_tiny("swinir-s-x2", folder, fp16=False, bf16=True)
     return folder
 
 
