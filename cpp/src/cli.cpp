@@ -2,6 +2,7 @@
 
 #include <cstdio>
 #include <exception>
+#include <functional>
 #include <optional>
 #include <new>
 #include <string>
@@ -14,8 +15,7 @@
 namespace deploytool {
 namespace {
 
-constexpr const char* kUsage =
-    "usage: %s EXPORT_DIR IMAGE [IMAGE ...] -o OUTPUT.png [--overlap N] [--backend trt|openvino] [--device DEVICE] [--cuda-graph]";
+constexpr const char* kUsage = "usage: %s EXPORT_DIR IMAGE [IMAGE ...] -o OUTPUT.png [--overlap N] [--backend %s] [--device DEVICE] [--cuda-graph]";
 
 struct Arguments {
   std::string export_dir;
@@ -42,7 +42,47 @@ int parse_int(const std::string& text, const std::string& option) {
   return value;
 }
 
-Arguments parse(int argc, const char* const* argv) {
+std::string choices(const std::vector<std::string>& names, const std::string& separator, const std::string& last) {
+  std::string text;
+  for (std::size_t i = 0; i < names.size(); ++i) text += (i == 0 ? "" : i + 1 == names.size() ? last : separator) + names[i];
+  return text;
+}
+
+void check_name(const std::string& name, const BackendRegistry& registry) {
+  if (!registry.contains(name)) throw UsageError("--backend takes " + choices(registry.names(), ", ", " or ") + ", not '" + name + "'");
+}
+
+// The backend options: a known name, and only the options that name takes.
+void check_backend(const Arguments& arguments, const BackendRegistry& registry) {
+  const std::string& name = arguments.options.backend;
+  check_name(name, registry);
+  const std::string refused = registry.refused_option(name, {arguments.options.device, arguments.options.cuda_graph});
+  if (!refused.empty()) throw UsageError(refused);
+}
+
+// One option of the command line (`value` reads its value); false when `arg` is not an option.
+bool parse_option(const std::string& arg, const std::function<std::string()>& value, Arguments& arguments, const BackendRegistry& registry) {
+  if (arg == "-o" || arg == "--output") {
+    arguments.output = value();
+  } else if (arg == "--overlap") {
+    arguments.overlap = parse_int(value(), arg);
+    if (*arguments.overlap < 0) throw UsageError("--overlap must be >= 0, got " + std::to_string(*arguments.overlap));
+  } else if (arg == "--backend") {
+    arguments.options.backend = value();
+    check_name(arguments.options.backend, registry);
+  } else if (arg == "--device") {
+    arguments.options.device = value();
+  } else if (arg == "--cuda-graph") {
+    arguments.options.cuda_graph = true;
+  } else if (arg.size() > 1 && arg[0] == '-') {
+    throw UsageError("unknown option " + arg);
+  } else {
+    return false;
+  }
+  return true;
+}
+
+Arguments parse(int argc, const char* const* argv, const BackendRegistry& registry) {
   Arguments arguments;
   std::vector<std::string> positional;
   for (int i = 1; i < argc; ++i) {
@@ -51,30 +91,9 @@ Arguments parse(int argc, const char* const* argv) {
       if (i + 1 >= argc) throw UsageError(arg + " needs a value");
       return argv[++i];
     };
-    if (arg == "-o" || arg == "--output") {
-      arguments.output = value();
-    } else if (arg == "--overlap") {
-      arguments.overlap = parse_int(value(), arg);
-      if (*arguments.overlap < 0) throw UsageError("--overlap must be >= 0, got " + std::to_string(*arguments.overlap));
-    } else if (arg == "--backend") {
-      arguments.options.backend = value();
-      if (arguments.options.backend != "trt" && arguments.options.backend != "openvino") {
-        throw UsageError("--backend takes trt or openvino, not '" + arguments.options.backend + "'");
-      }
-    } else if (arg == "--device") {
-      arguments.options.device = value();
-    } else if (arg == "--cuda-graph") {
-      arguments.options.cuda_graph = true;
-    } else if (arg.size() > 1 && arg[0] == '-') {
-      throw UsageError("unknown option " + arg);
-    } else {
-      positional.push_back(arg);
-    }
+    if (!parse_option(arg, value, arguments, registry)) positional.push_back(arg);
   }
-  if (!arguments.options.device.empty() && arguments.options.backend != "openvino") {
-    throw UsageError("--device applies to the openvino backend, not " + arguments.options.backend);
-  }
-  if (arguments.options.cuda_graph && arguments.options.backend != "trt") throw UsageError("--cuda-graph applies to the trt backend");
+  check_backend(arguments, registry);
   if (positional.size() < 2) throw UsageError("give an export folder and at least one image");
   if (arguments.output.empty()) throw UsageError("give the output file with -o OUTPUT.png");
   arguments.export_dir = positional.front();
@@ -84,10 +103,17 @@ Arguments parse(int argc, const char* const* argv) {
 
 }  // namespace
 
-int run_cli(int argc, const char* const* argv, const BackendFactory& make_backend, std::ostream& out, std::ostream& err) {
+int run_cli(int argc, const char* const* argv, const BackendRegistry& registry, std::ostream& out, std::ostream& err) {
+  auto open = [&registry](const Export& exported, const CliOptions& options) {
+    return registry.open(options.backend, exported, {options.device, options.cuda_graph});
+  };
+  return run_cli(argc, argv, open, out, err, registry);
+}
+
+int run_cli(int argc, const char* const* argv, const BackendFactory& make_backend, std::ostream& out, std::ostream& err, const BackendRegistry& registry) {
   const std::string program = argc > 0 ? argv[0] : "deploytool-infer";
   try {
-    Arguments arguments = parse(argc, argv);
+    Arguments arguments = parse(argc, argv, registry);
     Export exported = Export::open(arguments.export_dir);
     const Manifest& manifest = exported.manifest();
     if (arguments.images.size() != manifest.views.size()) {
@@ -106,8 +132,8 @@ int run_cli(int argc, const char* const* argv, const BackendFactory& make_backen
         << restored.bit_depth << "-bit, " << restorer.tiles_for(views.front().pixels.height, views.front().pixels.width) << " tiles\n";
     return 0;
   } catch (const UsageError& error) {
-    char usage[256];
-    std::snprintf(usage, sizeof usage, kUsage, program.c_str());
+    char usage[512];
+    std::snprintf(usage, sizeof usage, kUsage, program.c_str(), choices(registry.names(), "|", "|").c_str());
     err << usage << "\nerror: " << error.what() << "\n";
     return 2;
   } catch (const std::bad_alloc&) {

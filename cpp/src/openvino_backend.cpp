@@ -17,6 +17,13 @@
 #endif
 
 namespace deploytool {
+namespace {
+
+constexpr const char* kBuiltWithoutOpenVino =
+    "this deploytool runtime was built without OpenVINO (CMake did not find it); pip install openvino and reconfigure, or pass "
+    "-DOpenVINO_DIR=<OpenVINO prefix>/cmake";
+
+}  // namespace
 
 #ifdef DEPLOYTOOL_HAVE_OPENVINO
 namespace {
@@ -134,14 +141,34 @@ std::unique_ptr<Backend> openvino_bf16_backend(const Export& exported, OpenVinoO
 
 bool openvino_available() { return false; }
 
-std::unique_ptr<Backend> openvino_backend(const Export&, OpenVinoOptions) {
-  throw BackendUnavailable(
-      "this deploytool runtime was built without OpenVINO (CMake did not find it); pip install openvino and reconfigure, or pass "
-      "-DOpenVINO_DIR=<OpenVINO prefix>/cmake");
-}
+std::unique_ptr<Backend> openvino_backend(const Export&, OpenVinoOptions) { throw BackendUnavailable(kBuiltWithoutOpenVino); }
 
 std::unique_ptr<Backend> openvino_bf16_backend(const Export& exported, OpenVinoOptions options) { return openvino_backend(exported, options); }
 
 #endif
+
+BackendEntry openvino_entry() {
+  BackendEntry entry;
+  entry.name = "openvino";
+  entry.open = [](const Export& exported, const BackendOptions& options) {
+    OpenVinoOptions openvino;
+    if (!options.device.empty()) openvino.device = options.device;
+    return openvino_backend(exported, openvino);
+  };
+  entry.unavailable_reason = [] { return openvino_available() ? std::string() : std::string(kBuiltWithoutOpenVino); };
+  entry.takes_device = true;
+  return entry;
+}
+
+BackendEntry openvino_bf16_entry() {
+  BackendEntry entry = openvino_entry();
+  entry.name = "openvino-bf16";
+  entry.open = [](const Export& exported, const BackendOptions& options) {
+    OpenVinoOptions openvino;
+    if (!options.device.empty()) openvino.device = options.device;
+    return openvino_bf16_backend(exported, openvino);
+  };
+  return entry;
+}
 
 }  // namespace deploytool

@@ -49,8 +49,11 @@ def weights_option(help: str):
 
 
 def device_option():
-    """`--device`: the OpenVINO device of the openvino backend."""
-    return click.option("--device", help="openvino backend: the OpenVINO device, e.g. GPU or NPU  [default: CPU]")
+    """`--device`: where the backends that take one run (OpenVINO's devices)."""
+    from deploytool.runtime import backends
+
+    described = [f"{name} backend: {backends.get(name).device_help}" for name in backends.device_backends()]
+    return click.option("--device", help="; ".join(described))
 
 
 def video_encode_options(command):

@@ -15,6 +15,12 @@ from deploytool.errors import DeployError
 from deploytool.runtime import backends
 
 
+def _runtime_choices() -> str:
+    """'a, b, or c': the Triton runtimes' descriptions."""
+    described = [runtime.description for runtime in backends.triton_runtimes()]
+    return ", or ".join([", ".join(described[:-1]), described[-1]]) if len(described) > 1 else "".join(described)
+
+
 @cli.command()
 @click.argument("export_dirs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option(
@@ -25,7 +31,7 @@ from deploytool.runtime import backends
     type=click.Choice([runtime.name for runtime in backends.triton_runtimes()]),
     default=backends.DEFAULT_TRITON_RUNTIME,
     show_default=True,
-    help="What runs the tiles: a TensorRT engine, Triton's ONNX Runtime backend (GPU), ONNX Runtime in a Python model (CPU), or Triton's OpenVINO backend (CPU).",
+    help=f"What runs the tiles: {_runtime_choices()}.",
 )
 @click.option("--instances", type=int, default=1, show_default=True, help="Tile-model instances (on each GPU of --gpus).")
 @click.option("--gpus", help="GPU indices for the tile model's instances, e.g. 0,1  [default: every GPU]")

@@ -12,7 +12,6 @@ import sys
 from typing import Any
 
 from deploytool.runtime import backends
-from deploytool.runtime.backends.openvino_bf16 import probe_capabilities
 from deploytool.runtime.backends.tensorrt import build_status
 
 
@@ -23,22 +22,22 @@ def _version(module: str) -> str | None:
         return None
 
 
+# what `export` needs; the backends' packages follow in registry order, then spandrel (the originals)
+EXPORT_PACKAGES = ("torch", "onnx", "onnxsim", "onnxruntime")
+
+
+def packages() -> tuple[str, ...]:
+    """The packages doctor reports the versions of."""
+    found = list(EXPORT_PACKAGES)
+    for name in backends.names():
+        found += [module for module in backends.get(name).requires if module not in found]
+    return (*found, "spandrel")
+
+
 def probe() -> dict[str, Any]:
-    facts: dict[str, Any] = {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "torch": _version("torch"),
-        "onnx": _version("onnx"),
-        "onnxsim": _version("onnxsim"),
-        "onnxruntime": _version("onnxruntime"),
-        "tensorrt": _version("tensorrt"),
-        "openvino": _version("openvino"),
-        "spandrel": _version("spandrel"),
-        "cuda": None,
-        "gpus": [],
-        "ort_providers": [],
-        "openvino_devices": [],
-    }
+    facts: dict[str, Any] = {"python": sys.version.split()[0], "platform": platform.platform()}
+    facts |= {name: _version(name) for name in packages()}
+    facts |= {"cuda": None, "gpus": []}
     if facts["torch"]:
         import torch
 
@@ -47,15 +46,8 @@ def probe() -> dict[str, Any]:
             for index in range(torch.cuda.device_count()):
                 props = torch.cuda.get_device_properties(index)
                 facts["gpus"].append({"name": props.name, "compute_capability": [props.major, props.minor], "memory_gb": round(props.total_memory / 2**30, 1)})
-    if facts["onnxruntime"]:
-        import onnxruntime
-
-        facts["ort_providers"] = onnxruntime.get_available_providers()
-    if facts["openvino"]:
-        import openvino
-
-        facts["openvino_devices"] = list(openvino.Core().available_devices)
-        facts["openvino_capabilities"] = probe_capabilities()
+    for name in backends.names():
+        facts |= backends.get(name).probe(facts)
     return facts
 
 
@@ -75,7 +67,7 @@ def capabilities(facts: dict[str, Any]) -> dict[str, str]:
 
 def report_lines(facts: dict[str, Any], caps: dict[str, str]) -> list[str]:
     lines = [f"python {facts['python']} on {facts['platform']}"]
-    for name in ("torch", "onnx", "onnxsim", "onnxruntime", "openvino", "tensorrt", "spandrel"):
+    for name in packages():
         lines.append(f"{name:<12} {facts.get(name) or 'not installed'}")
     lines.append(f"{'CUDA':<12} {facts['cuda'] or 'none'} (torch build)")
     if facts["gpus"]:
@@ -84,9 +76,8 @@ def report_lines(facts: dict[str, Any], caps: dict[str, str]) -> list[str]:
             lines.append(f"{'GPU':<12} {gpu['name']}, compute capability {cc[0]}.{cc[1]}, {gpu['memory_gb']} GB")
     else:
         lines.append(f"{'GPU':<12} none visible to torch")
-    lines.append(f"{'ORT':<12} providers {', '.join(facts['ort_providers']) or 'none'}")
-    if facts.get("openvino"):
-        lines.append(f"{'OpenVINO':<12} devices {', '.join(facts.get('openvino_devices') or []) or 'none'}")
+    for name in backends.names():
+        lines += backends.get(name).report(facts)
     lines.append("")
     lines += [f"{command:<7} {what}" for command, what in caps.items()]
     return lines

@@ -84,6 +84,7 @@ class TritonRuntime:
     """
 
     name: str
+    description: str  # for --runtime's help, e.g. "a TensorRT engine"
     model: dict[str, str]
     served_as: str
     source: Callable[[Path, Manifest, bool], Path]
@@ -118,6 +119,7 @@ class Backend:
     # images (no tiler) and only in parity
     is_original: bool = False
     takes_device: bool = False  # --device picks where it runs (e.g. OpenVINO's CPU, GPU, NPU)
+    device_help: str = ""  # what --device means for it, in --device's help
     # runs a file built for one machine: where none fits this one, parity skips it with the reason
     machine_specific: bool = False
     verify_by_default: bool = True  # `verify` runs it unless --backends says otherwise
@@ -126,6 +128,10 @@ class Backend:
     # a phrase for doctor's `run` line, from its facts: where the backend runs or why it cannot
     doctor_note: Callable[[dict[str, Any]], str | None] = field(default=lambda facts: None)
     triton: tuple[TritonRuntime, ...] = ()  # the Triton tile-model runtimes that serve it
+    # doctor's facts only this backend's runtime can tell, from the facts so far (its package's
+    # version among them), and the lines of doctor's report that show them
+    probe: Callable[[dict[str, Any]], dict[str, Any]] = field(default=lambda facts: {})
+    report: Callable[[dict[str, Any]], list[str]] = field(default=lambda facts: [])
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -141,7 +147,8 @@ class Backend:
     def check_device(self, device: str | None) -> None:
         """Refuse, in one line, a device for a backend that does not take one."""
         if device is not None and not self.takes_device:
-            raise DeployError(f"--device applies to the {' and '.join(device_backends())} backend, not {self.name}")
+            takers = device_backends()
+            raise DeployError(f"--device applies to the {' and '.join(takers)} backend{'s' if len(takers) > 1 else ''}, not {self.name}")
 
     def open(self, request: OpenRequest) -> Runner:
         self.check_device(request.device)

@@ -106,6 +106,14 @@ def _opener(name: str, file: str):
     return open_graph
 
 
+def _probe(facts: dict) -> dict:
+    return {"ort_providers": available_providers() if facts.get("onnxruntime") else []}
+
+
+def _report(facts: dict) -> list[str]:
+    return [f"{'ORT':<12} providers {', '.join(facts['ort_providers']) or 'none'}"]
+
+
 def _doctor_note(facts: dict) -> str:
     on_cuda = facts.get("gpus") and "CUDAExecutionProvider" in facts.get("ort_providers", [])
     return f"ONNX Runtime on {'CUDA' if on_cuda else 'CPU'}"
@@ -127,8 +135,12 @@ def _fp32_graph(export_dir: Path, manifest: Manifest, fp32: bool) -> Path:
 
 # Triton's ONNX Runtime backend on GPUs (the FP16 graph unless --fp32), and ONNX Runtime inside a
 # Python-backend model on CPU servers (deploytool.serving.triton_models.OrtTileModel)
-TRITON_ONNX = TritonRuntime("onnx", {"backend": "onnxruntime", "default_model_filename": "model.onnx"}, "model.onnx", _graph_for_gpus)
-TRITON_PYTHON_ORT = TritonRuntime("python-ort", {"backend": "python"}, "model.onnx", _fp32_graph, on_cpu=True, python_model="OrtTileModel")
+TRITON_ONNX = TritonRuntime(
+    "onnx", "Triton's ONNX Runtime backend (GPU)", {"backend": "onnxruntime", "default_model_filename": "model.onnx"}, "model.onnx", _graph_for_gpus
+)
+TRITON_PYTHON_ORT = TritonRuntime(
+    "python-ort", "ONNX Runtime in a Python model (CPU)", {"backend": "python"}, "model.onnx", _fp32_graph, on_cpu=True, python_model="OrtTileModel"
+)
 
 register(
     Backend(
@@ -142,6 +154,8 @@ register(
         fp32_graph_reference=True,
         doctor_note=_doctor_note,
         triton=(TRITON_ONNX, TRITON_PYTHON_ORT),
+        probe=_probe,
+        report=_report,
     )
 )
 register(

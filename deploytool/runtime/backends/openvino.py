@@ -152,6 +152,7 @@ def _fp32_graph(export_dir: Path, manifest: Manifest, fp32: bool) -> Path:
 
 TRITON_OPENVINO = TritonRuntime(
     OPENVINO,
+    "Triton's OpenVINO backend (CPU)",
     {"backend": "openvino", "default_model_filename": "model.onnx"},
     "model.onnx",
     _fp32_graph,
@@ -159,6 +160,14 @@ TRITON_OPENVINO = TritonRuntime(
     parameters=triton_parameters,
     note=TRITON_PRECISION_NOTE,
 )
+
+
+def _probe(facts: dict) -> dict:
+    return {"openvino_devices": available_devices() if facts.get("openvino") else []}
+
+
+def _report(facts: dict) -> list[str]:
+    return [f"{'OpenVINO':<12} devices {', '.join(facts.get('openvino_devices') or []) or 'none'}"] if facts.get("openvino") else []
 
 
 def _doctor_note(facts: dict) -> str:
@@ -177,8 +186,11 @@ register(
         requires=("openvino",),
         install=INSTALL,
         takes_device=True,
+        device_help="the OpenVINO device, e.g. GPU or NPU  [default: CPU]",
         verify_by_default=False,  # an optional extra: `verify` runs it when asked by name
         doctor_note=_doctor_note,
         triton=(TRITON_OPENVINO,),
+        probe=_probe,
+        report=_report,
     )
 )

@@ -41,10 +41,21 @@ def device_capabilities(core, device: str) -> list[str]:
     return [str(c) for c in core.get_property(device, "OPTIMIZATION_CAPABILITIES")]
 
 
-def probe_capabilities() -> dict[str, list[str]]:
-    """{device: its OPTIMIZATION_CAPABILITIES} for every device OpenVINO sees (doctor's fact)."""
+def _probe(facts: dict[str, Any]) -> dict[str, Any]:
+    """doctor's fact: {device: its OPTIMIZATION_CAPABILITIES} for every device OpenVINO sees."""
+    if not facts.get("openvino"):
+        return {"openvino_capabilities": {}}
     core = require_openvino().Core()
-    return {device: device_capabilities(core, device) for device in core.available_devices}
+    return {"openvino_capabilities": {device: device_capabilities(core, device) for device in core.available_devices}}
+
+
+def _report(facts: dict[str, Any]) -> list[str]:
+    capabilities = facts.get("openvino_capabilities") or {}
+    return (
+        [f"{'OpenVINO BF16':<12} {', '.join(d for d, offered in capabilities.items() if bf16_refusal(d, offered) is None) or 'no device'}"]
+        if facts.get("openvino")
+        else []
+    )
 
 
 def bf16_devices() -> list[str]:
@@ -102,6 +113,9 @@ register(
         check=_check,
         takes_device=True,
         verify_by_default=False,  # an optional extra, and a CPU feature: `verify` runs it when asked by name
+        device_help="the OpenVINO device, e.g. GPU or NPU  [default: CPU]",
         doctor_note=_doctor_note,
+        probe=_probe,
+        report=_report,
     )
 )

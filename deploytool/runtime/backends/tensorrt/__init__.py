@@ -74,6 +74,7 @@ def _engine_for_server(export_dir: Path, manifest: Manifest) -> str:
 
 TRITON_PLAN = TritonRuntime(
     TRT,
+    "a TensorRT engine",
     {"platform": "tensorrt_plan", "default_model_filename": "model.plan"},
     "model.plan",
     served_engine,

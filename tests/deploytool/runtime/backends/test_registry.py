@@ -99,7 +99,7 @@ def test_a_registered_backend_is_opened_parsed_and_judged_by_its_descriptor(echo
 def test_device_is_refused_for_backends_that_take_none(echo, tmp_path):
     with pytest.raises(DeployError) as caught:
         backends.open_runner(tmp_path, NO_EXPORT, "echo-bf16", device="GPU")
-    assert str(caught.value) == "--device applies to the openvino and openvino-bf16 backend, not echo-bf16"
+    assert str(caught.value) == "--device applies to the openvino and openvino-bf16 backends, not echo-bf16"
 
 
 def test_checkpoint_backends_are_opened_by_the_build_layer(tmp_path):
