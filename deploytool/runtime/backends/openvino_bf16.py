@@ -113,7 +113,7 @@ register(
         check=_check,
         takes_device=True,
         verify_by_default=False,  # an optional extra, and a CPU feature: `verify` runs it when asked by name
-        device_help="the OpenVINO device, e.g. GPU or NPU  [default: CPU]",
+        device_help="an OpenVINO device with BF16 arithmetic  [default: CPU]",
         doctor_note=_doctor_note,
         probe=_probe,
         report=_report,

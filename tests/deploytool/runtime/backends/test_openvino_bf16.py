@@ -142,9 +142,48 @@ def test_verify_judges_it_with_the_bf16_tolerances(exported):
 
 
 @needs_bf16_cpu
-def test_compare_bench_eval_and_doctor_know_the_backend(exported, tmp_path):
+def test_compare_judges_saved_outputs_with_the_bf16_tolerances(exported, tmp_path):
+    saved = invoke("verify", exported, "--backends", f"original,{OPENVINO_BF16}", "--save-outputs", tmp_path / "r.npz", "--json")
+    assert saved.exit_code == 0, saved.output
+    compared = invoke("compare", tmp_path / "r.npz", "--json")
+    assert compared.exit_code == 0, compared.output
+    judged = {(c["inputs"], c["candidate"]): (c["passed"], c["limits"]) for c in json.loads(compared.stdout)["comparisons"]}
+    verified = {(c["inputs"], c["candidate"]): (c["passed"], c["limits"]) for c in json.loads(saved.stdout)["comparisons"]}
+    assert judged == verified and any(candidate == OPENVINO_BF16 for _, candidate in judged)
+
+
+@needs_bf16_cpu
+def test_bench_eval_and_doctor_know_the_backend(exported, tmp_path):
     result = invoke("bench", exported, "--backend", f"{ORT},{OPENVINO_BF16}", "--runs", "1", "--warmup", "0", "--json")
     assert result.exit_code == 0, result.output
     assert [r["backend"] for r in json.loads(result.stdout)["results"]] == [ORT, OPENVINO_BF16]
+    dataset = tmp_path / "set"
+    write_test_png(dataset / "HR" / "a.png", 3, size=(40, 48))
+    write_test_png(dataset / "LR_bicubic" / "X2" / "a.png", 3, size=(20, 24))
+    scored = invoke("eval", exported, "--dataset", dataset, "--scale", 2, "--methods", f"{ORT},{OPENVINO_BF16}", "--json")
+    assert scored.exit_code == 0, scored.output
+    summary = json.loads(scored.stdout)["summary"]
+    assert summary[OPENVINO_BF16]["images"] == 1 and abs(summary[OPENVINO_BF16]["psnr"] - summary[ORT]["psnr"]) < 1.0
     doctor = json.loads(invoke("doctor", "--json").stdout)
-    assert OPENVINO_BF16 in doctor["capabilities"]["run"]
+    assert "openvino-bf16: the BF16 plan on CPU" in doctor["capabilities"]["run"]
+    assert "BF16" in doctor["facts"]["openvino_capabilities"]["CPU"]
+
+
+@needs_bf16_cpu
+def test_a_video_runs_frame_for_frame_as_its_frames_run_as_images(exported, tmp_path):
+    from deploytool.runtime import images
+    from tests.videos import Clip, make_clip, read_back
+
+    source = tmp_path / "rgb.mkv"
+    pictures = make_clip(source, Clip(codec="ffv1", pix_fmt="bgr0", size=(24, 20), pts=list(range(3))))
+    video = invoke("run", exported, source, "-o", tmp_path / "rgb_x2.mkv", "--backend", OPENVINO_BF16, "--lossless")
+    assert video.exit_code == 0, video.output
+    folder = tmp_path / "frames"
+    for number, picture in enumerate(pictures):
+        images.write_samples(folder / f"{number}.png", picture)
+    frames = invoke("run", exported, folder, "-o", tmp_path / "frames_x2", "--backend", OPENVINO_BF16)
+    assert frames.exit_code == 0, frames.output
+    after = read_back(tmp_path / "rgb_x2.mkv", as_format="rgb24")
+    assert len(after.frames) == len(pictures)
+    for number, frame in enumerate(after.frames):
+        assert np.array_equal(frame, images.read_samples(tmp_path / "frames_x2" / f"{number}.png")), number
