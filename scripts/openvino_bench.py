@@ -112,8 +112,10 @@ def bench_id(model_id: str, tile: int, runs: int, threads: int, bf16: bool, scra
         max_abs, _, psnr = metrics(outputs[ORT_FP32], outputs[name])
         speed = seconds[ORT_FP32] / value
         measured[name] = {"s": value, "tiles_per_s": tiles / value, "speed_vs_ort_fp32": speed, "max_abs_vs_fp32": max_abs, "psnr_vs_fp32": psnr}
-    plan = getattr(manifest, "bf16", None)
-    return {"model_id": model_id, "input_shape": list(manifest.input.shape), "bf16_flop_share": plan.bf16_flop_share if plan else None, "rows": measured}
+    plan = manifest.bf16
+    result = {"model_id": model_id, "input_shape": list(manifest.input.shape), "bf16_flop_share": plan.bf16_flop_share if plan else None, "rows": measured}
+    print(f"{model_id}: {json.dumps(result)}", file=sys.stderr)  # the rows so far, should a later id not finish
+    return result
 
 
 def set5_report(weights: Path, dataset: Path, threads: int, bf16: bool, scratch: Path) -> dict:
