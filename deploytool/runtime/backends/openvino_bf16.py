@@ -49,19 +49,20 @@ def _probe(facts: dict[str, Any]) -> dict[str, Any]:
     return {"openvino_capabilities": {device: device_capabilities(core, device) for device in core.available_devices}}
 
 
+def capable(capabilities: dict[str, list[str]]) -> list[str]:
+    """The devices of {device: OPTIMIZATION_CAPABILITIES} that can run the BF16 plan."""
+    return [device for device, offered in capabilities.items() if bf16_refusal(device, offered) is None]
+
+
 def _report(facts: dict[str, Any]) -> list[str]:
-    capabilities = facts.get("openvino_capabilities") or {}
-    return (
-        [f"{'OpenVINO BF16':<12} {', '.join(d for d, offered in capabilities.items() if bf16_refusal(d, offered) is None) or 'no device'}"]
-        if facts.get("openvino")
-        else []
-    )
+    if not facts.get("openvino"):
+        return []
+    return [f"{'OpenVINO BF16':<12} {', '.join(capable(facts.get('openvino_capabilities') or {})) or 'no device'}"]
 
 
 def bf16_devices() -> list[str]:
     """The devices OpenVINO sees here that can run the BF16 plan."""
-    core = require_openvino().Core()
-    return [device for device in core.available_devices if bf16_refusal(device, device_capabilities(core, device)) is None]
+    return capable(_probe({"openvino": True})["openvino_capabilities"])
 
 
 def check_bf16_device(device: str) -> None:
@@ -82,9 +83,7 @@ def open_bf16_runner(export_dir: str | Path, manifest: Manifest, *, device: str 
 
 def _check(facts: dict[str, Any]) -> str | None:
     capabilities = facts.get("openvino_capabilities") or {}
-    if any(bf16_refusal(device, offered) is None for device, offered in capabilities.items()):
-        return None
-    return bf16_refusal(DEFAULT_DEVICE, capabilities.get(DEFAULT_DEVICE, []))
+    return None if capable(capabilities) else bf16_refusal(DEFAULT_DEVICE, capabilities.get(DEFAULT_DEVICE, []))
 
 
 def _doctor_note(facts: dict[str, Any]) -> str:
@@ -93,8 +92,7 @@ def _doctor_note(facts: dict[str, Any]) -> str:
     refusal = _check(facts)
     if refusal:
         return f"no {OPENVINO_BF16} backend: {refusal}"
-    capabilities = facts.get("openvino_capabilities") or {}
-    return f"{OPENVINO_BF16}: the BF16 plan on {', '.join(d for d, offered in capabilities.items() if bf16_refusal(d, offered) is None)}"
+    return f"{OPENVINO_BF16}: the BF16 plan on {', '.join(capable(facts.get('openvino_capabilities') or {}))}"
 
 
 def _open(request: OpenRequest) -> OpenVinoRunner:
