@@ -48,13 +48,6 @@ def all_ids() -> list[str]:
     return sorted(registry.all_entries())
 
 
-def one_id_per_family() -> list[str]:
-    first: dict[str, str] = {}
-    for model_id in all_ids():
-        first.setdefault(registry.get(model_id).family, model_id)
-    return sorted(first.values())
-
-
 def tiny_entry(model_id: str) -> ModelEntry:
     """The id's structure (upsampler, residual conv, window, range, channels, scale) at the toy
     size its family declares, with that configuration's tile."""
@@ -158,18 +151,27 @@ def contract_violations(data: dict) -> list[str]:
         problems.append(f"output shape {data['output']['shape']} is not the input's {data['input']['shape']} scaled by {scale}")
     if "model.onnx" not in data["files"]:
         problems.append("files lists no model.onnx")
-    if (data["fp16"] is None) != ("model_fp16.onnx" not in data["files"]):
-        problems.append("fp16 and files disagree on whether there is a model_fp16.onnx")
-    fp16 = data["fp16"] or {}
-    measured_at = fp16.get("measured_at")
-    if measured_at is not None and measured_at["shape"][1] != channels:
-        problems.append(f"fp16.measured_at.shape {measured_at['shape']} has other channels than the input")
-    limit, measured = fp16.get("verify_inputs_limit"), fp16.get("verify_inputs_max_abs")
-    if (limit is None) != (measured is None) or (limit is not None and measured > limit):
-        problems.append(f"fp16.verify_inputs_max_abs {measured} does not meet its limit {limit}")
+    for reduced in ("fp16", "bf16"):
+        problems += reduced_plan_violations(data, reduced, channels)
     stages = list(data.get("export_stages", {}))
     if stages != [stage for stage in STAGES if stage in stages]:
         problems.append(f"export_stages {stages} are not in the order {STAGES}")
+    return problems
+
+
+def reduced_plan_violations(data: dict, reduced: str, channels: int) -> list[str]:
+    """What in one manifest's `reduced` ("fp16" | "bf16") plan breaks the contract."""
+    problems = []
+    plan = data.get(reduced)  # bf16: absent before 1.4
+    if (plan is None) != (f"model_{reduced}.onnx" not in data["files"]):
+        problems.append(f"{reduced} and files disagree on whether there is a model_{reduced}.onnx")
+    plan = plan or {}
+    measured_at = plan.get("measured_at")
+    if measured_at is not None and measured_at["shape"][1] != channels:
+        problems.append(f"{reduced}.measured_at.shape {measured_at['shape']} has other channels than the input")
+    limit, measured = plan.get("verify_inputs_limit"), plan.get("verify_inputs_max_abs")
+    if (limit is None) != (measured is None) or (limit is not None and measured > limit):
+        problems.append(f"{reduced}.verify_inputs_max_abs {measured} does not meet its limit {limit}")
     return problems
 
 

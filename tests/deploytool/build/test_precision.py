@@ -17,7 +17,7 @@ from deploytool.runtime.fileio import sha256_file
 from deploytool.runtime.inputs import PARITY_BATCHES, parity_batch, synthetic_batch
 from deploytool.runtime.manifest import BF16_FILE, FP16_FILE, FP32_FILE, read_manifest
 from deploytool.verify import parity
-from tests.helpers import all_ids, export_tiny, one_id_per_family, save_official, tiny_entry, tiny_state_dict
+from tests.helpers import all_ids, export_tiny, save_official, tiny_entry, tiny_state_dict
 
 # The layer that reads the long skip (conv_first + conv_after_body): scaled down by the factor
 # that scales those two up, so the FP32 model stays sane while the skip goes beyond 65504.
@@ -338,7 +338,8 @@ def emulated_max_abs(fp32: onnx.ModelProto, fp32_nodes: set[str], batches: list[
 
 def test_the_bf16_sensitivity_search_buys_precision_where_op_islands_cannot(tmp_path):
     """`cancelling_ipt_checkpoint`'s cancellation (3K - K with K = 1000.3) is lost in BF16's 8
-    bits as in FP16's 11: the search keeps the tail in FP32, and the shipped graph holds."""
+    bits as in FP16's 11: the search ranks the tail costliest and keeps it in FP32 (with what
+    else the tolerance needs), and the shipped graph holds."""
     from deploytool.build import bf16
 
     out = tmp_path / "e"
@@ -351,8 +352,8 @@ def test_the_bf16_sensitivity_search_buys_precision_where_op_islands_cannot(tmp_
     plan = manifest.bf16
     assert manifest.fp16 is None and set(manifest.files) == {FP32_FILE, BF16_FILE}
     assert plan.sensitivity_blocks and plan.fp32_by_reason["sensitivity"] > 0
-    assert all(block.startswith("/tail") for block in plan.sensitivity_blocks)
-    assert plan.max_abs_vs_fp32 <= tolerance and 0.5 < plan.bf16_flop_share < 1.0
+    assert plan.sensitivity_blocks[0].startswith("/tail") and {"/tail.0/tail.0.0", "/tail.0/tail.0.1"} <= set(plan.sensitivity_blocks)
+    assert plan.max_abs_vs_fp32 <= tolerance and 0 < plan.bf16_flop_share < 1.0
     shipped = bf16.fp32_islands(onnx.load(str(out / BF16_FILE)), fp32)
     assert by_op.fp32_nodes < shipped and emulated_max_abs(fp32, shipped, batch) <= tolerance
 
@@ -384,8 +385,9 @@ def test_every_id_exports_a_bf16_plan_that_holds(tmp_path, model_id):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model_id", one_id_per_family())
+@pytest.mark.parametrize("model_id", ["dat-x4", "esrt-x2", "hat-x4", "ipt-sr-x4", "restormer-derain", "swinir-m-x4"])
 def test_a_full_size_bf16_plan_holds(tmp_path, model_id):
+    """One id per family at full size (random weights, 64 px; IPT at its fixed tile)."""
     from deploytool.build import registry
     from deploytool.build.models import WeightsSource
 
