@@ -66,7 +66,7 @@ class OpenRequest:
     manifest: Manifest
     device: str | None = None  # backends with `takes_device`
     cuda_graph: bool = False  # TensorRT
-    model: Any = None  # a torch.nn.Module, for backends that `need_checkpoint` (built by deploytool.build.runners)
+    model: Any = None  # a torch.nn.Module, for backends that `needs_checkpoint` (built by deploytool.build.runners)
 
 
 def missing_modules(facts: dict[str, Any], modules: tuple[str, ...]) -> list[str]:
