@@ -1,14 +1,27 @@
-"""ONNX Runtime FP32 against OpenVINO FP32 on the CPU, one id per family, in one run.
+"""ONNX Runtime FP32 against OpenVINO FP32, OpenVINO BF16 with the plan and whole-graph BF16 on the
+CPU, one id per family, in one run.
 
-    python scripts/openvino_bench.py [--ids ID,ID,...] [--tile 64] [--runs 5] [--threads N] [--json]
+    python scripts/openvino_bench.py [--ids ID,ID,...] [--tile 64] [--runs 5] [--threads N]
+                                     [--set5 DIR --esrt-weights FILE] [--json]
 
 Each id is exported with its official architecture and seeded random initialisation (weights do
-not change the arithmetic's cost) at a small --tile (a fixed-tile model keeps its own tile and
-batch), without the FP16 graph. Both runtimes run the same synthetic batch with the same thread
-count, their timed calls alternating (so a change in the machine's load falls on both): latency
-per batch is the median of --runs after one warm-up each, tiles/s beside it, and the speed ratio
-is ONNX Runtime's latency over OpenVINO's, measured in the same run. The outputs
-are compared: max |OpenVINO - ONNX Runtime| and PSNR (clipped to [0, 1], as `verify` computes it).
+not change the arithmetic's cost) at --tile (a fixed-tile model keeps its own tile and batch),
+with the BF16 plan (`model_bf16.onnx`) and without the FP16 graph. Every row runs the same
+synthetic batch with the same thread count, their timed calls alternating (so a change in the
+machine's load falls on all of them): latency per batch is the median of --runs after one warm-up
+each, tiles/s beside it, and each speed ratio is ONNX Runtime FP32's latency over the row's,
+measured in the same run. Outputs are compared with ONNX Runtime FP32's: max |d| and PSNR
+(clipped to [0, 1], as `verify` computes it). The rows:
+
+- ort-fp32: ONNX Runtime, `model.onnx`;
+- openvino-fp32: OpenVINO, `model.onnx`, f32 inference precision (the `openvino` backend);
+- openvino-bf16: OpenVINO, the BF16 plan `model_bf16.onnx` (the `openvino-bf16` backend);
+- whole-bf16: OpenVINO, `model.onnx` with bf16 inference precision (no islands but OpenVINO's own).
+
+With --set5 and --esrt-weights, ESRT x2 is exported from the real weights at its default tile and
+every row restores Set5's LR X2 images (tiled, as `eval` does): PSNR against HR (Y channel) and
+the lowest per-image PSNR against ONNX Runtime FP32's output. On a CPU without BF16 (OpenVINO's
+OPTIMIZATION_CAPABILITIES lacks BF16) the script says so and reports the FP32 rows.
 """
 
 from __future__ import annotations
@@ -31,10 +44,15 @@ from deploytool.build.networks import resolve_source  # noqa: E402
 from deploytool.errors import DeployError  # noqa: E402
 from deploytool.runtime.backends.onnxruntime import OrtRunner  # noqa: E402
 from deploytool.runtime.backends.openvino import OpenVinoRunner, openvino_build  # noqa: E402
+from deploytool.runtime.backends.openvino_bf16 import bf16_devices  # noqa: E402
 from deploytool.runtime.input_batches import synthetic_batch  # noqa: E402
-from deploytool.runtime.manifest import FP32_FILE, read_manifest  # noqa: E402
+from deploytool.runtime.manifest import BF16_FILE, FP32_FILE, read_manifest  # noqa: E402
+from deploytool.verify import evaluation  # noqa: E402
 from deploytool.verify.benchmark import median_seconds  # noqa: E402
 from deploytool.verify.parity import metrics  # noqa: E402
+
+ORT_FP32, OPENVINO_FP32, OPENVINO_BF16, WHOLE_BF16 = "ort-fp32", "openvino-fp32", "openvino-bf16", "whole-bf16"
+ESRT_X2 = "esrt-x2"
 
 
 def default_ids() -> list[str]:
@@ -46,72 +64,141 @@ def default_ids() -> list[str]:
     return sorted(chosen.values())
 
 
-def bench_id(model_id: str, tile: int, runs: int, threads: int, scratch: Path) -> dict:
+def export_with_plan(model_id: str, out: Path, tile: int | None, bf16: bool, weights: Path | None = None) -> None:
     entry = registry.get(model_id)
-    size = entry.tiling.tile if entry.tiling.fixed_tile else (tile, tile)
-    out = scratch / model_id
+    size = entry.tiling.tile if entry.tiling.fixed_tile or tile is None else (tile, tile)
+    batch = entry.tiling.batch if entry.tiling.fixed_tile else 1
+    source = resolve_source(entry, weights=weights, random_init=weights is None)
     started = time.perf_counter()
-    source = resolve_source(entry, random_init=True)
-    export.export(
-        export.ExportRequest(entry=entry, source=source, out_dir=out, tile=size, batch=entry.tiling.batch if entry.tiling.fixed_tile else 1, fp16=False)
-    )
-    manifest = read_manifest(out)
-    print(f"{model_id}: exported at {size[0]}x{size[1]}, batch {manifest.tiling.batch} in {time.perf_counter() - started:.0f} s; timing", file=sys.stderr)
-    batch = synthetic_batch(manifest.input.shape, seed=0)
-    with OrtRunner(out / FP32_FILE, providers=["CPUExecutionProvider"], threads=threads) as ort, OpenVinoRunner(out / FP32_FILE, threads=threads) as openvino:
-        ort_out, openvino_out = ort(batch), openvino(batch)  # the warm-up calls
-        ort_times, openvino_times = [], []
-        for _ in range(runs):
-            ort_times.append(median_seconds(lambda: ort(batch), 1, warmup=0)[0])
-            openvino_times.append(median_seconds(lambda: openvino(batch), 1, warmup=0)[0])
-    ort_s, openvino_s = statistics.median(ort_times), statistics.median(openvino_times)
-    max_abs, _, psnr = metrics(ort_out, openvino_out)
-    tiles = manifest.input.shape[0]
-    return {
-        "model_id": model_id,
-        "input_shape": list(manifest.input.shape),
-        "ort_s": ort_s,
-        "openvino_s": openvino_s,
-        "ort_tiles_per_s": tiles / ort_s,
-        "openvino_tiles_per_s": tiles / openvino_s,
-        "openvino_speed_vs_ort": ort_s / openvino_s,
-        "max_abs_vs_ort": max_abs,
-        "psnr_vs_ort": psnr,
+    export.export(export.ExportRequest(entry=entry, source=source, out_dir=out, tile=size, batch=batch, fp16=False, bf16=bf16))
+    print(f"{model_id}: exported at {size[0]}x{size[1]}, batch {batch} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+
+
+def open_rows(out: Path, threads: int, bf16: bool) -> dict:
+    rows = {
+        ORT_FP32: OrtRunner(out / FP32_FILE, providers=["CPUExecutionProvider"], threads=threads),
+        OPENVINO_FP32: OpenVinoRunner(out / FP32_FILE, threads=threads),
     }
+    if bf16:
+        rows[OPENVINO_BF16] = OpenVinoRunner(out / BF16_FILE, name=OPENVINO_BF16, threads=threads)
+        rows[WHOLE_BF16] = OpenVinoRunner(out / FP32_FILE, name=WHOLE_BF16, threads=threads, precision="bf16")
+    return rows
+
+
+def time_rows(rows: dict, batch, runs: int) -> tuple[dict[str, float], dict]:
+    """(median seconds per batch, output) of every row, their timed calls alternating."""
+    outputs = {name: runner(batch) for name, runner in rows.items()}  # the warm-up calls
+    times: dict[str, list[float]] = {name: [] for name in rows}
+    for _ in range(runs):
+        for name, runner in rows.items():
+            times[name].append(median_seconds(lambda runner=runner: runner(batch), 1, warmup=0)[0])
+    return {name: statistics.median(values) for name, values in times.items()}, outputs
+
+
+def bench_id(model_id: str, tile: int, runs: int, threads: int, bf16: bool, scratch: Path) -> dict:
+    out = scratch / model_id
+    export_with_plan(model_id, out, tile, bf16)
+    manifest = read_manifest(out)
+    batch = synthetic_batch(manifest.input.shape, seed=0)
+    rows = open_rows(out, threads, bf16)
+    try:
+        seconds, outputs = time_rows(rows, batch, runs)
+    finally:
+        for runner in rows.values():
+            runner.close()
+    tiles = manifest.input.shape[0]
+    measured = {}
+    for name, value in seconds.items():
+        max_abs, _, psnr = metrics(outputs[ORT_FP32], outputs[name])
+        speed = seconds[ORT_FP32] / value
+        measured[name] = {"s": value, "tiles_per_s": tiles / value, "speed_vs_ort_fp32": speed, "max_abs_vs_fp32": max_abs, "psnr_vs_fp32": psnr}
+    plan = manifest.bf16
+    result = {"model_id": model_id, "input_shape": list(manifest.input.shape), "bf16_flop_share": plan.bf16_flop_share if plan else None, "rows": measured}
+    print(f"{model_id}: {json.dumps(result)}", file=sys.stderr)  # the rows so far, should a later id not finish
+    return result
+
+
+def set5_report(weights: Path, dataset: Path, threads: int, bf16: bool, scratch: Path) -> dict:
+    """Set5 PSNR against HR for ESRT x2's real weights through every row, and each row's lowest
+    per-image PSNR against ONNX Runtime FP32's output."""
+    out = scratch / "esrt-set5"
+    export_with_plan(ESRT_X2, out, None, bf16, weights=weights)
+    manifest = read_manifest(out)
+    rows = open_rows(out, threads, bf16)
+    restored: dict[str, list] = {name: [] for name in rows}
+
+    def method(name, runner):
+        tiled = evaluation.tiled_method(runner, manifest, manifest.overlap())
+
+        def restore(lr):
+            restored[name].append(tiled(lr))
+            return restored[name][-1]
+
+        return restore
+
+    try:
+        report = evaluation.evaluate(ESRT_X2, manifest.scale, dataset, {n: method(n, r) for n, r in rows.items()}, scale=manifest.scale)
+    finally:
+        for runner in rows.values():
+            runner.close()
+    vs_fp32 = {name: min(metrics(a, b)[2] for a, b in zip(restored[ORT_FP32], images)) for name, images in restored.items()}
+    return {name: {"psnr_vs_hr": values["psnr"], "min_psnr_vs_fp32": vs_fp32[name]} for name, values in report["summary"].items()}
 
 
 def markdown(report: dict) -> str:
     lines = [
-        f"OpenVINO {report['openvino']}, {report['threads']} threads, {report['cpu']}; median of {report['runs']} runs per batch",
-        "",
-        "| export | input | ORT FP32 s/batch | OpenVINO FP32 s/batch | ORT tiles/s | OpenVINO tiles/s | OpenVINO vs ORT | max abs vs ORT | PSNR vs ORT (dB) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        f"OpenVINO {report['openvino']}, {report['threads']} threads, {report['cpu']}, load average {report['load_average']:.1f}; "
+        f"median of {report['runs']} runs per batch; speed = ORT FP32's latency over the row's, in the same run",
     ]
-    for row in report["results"]:
-        shape = "x".join(map(str, row["input_shape"]))
-        lines.append(
-            f"| {row['model_id']} | {shape} | {row['ort_s']:.3f} | {row['openvino_s']:.3f} | {row['ort_tiles_per_s']:.2f} | "
-            f"{row['openvino_tiles_per_s']:.2f} | {row['openvino_speed_vs_ort']:.2f}x | {row['max_abs_vs_ort']:.2e} | {row['psnr_vs_ort']:.1f} |"
-        )
+    if not report["bf16_devices"]:
+        lines.append("This CPU has no BF16 (OpenVINO's OPTIMIZATION_CAPABILITIES lacks BF16): FP32 rows only.")
+    lines += [
+        "",
+        "| export | input | BF16 FLOP share | row | s/batch | tiles/s | speed vs ORT FP32 | max abs vs FP32 | PSNR vs FP32 (dB) |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for result in report["results"]:
+        shape, share = "x".join(map(str, result["input_shape"])), result["bf16_flop_share"]
+        for name, row in result["rows"].items():
+            lines.append(
+                f"| {result['model_id']} | {shape} | {'' if share is None else f'{share:.3f}'} | {name} | {row['s']:.3f} | {row['tiles_per_s']:.2f} | "
+                f"{row['speed_vs_ort_fp32']:.2f}x | {row['max_abs_vs_fp32']:.2e} | {row['psnr_vs_fp32']:.1f} |"
+            )
+    if report.get("set5"):
+        lines += ["", "ESRT x2, real weights, Set5 X2 (Y channel PSNR against HR; lowest per-image PSNR against ORT FP32's output)", ""]
+        lines += ["| row | PSNR vs HR (dB) | min PSNR vs FP32 (dB) |", "|---|---:|---:|"]
+        lines += [f"| {name} | {row['psnr_vs_hr']:.2f} | {row['min_psnr_vs_fp32']:.1f} |" for name, row in report["set5"].items()]
     return "\n".join(lines)
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ids", help="comma-separated model ids  [default: the first single-image id of every family]")
     parser.add_argument("--tile", type=int, default=64, help="input tile in pixels (fixed-tile models keep theirs)")
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for both runtimes")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for every runtime")
+    parser.add_argument("--set5", type=Path, help="Set5 folder (HR/, LR_bicubic/X2/) for the real-weights rows")
+    parser.add_argument("--esrt-weights", type=Path, help="ESRT x2 checkpoint for the Set5 rows")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
     try:
+        if bool(args.set5) != bool(args.esrt_weights):
+            raise DeployError("--set5 and --esrt-weights go together")
         ids = [i.strip() for i in args.ids.split(",") if i.strip()] if args.ids else default_ids()
         for model_id in ids:
             registry.get(model_id)
+        devices = bf16_devices()
+        bf16 = "CPU" in devices
         with tempfile.TemporaryDirectory(prefix="openvino_bench_") as scratch:
-            results = [bench_id(model_id, args.tile, args.runs, args.threads, Path(scratch)) for model_id in ids]
+            results = [bench_id(model_id, args.tile, args.runs, args.threads, bf16, Path(scratch)) for model_id in ids]
+            set5 = set5_report(args.esrt_weights, args.set5, args.threads, bf16, Path(scratch)) if args.set5 else None
         cpu = platform.processor() or platform.machine()
-        report = {"openvino": openvino_build(), "threads": args.threads, "runs": args.runs, "cpu": cpu, "load_average": os.getloadavg()[0], "results": results}
+        report = {"openvino": openvino_build(), "threads": args.threads, "runs": args.runs, "cpu": cpu, "load_average": os.getloadavg()[0]}
+        report |= {"bf16_devices": devices, "results": results, "set5": set5}
     except DeployError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

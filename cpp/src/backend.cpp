@@ -135,6 +135,7 @@ const BackendRegistry& builtin_backends() {
     BackendRegistry built;
     built.add(tensorrt_entry());
     built.add(openvino_entry());
+    built.add(openvino_bf16_entry());
     return built;
   }();
   return registry;

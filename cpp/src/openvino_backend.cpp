@@ -1,11 +1,14 @@
-// The OpenVINO backend: the export's FP32 graph (model.onnx) compiled by OpenVINO for a device
-// (CPU by default) with f32 inference precision. Without OpenVINO (CMake did not find it) only the
-// refusal below is compiled.
+// The OpenVINO backends: the export's FP32 graph (model.onnx, `openvino`) or its BF16 plan
+// (model_bf16.onnx, `openvino-bf16`) compiled by OpenVINO for a device (CPU by default) with f32
+// inference precision, which runs every node in the type the graph gives it: the plan's bfloat16
+// nodes on BF16 kernels, its FP32 islands in FP32 (deploytool.runtime.backends.openvino_bf16 says
+// why not bf16 precision). Without OpenVINO (CMake did not find it) only the refusals are compiled.
 #include "deploytool/backend.hpp"
 #include "deploytool/errors.hpp"
 #include "deploytool/export.hpp"
 
 #ifdef DEPLOYTOOL_HAVE_OPENVINO
+#include <algorithm>
 #include <filesystem>
 #include <openvino/openvino.hpp>
 #include <vector>
@@ -25,7 +28,6 @@ constexpr const char* kBuiltWithoutOpenVino =
 #ifdef DEPLOYTOOL_HAVE_OPENVINO
 namespace {
 
-constexpr const char* kGraphFile = "model.onnx";
 constexpr const char* kPrecision = "f32";
 constexpr const char* kCacheFolder = "openvino-cache";
 
@@ -44,16 +46,36 @@ void check_device(const std::string& device, const std::vector<std::string>& ava
   throw BackendUnavailable("OpenVINO sees no " + device + " device on this machine; it sees: " + (listed.empty() ? "none" : listed));
 }
 
+// What a backend runs: its name, the export's graph, and whether the device needs BF16 arithmetic.
+struct Plan {
+  const char* name;
+  const char* graph;
+  bool needs_bf16;
+};
+constexpr Plan kFp32{"openvino", "model.onnx", false};
+constexpr Plan kBf16{"openvino-bf16", "model_bf16.onnx", true};
+
+// The words of deploytool.runtime.backends.openvino_bf16.bf16_refusal.
+void check_bf16(ov::Core& core, const std::string& device) {
+  const std::vector<std::string> offered = core.get_property(device, ov::device::capabilities);
+  if (std::find(offered.begin(), offered.end(), ov::device::capability::BF16) != offered.end()) return;
+  std::string listed;
+  for (const std::string& capability : offered) listed += (listed.empty() ? "" : ", ") + capability;
+  throw BackendUnavailable(std::string(kBf16.name) + " needs BF16 arithmetic (on a CPU: AVX-512 BF16 or AMX); OpenVINO's " + device + " offers " +
+                           (listed.empty() ? "no optimization capabilities" : listed) + ", without BF16");
+}
+
 class OpenVinoBackend : public Backend {
  public:
-  OpenVinoBackend(const Export& exported, const OpenVinoOptions& options) {
-    const std::string graph = exported.check_file(kGraphFile).string();
+  OpenVinoBackend(const Export& exported, const OpenVinoOptions& options, const Plan& plan) : name_(plan.name) {
+    const std::string graph = exported.check_file(plan.graph).string();
     ov::Core core;
     check_device(options.device, core.get_available_devices());
+    if (plan.needs_bf16) check_bf16(core, options.device);
     // The cache folder's key is deploytool.runtime.backends.openvino.cache_key's: both runtimes share blobs.
     const std::string build = ov::get_openvino_version().buildNumber;
     const std::string key =
-        sha256_hex(exported.manifest().files.at(kGraphFile).sha256 + "\n" + build + "\n" + options.device + "\n" + kPrecision).substr(0, 16);
+        sha256_hex(exported.manifest().files.at(plan.graph).sha256 + "\n" + build + "\n" + options.device + "\n" + kPrecision).substr(0, 16);
     const std::filesystem::path cache = exported.dir() / kCacheFolder / key;
     std::error_code failed;
     std::filesystem::create_directories(cache, failed);
@@ -79,7 +101,7 @@ class OpenVinoBackend : public Backend {
     device_ = options.device;
   }
 
-  std::string name() const override { return "openvino"; }
+  std::string name() const override { return name_; }
   BatchShape input_shape() const override { return input_shape_; }
   BatchShape output_shape() const override { return output_shape_; }
 
@@ -100,6 +122,7 @@ class OpenVinoBackend : public Backend {
   ov::InferRequest request_;
   BatchShape input_shape_, output_shape_;
   std::string device_;
+  std::string name_;
 };
 
 }  // namespace
@@ -107,7 +130,11 @@ class OpenVinoBackend : public Backend {
 bool openvino_available() { return true; }
 
 std::unique_ptr<Backend> openvino_backend(const Export& exported, OpenVinoOptions options) {
-  return std::make_unique<OpenVinoBackend>(exported, options);
+  return std::make_unique<OpenVinoBackend>(exported, options, kFp32);
+}
+
+std::unique_ptr<Backend> openvino_bf16_backend(const Export& exported, OpenVinoOptions options) {
+  return std::make_unique<OpenVinoBackend>(exported, options, kBf16);
 }
 
 #else
@@ -115,6 +142,8 @@ std::unique_ptr<Backend> openvino_backend(const Export& exported, OpenVinoOption
 bool openvino_available() { return false; }
 
 std::unique_ptr<Backend> openvino_backend(const Export&, OpenVinoOptions) { throw BackendUnavailable(kBuiltWithoutOpenVino); }
+
+std::unique_ptr<Backend> openvino_bf16_backend(const Export& exported, OpenVinoOptions options) { return openvino_backend(exported, options); }
 
 #endif
 
@@ -128,6 +157,17 @@ BackendEntry openvino_entry() {
   };
   entry.unavailable_reason = [] { return openvino_available() ? std::string() : std::string(kBuiltWithoutOpenVino); };
   entry.takes_device = true;
+  return entry;
+}
+
+BackendEntry openvino_bf16_entry() {
+  BackendEntry entry = openvino_entry();
+  entry.name = "openvino-bf16";
+  entry.open = [](const Export& exported, const BackendOptions& options) {
+    OpenVinoOptions openvino;
+    if (!options.device.empty()) openvino.device = options.device;
+    return openvino_bf16_backend(exported, openvino);
+  };
   return entry;
 }
 

@@ -59,16 +59,18 @@ CliRun cli(const dt::BackendRegistry& registry, std::vector<std::string> args) {
 }  // namespace
 
 TEST(BackendRegistry, BuiltinBackendsAreTrtThenOpenVino) {
-  EXPECT_EQ(dt::builtin_backends().names(), (std::vector<std::string>{"trt", "openvino"}));
+  EXPECT_EQ(dt::builtin_backends().names(), (std::vector<std::string>{"trt", "openvino", "openvino-bf16"}));
   EXPECT_TRUE(dt::builtin_backends().get("openvino").takes_device);
+  EXPECT_TRUE(dt::builtin_backends().get("openvino-bf16").takes_device);
   EXPECT_TRUE(dt::builtin_backends().get("trt").takes_cuda_graph);
   // each is available exactly when this library was built with it, else says why
   EXPECT_EQ(dt::builtin_backends().get("trt").unavailable_reason().empty(), dt::tensorrt_available());
   EXPECT_EQ(dt::builtin_backends().get("openvino").unavailable_reason().empty(), dt::openvino_available());
+  EXPECT_EQ(dt::builtin_backends().get("openvino-bf16").unavailable_reason().empty(), dt::openvino_available());
 }
 
 TEST(BackendRegistry, UnknownNamesAreRefusedListingTheKnownOnes) {
-  EXPECT_EQ(message_of([] { dt::builtin_backends().get("onnx"); }), "unknown backend 'onnx'; choose from trt, openvino");
+  EXPECT_EQ(message_of([] { dt::builtin_backends().get("onnx"); }), "unknown backend 'onnx'; choose from trt, openvino, openvino-bf16");
   EXPECT_FALSE(dt::builtin_backends().contains("onnx"));
 }
 

@@ -76,13 +76,20 @@ def parse_precisions(value: str) -> frozenset[str]:
 @click.option("--workspace", default="4G", show_default=True, help="TensorRT workspace memory limit, e.g. 4G or 512M.")
 @click.option("--opt-level", type=click.IntRange(0, 5), default=3, show_default=True, help="TensorRT builder optimization level.")
 @click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), help="Timing cache to read and update (default: timing.cache in EXPORT_DIR).")
+@click.option(
+    "--precision",
+    type=click.Choice(["fp16", "bf16"]),
+    default="fp16",
+    show_default=True,
+    help="Deploy graph to build from: model_fp16.onnx, or model_bf16.onnx (compute capability 8.0 or newer).",
+)
 @json_option("Print the engine record as JSON.")
 @needs_extra("export")
-def build(export_dir, workspace, opt_level, timing_cache, as_json) -> None:
-    """Build the TensorRT FP16 engine of an export for this GPU and TensorRT version."""
+def build(export_dir, workspace, opt_level, timing_cache, precision, as_json) -> None:
+    """Build the TensorRT engine (FP16, or BF16 with --precision bf16) of an export for this GPU and TensorRT version."""
     from deploytool.runtime.backends.tensorrt import build as engines
 
-    options = engines.BuildOptions(workspace_bytes=engines.parse_size(workspace), opt_level=opt_level, timing_cache=timing_cache)
+    options = engines.BuildOptions(workspace_bytes=engines.parse_size(workspace), opt_level=opt_level, timing_cache=timing_cache, precision=precision)
     name, entry = engines.build_engine(export_dir, options, progress=say)
     if as_json:
         click.echo(json.dumps({"file": name, **dataclasses.asdict(entry)}, indent=2))

@@ -47,7 +47,7 @@ MODEL_ID_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 MODEL_ID_RULE = "1 to 64 ASCII letters, digits, '.', '_' or '-', starting with a letter or digit"
 
 # the names `deploytool build` gives engines (the schema's `engines` property names)
-ENGINE_FILE_PATTERN = r"model\.sm[0-9]+-trt[0-9.]+\.engine"
+ENGINE_FILE_PATTERN = r"model(_bf16)?\.sm[0-9]+-trt[0-9.]+\.engine"
 
 
 @dataclass(frozen=True)
@@ -291,7 +291,7 @@ class Manifest:
     export_seconds: float = spec("wall time of the export (to 0.1 ms)", minimum=0)
     unused_weights: dict[str, str] = spec("checkpoint entries left out on purpose (other tasks of a multi-task file)", key_name="key", default_factory=dict)
     engines: dict[str, EngineRecord] = spec(
-        "TensorRT engines built by `deploytool build`, named `model.sm<major><minor>-trt<version>.engine`; a consumer picks "
+        "TensorRT engines built by `deploytool build`, named `model.sm<major><minor>-trt<version>.engine` (`model_bf16.…` from the BF16 graph); a consumer picks "
         "the one for its GPU and TensorRT or refuses",
         key_name="file",
         default_factory=dict,

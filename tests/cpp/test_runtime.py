@@ -512,9 +512,9 @@ def _openvino_cache(export_dir: Path) -> dict[Path, int]:
     return {p: p.stat().st_mtime_ns for p in (export_dir / "openvino-cache").rglob("*.blob")}
 
 
-def _run_python_openvino(export_dir: Path, sources: list[Path], output: Path) -> None:
+def _run_python_openvino(export_dir: Path, sources: list[Path], output: Path, backend: str = "openvino") -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "deploytool", "run", str(export_dir), *map(str, sources), "-o", str(output), "--backend", "openvino"],
+        [sys.executable, "-m", "deploytool", "run", str(export_dir), *map(str, sources), "-o", str(output), "--backend", backend],
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))},
@@ -550,6 +550,50 @@ def test_openvino_backend_matches_python_on_real_exports_of_every_family(
         assert _openvino_cache(export_dir) == compiled, f"{model_id}: the C++ runtime compiled again instead of importing Python's blob"
 
 
+def _bf16_cpu_missing() -> str | None:
+    if importlib.util.find_spec("openvino") is None:
+        return "OpenVINO is not installed: pip install deploytool[openvino] (the test extra has it)"
+    from deploytool.runtime.backends.openvino_bf16 import bf16_devices
+
+    if "CPU" not in bf16_devices():
+        return "this CPU has no BF16 arithmetic (OpenVINO's OPTIMIZATION_CAPABILITIES lack BF16: no AVX-512 BF16 or AMX)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def real_bf16_exports(tmp_path_factory) -> dict[str, Path]:
+    """Tiny real exports of every family with their BF16 plans (model_bf16.onnx)."""
+    root = tmp_path_factory.mktemp("real-bf16-exports")
+    return {model_id: (export_tiny(model_id, root / model_id, fp16=False, bf16=True), root / model_id)[1] for model_id in _ids_to_export()}
+
+
+@pytest.mark.skipif(_bf16_cpu_missing() is not None, reason=str(_bf16_cpu_missing()))
+def test_openvino_bf16_backend_matches_python_on_real_exports_of_every_family(
+    openvino_build: Path, real_bf16_exports: dict[str, Path], synthetic_images: dict[str, Path], tmp_path: Path
+) -> None:
+    """`deploytool-infer --backend openvino-bf16` applies the BF16 plan as Python does: the same PNG
+    bytes as `deploytool run --backend openvino-bf16` in another process, on a tiny real export of
+    every family, importing the blob Python compiled."""
+    assert {registry.get(i).family for i in real_bf16_exports} == set(model_defs.families())
+    image = synthetic_images["rgb8-131x149"]
+    environment = {k: v for k, v in os.environ.items() if k not in ("LD_LIBRARY_PATH", "PYTHONPATH", "PYTHONHOME")}
+    for model_id, export_dir in real_bf16_exports.items():
+        sources = [image] * len(read_manifest(export_dir).views)
+        python_png, cpp_png = tmp_path / f"{model_id}.py.png", tmp_path / f"{model_id}.cpp.png"
+        _run_python_openvino(export_dir, sources, python_png, backend="openvino-bf16")
+        compiled = _openvino_cache(export_dir)
+        assert compiled, f"{model_id}: Python left no compiled blob in {export_dir / 'openvino-cache'}"
+        done = subprocess.run(
+            [str(openvino_build / "deploytool-infer"), str(export_dir), *map(str, sources), "-o", str(cpp_png), "--backend", "openvino-bf16"],
+            capture_output=True,
+            text=True,
+            env=environment,
+        )
+        assert done.returncode == 0, f"{model_id}: {done.stderr.strip()}"
+        _assert_same_png(cpp_png, python_png, f"{model_id} on OpenVINO BF16")
+        assert _openvino_cache(export_dir) == compiled, f"{model_id}: the C++ runtime compiled again instead of importing Python's blob"
+
+
 def test_openvino_backend_refusals_are_one_line(openvino_build: Path, real_exports: dict[str, Path], synthetic_images: dict[str, Path], tmp_path: Path) -> None:
     from deploytool.runtime.backends.openvino import available_devices
 
@@ -562,8 +606,8 @@ def test_openvino_backend_refusals_are_one_line(openvino_build: Path, real_expor
     done = subprocess.run([infer, str(export_dir), image, "-o", str(output), "--backend", "openvino", "--device", missing], capture_output=True, text=True)
     assert done.returncode == 1 and done.stderr == f"error: OpenVINO sees no {missing} device on this machine; it sees: {', '.join(available_devices())}\n"
     for arguments, message in (
-        (["--backend", "onnx"], "--backend takes trt or openvino, not 'onnx'"),
-        (["--device", "CPU"], "--device applies to the openvino backend, not trt"),
+        (["--backend", "onnx"], "--backend takes trt, openvino or openvino-bf16, not 'onnx'"),
+        (["--device", "CPU"], "--device applies to the openvino and openvino-bf16 backends, not trt"),
         (["--backend", "openvino", "--cuda-graph"], "--cuda-graph applies to the trt backend"),
     ):
         done = subprocess.run([infer, str(export_dir), image, "-o", str(output), *arguments], capture_output=True, text=True)

@@ -55,6 +55,9 @@ bool openvino_available();
 // inference precision, cached under the export's openvino-cache/ (shared with the Python tool);
 // throws BackendUnavailable in a build without OpenVINO or for a device OpenVINO does not see.
 std::unique_ptr<Backend> openvino_backend(const Export& exported, OpenVinoOptions options = {});
+// The export's BF16 plan (model_bf16.onnx) likewise, on a device whose OpenVINO capabilities
+// include BF16 (CPUs with AVX-512 BF16 or AMX); throws BackendUnavailable elsewhere.
+std::unique_ptr<Backend> openvino_bf16_backend(const Export& exported, OpenVinoOptions options = {});
 
 // -- the registry: backends by name (`deploytool-infer --backend NAME`)
 
@@ -97,12 +100,13 @@ class BackendRegistry {
   std::vector<BackendEntry> entries_;
 };
 
-// The backends this library was built with a registration for: trt, then openvino (each
+// The backends this library was built with a registration for: trt, openvino, openvino-bf16 (each
 // present whether or not CMake found its library; without it, it is unavailable with the reason).
 const BackendRegistry& builtin_backends();
 
 // Each backend's registry entry (defined beside the backend).
 BackendEntry tensorrt_entry();
 BackendEntry openvino_entry();
+BackendEntry openvino_bf16_entry();
 
 }  // namespace deploytool

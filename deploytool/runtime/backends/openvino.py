@@ -48,8 +48,9 @@ def cache_key(graph_sha256: str, build: str, device: str, precision: str = PRECI
     return hashlib.sha256(f"{graph_sha256}\n{build}\n{device}\n{precision}".encode()).hexdigest()[:16]
 
 
-def cache_dir(export_dir: str | Path, manifest: Manifest, device: str, precision: str = PRECISION) -> Path:
-    return Path(export_dir) / CACHE_FOLDER / cache_key(manifest.files[FP32_FILE].sha256, openvino_build(), device, precision)
+def cache_dir(export_dir: str | Path, manifest: Manifest, device: str, precision: str = PRECISION, graph: str = FP32_FILE) -> Path:
+    """The cache folder for the export's `graph` (a file of its manifest) compiled for `device`."""
+    return Path(export_dir) / CACHE_FOLDER / cache_key(manifest.files[graph].sha256, openvino_build(), device, precision)
 
 
 def available_devices() -> list[str]:
@@ -68,13 +69,24 @@ def check_device(device: str, available: list[str]) -> None:
 
 
 class OpenVinoRunner(ClosingRunner):
-    """Runs the export's FP32 graph compiled by OpenVINO for `device`, with f32 inference precision."""
+    """Runs an ONNX graph of the export compiled by OpenVINO for `device`, with f32 inference
+    precision (each node in the type the graph gives it); `precision="bf16"` lowers the whole
+    graph to BF16 instead (scripts/openvino_bench.py's whole-graph row, not a backend)."""
 
-    def __init__(self, graph: str | Path, *, name: str = OPENVINO, device: str = DEFAULT_DEVICE, cache: str | Path | None = None, threads: int = 0):
+    def __init__(
+        self,
+        graph: str | Path,
+        *,
+        name: str = OPENVINO,
+        device: str = DEFAULT_DEVICE,
+        cache: str | Path | None = None,
+        threads: int = 0,
+        precision: str = PRECISION,
+    ):
         openvino = require_openvino()
         core = openvino.Core()
         check_device(device, list(core.available_devices))
-        config = {"INFERENCE_PRECISION_HINT": PRECISION, "PERFORMANCE_HINT": "LATENCY"}
+        config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         if cache is not None:

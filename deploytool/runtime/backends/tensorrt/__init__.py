@@ -19,7 +19,7 @@ INSTALL = "pip install deploytool[trt] on a machine with an NVIDIA GPU"
 
 def build_status(facts: dict[str, Any]) -> str:
     """doctor's `build` line: 'yes: ...' when this machine can build (and so run) engines, else 'no: why'."""
-    from deploytool.runtime.backends.tensorrt.build import OLDEST_SUPPORTED, parse_version
+    from deploytool.runtime.backends.tensorrt.build import OLDEST_SUPPORTED, bf16_refusal, parse_version
     from deploytool.runtime.backends.tensorrt.run import NOT_INSTALLED
 
     gpu = facts["gpus"][0] if facts.get("gpus") else None
@@ -30,7 +30,9 @@ def build_status(facts: dict[str, Any]) -> str:
     if parse_version(facts["tensorrt"])[:2] < OLDEST_SUPPORTED:
         return f"no: TensorRT {facts['tensorrt']} is too old (10 or 11 needed)"
     sm = f"sm{gpu['compute_capability'][0]}{gpu['compute_capability'][1]}"
-    return f"yes: strongly typed engines from model_fp16.onnx for {gpu['name']} ({sm})"
+    refusal = bf16_refusal(tuple(gpu["compute_capability"]), gpu["name"])
+    bf16 = "and model_bf16.onnx (--precision bf16)" if refusal is None else f"(no BF16 engines: {refusal})"
+    return f"yes: strongly typed engines from model_fp16.onnx {bf16} for {gpu['name']} ({sm})"
 
 
 def _check(facts: dict[str, Any]) -> str | None:

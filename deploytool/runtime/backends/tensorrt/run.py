@@ -28,10 +28,15 @@ def require_tensorrt():
     return tensorrt
 
 
-def engine_filename(compute_capability: tuple[int, int], trt_version: str) -> str:
-    """`model.sm90-trt10.13.0.engine`: the GPU architecture and TensorRT version it was built for."""
+# an engine's name starts with the stem of the graph it was built from: the FP16 graph (`model`) or the BF16 one
+ENGINE_STEMS = {"fp16": "model", "bf16": "model_bf16"}
+
+
+def engine_filename(compute_capability: tuple[int, int], trt_version: str, precision: str = "fp16") -> str:
+    """`model.sm90-trt10.13.0.engine` (from the FP16 graph; `model_bf16.sm90-...` from the BF16
+    one): the GPU architecture and TensorRT version it was built for."""
     major, minor = compute_capability
-    return f"model.sm{major}{minor}-trt{trt_version}.engine"
+    return f"{ENGINE_STEMS[precision]}.sm{major}{minor}-trt{trt_version}.engine"
 
 
 def current_target() -> tuple[tuple[int, int], str]:

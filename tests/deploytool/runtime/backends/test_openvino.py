@@ -108,7 +108,7 @@ def test_run_on_a_device_that_is_not_there_fails_in_one_line(exported, tmp_path)
     for other in (ORT, TORCH):  # torch opens through deploytool.build.runners, the others through the runtime
         assert_one_line_error(
             invoke("run", exported, image, "-o", tmp_path / "out.png", "--backend", other, "--device", "CPU"),
-            f"--device applies to the openvino backend, not {other}",
+            f"--device applies to the openvino and openvino-bf16 backends, not {other}",
         )
         assert not (tmp_path / "out.png").exists()
 

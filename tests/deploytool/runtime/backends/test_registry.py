@@ -39,8 +39,8 @@ def echo(monkeypatch):
 
 
 def test_the_registry_holds_every_backend_in_one_order_and_the_original_runs_only_in_parity():
-    assert backends.names() == ("original", "torch", "ort", "ort-fp16", "openvino", "trt")
-    assert backends.runtime_names() == ("torch", "ort", "ort-fp16", "openvino", "trt")
+    assert backends.names() == ("original", "torch", "ort", "ort-fp16", "openvino", "openvino-bf16", "trt")
+    assert backends.runtime_names() == ("torch", "ort", "ort-fp16", "openvino", "openvino-bf16", "trt")
     assert backends.original().name == "original" and backends.get("original").is_original
     assert backends.verify_default_names() == ("original", "torch", "ort", "ort-fp16", "trt")  # OpenVINO is an optional extra, asked for by name
 
@@ -53,6 +53,7 @@ def test_descriptors_say_precision_file_and_checkpoint():
         "ort": ("fp32", "model.onnx", False),
         "ort-fp16": ("fp16", "model_fp16.onnx", False),
         "openvino": ("fp32", "model.onnx", False),
+        "openvino-bf16": ("bf16", "model_bf16.onnx", False),
         "trt": ("fp16", None, False),
     }
 
@@ -60,7 +61,7 @@ def test_descriptors_say_precision_file_and_checkpoint():
 def test_an_unknown_name_is_refused_in_one_line_listing_the_known_ones():
     with pytest.raises(DeployError) as caught:
         backends.get("onnx-fp8")
-    assert str(caught.value) == "unknown backend 'onnx-fp8'; choose from torch, ort, ort-fp16, openvino, trt"
+    assert str(caught.value) == "unknown backend 'onnx-fp8'; choose from torch, ort, ort-fp16, openvino, openvino-bf16, trt"
 
 
 def test_a_name_is_registered_once(echo):
@@ -98,7 +99,7 @@ def test_a_registered_backend_is_opened_parsed_and_judged_by_its_descriptor(echo
 def test_device_is_refused_for_backends_that_take_none(echo, tmp_path):
     with pytest.raises(DeployError) as caught:
         backends.open_runner(tmp_path, NO_EXPORT, "echo-bf16", device="GPU")
-    assert str(caught.value) == "--device applies to the openvino backend, not echo-bf16"
+    assert str(caught.value) == "--device applies to the openvino and openvino-bf16 backends, not echo-bf16"
 
 
 def test_checkpoint_backends_are_opened_by_the_build_layer(tmp_path):

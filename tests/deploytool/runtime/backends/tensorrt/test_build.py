@@ -1,16 +1,17 @@
 """TensorRT engine planning and records, and the build up to TensorRT's API (a fake `tensorrt`
 module stands in for it: TensorRT needs an NVIDIA GPU)."""
 
+import json
 import shutil
 from pathlib import Path
 
 import pytest
 
-from deploytool.errors import DeployError
+from deploytool.errors import BackendUnavailable, DeployError
 from deploytool.runtime.backends.tensorrt import build as engines
-from deploytool.runtime.manifest import FP16_FILE, EngineRecord, read_manifest
+from deploytool.runtime.manifest import BF16_FILE, FP16_FILE, EngineRecord, read_manifest
 from tests.fake_tensorrt import fake_tensorrt, pretend_gpu
-from tests.helpers import export_tiny
+from tests.helpers import assert_one_line_error, export_tiny
 
 
 @pytest.mark.parametrize("version", ["11.0.0", "10.13.0.35", "10.12.0", "10.11.0.33", "10.3.0"])  # 10.3: JetPack 6
@@ -129,3 +130,78 @@ def test_an_engine_name_that_would_leave_the_export_folder_is_refused(tmp_path, 
 
 def test_an_engine_is_a_file_of_its_export_folder(tmp_path):
     assert engines.engine_path(tmp_path, (8, 7), "10.3.0.30") == tmp_path / "model.sm87-trt10.3.0.30.engine"
+
+
+@pytest.fixture(scope="module")
+def bf16_export(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("engines") / "bf16"
+    export_tiny("swinir-s-x2", folder, fp16=False, bf16=True)
+    return folder
+
+
+@pytest.mark.parametrize("version", ["11.0.0", "10.13.0.35", "10.3.0"])
+def test_a_bf16_engine_is_planned_from_the_bf16_graph_strongly_typed(version):
+    plan = engines.plan_build(version, strongly_typed=True, precision="bf16")
+    assert (plan.graph, plan.strongly_typed) == (BF16_FILE, True)
+    with pytest.raises(DeployError, match=f"build {BF16_FILE} with its FP32 islands"):
+        engines.plan_build(version, strongly_typed=False, precision="bf16")
+
+
+def test_build_bf16_creates_a_strongly_typed_network_from_the_bf16_graph_and_records_it(bf16_export, tmp_path, monkeypatch):
+    export_dir = Path(shutil.copytree(bf16_export, tmp_path / "e"))
+    trt = fake_tensorrt("10.13.0", flags={"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1})
+    pretend_gpu(monkeypatch, trt)
+    name, record = engines.build_engine(export_dir, engines.BuildOptions(precision="bf16"))
+    assert name == "model_bf16.sm90-trt10.13.0.engine"
+    assert trt.calls["create_network"] == [1 << 1]
+    assert trt.calls["parse_from_file"] == [str(export_dir / BF16_FILE)]
+    assert trt.calls["set_flag"] == []  # no BF16 flag: TensorRT refuses precision flags on a strongly typed network
+    assert record.plan == {"graph": BF16_FILE, "strongly_typed": True}
+    manifest = read_manifest(export_dir)  # the schema accepts the name; the engine is checked like any file
+    assert manifest.engines[name] == record and manifest.check_file(export_dir, name) == export_dir / name
+
+
+def test_build_bf16_on_a_gpu_before_ampere_is_refused_in_one_line_before_building(bf16_export, tmp_path, monkeypatch):
+    import torch
+
+    export_dir = Path(shutil.copytree(bf16_export, tmp_path / "e"))
+    before = sorted(p.name for p in export_dir.iterdir())
+    trt = fake_tensorrt("10.13.0", flags={"STRONGLY_TYPED": 1})
+    pretend_gpu(monkeypatch, trt)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *device: (7, 5))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *device: "Tesla T4 (fake)")
+    with pytest.raises(BackendUnavailable) as error:
+        engines.build_engine(export_dir, engines.BuildOptions(precision="bf16"))
+    assert str(error.value) == "BF16 TensorRT engines need a GPU of compute capability 8.0 (Ampere) or newer; Tesla T4 (fake) is sm75"
+    assert trt.calls["create_network"] == [] and sorted(p.name for p in export_dir.iterdir()) == before
+
+
+def test_build_bf16_without_the_bf16_graph_says_it_is_missing(fp16_export, tmp_path, monkeypatch):
+    export_dir = Path(shutil.copytree(fp16_export, tmp_path / "e"))
+    pretend_gpu(monkeypatch, fake_tensorrt("10.13.0", flags={"STRONGLY_TYPED": 1}))
+    with pytest.raises(DeployError, match=f"{BF16_FILE} is missing from the export"):
+        engines.build_engine(export_dir, engines.BuildOptions(precision="bf16"))
+
+
+def test_bf16_engines_are_named_after_their_graph():
+    assert engines.engine_path(Path("/x"), (8, 0), "10.3.0", "bf16") == Path("/x/model_bf16.sm80-trt10.3.0.engine")
+    assert engines.bf16_refusal((8, 0), "A100") is None and engines.bf16_refusal((12, 0), "RTX 5090") is None
+    with pytest.raises(DeployError, match="unknown engine precision 'int8'; choose from fp16, bf16"):
+        engines.plan_build("10.13.0", strongly_typed=True, precision="int8")
+
+
+def test_the_build_command_passes_the_precision_and_refuses_old_gpus_in_one_line(bf16_export, tmp_path, monkeypatch):
+    import torch
+    from click.testing import CliRunner
+
+    from deploytool.cli import cli
+
+    export_dir = Path(shutil.copytree(bf16_export, tmp_path / "e"))
+    trt = fake_tensorrt("10.13.0", flags={"STRONGLY_TYPED": 1})
+    pretend_gpu(monkeypatch, trt)
+    built = CliRunner().invoke(cli, ["build", str(export_dir), "--precision", "bf16", "--json"], catch_exceptions=False)
+    assert built.exit_code == 0, built.output
+    assert json.loads(built.stdout)["file"] == "model_bf16.sm90-trt10.13.0.engine"
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *device: (7, 5))
+    refused = CliRunner().invoke(cli, ["build", str(export_dir), "--precision", "bf16"], catch_exceptions=False)
+    assert_one_line_error(refused, "BF16 TensorRT engines need a GPU of compute capability 8.0 (Ampere) or newer", "is sm75")

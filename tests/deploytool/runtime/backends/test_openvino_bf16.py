@@ -1,0 +1,189 @@
+"""The OpenVINO BF16 backend: the BF16 plan run with its FP32 islands in FP32, BF16 tolerances,
+devices without BF16 refused in one line, the compiled-model cache, and every command knowing it."""
+
+import importlib.util
+import json
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from deploytool.cli import cli
+from deploytool.errors import BackendUnavailable
+from deploytool.runtime.backends import ORT, open_runner
+from deploytool.runtime.backends import openvino as fp32_backend
+from deploytool.runtime.backends import openvino_bf16 as backend
+from deploytool.runtime.inputs import synthetic_batch
+from deploytool.runtime.manifest import BF16_FILE, read_manifest
+from tests.helpers import assert_one_line_error, export_tiny, write_test_png
+
+OPENVINO_BF16 = backend.OPENVINO_BF16
+
+
+def _bf16_cpu_missing() -> str | None:
+    if importlib.util.find_spec("openvino") is None:
+        return "OpenVINO is not installed: pip install deploytool[openvino] (the test extra has it)"
+    if "CPU" not in backend.bf16_devices():
+        return "this CPU has no BF16 arithmetic (OpenVINO's OPTIMIZATION_CAPABILITIES lack BF16: no AVX-512 BF16 or AMX)"
+    return None
+
+
+needs_bf16_cpu = pytest.mark.skipif(_bf16_cpu_missing() is not None, reason=str(_bf16_cpu_missing()))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    out = tmp_path_factory.mktemp("openvino-bf16") / "swinir-s-x2"
+    export_tiny("swinir-s-x2", out, fp16=False, bf16=True)
+    return out
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def _runtime_precisions(compiled) -> dict[str, set[str]]:
+    """{OpenVINO layer type: the precisions its nodes run in} of a compiled model."""
+    found: dict[str, set[str]] = {}
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        found.setdefault(info["layerType"].astype(str), set()).add(info["runtimePrecision"].astype(str))
+    return found
+
+
+@needs_bf16_cpu
+def test_the_plan_runs_its_bf16_nodes_in_bf16_and_its_fp32_islands_in_fp32(exported):
+    manifest = read_manifest(exported)
+    with open_runner(exported, manifest, OPENVINO_BF16) as runner:
+        precisions = _runtime_precisions(runner.compiled)
+        assert runner.name == OPENVINO_BF16 and runner.device == "openvino CPU"
+    # the islands by op (layer norms become MVN, softmax) stay FP32; the matrix products run BF16
+    assert precisions["MVN"] == precisions["Softmax"] == {"f32"}, precisions
+    assert precisions["FullyConnected"] == precisions["MatMul"] == {"bf16"}, precisions
+    # why the backend compiles with f32 inference precision: bf16 precision lowers the islands too
+    openvino = fp32_backend.require_openvino()
+    lowered = openvino.Core().compile_model(str(exported / BF16_FILE), "CPU", {"INFERENCE_PRECISION_HINT": "bf16"})
+    assert _runtime_precisions(lowered)["Softmax"] == {"bf16"}
+
+
+@needs_bf16_cpu
+def test_outputs_are_within_the_plans_bf16_tolerance_of_the_fp32_graph(exported):
+    manifest = read_manifest(exported)
+    batch = synthetic_batch(manifest.input.shape, seed=5)
+    with open_runner(exported, manifest, OPENVINO_BF16) as runner, open_runner(exported, manifest, ORT) as reference:
+        out, expected = runner(batch), reference(batch)
+    assert out.shape == expected.shape and out.dtype == np.float32
+    # BF16 arithmetic: not the FP32 graph's bits, and within the tolerance the plan was made for
+    assert 0 < np.abs(out - expected).max() <= manifest.tolerances["bf16_max_abs"]
+
+
+def test_devices_without_bf16_are_refused_naming_what_they_offer():
+    assert backend.bf16_refusal("CPU", ["BF16", "FP32", "INT8"]) is None
+    assert backend.bf16_refusal("CPU", ["WINOGRAD", "FP32", "INT8", "BIN"]) == (
+        "openvino-bf16 needs BF16 arithmetic (on a CPU: AVX-512 BF16 or AMX); OpenVINO's CPU offers WINOGRAD, FP32, INT8, BIN, without BF16"
+    )
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="OpenVINO is not installed: pip install deploytool[openvino]")
+def test_run_on_a_cpu_without_bf16_fails_in_one_line_and_writes_nothing(exported, tmp_path, monkeypatch):
+    monkeypatch.setattr(backend, "device_capabilities", lambda core, device: ["FP32", "INT8"])
+    image = write_test_png(tmp_path / "in.png", 3)
+    result = invoke("run", exported, image, "-o", tmp_path / "out.png", "--backend", OPENVINO_BF16)
+    assert_one_line_error(result, "openvino-bf16 needs BF16 arithmetic (on a CPU: AVX-512 BF16 or AMX); OpenVINO's CPU offers FP32, INT8, without BF16")
+    assert not (tmp_path / "out.png").exists()
+    with pytest.raises(BackendUnavailable):
+        backend.check_bf16_device("CPU")
+
+
+@needs_bf16_cpu
+def test_a_second_run_imports_the_cached_blob_instead_of_compiling(exported, tmp_path):
+    exported = shutil.copytree(exported, tmp_path / "export", ignore=shutil.ignore_patterns(fp32_backend.CACHE_FOLDER))
+    manifest = read_manifest(exported)
+    image = write_test_png(tmp_path / "in.png", 3)
+    first = invoke("run", exported, image, "-o", tmp_path / "first.png", "--backend", OPENVINO_BF16)
+    assert first.exit_code == 0, first.output
+    root = exported / fp32_backend.CACHE_FOLDER
+    cached = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+    folder = root / fp32_backend.cache_key(manifest.files[BF16_FILE].sha256, fp32_backend.openvino_build(), "CPU")
+    assert [p for p in cached if p.suffix == ".blob"] and all(p.parent == folder for p in cached), sorted(cached)
+    second = invoke("run", exported, image, "-o", tmp_path / "second.png", "--backend", OPENVINO_BF16)
+    assert second.exit_code == 0, second.output
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()} == cached  # nothing new written, nothing rewritten
+    assert (tmp_path / "first.png").read_bytes() == (tmp_path / "second.png").read_bytes()
+
+
+@needs_bf16_cpu
+def test_a_device_openvino_does_not_see_is_refused_in_one_line(exported, tmp_path):
+    image = write_test_png(tmp_path / "in.png", 3)
+    missing = next(d for d in ("NPU", "GPU", "HETERO.XYZ") if d not in fp32_backend.available_devices())
+    result = invoke("run", exported, image, "-o", tmp_path / "out.png", "--backend", OPENVINO_BF16, "--device", missing)
+    assert_one_line_error(result, f"OpenVINO sees no {missing} device", "it sees: CPU")
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_an_export_without_the_bf16_graph_says_so(tmp_path):
+    export_tiny("swinir-s-x2", tmp_path / "e", fp16=False)
+    image = write_test_png(tmp_path / "in.png", 3)
+    result = invoke("run", tmp_path / "e", image, "-o", tmp_path / "out.png", "--backend", OPENVINO_BF16)
+    assert_one_line_error(result, f"{BF16_FILE} is missing from the export")
+
+
+@needs_bf16_cpu
+def test_verify_judges_it_with_the_bf16_tolerances(exported):
+    from deploytool.verify import parity
+
+    tolerances = read_manifest(exported).tolerances
+    assert parity.pair_limits(OPENVINO_BF16, tolerances, tiled=False) == (tolerances["bf16_max_abs"], tolerances["bf16_psnr_min"])
+    report = parity.verify(exported, backends=["original", OPENVINO_BF16], synthetic_batches=1)
+    rows = [c for c in report["comparisons"] if c["candidate"] == OPENVINO_BF16]
+    expected = f"max|d|<={tolerances['bf16_max_abs']:g}, PSNR>={tolerances['bf16_psnr_min']:g}"
+    assert report["passed"] and rows and all(r["passed"] and r["limits"] == expected for r in rows), rows
+
+
+@needs_bf16_cpu
+def test_compare_judges_saved_outputs_with_the_bf16_tolerances(exported, tmp_path):
+    saved = invoke("verify", exported, "--backends", f"original,{OPENVINO_BF16}", "--save-outputs", tmp_path / "r.npz", "--json")
+    assert saved.exit_code == 0, saved.output
+    compared = invoke("compare", tmp_path / "r.npz", "--json")
+    assert compared.exit_code == 0, compared.output
+    judged = {(c["inputs"], c["candidate"]): (c["passed"], c["limits"]) for c in json.loads(compared.stdout)["comparisons"]}
+    verified = {(c["inputs"], c["candidate"]): (c["passed"], c["limits"]) for c in json.loads(saved.stdout)["comparisons"]}
+    assert judged == verified and any(candidate == OPENVINO_BF16 for _, candidate in judged)
+
+
+@needs_bf16_cpu
+def test_bench_eval_and_doctor_know_the_backend(exported, tmp_path):
+    result = invoke("bench", exported, "--backend", f"{ORT},{OPENVINO_BF16}", "--runs", "1", "--warmup", "0", "--json")
+    assert result.exit_code == 0, result.output
+    assert [r["backend"] for r in json.loads(result.stdout)["results"]] == [ORT, OPENVINO_BF16]
+    dataset = tmp_path / "set"
+    write_test_png(dataset / "HR" / "a.png", 3, size=(40, 48))
+    write_test_png(dataset / "LR_bicubic" / "X2" / "a.png", 3, size=(20, 24))
+    scored = invoke("eval", exported, "--dataset", dataset, "--scale", 2, "--methods", f"{ORT},{OPENVINO_BF16}", "--json")
+    assert scored.exit_code == 0, scored.output
+    summary = json.loads(scored.stdout)["summary"]
+    assert summary[OPENVINO_BF16]["images"] == 1 and abs(summary[OPENVINO_BF16]["psnr"] - summary[ORT]["psnr"]) < 1.0
+    doctor = json.loads(invoke("doctor", "--json").stdout)
+    assert "openvino-bf16: the BF16 plan on CPU" in doctor["capabilities"]["run"]
+    assert "BF16" in doctor["facts"]["openvino_capabilities"]["CPU"]
+
+
+@needs_bf16_cpu
+def test_a_video_runs_frame_for_frame_as_its_frames_run_as_images(exported, tmp_path):
+    from deploytool.runtime import images
+    from tests.videos import Clip, make_clip, read_back
+
+    source = tmp_path / "rgb.mkv"
+    pictures = make_clip(source, Clip(codec="ffv1", pix_fmt="bgr0", size=(24, 20), pts=list(range(3))))
+    video = invoke("run", exported, source, "-o", tmp_path / "rgb_x2.mkv", "--backend", OPENVINO_BF16, "--lossless")
+    assert video.exit_code == 0, video.output
+    folder = tmp_path / "frames"
+    for number, picture in enumerate(pictures):
+        images.write_samples(folder / f"{number}.png", picture)
+    frames = invoke("run", exported, folder, "-o", tmp_path / "frames_x2", "--backend", OPENVINO_BF16)
+    assert frames.exit_code == 0, frames.output
+    after = read_back(tmp_path / "rgb_x2.mkv", as_format="rgb24")
+    assert len(after.frames) == len(pictures)
+    for number, frame in enumerate(after.frames):
+        assert np.array_equal(frame, images.read_samples(tmp_path / "frames_x2" / f"{number}.png")), number

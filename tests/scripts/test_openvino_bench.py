@@ -1,0 +1,46 @@
+"""scripts/openvino_bench.py: its rows measured on a tiny export, and the FP32-only report on a CPU without BF16."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from deploytool.runtime.inputs import synthetic_batch
+from deploytool.runtime.manifest import read_manifest
+from tests.helpers import export_tiny
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "openvino_bench.py"
+HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("openvino_bench", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(not HAS_OPENVINO, reason="OpenVINO is not installed: pip install deploytool[openvino] (the test extra has it)")
+def test_every_row_is_timed_against_ort_fp32_and_compared_with_its_output(bench, tmp_path):
+    export_tiny("esrt-x2", tmp_path / "e", fp16=False, bf16=True)
+    with_bf16 = "CPU" in bench.bf16_devices()
+    rows = bench.open_rows(tmp_path / "e", threads=1, bf16=with_bf16)
+    try:
+        seconds, outputs = bench.time_rows(rows, synthetic_batch(read_manifest(tmp_path / "e").input.shape, seed=0), runs=1)
+    finally:
+        for runner in rows.values():
+            runner.close()
+    expected = [bench.ORT_FP32, bench.OPENVINO_FP32] + ([bench.OPENVINO_BF16, bench.WHOLE_BF16] if with_bf16 else [])
+    assert list(seconds) == list(outputs) == expected and all(s > 0 for s in seconds.values())
+
+
+def test_a_cpu_without_bf16_is_said_and_only_fp32_rows_are_shown(bench):
+    row = {"s": 1.0, "tiles_per_s": 1.0, "speed_vs_ort_fp32": 1.0, "max_abs_vs_fp32": 0.0, "psnr_vs_fp32": float("inf")}
+    report = {"openvino": "2026.4.1", "threads": 2, "runs": 1, "cpu": "x86_64", "load_average": 1.0, "bf16_devices": [], "set5": None}
+    report["results"] = [
+        {"model_id": "esrt-x2", "input_shape": [1, 3, 64, 64], "bf16_flop_share": None, "rows": {bench.ORT_FP32: row, bench.OPENVINO_FP32: row}}
+    ]
+    text = bench.markdown(report)
+    assert "This CPU has no BF16 (OpenVINO's OPTIMIZATION_CAPABILITIES lacks BF16): FP32 rows only." in text
+    assert "| esrt-x2 | 1x3x64x64 |  | ort-fp32 |" in text and bench.OPENVINO_BF16 not in text.split("\n", 3)[3]
