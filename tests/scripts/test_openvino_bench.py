@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from deploytool.runtime.inputs import synthetic_batch
+from deploytool.runtime.input_batches import synthetic_batch
 from deploytool.runtime.manifest import read_manifest
 from tests.helpers import export_tiny
 

@@ -14,7 +14,7 @@ from deploytool.errors import BackendUnavailable
 from deploytool.runtime.backends import ORT, open_runner
 from deploytool.runtime.backends import openvino as fp32_backend
 from deploytool.runtime.backends import openvino_bf16 as backend
-from deploytool.runtime.inputs import synthetic_batch
+from deploytool.runtime.input_batches import synthetic_batch
 from deploytool.runtime.manifest import BF16_FILE, read_manifest
 from tests.helpers import assert_one_line_error, export_tiny, write_test_png
 
