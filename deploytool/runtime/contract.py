@@ -351,12 +351,12 @@ def generated_files() -> dict[Path, str]:
     from deploytool.runtime.manifest import SCHEMA_VERSION, Manifest
 
     schema_text = json.dumps(manifest_schema(Manifest, SCHEMA_VERSION), indent=2, ensure_ascii=False) + "\n"
-    readme_text = replace_section(README_FILE.read_text(), readme_section(Manifest, SCHEMA_VERSION))
+    readme_text = replace_section(README_FILE.read_text(encoding="utf-8"), readme_section(Manifest, SCHEMA_VERSION))
     return {SCHEMA_FILE: schema_text, README_FILE: readme_text}
 
 
 def stale_files() -> list[Path]:
-    return [path for path, text in generated_files().items() if not path.is_file() or path.read_text() != text]
+    return [path for path, text in generated_files().items() if not path.is_file() or path.read_text(encoding="utf-8") != text]
 
 
 def main(argv: list[str]) -> int:

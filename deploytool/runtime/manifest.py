@@ -399,7 +399,7 @@ def check_version(data: dict[str, Any], *, where: str) -> None:
 @functools.lru_cache(maxsize=1)
 def schema() -> dict[str, Any]:
     """The JSON Schema (2020-12) of manifest.json, shipped in the package."""
-    return json.loads(resources.files("deploytool").joinpath("schemas/manifest.schema.json").read_text())
+    return json.loads(resources.files("deploytool").joinpath("schemas/manifest.schema.json").read_text(encoding="utf-8"))
 
 
 def validate(data: dict[str, Any], *, where: str = MANIFEST_FILE) -> None:
@@ -419,7 +419,7 @@ def read_manifest(export_dir: str | Path) -> Manifest:
     if not path.is_file():
         raise DeployError(f"{export_dir} is not a finished export (no {MANIFEST_FILE}); run `deploytool export` first")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DeployError(f"cannot read {path}: {exc}") from None
     if not isinstance(data, dict):

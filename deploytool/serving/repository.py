@@ -196,8 +196,8 @@ def _write_model(repo: Path, name: str, config: dict[str, Any], files: dict[str,
         for target, source in files.items():
             shutil.copyfile(source, version / target)
         for target, text in texts.items():
-            (version / target).write_text(text)
-        (staging / "config.pbtxt").write_text(to_pbtxt(config) + "\n")
+            (version / target).write_text(text, encoding="utf-8")
+        (staging / "config.pbtxt").write_text(to_pbtxt(config) + "\n", encoding="utf-8")
         os.chmod(staging, 0o755)
         if final.exists():
             retired = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".old", dir=repo))

@@ -18,7 +18,7 @@ import numpy as np
 from deploytool.build.metrics import psnr
 from deploytool.errors import DeployError
 from deploytool.runtime import images, inference, input_batches
-from deploytool.runtime.backends import ORIGINAL
+from deploytool.runtime import backends as registry
 from deploytool.runtime.manifest import Manifest
 
 BICUBIC = "bicubic"
@@ -31,12 +31,12 @@ def method_names(text: str, note: Callable[[str], None]) -> list[str]:
     given (it labels its results) and `note` says, in one line, what to write instead."""
     names = [m.strip() for m in text.split(",") if m.strip()]
     if DEPRECATED_ORIGINAL in names:
-        note(f"note: --methods {DEPRECATED_ORIGINAL} is deprecated; it is called {ORIGINAL}, as in verify")
+        note(f"note: --methods {DEPRECATED_ORIGINAL} is deprecated; it is called {registry.original().name}, as in verify")
     return names
 
 
 def is_original(method: str) -> bool:
-    return method in (ORIGINAL, DEPRECATED_ORIGINAL)
+    return method == DEPRECATED_ORIGINAL or method == registry.original().name
 
 
 def to_uint8(pixels: np.ndarray) -> np.ndarray:

@@ -55,7 +55,7 @@ def _open_state(folder: Path, state: dict[str, Any]) -> None:
     path = folder / STATE_FILE
     if path.is_file():
         try:
-            previous = json.loads(path.read_text())
+            previous = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             previous = None
         if previous != state:

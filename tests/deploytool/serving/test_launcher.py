@@ -161,7 +161,8 @@ def test_the_served_models_import_the_deploytool_installed_in_the_server_environ
         pass
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["deploytool"] == str((env.site_packages / "deploytool" / "__init__.py").resolve())
-    assert str(REPO) not in report["sys_path"] and str(env.site_packages) in report["sys_path"], report["sys_path"]
+    sys_path = [os.path.realpath(entry) for entry in report["sys_path"] if entry]
+    assert str(REPO.resolve()) not in sys_path and str(env.site_packages.resolve()) in sys_path, report["sys_path"]
     assert server.first_difference(env.site_packages / "deploytool", REPO / "deploytool") is None
 
 
