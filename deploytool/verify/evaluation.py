@@ -17,8 +17,8 @@ import numpy as np
 
 from deploytool.build.metrics import psnr
 from deploytool.errors import DeployError
-from deploytool.runtime import images, inference, input_batches
 from deploytool.runtime import backends as registry
+from deploytool.runtime import images, inference, input_batches
 from deploytool.runtime.manifest import Manifest
 
 BICUBIC = "bicubic"
