@@ -522,6 +522,26 @@ def _run_python_openvino(export_dir: Path, sources: list[Path], output: Path, ba
     assert done.returncode == 0, done.stderr[-2000:]
 
 
+def _assert_cpp_openvino_matches_python(openvino_build: Path, export_dir: Path, sources: list[Path], stem: Path, backend: str) -> None:
+    """`deploytool-infer --backend BACKEND` writes the PNG bytes `deploytool run --backend BACKEND`
+    writes in another process, importing the blob Python compiled (no Python at run time: no
+    LD_LIBRARY_PATH, the RPATH finds OpenVINO)."""
+    python_png, cpp_png = stem.parent / f"{stem.name}.py.png", stem.parent / f"{stem.name}.cpp.png"
+    _run_python_openvino(export_dir, sources, python_png, backend=backend)
+    compiled = _openvino_cache(export_dir)
+    assert compiled, f"{export_dir.name}: Python left no compiled blob in {export_dir / 'openvino-cache'}"
+    environment = {k: v for k, v in os.environ.items() if k not in ("LD_LIBRARY_PATH", "PYTHONPATH", "PYTHONHOME")}
+    done = subprocess.run(
+        [str(openvino_build / "deploytool-infer"), str(export_dir), *map(str, sources), "-o", str(cpp_png), "--backend", backend],
+        capture_output=True,
+        text=True,
+        env=environment,
+    )
+    assert done.returncode == 0, f"{export_dir.name}: {done.stderr.strip()}"
+    _assert_same_png(cpp_png, python_png, f"{export_dir.name} on {backend}")
+    assert _openvino_cache(export_dir) == compiled, f"{export_dir.name}: the C++ runtime compiled again instead of importing Python's blob"
+
+
 def test_openvino_backend_matches_python_on_real_exports_of_every_family(
     openvino_build: Path, real_exports: dict[str, Path], synthetic_images: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -532,22 +552,9 @@ def test_openvino_backend_matches_python_on_real_exports_of_every_family(
     image = synthetic_images["rgb8-131x149"]
     mirrored = tmp_path / "mirrored.png"
     mirrored.write_bytes(png.encode(np.ascontiguousarray(cv2.imread(str(image), cv2.IMREAD_UNCHANGED)[:, ::-1, ::-1])))
-    environment = {k: v for k, v in os.environ.items() if k not in ("LD_LIBRARY_PATH", "PYTHONPATH", "PYTHONHOME")}
     for model_id, export_dir in real_exports.items():
         sources = [image, mirrored][: len(read_manifest(export_dir).views)]
-        python_png, cpp_png = tmp_path / f"{model_id}.py.png", tmp_path / f"{model_id}.cpp.png"
-        _run_python_openvino(export_dir, sources, python_png)
-        compiled = _openvino_cache(export_dir)
-        assert compiled, f"{model_id}: Python left no compiled blob in {export_dir / 'openvino-cache'}"
-        done = subprocess.run(
-            [str(openvino_build / "deploytool-infer"), str(export_dir), *map(str, sources), "-o", str(cpp_png), "--backend", "openvino"],
-            capture_output=True,
-            text=True,
-            env=environment,
-        )
-        assert done.returncode == 0, f"{model_id}: {done.stderr.strip()}"
-        _assert_same_png(cpp_png, python_png, f"{model_id} on OpenVINO")
-        assert _openvino_cache(export_dir) == compiled, f"{model_id}: the C++ runtime compiled again instead of importing Python's blob"
+        _assert_cpp_openvino_matches_python(openvino_build, export_dir, sources, tmp_path / model_id, "openvino")
 
 
 def _bf16_cpu_missing() -> str | None:
@@ -576,22 +583,9 @@ def test_openvino_bf16_backend_matches_python_on_real_exports_of_every_family(
     every family, importing the blob Python compiled."""
     assert {registry.get(i).family for i in real_bf16_exports} == set(model_defs.families())
     image = synthetic_images["rgb8-131x149"]
-    environment = {k: v for k, v in os.environ.items() if k not in ("LD_LIBRARY_PATH", "PYTHONPATH", "PYTHONHOME")}
     for model_id, export_dir in real_bf16_exports.items():
         sources = [image] * len(read_manifest(export_dir).views)
-        python_png, cpp_png = tmp_path / f"{model_id}.py.png", tmp_path / f"{model_id}.cpp.png"
-        _run_python_openvino(export_dir, sources, python_png, backend="openvino-bf16")
-        compiled = _openvino_cache(export_dir)
-        assert compiled, f"{model_id}: Python left no compiled blob in {export_dir / 'openvino-cache'}"
-        done = subprocess.run(
-            [str(openvino_build / "deploytool-infer"), str(export_dir), *map(str, sources), "-o", str(cpp_png), "--backend", "openvino-bf16"],
-            capture_output=True,
-            text=True,
-            env=environment,
-        )
-        assert done.returncode == 0, f"{model_id}: {done.stderr.strip()}"
-        _assert_same_png(cpp_png, python_png, f"{model_id} on OpenVINO BF16")
-        assert _openvino_cache(export_dir) == compiled, f"{model_id}: the C++ runtime compiled again instead of importing Python's blob"
+        _assert_cpp_openvino_matches_python(openvino_build, export_dir, sources, tmp_path / model_id, "openvino-bf16")
 
 
 def test_openvino_backend_refusals_are_one_line(openvino_build: Path, real_exports: dict[str, Path], synthetic_images: dict[str, Path], tmp_path: Path) -> None:
