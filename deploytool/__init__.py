@@ -26,8 +26,9 @@ def open(
     cuda_graph: bool = False,
     device: str | None = None,
 ) -> Restorer:
-    """The export in `export_dir` on `backend` (torch, ort, ort-fp16, openvino, trt; default
-    `deploytool run`'s), as `run` opens it: a `Restorer` (a context manager that closes the backend).
+    """The export in `export_dir` on `backend` (a name in `deploytool.runtime.backends.names()`:
+    torch, ort, ort-fp16, openvino, openvino-bf16, trt; default `deploytool run`'s), as `run`
+    opens it: a `Restorer` (a context manager that closes the backend).
 
     `overlap` between tiles in input pixels (default: the export's); `weights` the checkpoint if
     it moved (torch); `cuda_graph` (TensorRT) and `device` (OpenVINO) as `run`'s options.
