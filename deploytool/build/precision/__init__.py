@@ -30,11 +30,10 @@ grows ranges. Reductions are judged by their element count instead of their runn
 BF16_SUMMED_LIMIT). Plans are measured on the graph's emulation in FP32 (bf16.emulate): ONNX
 Runtime's CPU provider has no BF16 kernels.
 
-The package, by job: calibrate.py (ranges and the FP32 reference), growth.py (ranges carried to
+The package, by job: calibration.py (ranges and the FP32 outputs), growth.py (ranges carried to
 the export's tile), plan.py (the islands and the conversion, FP16 and BF16), search.py (validation
-and the sensitivity search); this module builds the plans and re-exports every name. The function
-`precision.calibrate` hides the submodule of that name (import deploytool.build.precision.calibrate),
-and a name is patched where it is looked up (`precision.search.validate`, not `precision.validate`).
+and the sensitivity search); this module builds the plans and re-exports every name. A name is
+patched where it is looked up (`precision.search.validate`, not `precision.validate`).
 """
 
 from __future__ import annotations
@@ -46,7 +45,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import onnx
 
-from deploytool.build.precision.calibrate import (
+from deploytool.build.precision.calibration import (
     CPU,
     VERIFY_SAFETY,
     Calibration,

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 
 from deploytool.build.metrics import psnr
-from deploytool.build.precision.calibrate import CPU, Measured, SearchInputs
+from deploytool.build.precision.calibration import CPU, Measured, SearchInputs
 from deploytool.build.precision.plan import FP16, Fp16Plan, ReducedPrecision, plan_islands
 from deploytool.errors import ExportError
 from deploytool.runtime.backends.onnxruntime import open_session
