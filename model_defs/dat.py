@@ -256,7 +256,7 @@ class ChannelAttention(nn.Module):
         q, k, v = qkv[0], qkv[1], qkv[2]
         # F.normalize without its expand_as. The sums of squares run over every token of the
         # input (65536 at 256 px): in FP16 they overflow long before q or k do, so the FP16
-        # deploy graph keeps them in FP32 (precision.py judges a ReduceL2 by its accumulator)
+        # deploy graph keeps them in FP32 (precision/plan.py judges a ReduceL2 by its accumulator)
         q = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         k = k / k.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         attn = ((q @ k.transpose(-2, -1)) * self.temperature).softmax(dim=-1)

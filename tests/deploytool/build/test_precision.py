@@ -238,9 +238,10 @@ def test_the_sensitivity_search_says_when_nothing_holds(tmp_path, monkeypatch):
     entry = tiny_entry("ipt-sr-x4")
     monkeypatch.setattr(registry, "get", lambda model_id: entry)
     # no depth of the module paths gives 1000 blocks, so they are cut at the deepest one: the
-    # most blocks the search can try; every plan still fails (`_failing`)
-    monkeypatch.setattr(precision, "MIN_BLOCKS", 1000)
-    monkeypatch.setattr(precision, "validate", _failing(precision.validate))
+    # most blocks the search can try; every plan still fails (`_failing`). Both are looked up in
+    # precision.search, where node_blocks, search_plan and buy_precision use them
+    monkeypatch.setattr(precision.search, "MIN_BLOCKS", 1000)
+    monkeypatch.setattr(precision.search, "validate", _failing(precision.validate))
     out = tmp_path / "e"
     weights = cancelling_ipt_checkpoint(tmp_path / "ipt.pth")
     result = CliRunner().invoke(cli, ["export", "ipt-sr-x4", "--weights", str(weights), "--out", str(out), "--batch", "1"], catch_exceptions=False)

@@ -1,0 +1,164 @@
+"""The ONNX graph passes export runs, each a function model -> model or a check: onnxsim with
+large expanding constants held back from folding (`simplify`), Constant nodes to initializers,
+byte-identical initializers merged, the static-graph check, the graph's size summary, and the
+atomic save.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from deploytool.build.inferred_types import tensor_types
+from deploytool.errors import ExportError
+from deploytool.runtime.fileio import atomic_path
+
+# Ops that mean shape arithmetic or data-dependent shapes, or that TensorRT cannot run (Col2Im).
+FORBIDDEN_OPS = frozenset({"Shape", "Size", "Col2Im", "NonZero", "ConstantOfShape", "Range", "Loop", "If", "Scan", "Unique"})
+# Inputs (by position) that must be constants for a static graph.
+STATIC_OPERANDS = {
+    "Reshape": (1,),
+    "Expand": (1,),
+    "Tile": (1,),
+    "Pad": (1, 2),
+    "Slice": (1, 2, 3, 4),
+    "Resize": (1, 2, 3),
+    "Split": (1,),
+    "Squeeze": (1,),
+    "Unsqueeze": (1,),
+    "TopK": (1,),
+}
+
+
+def simplify(model: onnx.ModelProto, fold_limit_mb: float = 0.0, hold: frozenset[str] | None = None) -> tuple[onnx.ModelProto, frozenset[str]]:
+    """onnxsim; with `fold_limit_mb`, constants that a node expands beyond that size stay
+    computed. Returns the graph and the names of the nodes so held; `hold` holds those nodes
+    instead (the same graph at another tile, whose constants have other sizes, folds alike)."""
+    import onnxsim
+
+    if hold is None:
+        hold = _expanding_constants(model, int(fold_limit_mb * 2**20)) if fold_limit_mb else frozenset()
+    held = _hold_nodes(model, hold)
+    simplified, ok = onnxsim.simplify(model)
+    if not ok:
+        raise ExportError("onnxsim could not validate the simplified graph against the traced one")
+    if held:
+        _release_held_nodes(simplified)
+    return simplified, held
+
+
+# A domain onnxsim does not know, so it cannot fold the nodes moved there; moved back after.
+_HOLD_DOMAIN = "ai.deploytool.hold"
+
+
+def _expanding_constants(model: onnx.ModelProto, limit_bytes: int) -> frozenset[str]:
+    """The nodes that compute, from constants only, a tensor above `limit_bytes` and larger
+    than every input (a bias gathered from a small table, a broadcast): folded, each would
+    become a large initializer."""
+    nbytes = {name: tensor.nbytes for name, tensor in tensor_types(model).items()}
+    constant = {init.name for init in model.graph.initializer}
+    expanding = set()
+    for node in model.graph.node:
+        inputs = [name for name in node.input if name]
+        if node.op_type == "Constant" or (inputs and all(name in constant for name in inputs)):
+            out_bytes = nbytes.get(node.output[0], 0)
+            if node.op_type != "Constant" and out_bytes > limit_bytes and out_bytes > max(nbytes.get(n, 0) for n in inputs):
+                expanding.add(node.name)
+            else:
+                constant.update(node.output)
+    return frozenset(expanding)
+
+
+def _hold_nodes(model: onnx.ModelProto, names: frozenset[str]) -> frozenset[str]:
+    """Hide the named nodes from constant folding; returns the names found."""
+    held = frozenset(node.name for node in model.graph.node if node.name in names)
+    for node in model.graph.node:
+        if node.name in held:
+            node.domain = _HOLD_DOMAIN
+    if held:
+        model.opset_import.append(onnx.helper.make_opsetid(_HOLD_DOMAIN, 1))
+    return held
+
+
+def _release_held_nodes(model: onnx.ModelProto) -> None:
+    for node in model.graph.node:
+        if node.domain == _HOLD_DOMAIN:
+            node.domain = ""
+    imports = [o for o in model.opset_import if o.domain != _HOLD_DOMAIN]
+    del model.opset_import[:]
+    model.opset_import.extend(imports)
+
+
+def constants_to_initializers(model: onnx.ModelProto) -> None:
+    """Move tensor-valued Constant nodes into initializers, where deduplication can see them."""
+    graph = model.graph
+    kept = []
+    for node in graph.node:
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(node.attribute[0].t)
+            tensor.name = node.output[0]
+            graph.initializer.append(tensor)
+        else:
+            kept.append(node)
+    del graph.node[:]
+    graph.node.extend(kept)
+
+
+def deduplicate_initializers(model: onnx.ModelProto) -> int:
+    """Merge byte-identical constants (e.g. one window mask per block) into one; returns how many."""
+    graph = model.graph
+    first_by_key: dict[tuple, str] = {}
+    renamed: dict[str, str] = {}
+    kept = []
+    for init in graph.initializer:
+        key = (init.data_type, tuple(init.dims), hashlib.sha256(numpy_helper.to_array(init).tobytes()).hexdigest())
+        if key in first_by_key:
+            renamed[init.name] = first_by_key[key]
+        else:
+            first_by_key[key] = init.name
+            kept.append(init)
+    if not renamed:
+        return 0
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in renamed:
+                node.input[i] = renamed[name]
+    return len(renamed)
+
+
+def static_graph_violations(model: onnx.ModelProto) -> list[str]:
+    """Everything that keeps a graph from being fully static; empty for a conforming graph."""
+    problems = []
+    constants = {init.name for init in model.graph.initializer}
+    constants |= {out for node in model.graph.node if node.op_type == "Constant" for out in node.output}
+    for node in model.graph.node:
+        if node.op_type in FORBIDDEN_OPS:
+            problems.append(f"{node.op_type} node {node.name}")
+        for position in STATIC_OPERANDS.get(node.op_type, ()):
+            if position < len(node.input) and node.input[position] and node.input[position] not in constants:
+                problems.append(f"{node.op_type} node {node.name} takes a computed operand {position}")
+    for name, tensor in tensor_types(model, strict=True).items():
+        if not tensor.static:
+            problems.append(f"tensor {name} has no static shape")
+    return problems
+
+
+def graph_summary(model: onnx.ModelProto) -> dict[str, Any]:
+    return {
+        "nodes": len(model.graph.node),
+        "initializers": len(model.graph.initializer),
+        "parameter_bytes": int(sum(np.prod(i.dims) * (2 if i.data_type == onnx.TensorProto.FLOAT16 else 4) for i in model.graph.initializer)),
+    }
+
+
+def save_model(model: onnx.ModelProto, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
