@@ -17,23 +17,8 @@ if [ ! -x .venv-serve/bin/python ]; then
 fi
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-# The wheel is built from a copy of what it packages: setuptools leaves build/ and *.egg-info
-# beside the sources it builds, and a build/lib left from an earlier build would keep modules
-# that the source has since deleted.
-"$base_python" - "$work/source" <<'PY'
-import shutil, sys, tomllib
-from pathlib import Path
-
-with open("pyproject.toml", "rb") as handle:
-    pyproject = tomllib.load(handle)
-roots = sorted({name.split(".")[0] for name in pyproject["tool"]["setuptools"]["packages"]})
-into = Path(sys.argv[1])
-into.mkdir()
-for name in ("pyproject.toml", pyproject["project"]["readme"]):
-    shutil.copy2(name, into / name)
-for root in roots:
-    shutil.copytree(root, into / root, ignore=shutil.ignore_patterns("__pycache__"))
-PY
+# The wheel is built from a copy of what it packages (scripts/wheel_source.py says why)
+"$base_python" scripts/wheel_source.py "$work/source"
 .venv-serve/bin/python -m pip install --quiet --upgrade pip
 .venv-serve/bin/python -m pip wheel --quiet --no-deps -w "$work/dist" "$work/source"
 wheel="$(echo "$work"/dist/deploytool-*.whl)"
