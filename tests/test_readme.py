@@ -34,7 +34,10 @@ COMMANDS = ("deploytool ", "bash ", "cmake ")
 # (what a line contains, why it is not run here); the first that matches a line skips it
 SKIPPED = [
     ("--backend trt", "needs an NVIDIA GPU with TensorRT (tests/deploytool/runtime/backends/tensorrt fake it)"),
-    ("openvino-bf16", "needs an export with its BF16 plan on a CPU with BF16 (tests/deploytool/runtime/backends/test_openvino_bf16.py runs run, verify, compare and eval with it)"),
+    (
+        "openvino-bf16",
+        "needs an export with its BF16 plan on a CPU with BF16 (tests/deploytool/runtime/backends/test_openvino_bf16.py runs run, verify, compare and eval with it)",
+    ),
     ("deploytool build ", "builds a TensorRT engine: needs an NVIDIA GPU"),
     ("deploytool export hat-x4", "downloads the official checkpoint"),
     ("--weights ", "needs the official checkpoint file"),
