@@ -1,16 +1,12 @@
 """scripts/floor_check.py: which releases it installs for the declared floors (the install and the
 smoke run are CI's step, .ci/run)."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 from packaging.version import Version
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "floor_check.py"
-spec = importlib.util.spec_from_file_location("floor_check", SCRIPT)
-floor_check = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(floor_check)
+from tests.helpers import load_script
+
+floor_check = load_script("floor_check")
 
 
 def test_every_checked_dependency_has_its_floor_read_from_pyproject():

@@ -1,23 +1,15 @@
 """scripts/gpu_baseline.py: its measurements, smoke-tested on CPU (its real run needs a CUDA GPU)."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
 from deploytool.build.networks import build_def
-from tests.helpers import tiny_entry, tiny_state_dict
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "gpu_baseline.py"
+from tests.helpers import load_script, tiny_entry, tiny_state_dict
 
 
 @pytest.fixture(scope="module")
 def baseline():
-    spec = importlib.util.spec_from_file_location("gpu_baseline", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("gpu_baseline")
 
 
 def test_half_precision_drift_and_latencies_are_measured(baseline):

@@ -1,24 +1,19 @@
 """scripts/openvino_bench.py: its rows measured on a tiny export, and the FP32-only report on a CPU without BF16."""
 
 import importlib.util
-from pathlib import Path
 
 import pytest
 
 from deploytool.runtime.input_batches import synthetic_batch
 from deploytool.runtime.manifest import read_manifest
-from tests.helpers import export_tiny
+from tests.helpers import export_tiny, load_script
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "openvino_bench.py"
 HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("openvino_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("openvino_bench")
 
 
 @pytest.mark.skipif(not HAS_OPENVINO, reason="OpenVINO is not installed: pip install deploytool[openvino] (the test extra has it)")

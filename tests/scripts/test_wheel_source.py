@@ -3,16 +3,14 @@ left out of it (the Triton server and runtime installs run the wheel, not the so
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "wheel_source.py"
-spec = importlib.util.spec_from_file_location("wheel_source", SCRIPT)
-wheel_source = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(wheel_source)
+from tests.helpers import load_script
+
+wheel_source = load_script("wheel_source")
 
 
 def shipped_sources(repo: Path) -> set[str]:
