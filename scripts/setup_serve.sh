@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv-serve (once) and install `deploytool[serve]` into it from this source: the
+# Create .venv-serve (once) and install `deploytool[serve,openvino]` into it from this source: the
 # environment the Triton server's Python models run in (`deploytool serve` finds it beside the
 # source). It is separate from .venv because the nvidia-pytriton wheel's Python backend is built
 # against numpy 1.x, and deploytool's own environment may hold numpy 2. deploytool is installed
@@ -24,6 +24,7 @@ trap 'rm -rf "$work"' EXIT
 wheel="$(echo "$work"/dist/deploytool-*.whl)"
 # the CPU onnxruntime wheel installs into the GPU one's `onnxruntime` folder: never both
 .venv-serve/bin/python -m pip uninstall --quiet --yes onnxruntime
-.venv-serve/bin/python -m pip install --quiet "$wheel[serve]"
+# openvino: the openvino-bf16 Triton runtime's models run deploytool's OpenVINO backend
+.venv-serve/bin/python -m pip install --quiet "$wheel[serve,openvino]"
 # the same version number over changed sources: pip would keep the installed copy
 .venv-serve/bin/python -m pip install --quiet --no-deps --force-reinstall "$wheel"

@@ -18,6 +18,8 @@ OUTPUT_PREFIX = "restored"
 PARAM_TILE_MODEL, PARAM_MAX_PIXELS, PARAM_VIEWS, PARAM_OVERLAP = "tile_model", "max_pixels", "views", "overlap"
 # config.pbtxt parameter of a python-ort tile model; 0: the server's cores shared among its instances
 PARAM_THREADS = "intra_op_threads"
+# config.pbtxt parameter of a tile model that runs one of deploytool's backends: its registry name
+PARAM_BACKEND = "backend"
 
 
 def tile_model_name(model_id: str) -> str:

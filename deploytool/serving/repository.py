@@ -1,8 +1,9 @@
 """A Triton model repository from exports: per export a tile model and a whole-image model.
 
 `<id>-tiles` runs the export's static graph ([batch, C, tile_h, tile_w] -> [batch, C, tile_h * s,
-tile_w * s]) with one of four runtimes: a TensorRT plan, Triton's ONNX Runtime backend, ONNX
-Runtime inside a Python-backend model (CPU servers), or Triton's OpenVINO backend (CPU servers). `<id>` is a Python-backend model that takes
+tile_w * s]) with one of the backends' Triton runtimes: a TensorRT plan, Triton's ONNX Runtime
+backend, ONNX Runtime inside a Python-backend model (CPU servers), Triton's OpenVINO backend (CPU
+servers), or OpenVINO on the BF16 plan inside a Python-backend model (CPU servers with BF16). `<id>` is a Python-backend model that takes
 whole images, tiles them with deploytool's own tiler and sends the tiles to `<id>-tiles` (BLS).
 The repository names no path of this machine: it can be copied to any Triton server whose
 Python backend can import deploytool (see README, "Serving with Triton").
@@ -132,7 +133,12 @@ def tile_config(manifest: Manifest, options: RepositoryOptions) -> dict[str, Any
         if options.gpus:
             group["gpus"] = list(options.gpus)
         config["instance_group"] = [group]
-    parameters = {protocol.PARAM_THREADS: 0} if runtime.python_model else runtime.parameters(options.instances)
+    if runtime.opens:
+        parameters: dict[str, Any] = {protocol.PARAM_BACKEND: runtime.opens}
+    elif runtime.python_model:
+        parameters = {protocol.PARAM_THREADS: 0}
+    else:
+        parameters = runtime.parameters(options.instances)
     if parameters:
         config["parameters"] = _parameters(parameters)
     return config
@@ -180,9 +186,14 @@ def _model_py(class_name: str, what: str) -> str:
 
 
 def _model_files(export_dir: Path, manifest: Manifest, options: RepositoryOptions) -> dict[str, Path]:
-    """{name in the version folder: exported file it is copied from} for the tile model."""
+    """{name in the version folder: exported file it is copied from} for the tile model; a model
+    that opens one of deploytool's backends also gets the manifest, which that backend checks the
+    file against."""
     runtime = backends.triton_runtime(options.runtime)
-    return {runtime.served_as: runtime.source(export_dir, manifest, options.fp32)}
+    files = {runtime.served_as: runtime.source(export_dir, manifest, options.fp32)}
+    if runtime.opens:
+        files[MANIFEST_FILE] = export_dir / MANIFEST_FILE
+    return files
 
 
 def _write_model(repo: Path, name: str, config: dict[str, Any], files: dict[str, Path], texts: dict[str, str]) -> Path:
@@ -222,6 +233,7 @@ def validate_options(options: RepositoryOptions) -> None:
         raise DeployError(runtime.fp32_refusal)
     if options.max_pixels < 1:
         raise DeployError(f"--max-pixels must be positive, not {options.max_pixels}")
+    runtime.check()
 
 
 def write_repository(
@@ -245,7 +257,7 @@ def write_repository(
     written = []
     for export_dir, manifest, files in plans:
         tiles = protocol.tile_model_name(manifest.model_id)
-        texts = {protocol.WHOLE_IMAGE_MODEL_FILE: _model_py(runtime.python_model, f"{tiles}, ONNX Runtime on the CPU")} if runtime.python_model else {}
+        texts = {protocol.WHOLE_IMAGE_MODEL_FILE: _model_py(runtime.python_model, f"{tiles}, {runtime.description}")} if runtime.python_model else {}
         path = _write_model(repo, tiles, tile_config(manifest, options), files, texts)
         source = next(iter(files.values())).name
         written.append(WrittenModel(tiles, path, "tiles", options.runtime, source))

@@ -3,7 +3,8 @@
 `WholeImageModel` (`<id>`) takes whole images, tiles them with deploytool's tiler exactly as
 `deploytool run` does (same padding, grid, blend, batch, alpha) and sends each batch of tiles to
 `<id>-tiles` over BLS. `OrtTileModel` (`<id>-tiles` with --runtime python-ort) runs the export's
-ONNX graph with ONNX Runtime on the CPU.
+ONNX graph with ONNX Runtime on the CPU; `BackendTileModel` runs one of deploytool's registered
+backends (the runtime's `opens`, e.g. OpenVINO on the BF16 plan) on the files of its version folder.
 
 The request handling (`restore_request`) is plain numpy and is tested without Triton; only the
 classes touch `triton_python_backend_utils`, which exists inside the Python backend alone. Every
@@ -137,18 +138,14 @@ def ort_threads(config: dict[str, Any], cpus: int | None) -> int:
     return max(1, (cpus or 1) // instances)
 
 
-class OrtTileModel:
-    """`<id>-tiles` for --runtime python-ort: the export's ONNX graph on ONNX Runtime's CPU provider."""
+class _TileModel:
+    """A tile model's requests: one batch of tiles in, the runner's output out."""
 
-    def initialize(self, args: dict[str, str]) -> None:
-        from deploytool.runtime.backends.onnxruntime import OrtRunner
-        from deploytool.serving.repository import ONNX_MODEL_FILE
+    runner: Any = None  # a backend's runner: called on a batch, closed at unload
 
-        config = json.loads(args["model_config"])
+    def _tensors(self, config: dict[str, Any]) -> None:
         self.input_name = config["input"][0]["name"]
         self.output_name = config["output"][0]["name"]
-        path = Path(args["model_repository"]) / args["model_version"] / ONNX_MODEL_FILE
-        self.runner = OrtRunner(path, name=config["name"], providers=["CPUExecutionProvider"], threads=ort_threads(config, os.cpu_count()))
 
     def execute(self, requests: list) -> list:
         import triton_python_backend_utils as pb_utils
@@ -163,4 +160,35 @@ class OrtTileModel:
         return responses
 
     def finalize(self) -> None:
-        self.runner.close()
+        if self.runner is not None:
+            self.runner.close()
+
+
+class OrtTileModel(_TileModel):
+    """`<id>-tiles` for --runtime python-ort: the export's ONNX graph on ONNX Runtime's CPU provider."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        from deploytool.runtime.backends.onnxruntime import OrtRunner
+        from deploytool.serving.repository import ONNX_MODEL_FILE
+
+        config = json.loads(args["model_config"])
+        self._tensors(config)
+        path = Path(args["model_repository"]) / args["model_version"] / ONNX_MODEL_FILE
+        self.runner = OrtRunner(path, name=config["name"], providers=["CPUExecutionProvider"], threads=ort_threads(config, os.cpu_count()))
+
+
+class BackendTileModel(_TileModel):
+    """`<id>-tiles` for a runtime that `opens` one of deploytool's backends: the backend named by
+    the config's `backend` parameter, opened through the registry on the version folder, which
+    holds the served graph and the export's manifest. So the server runs exactly what `deploytool
+    run --backend NAME` runs, refusals included (a machine the backend cannot run on fails the
+    model's load with the backend's one-line reason), and a backend's compiled-model cache lives
+    in the version folder."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        from deploytool.runtime import backends
+
+        config = json.loads(args["model_config"])
+        self._tensors(config)
+        folder = Path(args["model_repository"]) / args["model_version"]
+        self.runner = backends.open_runner(folder, read_manifest(folder), _parameters(config)[protocol.PARAM_BACKEND])

@@ -80,7 +80,10 @@ class TritonRuntime:
     `model` is config.pbtxt's platform or backend, `served_as` the file's name in the model's
     version folder, `source` the export file it serves (given the export, its manifest and
     whether --fp32 was asked). A `python_model` runtime is a Python-backend model of
-    deploytool.serving.triton_models (that class) rather than one of Triton's own backends.
+    deploytool.serving.triton_models (that class) rather than one of Triton's own backends; one
+    that `opens` a backend runs that registered backend on the model's version folder, which then
+    holds the served file and the export's manifest. `check` refuses, in one line, a repository
+    written on a machine that could not run it (the servers it is written for are machines like it).
     """
 
     name: str
@@ -93,6 +96,8 @@ class TritonRuntime:
     python_model: str | None = None
     fp32_refusal: str | None = None  # why --fp32 does not apply, where it does not
     note: str | None = None  # said when a repository is written with it
+    opens: str | None = None  # the backend a `python_model` opens through the registry
+    check: Callable[[], None] = field(default=lambda: None)
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from deploytool.errors import BackendUnavailable
-from deploytool.runtime.backends.base import BF16, Backend, OpenRequest, register
+from deploytool.errors import BackendUnavailable, DeployError
+from deploytool.runtime.backends.base import BF16, Backend, OpenRequest, TritonRuntime, register
 from deploytool.runtime.backends.openvino import DEFAULT_DEVICE, INSTALL, NOT_INSTALLED, OpenVinoRunner, cache_dir, check_device, require_openvino
 from deploytool.runtime.manifest import BF16_FILE, Manifest
 
@@ -99,6 +99,30 @@ def _open(request: OpenRequest) -> OpenVinoRunner:
     return open_bf16_runner(request.export_dir, request.manifest, device=request.device or DEFAULT_DEVICE)
 
 
+def _bf16_plan(export_dir: Path, manifest: Manifest, fp32: bool) -> Path:
+    if BF16_FILE not in manifest.files:
+        raise DeployError(f"{export_dir} has no {BF16_FILE}: export it with --precision fp16,bf16 to serve the BF16 plan")
+    return manifest.check_file(export_dir, BF16_FILE)
+
+
+# Triton's OpenVINO backend cannot serve the plan: of the CPU properties it sets only
+# INFERENCE_NUM_THREADS, COMPILATION_NUM_THREADS, HINT_BF16 (YES: bf16 inference precision),
+# NUM_STREAMS and PERFORMANCE_HINT, so on a BF16 CPU OpenVINO's default, bf16 inference precision,
+# would lower the plan's FP32 islands to BF16. A Python-backend model runs this backend instead.
+TRITON_OPENVINO_BF16 = TritonRuntime(
+    OPENVINO_BF16,
+    "OpenVINO on the BF16 plan in a Python model (CPU with BF16)",
+    {"backend": "python"},
+    BF16_FILE,
+    _bf16_plan,
+    on_cpu=True,
+    python_model="BackendTileModel",
+    fp32_refusal=f"--fp32 chooses model.onnx for --runtime onnx; the {OPENVINO_BF16} runtime serves the BF16 plan ({BF16_FILE})",
+    note="the server's CPU needs BF16 arithmetic (AVX-512 BF16 or AMX), as this one has, and the environment of its Python models deploytool[serve,openvino]",
+    opens=OPENVINO_BF16,
+    check=lambda: check_bf16_device(DEFAULT_DEVICE),
+)
+
 register(
     Backend(
         OPENVINO_BF16,
@@ -113,6 +137,7 @@ register(
         verify_by_default=False,  # an optional extra, and a CPU feature: `verify` runs it when asked by name
         device_help="an OpenVINO device with BF16 arithmetic  [default: CPU]",
         doctor_note=_doctor_note,
+        triton=(TRITON_OPENVINO_BF16,),
         probe=_probe,
         report=_report,
     )

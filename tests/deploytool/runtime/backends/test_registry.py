@@ -108,7 +108,10 @@ def test_checkpoint_backends_are_opened_by_the_build_layer(tmp_path):
 
 
 def test_triton_runtimes_come_from_the_backends_the_default_first():
-    assert [runtime.name for runtime in backends.triton_runtimes()] == ["trt", "onnx", "python-ort", "openvino"]
-    assert [runtime.name for runtime in backends.triton_runtimes() if runtime.on_cpu] == ["python-ort", "openvino"]
-    with pytest.raises(DeployError, match="^unknown Triton runtime 'ort'; choose from trt, onnx, python-ort, openvino$"):
+    assert [runtime.name for runtime in backends.triton_runtimes()] == ["trt", "onnx", "python-ort", "openvino", "openvino-bf16"]
+    assert [runtime.name for runtime in backends.triton_runtimes() if runtime.on_cpu] == ["python-ort", "openvino", "openvino-bf16"]
+    # a Python model that runs a registered backend names it; that backend serves it
+    assert [(runtime.name, runtime.opens) for runtime in backends.triton_runtimes() if runtime.opens] == [("openvino-bf16", "openvino-bf16")]
+    assert backends.get("openvino-bf16").triton == (backends.triton_runtime("openvino-bf16"),)
+    with pytest.raises(DeployError, match="^unknown Triton runtime 'ort'; choose from trt, onnx, python-ort, openvino, openvino-bf16$"):
         backends.triton_runtime("ort")
