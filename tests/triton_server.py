@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +11,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
 
 from deploytool.build import export, registry
 from deploytool.build.networks import resolve_source
@@ -36,10 +39,13 @@ def serve_environment_or_skip() -> server.ServerEnvironment:
         pytest.fail(f"the Triton server environment cannot serve this source: {exc}")
 
 
-def export_for_serving(model_id: str, out_dir: Path) -> Path:
+def export_for_serving(model_id: str, out_dir: Path, *, bf16: bool = False) -> Path:
     """ESRT x2 with the real epoch-20 weights (../shared) at a 64 px tile when present; every
-    other id (and ESRT without them) as a tiny seeded export. FP32 only: python-ort serves model.onnx."""
-    if model_id == "esrt-x2" and ESRT_WEIGHTS.is_file():
+    other id (and ESRT without them, or with `bf16`) as a tiny seeded export. No FP16 graph:
+    python-ort serves model.onnx; `bf16` adds the BF16 plan the openvino-bf16 runtime serves."""
+    if bf16:
+        export_tiny(model_id, out_dir, fp16=False, bf16=True, tile=(48, 48), batch=2)
+    elif model_id == "esrt-x2" and ESRT_WEIGHTS.is_file():
         entry = registry.get(model_id)
         source = resolve_source(entry, weights=ESRT_WEIGHTS)
         export.export(export.ExportRequest(entry=entry, source=source, out_dir=out_dir, tile=(64, 64), batch=1, fp16=False, calibration_count=2))
@@ -48,6 +54,17 @@ def export_for_serving(model_id: str, out_dir: Path) -> Path:
         # server fills the last batch up, as `run` does
         export_tiny(model_id, out_dir, fp16=False, tile=(48, 48), batch=2)
     return out_dir
+
+
+def bf16_cpu_missing() -> str | None:
+    """Why this machine cannot run the openvino-bf16 backend (None: it can), for skips."""
+    from deploytool.runtime.backends import openvino_bf16
+
+    if importlib.util.find_spec("openvino") is None:
+        return "OpenVINO is not installed: pip install deploytool[openvino] (the test extra has it)"
+    if openvino_bf16.DEFAULT_DEVICE not in openvino_bf16.bf16_devices():
+        return "this CPU has no BF16 arithmetic (OpenVINO's OPTIMIZATION_CAPABILITIES lack BF16: no AVX-512 BF16 or AMX)"
+    return None
 
 
 @contextlib.contextmanager
@@ -83,6 +100,15 @@ def variant_images(source: Path, out_dir: Path, size: int = 72) -> list[Path]:
         assert cv2.imwrite(str(path), samples)
         paths.append(path)
     return paths
+
+
+def read_config(path: Path) -> mc.ModelConfig:
+    """A config.pbtxt parsed with Triton's own protobuf schema (refusing any field it does not have)."""
+    return text_format.Parse(path.read_text(), mc.ModelConfig())
+
+
+def config_parameters(config: mc.ModelConfig) -> dict[str, str]:
+    return {key: value.string_value for key, value in config.parameters.items()}
 
 
 def invoke(*args):

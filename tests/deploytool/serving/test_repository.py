@@ -4,6 +4,7 @@ wheel's server has only the Python backend): their configs and files are what is
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -13,24 +14,16 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from deploytool.errors import BackendUnavailable, DeployError
-from deploytool.runtime.backends import TRITON_ONNX, TRITON_OPENVINO, TRITON_PYTHON_ORT, TRITON_TRT
+from deploytool.runtime.backends import TRITON_ONNX, TRITON_OPENVINO, TRITON_PYTHON_ORT, TRITON_TRT, openvino_bf16
 from deploytool.runtime.backends.tensorrt import run as trt_backend
 from deploytool.runtime.fileio import sha256_file
 from deploytool.runtime.manifest import EngineRecord, read_manifest
 from deploytool.serving import repository
 from deploytool.serving.repository import RepositoryOptions, parse_gpus, parse_pixels, write_repository
 from tests.helpers import export_tiny
-from tests.triton_server import assert_one_line_error, invoke
+from tests.triton_server import assert_one_line_error, config_parameters, invoke, read_config
 
 ENGINE = "model.sm90-trt10.13.0.engine"
-
-
-def parse(path) -> mc.ModelConfig:
-    return text_format.Parse(path.read_text(), mc.ModelConfig())
-
-
-def parameters(config: mc.ModelConfig) -> dict[str, str]:
-    return {key: value.string_value for key, value in config.parameters.items()}
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +62,7 @@ def test_python_ort_repository(export_dir, tmp_path):
     assert [(m.name, m.kind) for m in written] == [("esrt-x2-tiles", "tiles"), ("esrt-x2", "whole-image")]
     manifest = read_manifest(export_dir)
 
-    tiles = parse(repo / "esrt-x2-tiles" / "config.pbtxt")
+    tiles = read_config(repo / "esrt-x2-tiles" / "config.pbtxt")
     assert (tiles.name, tiles.backend, tiles.platform, tiles.max_batch_size) == ("esrt-x2-tiles", "python", "", 0)
     assert [(t.name, t.data_type, list(t.dims)) for t in tiles.input] == [(manifest.input.name, mc.TYPE_FP32, list(manifest.input.shape))]
     assert [(t.name, t.data_type, list(t.dims)) for t in tiles.output] == [(manifest.output.name, mc.TYPE_FP32, list(manifest.output.shape))]
@@ -77,7 +70,7 @@ def test_python_ort_repository(export_dir, tmp_path):
     assert (repo / "esrt-x2-tiles" / "1" / "model.onnx").read_bytes() == (export_dir / "model.onnx").read_bytes()
     assert "OrtTileModel as TritonPythonModel" in (repo / "esrt-x2-tiles" / "1" / "model.py").read_text()
 
-    whole = parse(repo / "esrt-x2" / "config.pbtxt")
+    whole = read_config(repo / "esrt-x2" / "config.pbtxt")
     assert (whole.name, whole.backend, whole.max_batch_size) == ("esrt-x2", "python", 0)
     inputs = {t.name: (t.data_type, list(t.dims), t.optional) for t in whole.input}
     assert inputs == {
@@ -88,7 +81,7 @@ def test_python_ort_repository(export_dir, tmp_path):
     assert {t.name: t.data_type for t in whole.output} == {"restored_uint8": mc.TYPE_UINT8, "restored_uint16": mc.TYPE_UINT16, "restored_fp32": mc.TYPE_FP32}
     # two whole-image instances per tile instance
     assert [(g.count, g.kind) for g in whole.instance_group] == [(4, mc.ModelInstanceGroup.KIND_CPU)]
-    assert parameters(whole) == {"tile_model": "esrt-x2-tiles", "max_pixels": "4000000", "views": "image", "overlap": str(manifest.overlap())}
+    assert config_parameters(whole) == {"tile_model": "esrt-x2-tiles", "max_pixels": "4000000", "views": "image", "overlap": str(manifest.overlap())}
     assert json.loads((repo / "esrt-x2" / "1" / "manifest.json").read_text()) == json.loads((export_dir / "manifest.json").read_text())
     compile((repo / "esrt-x2" / "1" / "model.py").read_text(), "model.py", "exec")
 
@@ -96,43 +89,46 @@ def test_python_ort_repository(export_dir, tmp_path):
 def test_onnx_runtime_serves_the_fp16_graph_on_gpus_or_fp32_when_asked(export_dir, tmp_path):
     repo = tmp_path / "models"
     write_repository([export_dir], repo, RepositoryOptions(runtime=TRITON_ONNX, instances=2, gpus=(0, 1)))
-    tiles = parse(repo / "esrt-x2-tiles" / "config.pbtxt")
+    tiles = read_config(repo / "esrt-x2-tiles" / "config.pbtxt")
     assert (tiles.backend, tiles.default_model_filename) == ("onnxruntime", "model.onnx")
     assert [(g.count, g.kind, list(g.gpus)) for g in tiles.instance_group] == [(2, mc.ModelInstanceGroup.KIND_GPU, [0, 1])]
     assert (repo / "esrt-x2-tiles" / "1" / "model.onnx").read_bytes() == (export_dir / "model_fp16.onnx").read_bytes()
     assert not (repo / "esrt-x2-tiles" / "1" / "model.py").exists()
     # 2 instances on each of 2 GPUs: 8 whole-image instances keep them fed
-    assert parse(repo / "esrt-x2" / "config.pbtxt").instance_group[0].count == 8
+    assert read_config(repo / "esrt-x2" / "config.pbtxt").instance_group[0].count == 8
 
     write_repository([export_dir], repo, RepositoryOptions(runtime=TRITON_ONNX, fp32=True))
     assert (repo / "esrt-x2-tiles" / "1" / "model.onnx").read_bytes() == (export_dir / "model.onnx").read_bytes()
-    tiles = parse(repo / "esrt-x2-tiles" / "config.pbtxt")
+    tiles = read_config(repo / "esrt-x2-tiles" / "config.pbtxt")
     assert [(g.count, list(g.gpus)) for g in tiles.instance_group] == [(1, [])]  # every GPU
 
 
 def test_openvino_runtime_serves_the_fp32_graph_with_the_backends_documented_parameters(export_dir, tmp_path):
     """Triton's OpenVINO backend (not in the wheel's server, so not loaded here): its config, with
-    only parameter keys its README documents (it refuses any other), one stream per instance."""
+    only parameter keys its source reads (src/openvino.cc sets no other; it would ignore them), one
+    stream per instance."""
     repo = tmp_path / "models"
     said = []
     write_repository([export_dir], repo, RepositoryOptions(runtime=TRITON_OPENVINO), progress=said.append)
-    tiles = parse(repo / "esrt-x2-tiles" / "config.pbtxt")
+    tiles = read_config(repo / "esrt-x2-tiles" / "config.pbtxt")
     manifest = read_manifest(export_dir)
     assert (tiles.backend, tiles.platform, tiles.default_model_filename, tiles.max_batch_size) == ("openvino", "", "model.onnx", 0)
     assert [(t.name, t.data_type, list(t.dims)) for t in tiles.input] == [(manifest.input.name, mc.TYPE_FP32, list(manifest.input.shape))]
     assert [(t.name, t.data_type, list(t.dims)) for t in tiles.output] == [(manifest.output.name, mc.TYPE_FP32, list(manifest.output.shape))]
     assert [(g.count, g.kind, list(g.gpus)) for g in tiles.instance_group] == [(1, mc.ModelInstanceGroup.KIND_CPU, [])]
-    assert parameters(tiles) == {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}
+    assert config_parameters(tiles) == {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}
     assert sorted(p.name for p in (repo / "esrt-x2-tiles" / "1").iterdir()) == ["model.onnx"]
     assert (repo / "esrt-x2-tiles" / "1" / "model.onnx").read_bytes() == (export_dir / "model.onnx").read_bytes()
-    assert parse(repo / "esrt-x2" / "config.pbtxt").instance_group[0].count == 2
+    assert read_config(repo / "esrt-x2" / "config.pbtxt").instance_group[0].count == 2
     assert any("cannot pin f32 inference precision" in line for line in said)
 
     write_repository([export_dir], repo, RepositoryOptions(runtime=TRITON_OPENVINO, instances=3))
-    tiles = parse(repo / "esrt-x2-tiles" / "config.pbtxt")
-    assert tiles.instance_group[0].count == 3 and parameters(tiles) == {"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": "3"}
-    documented = {"PERFORMANCE_HINT", "CPU_EXTENSION_PATH", "INFERENCE_NUM_THREADS", "COMPILATION_NUM_THREADS", "HINT_BF16", "NUM_STREAMS"}
-    assert set(parameters(tiles)) <= documented
+    tiles = read_config(repo / "esrt-x2-tiles" / "config.pbtxt")
+    assert tiles.instance_group[0].count == 3 and config_parameters(tiles) == {"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": "3"}
+    # the CPU properties src/openvino.cc reads (ParseParameters(device)), and its device-independent keys
+    cpu_keys = {"INFERENCE_NUM_THREADS", "COMPILATION_NUM_THREADS", "HINT_BF16", "NUM_STREAMS", "PERFORMANCE_HINT"}
+    documented = cpu_keys | {"CPU_EXTENSION_PATH", "SKIP_OV_DYNAMIC_BATCHSIZE", "ENABLE_BATCH_PADDING", "RESHAPE_IO_LAYERS"}
+    assert set(config_parameters(tiles)) <= documented
     with pytest.raises(DeployError, match="the openvino runtime runs on the CPU"):
         write_repository([export_dir], tmp_path / "other", RepositoryOptions(runtime=TRITON_OPENVINO, gpus=(0,)))
 
@@ -141,7 +137,7 @@ def test_trt_runtime_serves_the_engine_built_for_the_gpu(with_engine, tmp_path, 
     monkeypatch.setattr(trt_backend, "current_target", lambda: ((9, 0), "10.13.0"))
     repo = tmp_path / "models"
     write_repository([with_engine], repo, RepositoryOptions(runtime=TRITON_TRT, gpus=(1,)))
-    tiles = parse(repo / "esrt-x2-tiles" / "config.pbtxt")
+    tiles = read_config(repo / "esrt-x2-tiles" / "config.pbtxt")
     assert (tiles.platform, tiles.backend, tiles.default_model_filename) == ("tensorrt_plan", "", "model.plan")
     assert [(g.count, g.kind, list(g.gpus)) for g in tiles.instance_group] == [(1, mc.ModelInstanceGroup.KIND_GPU, [1])]
     assert (repo / "esrt-x2-tiles" / "1" / "model.plan").read_bytes() == (with_engine / ENGINE).read_bytes()
@@ -184,10 +180,20 @@ def test_a_changed_export_file_is_refused_before_anything_is_written(export_dir,
         (["--runtime", "python-ort", "--instances", "0"], "--instances must be at least 1"),
         (["--runtime", "onnx", "--gpus", "0,x"], "--gpus '0,x'"),
         (["--runtime", "python-ort", "--max-pixels", "lots"], "--max-pixels 'lots'"),
+        (["--runtime", "openvino-bf16", "--fp32"], "the openvino-bf16 runtime serves the BF16 plan (model_bf16.onnx)"),
+        (["--runtime", "openvino-bf16", "--gpus", "0"], "the openvino-bf16 runtime runs on the CPU"),
     ],
 )
 def test_bad_options_are_one_line(export_dir, tmp_path, args, fragment):
     assert_one_line_error(invoke("triton", export_dir, "--repo", tmp_path / "models", *args), fragment)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="OpenVINO is not installed: pip install deploytool[openvino]")
+def test_openvino_bf16_without_the_bf16_plan_names_the_export_to_make(export_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(openvino_bf16, "device_capabilities", lambda core, device: ["BF16", "FP32"])  # whatever this CPU offers
+    result = invoke("triton", export_dir, "--repo", tmp_path / "models", "--runtime", "openvino-bf16")
+    assert_one_line_error(result, f"{export_dir} has no model_bf16.onnx: export it with --precision fp16,bf16")
+    assert not (tmp_path / "models").exists()
 
 
 def test_the_same_export_twice_is_refused(export_dir, tmp_path):
@@ -201,7 +207,7 @@ def test_rewriting_replaces_a_model_and_keeps_the_others(export_dir, tmp_path):
     result = invoke("triton", export_dir, "--repo", repo, "--runtime", "python-ort", "--instances", "3", "--json")
     assert result.exit_code == 0, result.output
     assert [m["name"] for m in json.loads(result.stdout)] == ["esrt-x2-tiles", "esrt-x2"]
-    assert parse(repo / "esrt-x2-tiles" / "config.pbtxt").instance_group[0].count == 3
+    assert read_config(repo / "esrt-x2-tiles" / "config.pbtxt").instance_group[0].count == 3
     assert sorted(p.name for p in repo.iterdir()) == ["esrt-x2", "esrt-x2-tiles", "someone-else"]  # no staging folders left
 
 
@@ -258,4 +264,4 @@ def test_pixel_counts_and_gpu_lists():
 def test_text_format_escapes_strings():
     text = repository.to_pbtxt({"name": 'a "quoted" \\ name', "parameters": [{"key": "k", "value": {"string_value": "v"}}]})
     config = text_format.Parse(text, mc.ModelConfig())
-    assert config.name == 'a "quoted" \\ name' and parameters(config) == {"k": "v"}
+    assert config.name == 'a "quoted" \\ name' and config_parameters(config) == {"k": "v"}
