@@ -34,6 +34,9 @@ COMMANDS = ("deploytool ", "bash ", "cmake ")
 # (what a line contains, why it is not run here); the first that matches a line skips it
 SKIPPED = [
     ("--backend trt", "needs an NVIDIA GPU with TensorRT (tests/deploytool/runtime/backends/tensorrt fake it)"),
+    # before openvino-bf16: their lines list it among the --runtime choices
+    ("deploytool triton build/hat-x4 --repo", "the default --runtime trt needs an engine built on an NVIDIA GPU (tests/deploytool/serving/test_repository.py)"),
+    ("deploytool triton build/hat-x4 build/", "a repository of two exports (tests/deploytool/serving/test_repository.py writes them)"),
     (
         "openvino-bf16",
         "needs an export with its BF16 plan on a CPU with BF16 (tests/deploytool/runtime/backends/test_openvino_bf16.py runs run, verify, compare and eval with it)",
@@ -45,8 +48,6 @@ SKIPPED = [
     ("deploytool serve ", "starts a Triton server (tests/deploytool/serving/test_server.py runs one)"),
     ("deploytool client ", "needs a running Triton server (tests/deploytool/serving/test_client.py)"),
     ("--dataset Set5", "needs the Set5 test set (tests/deploytool/verify/test_evaluation.py runs eval on a made one)"),
-    ("deploytool triton build/hat-x4 --repo", "the default --runtime trt needs an engine built on an NVIDIA GPU (tests/deploytool/serving/test_repository.py)"),
-    ("deploytool triton build/hat-x4 build/", "a repository of two exports (tests/deploytool/serving/test_repository.py writes them)"),
     ("# judge saved runs", "the overview's synopsis of compare; the Parity section's block runs verify --save-outputs and compare in order"),
 ]
 NOT_DEPLOYTOOL = "not a deploytool command: the shell set-up, Triton's own server or the C++ build (tests/cpp builds and runs that)"
