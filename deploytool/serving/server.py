@@ -45,7 +45,7 @@ SERVE_ENV_VARIABLE = "DEPLOYTOOL_SERVE_ENV"
 DEFAULT_ENV_NAME = ".venv-serve"
 PACKAGE_DIR = Path(deploytool.__file__).resolve().parent
 SOURCE_ROOT = PACKAGE_DIR.parent
-SETUP_HINT = f"run scripts/setup.sh or scripts/setup_serve.sh (it installs deploytool[serve] into {DEFAULT_ENV_NAME}), or pass --env with an environment where deploytool[serve] is installed"
+SETUP_HINT = f"run scripts/setup.sh or scripts/setup_serve.sh (it installs deploytool[serve,openvino] into {DEFAULT_ENV_NAME}), or pass --env with an environment where deploytool[serve] is installed"
 
 
 @dataclass(frozen=True)
