@@ -6,4 +6,5 @@ bash scripts/setup.sh
 # lint and format first: a red lint fails in seconds, not after the suite
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-exec .venv/bin/python -m pytest -q -ra "$@"
+# the slowest tests in the log: where CI's time goes, without another run
+exec .venv/bin/python -m pytest -q -ra --durations=30 "$@"

@@ -1,4 +1,5 @@
-"""Suite-wide checks: every manifest.json any test writes keeps the README's contract.
+"""Suite-wide fixtures: the session's shared tiny exports; and a check that every manifest.json
+any test writes keeps the README's contract.
 
 The writer already validates against the JSON Schema (`deploytool.runtime.manifest.validate`), so
 validating again with the same file could not fail. `contract_violations` is written by hand
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import contract_violations
+from tests.helpers import TinyExports, contract_violations
 
 _checked: set[Path] = set()
 
@@ -39,3 +40,12 @@ def manifests_keep_the_contract(request, tmp_path_factory):
         _checked.update(written)
     else:
         _check(written)
+
+
+@pytest.fixture(scope="session")
+def tiny_exports(tmp_path_factory):
+    """Every test that only needs "the tiny export of ID" shares one per session (see TinyExports)."""
+    exports = TinyExports(tmp_path_factory.mktemp("tiny-exports"))
+    yield exports
+    changed = exports.changed()
+    assert not changed, f"a test wrote into the shared tiny exports of {changed}: write into tiny_exports.copy(...) instead"

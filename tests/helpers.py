@@ -5,14 +5,20 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import re
+import shutil
 from pathlib import Path
 
+import numpy as np
+import onnx
 import torch
 
 import model_defs
-from deploytool.build import export, registry
+from deploytool.build import export, precision, registry
 from deploytool.build.networks import WeightsSource
 from deploytool.build.registry import ModelEntry
+from deploytool.runtime.fileio import sha256_file
+from deploytool.runtime.input_batches import PARITY_BATCHES, parity_batch
+from deploytool.runtime.manifest import BF16_FILE, FP32_FILE, Manifest
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
@@ -120,6 +126,60 @@ def export_tiny(
         entry=entry, source=source, out_dir=out_dir, tile=tile or entry.tiling.tile, batch=batch, fp16=fp16, bf16=bf16, calibration_count=2
     )
     return export.export(request)
+
+
+class TinyExports:
+    """The tiny export of each model id with both reduced plans (`export_tiny(ID, fp16=True,
+    bf16=True)`: the id's tiny tile, batch 1, `tiny_state_dict`'s seed-0 weights), made on first
+    use under `root` and shared by every test of a session (the `tiny_exports` fixture), because a
+    real export costs seconds and the suite needs each one many times. Read-only: a test that
+    writes into an export (verify's reports, OpenVINO's compiled blobs) writes into a `copy`;
+    `changed` names the shared exports whose files differ from when they were made."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._manifests: dict[str, Manifest] = {}
+        self._files: dict[str, dict[str, tuple[int, int]]] = {}
+
+    def manifest(self, model_id: str) -> Manifest:
+        if model_id not in self._manifests:
+            self._manifests[model_id] = export_tiny(model_id, self.root / model_id, fp16=True, bf16=True)
+            self._files[model_id] = _file_stamps(self.root / model_id)
+        return self._manifests[model_id]
+
+    def folder(self, model_id: str) -> Path:
+        self.manifest(model_id)
+        return self.root / model_id
+
+    def copy(self, model_id: str, into: Path) -> Path:
+        """A private copy of the id's export at `into` (its checkpoint stays the shared one)."""
+        return Path(shutil.copytree(self.folder(model_id), into))
+
+    def changed(self) -> list[str]:
+        return [model_id for model_id, stamps in self._files.items() if _file_stamps(self.root / model_id) != stamps]
+
+
+def _file_stamps(folder: Path) -> dict[str, tuple[int, int]]:
+    return {path.relative_to(folder).as_posix(): (path.stat().st_size, path.stat().st_mtime_ns) for path in folder.rglob("*")}
+
+
+def assert_bf16_plan_holds(out: Path, manifest: Manifest) -> None:
+    """The shipped BF16 graph (its islands read back from model_bf16.onnx, emulated) against
+    model.onnx on verify's standard inputs: within the config's BF16 tolerances."""
+    from deploytool.build import bf16
+    from deploytool.build.metrics import psnr
+
+    fp32, shipped = onnx.load(str(out / FP32_FILE)), onnx.load(str(out / BF16_FILE))
+    assert export.static_graph_violations(shipped) == []
+    assert manifest.files[BF16_FILE].sha256 == sha256_file(out / BF16_FILE)
+    plan, tolerances = manifest.bf16, manifest.tolerances
+    assert plan.max_abs_vs_fp32 <= tolerances["bf16_calibration_max_abs"] and 0 < plan.bf16_flop_share <= 1
+    assert plan.fp32_nodes == len(bf16.fp32_islands(shipped, fp32))
+    batches = [parity_batch(manifest.input.shape, index) for index in range(PARITY_BATCHES)]
+    expected = precision.run_graph(fp32, batches)
+    actual = precision.run_graph(bf16.emulate(fp32, bf16.fp32_islands(shipped, fp32)), batches)
+    for e, a in zip(expected, actual):
+        assert float(np.abs(e - a).max()) <= tolerances["bf16_max_abs"] and psnr(e, a) >= tolerances["bf16_psnr_min"]
 
 
 # README: the stages in the order an export runs them

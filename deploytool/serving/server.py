@@ -338,10 +338,14 @@ def serve_forever(server: TritonServer, *, ready_timeout: float = 180.0, say=lam
         raise KeyboardInterrupt  # SIGTERM (kill, a service manager) stops the server as Ctrl-C does
 
     previous = signal.signal(signal.SIGTERM, terminate)
+    # Python leaves SIGINT ignored where the parent ignored it (a background job of a
+    # non-interactive shell, `nohup`), and Ctrl-C would then never stop the server
+    previous_interrupt = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         _serve(server, say)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_interrupt)
 
 
 def _serve(server: TritonServer, say) -> None:

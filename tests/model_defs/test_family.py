@@ -1,6 +1,6 @@
 """What every family must do, run over every discovered family and model id without naming one:
 parity with the original at tiny size, the official key layout at full size, a static export
-whose FP16 plan holds, and whole images through the tiler against the original."""
+whose FP16 and BF16 plans hold, and whole images through the tiler against the original."""
 
 import onnx
 import pytest
@@ -16,7 +16,7 @@ from deploytool.runtime.input_batches import synthetic_batch
 from deploytool.runtime.manifest import FP16_FILE, FP32_FILE
 from deploytool.verify import parity
 from model_defs.family import Family
-from tests.helpers import all_ids, assert_matches_original, export_tiny, full_size_state_dicts, tiny_entry
+from tests.helpers import all_ids, assert_bf16_plan_holds, assert_matches_original, export_tiny, full_size_state_dicts, tiny_entry
 
 
 def one_id_per_family() -> list[str]:
@@ -56,9 +56,9 @@ def test_full_size_keys_and_shapes_are_the_originals(model_id):
 
 
 @pytest.mark.parametrize("model_id", all_ids())
-def test_every_id_exports_a_static_graph_whose_fp16_plan_holds(tmp_path, model_id):
-    out = tmp_path / model_id
-    manifest = export_tiny(model_id, out)
+def test_every_id_exports_a_static_graph_whose_fp16_and_bf16_plans_hold(tmp_path, tiny_exports, model_id):
+    manifest = tiny_exports.manifest(model_id)
+    out = tiny_exports.copy(model_id, tmp_path / model_id)  # verify writes its reports into the export
     for name in (FP32_FILE, FP16_FILE):
         assert export.static_graph_violations(onnx.load(str(out / name))) == []
         assert manifest.files[name].sha256 == sha256_file(out / name)
@@ -67,6 +67,7 @@ def test_every_id_exports_a_static_graph_whose_fp16_plan_holds(tmp_path, model_i
     report = parity.verify(out, backends=[ORIGINAL, TORCH, ORT, ORT_FP16], synthetic_batches=1)
     assert report["passed"], parity.markdown(report)
     assert {c["candidate"] for c in report["comparisons"]} == {TORCH, ORT, ORT_FP16}
+    assert_bf16_plan_holds(out, manifest)
 
 
 @pytest.mark.parametrize("model_id", one_id_per_family())

@@ -1,5 +1,6 @@
 """The FP16 deploy graph under overflow stress: naive FP16 breaks, the planned graph holds; the
-BF16 plan of the same planner: islands by op and accumulation, bought precision, every id."""
+BF16 plan of the same planner: islands by op and accumulation, bought precision, full size
+(every id's tiny BF16 plan: tests/model_defs/test_family.py, on the session's shared exports)."""
 
 import dataclasses
 import functools
@@ -13,11 +14,10 @@ import torch
 
 from deploytool.build import export, precision
 from deploytool.runtime.backends import ORIGINAL, ORT_FP16
-from deploytool.runtime.fileio import sha256_file
 from deploytool.runtime.input_batches import PARITY_BATCHES, parity_batch, synthetic_batch
 from deploytool.runtime.manifest import BF16_FILE, FP16_FILE, FP32_FILE, read_manifest
 from deploytool.verify import parity
-from tests.helpers import all_ids, export_tiny, save_official, tiny_entry, tiny_state_dict
+from tests.helpers import assert_bf16_plan_holds, export_tiny, save_official, tiny_entry, tiny_state_dict
 
 # The layer that reads the long skip (conv_first + conv_after_body): scaled down by the factor
 # that scales those two up, so the FP32 model stays sane while the skip goes beyond 65504.
@@ -357,32 +357,6 @@ def test_the_bf16_sensitivity_search_buys_precision_where_op_islands_cannot(tmp_
     assert plan.max_abs_vs_fp32 <= tolerance and 0 < plan.bf16_flop_share < 1.0
     shipped = bf16.fp32_islands(onnx.load(str(out / BF16_FILE)), fp32)
     assert by_op.fp32_nodes < shipped and emulated_max_abs(fp32, shipped, batch) <= tolerance
-
-
-def assert_bf16_plan_holds(out, manifest) -> None:
-    """The shipped BF16 graph (its islands read back from model_bf16.onnx, emulated) against
-    model.onnx on verify's standard inputs: within the config's BF16 tolerances."""
-    from deploytool.build import bf16
-    from deploytool.build.metrics import psnr
-
-    fp32, shipped = onnx.load(str(out / FP32_FILE)), onnx.load(str(out / BF16_FILE))
-    assert export.static_graph_violations(shipped) == []
-    assert manifest.files[BF16_FILE].sha256 == sha256_file(out / BF16_FILE)
-    plan, tolerances = manifest.bf16, manifest.tolerances
-    assert plan.max_abs_vs_fp32 <= tolerances["bf16_calibration_max_abs"] and 0 < plan.bf16_flop_share <= 1
-    assert plan.fp32_nodes == len(bf16.fp32_islands(shipped, fp32))
-    batches = [parity_batch(manifest.input.shape, index) for index in range(PARITY_BATCHES)]
-    expected = precision.run_graph(fp32, batches)
-    actual = precision.run_graph(bf16.emulate(fp32, bf16.fp32_islands(shipped, fp32)), batches)
-    for e, a in zip(expected, actual):
-        assert float(np.abs(e - a).max()) <= tolerances["bf16_max_abs"] and psnr(e, a) >= tolerances["bf16_psnr_min"]
-
-
-@pytest.mark.parametrize("model_id", all_ids())
-def test_every_id_exports_a_bf16_plan_that_holds(tmp_path, model_id):
-    out = tmp_path / model_id
-    manifest = export_tiny(model_id, out, fp16=False, bf16=True)
-    assert_bf16_plan_holds(out, manifest)
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ graph with ONNX Runtime's CPU provider, whose kernels split work across threads 
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -232,12 +233,15 @@ def test_the_server_killed_mid_run_ends_the_client_in_one_line_without_partial_f
 
 
 def test_deploytool_serve_waits_for_the_models_and_stops_on_ctrl_c(repo):
+    """Started with SIGINT ignored, as a background job of a non-interactive shell (CI) starts it:
+    Ctrl-C (SIGINT) still stops it."""
     port = server.free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "deploytool", "serve", str(repo), "--http-port", str(port)],
         cwd=REPO_ROOT,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=functools.partial(signal.signal, signal.SIGINT, signal.SIG_IGN),
     )
     try:
         assert process.stderr.readline().startswith("starting tritonserver on")
@@ -247,8 +251,12 @@ def test_deploytool_serve_waits_for_the_models_and_stops_on_ctrl_c(repo):
         _, rest = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
-            process.kill()
-            process.wait()
+            process.terminate()  # serve stops its tritonserver on SIGTERM too; SIGKILL would leave it running
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
     assert process.returncode == 0, rest
     assert "stopping tritonserver" in rest and "Traceback" not in rest
     assert not server.is_ready(f"http://127.0.0.1:{port}"), "tritonserver still answers after Ctrl-C"

@@ -21,10 +21,10 @@ from tests.helpers import (
 SET5_X4 = Path(__file__).resolve().parents[4] / "shared" / "testsets" / "Set5" / "LR_bicubic" / "X4"
 
 
-def test_channel_attention_and_gates_are_in_the_graph(tmp_path):
-    manifest = export_tiny("dat-x2", tmp_path / "dat")
+def test_channel_attention_and_gates_are_in_the_graph(tiny_exports):
+    manifest = tiny_exports.manifest("dat-x2")
     assert manifest.fp16.fp16_flop_share > 0.9
-    ops = {n.op_type for n in onnx.load(str(tmp_path / "dat" / FP32_FILE)).graph.node}
+    ops = {n.op_type for n in onnx.load(str(tiny_exports.folder("dat-x2") / FP32_FILE)).graph.node}
     assert "ReduceL2" in ops and "GlobalAveragePool" in ops  # channel attention, channel gates
 
 
@@ -89,13 +89,12 @@ def run_in_true_fp16_outputs(model: onnx.ModelProto, batch: np.ndarray, names: l
 
 
 @pytest.mark.skipif(not SET5_X4.is_dir(), reason="../shared/testsets/Set5 is not present")
-def test_verify_with_real_images(tmp_path):
+def test_verify_with_real_images(tmp_path, tiny_exports):
     """The original on whole images vs our graphs through the tiler. Tiles differ from the whole
     image by design (channel attention and gates span the tile) and, on images that are not a
     window multiple (bird: 72 px), at the border: the tiler reflect-pads the image where the
     original zero-pads q, k, v inside attention."""
-    out = tmp_path / "dat"
-    export_tiny("dat-x4", out)
+    out = tiny_exports.copy("dat-x4", tmp_path / "dat")
     report = parity.verify(out, backends=["ort", "ort-fp16"], images_dir=SET5_X4, max_images=2, synthetic_batches=1)
     assert report["passed"], parity.markdown(report)
     assert sum(c["inputs"].startswith("image") for c in report["comparisons"]) == 4

@@ -47,11 +47,8 @@ def make_dataset(root: Path, scale: int) -> Path:
     return root
 
 
-def test_eval_command_scores_every_method(tmp_path):
-    from tests.helpers import export_tiny
-
-    out = tmp_path / "m"
-    export_tiny("swinir-m-x2", out)
+def test_eval_command_scores_every_method(tmp_path, tiny_exports):
+    out = tiny_exports.copy("swinir-m-x2", tmp_path / "m")
     dataset = make_dataset(tmp_path / "set", 2)
     result = CliRunner().invoke(cli, ["eval", str(out), "--dataset", str(dataset), "--scale", "2", "--methods", "reference,ort,ort-fp16,bicubic", "--json"])
     assert result.exit_code == 0, result.output

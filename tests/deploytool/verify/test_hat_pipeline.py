@@ -13,10 +13,10 @@ from tests.helpers import export_tiny, tiny_entry, tiny_state_dict
 SET5_X4 = Path(__file__).resolve().parents[4] / "shared" / "testsets" / "Set5" / "LR_bicubic" / "X4"
 
 
-def test_overlapping_windows_are_slices_not_unfold(tmp_path):
-    manifest = export_tiny("hat-x4", tmp_path / "hat")
+def test_overlapping_windows_are_slices_not_unfold(tiny_exports):
+    manifest = tiny_exports.manifest("hat-x4")
     assert manifest.fp16.fp16_flop_share > 0.9
-    assert not {n.op_type for n in onnx.load(str(tmp_path / "hat" / FP32_FILE)).graph.node} & {"Im2Col", "Col2Im"}
+    assert not {n.op_type for n in onnx.load(str(tiny_exports.folder("hat-x4") / FP32_FILE)).graph.node} & {"Im2Col", "Col2Im"}
 
 
 def bias_gathers(model: onnx.ModelProto) -> list[onnx.NodeProto]:
@@ -53,9 +53,8 @@ def test_graph_holds_weights_not_per_block_biases_or_masks(tmp_path, model_id):
 
 
 @pytest.mark.skipif(not SET5_X4.is_dir(), reason="../shared/testsets/Set5 is not present")
-def test_verify_with_real_images(tmp_path):
-    out = tmp_path / "hat"
-    export_tiny("hat-x4", out)
+def test_verify_with_real_images(tmp_path, tiny_exports):
+    out = tiny_exports.copy("hat-x4", tmp_path / "hat")
     report = parity.verify(out, backends=["ort", "ort-fp16"], images_dir=SET5_X4, max_images=2, synthetic_batches=1)
     assert report["passed"], parity.markdown(report)
     assert sum(c["inputs"].startswith("image") for c in report["comparisons"]) == 4
