@@ -250,3 +250,14 @@ def max_abs_against_torchscript(graph: onnx.ModelProto, model: torch.nn.Module, 
     ours, theirs = (precision.run_graph(g, [batch])[0].astype("float64") for g in (graph, reference))
     assert ours.shape == theirs.shape
     return float(abs(ours - theirs).max())
+
+
+def assert_tiny_export_computes_what_torchscript_did(model_id: str, out_dir: Path) -> None:
+    """`export_tiny(model_id, out_dir)`'s FP32 graph (torch.export) within 1e-6 max abs of the
+    TorchScript exporter's graph of the same tiny model, while torch still has that exporter."""
+    from deploytool.build.networks import build_def
+    from deploytool.runtime.manifest import FP32_FILE
+
+    entry = tiny_entry(model_id)
+    model = build_def(entry, tiny_state_dict(entry))
+    assert max_abs_against_torchscript(onnx.load(str(out_dir / FP32_FILE)), model, entry.fold_limit_mb) <= 1e-6

@@ -15,7 +15,7 @@ from deploytool.build import export, tracing
 from deploytool.build.networks import build_def
 from deploytool.errors import DeployError, ExportError
 from deploytool.runtime.manifest import FP16_FILE, FP32_FILE, MANIFEST_FILE, PARITY_HTML, PARITY_JSON, PARITY_MD, SCHEMA_VERSION, TIMING_CACHE, read_manifest
-from tests.helpers import all_ids, export_tiny, max_abs_against_torchscript, tiny_entry, tiny_state_dict
+from tests.helpers import export_tiny, tiny_entry, tiny_state_dict
 
 
 def assert_static(model: onnx.ModelProto) -> None:
@@ -169,17 +169,6 @@ def test_deduplicate_initializers_merges_identical_constants():
     assert export.deduplicate_initializers(model) == 1
     assert [i.name for i in model.graph.initializer] == ["a", "c"]
     assert model.graph.node[1].input[1] == "a"
-
-
-@pytest.mark.parametrize("model_id", all_ids())
-def test_every_ids_graph_computes_what_the_torchscript_exporter_did(tmp_path, model_id):
-    """torch.export's finished graph against the TorchScript tracer's (finished alike), while
-    torch still has that exporter: within 1e-6 max abs on the tiny model."""
-    entry = tiny_entry(model_id)
-    export_tiny(model_id, tmp_path / model_id, fp16=False)  # the tiny export; a shared one serves as well
-    graph = onnx.load(str(tmp_path / model_id / FP32_FILE))
-    model = build_def(entry, tiny_state_dict(entry))
-    assert max_abs_against_torchscript(graph, model, entry.fold_limit_mb) <= 1e-6
 
 
 class RealTensorForbidden(torch.nn.Module):
