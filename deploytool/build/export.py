@@ -144,7 +144,9 @@ def verify_inputs(entry: ModelEntry, shape: tuple[int, int, int, int], measured_
 
 
 def versions() -> dict[str, str]:
+    import onnx_ir
     import onnxruntime
+    import onnxscript
     import onnxsim
 
     import deploytool
@@ -152,6 +154,8 @@ def versions() -> dict[str, str]:
     return {
         "deploytool": deploytool.__version__,
         "torch": torch.__version__,
+        "onnxscript": onnxscript.__version__,
+        "onnx-ir": onnx_ir.__version__,
         "onnx": onnx.__version__,
         "onnxruntime": onnxruntime.__version__,
         "onnxsim": getattr(onnxsim, "__version__", "unknown"),
