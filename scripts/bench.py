@@ -7,7 +7,10 @@ tiles (throughput in tiles/s beside them); ratios are
 against the original PyTorch model measured in the same run. The naive export is a plain
 torch.onnx.export of the original (built with img_size = tile, its most favourable case, so its
 masks are buffers) followed by onnxsim: its node count, file size and ONNX Runtime latency
-stand beside ours.
+stand beside ours. Our definition through torch's TorchScript exporter (the exporter before
+torch.export), finished as the export finishes its graph, is timed too while torch still has
+that exporter: `torch_export_vs_torchscript` is our graph's ONNX Runtime latency over that one's,
+each measured right after the other.
 """
 
 from __future__ import annotations
@@ -42,9 +45,9 @@ def median_latency(run, batch: np.ndarray, runs: int) -> float:
 
 
 def naive_export(model: torch.nn.Module, shape: tuple[int, ...]) -> onnx.ModelProto:
-    """torch.onnx.export as a user would call it: our opset, or the next one the model needs
-    (IPT's F.fold exports as Col2Im, which needs opset 18)."""
-    for opset in (export.OPSET, 18):
+    """torch.onnx.export's TorchScript exporter as a user would call it: opset 17, or the next
+    one the model needs (IPT's F.fold exports as Col2Im, which needs opset 18)."""
+    for opset in (17, 18):
         buffer = io.BytesIO()
         try:
             # the exporter prints the whole graph to stdout when an op needs a newer opset
@@ -98,8 +101,12 @@ def main(argv: list[str] | None = None) -> int:
         print("naive export of the original, then onnxsim", file=sys.stderr)
         naive = _naive_export(entry, arch, state_dict, shape, Path(tmp) / "naive.onnx", original.model)
         rows.insert(2, ("ONNX Runtime FP32, naive export of the original (CPU)", median_latency(OrtRunner(naive.path, name="naive"), batch, args.runs)))
+        print("our definition through the TorchScript exporter, finished as the export finishes its graph", file=sys.stderr)
+        torchscript_row, exporter_ratio = _against_torchscript(entry, ours.model, shape, out / FP32_FILE, Path(tmp) / "torchscript.onnx", batch, args.runs)
+        rows.insert(4, torchscript_row)
 
     result = _result(entry, tile, args.batch, source, rows, naive, manifest, export_seconds)
+    result["torch_export_vs_torchscript"] = round(exporter_ratio, 3)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -151,6 +158,20 @@ def _naive_export(entry, arch: dict, state_dict: dict, shape: tuple[int, ...], p
     return NaiveExport(path, nodes, mb, as_shipped)
 
 
+def _against_torchscript(
+    entry, model: torch.nn.Module, shape: tuple[int, ...], ours_path: Path, path: Path, batch: np.ndarray, runs: int
+) -> tuple[tuple[str, float], float]:
+    """The TorchScript exporter's graph of our definition, finished as the export finishes its
+    graph and saved at `path`: its latency row, and our graph's latency over its, ours measured
+    again right after it so that the two are adjacent measurements on a shared machine."""
+    torchscript = export.finish_graph(naive_export(model, shape), entry.fold_limit_mb).graph
+    onnx.save(torchscript, str(path))
+    del torchscript
+    theirs = median_latency(OrtRunner(path, name="torchscript"), batch, runs)
+    ours = median_latency(OrtRunner(ours_path, name="ort"), batch, runs)
+    return ("ONNX Runtime FP32, our definition via the TorchScript exporter (CPU)", theirs), ours / theirs
+
+
 def _result(entry, tile, batch: int, source, rows: list[tuple[str, float]], naive: NaiveExport, manifest, export_seconds: float) -> dict:
     baseline = rows[0][1]
     return {
@@ -185,6 +206,7 @@ def _print_report(result: dict, rows: list[tuple[str, float]], naive: NaiveExpor
         print(f"naive export of the original as shipped (img_size {arch.get('img_size')}, tile {tile[0]}): {naive.as_shipped} nodes before onnxsim")
     print(f"model.onnx {result['model_onnx_mb']} MB, model_fp16.onnx {result['model_fp16_onnx_mb']} MB; FP16 share of FLOPs {result['fp16_flop_share']:.1%}")
     print(f"export wall time (trace, onnxsim, checks, FP16 calibration): {export_seconds:.1f} s")
+    print(f"ONNX Runtime FP32 latency, torch.export graph / TorchScript exporter's graph: {result['torch_export_vs_torchscript']:.3f}")
 
 
 def _with_masks_for(entry, arch, state_dict):

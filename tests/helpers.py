@@ -183,7 +183,7 @@ def assert_bf16_plan_holds(out: Path, manifest: Manifest) -> None:
 
 
 # README: the stages in the order an export runs them
-STAGES = ("load", "trace", "simplify", "check", "fp16", "bf16", "save")
+STAGES = ("load", "trace", "simplify", "check", "calibration_trace", "fp16", "bf16", "save")
 TOP_LEVEL = {
     "schema_version",
     "model_id",
@@ -276,3 +276,47 @@ def assert_one_line_error(result, *fragments: str) -> None:
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines[-1].startswith("error: ") and "Traceback" not in result.output, result.output
     assert all(fragment in lines[-1] for fragment in fragments), lines[-1]
+
+
+def torchscript_graph(model: torch.nn.Module, example: torch.Tensor) -> onnx.ModelProto:
+    """The graph torch's TorchScript-based exporter (the one before `tracing.trace`) makes at
+    `example`'s shape, as the export used it (opset 17, folding left to onnxsim), unsimplified.
+    Only for comparing the two exporters, while torch still has that one."""
+    import io
+    import warnings
+
+    from deploytool.runtime.manifest import INPUT_NAME, OUTPUT_NAME
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model, (example,), buffer, dynamo=False, opset_version=17, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], do_constant_folding=False
+        )
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def max_abs_against_torchscript(graph: onnx.ModelProto, model: torch.nn.Module, fold_limit_mb: float) -> float:
+    """Max |difference| in ONNX Runtime, on one synthetic input at `graph`'s input shape, between
+    `graph` (a finished export graph) and the TorchScript exporter's graph of `model`, finished
+    as the export finishes its graphs."""
+    from deploytool.build import precision
+    from deploytool.runtime.input_batches import synthetic_batch
+
+    shape = precision.input_shape(graph)
+    reference = export.finish_graph(torchscript_graph(model, torch.zeros(shape)), fold_limit_mb).graph
+    batch = synthetic_batch(shape, seed=0)
+    ours, theirs = (precision.run_graph(g, [batch])[0].astype("float64") for g in (graph, reference))
+    assert ours.shape == theirs.shape
+    return float(abs(ours - theirs).max())
+
+
+def assert_tiny_export_computes_what_torchscript_did(model_id: str, out_dir: Path) -> None:
+    """`export_tiny(model_id, out_dir)`'s FP32 graph (torch.export) within 1e-6 max abs of the
+    TorchScript exporter's graph of the same tiny model, while torch still has that exporter."""
+    from deploytool.build.networks import build_def
+    from deploytool.runtime.manifest import FP32_FILE
+
+    entry = tiny_entry(model_id)
+    model = build_def(entry, tiny_state_dict(entry))
+    assert max_abs_against_torchscript(onnx.load(str(out_dir / FP32_FILE)), model, entry.fold_limit_mb) <= 1e-6

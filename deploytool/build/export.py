@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
 import resource
 import shutil
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -36,6 +34,7 @@ from deploytool.build.graph_passes import (
 )
 from deploytool.build.networks import build_def, load_state_dict, original_name
 from deploytool.build.registry import ModelEntry
+from deploytool.build.tracing import EXPORTER, OPSET, trace
 from deploytool.errors import DeployError, ExportError
 from deploytool.runtime import input_batches
 from deploytool.runtime.fileio import sha256_file
@@ -43,9 +42,7 @@ from deploytool.runtime.manifest import (
     BF16_FILE,
     FP16_FILE,
     FP32_FILE,
-    INPUT_NAME,
     MANIFEST_FILE,
-    OUTPUT_NAME,
     SCHEMA_VERSION,
     Bf16Summary,
     FileRecord,
@@ -59,8 +56,6 @@ from deploytool.runtime.manifest import (
     tiled_graph,
 )
 from deploytool.runtime.tiling import round_up
-
-OPSET = 17  # >= 17: LayerNorm exports as one LayerNormalization node
 
 Progress = Callable[[str], None]
 # FP16 ranges are measured on the same graph traced at this side (rounded up to the tile multiple,
@@ -89,31 +84,10 @@ class ExportRequest:
         return tuple(name for name, wanted in (("fp16", self.fp16), ("bf16", self.bf16)) if wanted)
 
 
-def trace(model: torch.nn.Module, example: torch.Tensor) -> onnx.ModelProto:
-    """Trace with the TorchScript-based exporter.
-
-    Chosen over the dynamo exporter on purpose: with our static-shape definitions both give
-    static graphs, but tracing is much faster on CPU and dynamo stores some buffers twice (the
-    README's "Design choices, measured"). onnxsim and our deduplication run after either. Pinned by torch's upper bound
-    in pyproject.toml, since the TorchScript exporter is deprecated upstream.
-    """
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        # Our definitions turn sizes into Python ints on purpose (static graph); the tracer warns.
-        warnings.simplefilter("ignore")
-        with torch.no_grad():
-            torch.onnx.export(
-                model,
-                (example,),
-                buffer,
-                dynamo=False,
-                opset_version=OPSET,
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                # onnxsim folds constants afterwards, with a size limit the tracer lacks
-                do_constant_folding=False,
-            )
-    return onnx.load_from_string(buffer.getvalue())
+def traced_graph(model: torch.nn.Module, shape: tuple[int, ...]) -> onnx.ModelProto:
+    """The model's traced (unsimplified) graph at input `shape`: the export's tile and the
+    calibration tile are its two calls (`tracing.trace`: no forward pass runs at either)."""
+    return trace(model, torch.zeros(shape))
 
 
 @dataclass
@@ -170,7 +144,9 @@ def verify_inputs(entry: ModelEntry, shape: tuple[int, int, int, int], measured_
 
 
 def versions() -> dict[str, str]:
+    import onnx_ir
     import onnxruntime
+    import onnxscript
     import onnxsim
 
     import deploytool
@@ -178,6 +154,8 @@ def versions() -> dict[str, str]:
     return {
         "deploytool": deploytool.__version__,
         "torch": torch.__version__,
+        "onnxscript": onnxscript.__version__,
+        "onnx-ir": onnx_ir.__version__,
         "onnx": onnx.__version__,
         "onnxruntime": onnxruntime.__version__,
         "onnxsim": getattr(onnxsim, "__version__", "unknown"),
@@ -222,7 +200,8 @@ def export(request: ExportRequest, progress: Progress = lambda message: None) ->
     for name in request.precisions:
         calibration_tolerance(entry, name)  # refused before any work when a config lacks it
     started = time.perf_counter()
-    clock = StageClock(5 + len(request.precisions), progress)
+    small_shape = calibration_shape(request) if request.precisions else None
+    clock = StageClock(5 + (small_shape is not None) + len(request.precisions), progress)
 
     unused: dict[str, str] = {}
     with clock.stage("load", f"loading weights: {request.source.describe()}"):
@@ -233,7 +212,7 @@ def export(request: ExportRequest, progress: Progress = lambda message: None) ->
     shape = (request.batch, entry.channels, *request.tile)
 
     with clock.stage("trace", f"tracing {entry.id} at {shape} (opset {OPSET})"):
-        traced = trace(model, torch.zeros(shape))
+        traced = traced_graph(model, shape)
         traced_nodes = len(traced.graph.node)
 
     with clock.stage("simplify", f"simplifying {traced_nodes} nodes with onnxsim"):
@@ -247,14 +226,17 @@ def export(request: ExportRequest, progress: Progress = lambda message: None) ->
             raise ExportError(f"{entry.id}: exported graph is not static: {'; '.join(problems[:5])}")
         onnx.checker.check_model(graph, full_check=True)
 
+    small_graph = None
+    if small_shape is not None:
+        with clock.stage("calibration_trace", f"tracing {entry.id} again at {small_shape} for the {'/'.join(request.precisions).upper()} plan's calibration"):
+            small_graph = calibration_graph(model, finished, request, small_shape, lambda message: progress(f"      {message}"))
+    del model
+
     with tempfile.TemporaryDirectory(prefix=".export-", dir=_parent(out_dir)) as staging:
         staging = Path(staging)
-        reduced = ReducedGraphs(staging)
+        reduced = ReducedGraphs(staging, small_graph)
         for name in request.precisions:
             with clock.stage(name, f"building the {name.upper()} deploy graph"):
-                if model is not None:  # traced once for every precision, then freed
-                    reduced.small_graph = calibration_graph(model, finished, request, lambda message: progress(f"      {message}"))
-                    model = None
                 build_reduced_graph(name, request, graph, reduced, lambda message: progress(f"      {message}"))
         with clock.stage("save", f"writing {out_dir}"):
             records = move_into(out_dir, staging, [FP32_FILE, *reduced.files], graph)
@@ -343,21 +325,23 @@ def move_into(out_dir: Path, staging: Path, files: list[str], graph: onnx.ModelP
     return records
 
 
-def calibration_graph(model: torch.nn.Module, export_graph: FinishedGraph, request: ExportRequest, progress: Progress) -> onnx.ModelProto | None:
-    """The export's graph traced again at batch 1 and `calibration_tile`, or None where that is
-    the export's shape or the smaller graph's nodes differ (ranges are then measured on the
-    export's graph)."""
+def calibration_shape(request: ExportRequest) -> tuple[int, int, int, int] | None:
+    """The calibration graph's input shape: batch 1 at `calibration_tile`; None where that is the
+    export's own shape (ranges are then measured on the export's graph)."""
     shape = (1, request.entry.channels, *calibration_tile(request.entry, request.tile))
+    return None if shape == (request.batch, request.entry.channels, *request.tile) else shape
+
+
+def calibration_graph(
+    model: torch.nn.Module, export_graph: FinishedGraph, request: ExportRequest, shape: tuple[int, ...], progress: Progress
+) -> onnx.ModelProto | None:
+    """The export's graph traced again at `shape` and finished as the export's was, or None where
+    its nodes differ from the export's (ranges are then measured on the export's graph)."""
     exported = (request.batch, request.entry.channels, *request.tile)
-    if shape == exported:
-        return None
-    started = time.perf_counter()
-    traced = trace(model, torch.zeros(shape))
-    small_graph = finish_graph(traced, request.entry.fold_limit_mb, hold=export_graph.held).graph
+    small_graph = finish_graph(traced_graph(model, shape), request.entry.fold_limit_mb, hold=export_graph.held).graph
     if precision.corresponding_tensors(small_graph, export_graph.graph) is None:
         progress(f"the graph at {_shape_text(shape)} has other nodes than at {_shape_text(exported)}: measuring ranges on the export's graph")
         return None
-    progress(f"traced the same graph at {_shape_text(shape)} for calibration ({time.perf_counter() - started:.1f} s)")
     return small_graph
 
 
@@ -403,7 +387,7 @@ def build_manifest(
             views=entry.views,
         ),
         opset=OPSET,
-        exporter="torch.onnx.export (TorchScript tracer, dynamo=False) + onnxsim",
+        exporter=EXPORTER,
         versions=versions(),
         source=request.source,
         graph=GraphStats(traced_nodes=traced_nodes, merged_initializers=merged_initializers, **graph_summary(graph)),

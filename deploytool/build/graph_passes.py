@@ -32,7 +32,31 @@ STATIC_OPERANDS = {
     "Squeeze": (1,),
     "Unsqueeze": (1,),
     "TopK": (1,),
+    # from opset 18 the reductions take their axes as an input
+    **dict.fromkeys(
+        ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare"),
+        (1,),
+    ),
 }
+# onnx-tensorrt's operator support matrix (docs/operators.md): the operators TensorRT 10.x
+# parses at opset 18, less those FORBIDDEN_OPS excludes and the quantized, sequence and random
+# ones a restoration graph has no use for.
+TENSORRT_OPS = frozenset(
+    {
+        *("Abs", "Acos", "Acosh", "Add", "And", "ArgMax", "ArgMin", "Asin", "Asinh", "Atan", "Atanh", "AveragePool"),
+        *("BatchNormalization", "Cast", "Ceil", "Celu", "Clip", "Concat", "Constant", "Conv", "ConvTranspose", "Cos", "Cosh", "CumSum"),
+        *("DepthToSpace", "Div", "Dropout", "Einsum", "Elu", "Equal", "Erf", "Exp", "Expand", "EyeLike", "Flatten", "Floor"),
+        *("Gather", "GatherElements", "GatherND", "Gelu", "Gemm", "GlobalAveragePool", "GlobalLpPool", "GlobalMaxPool", "Greater"),
+        *("GreaterOrEqual", "GridSample", "GroupNormalization", "HardSigmoid", "HardSwish", "Identity", "InstanceNormalization"),
+        *("IsNaN", "LayerNormalization", "LeakyRelu", "Less", "LessOrEqual", "Log", "LogSoftmax", "LpNormalization", "LpPool"),
+        *("LRN", "MatMul", "Max", "MaxPool", "Mean", "MeanVarianceNormalization", "Min", "Mod", "Mul", "Neg", "Not", "OneHot"),
+        *("Or", "Pad", "Pow", "PRelu", "Reciprocal", "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax"),
+        *("ReduceMean", "ReduceMin", "ReduceProd", "ReduceSum", "ReduceSumSquare", "Relu", "Reshape", "Resize", "Round"),
+        *("ScatterElements", "ScatterND", "Selu", "Shrink", "Sigmoid", "Sign", "Sin", "Sinh", "Slice", "Softmax"),
+        *("Softplus", "Softsign", "SpaceToDepth", "Split", "Sqrt", "Squeeze", "Sub", "Sum", "Tan", "Tanh", "ThresholdedRelu", "Tile", "TopK"),
+        *("Transpose", "Trilu", "Unsqueeze", "Where", "Xor"),
+    }
+)
 
 
 def simplify(model: onnx.ModelProto, fold_limit_mb: float = 0.0, hold: frozenset[str] | None = None) -> tuple[onnx.ModelProto, frozenset[str]]:
@@ -142,6 +166,8 @@ def static_graph_violations(model: onnx.ModelProto) -> list[str]:
     for node in model.graph.node:
         if node.op_type in FORBIDDEN_OPS:
             problems.append(f"{node.op_type} node {node.name}")
+        elif node.domain not in ("", "ai.onnx") or node.op_type not in TENSORRT_OPS:
+            problems.append(f"{node.op_type} node {node.name} is not in onnx-tensorrt's operator matrix")
         for position in STATIC_OPERANDS.get(node.op_type, ()):
             if position < len(node.input) and node.input[position] and node.input[position] not in constants:
                 problems.append(f"{node.op_type} node {node.name} takes a computed operand {position}")

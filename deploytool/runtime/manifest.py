@@ -298,7 +298,7 @@ class Manifest:
         propertyNames={"pattern": f"^{ENGINE_FILE_PATTERN}$"},
     )
     export_stages: dict[str, StageCost] = spec(
-        "each export stage (`load`, `trace`, `simplify`, `check`, `fp16`, `bf16`, `save`) in order",
+        "each export stage (`load`, `trace`, `simplify`, `check`, `calibration_trace`, `fp16`, `bf16`, `save`) in order",
         key_name="stage",
         since="1.1",
         optional=True,

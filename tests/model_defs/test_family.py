@@ -16,7 +16,15 @@ from deploytool.runtime.input_batches import synthetic_batch
 from deploytool.runtime.manifest import FP16_FILE, FP32_FILE
 from deploytool.verify import parity
 from model_defs.family import Family
-from tests.helpers import all_ids, assert_bf16_plan_holds, assert_matches_original, export_tiny, full_size_state_dicts, tiny_entry
+from tests.helpers import (
+    all_ids,
+    assert_bf16_plan_holds,
+    assert_matches_original,
+    assert_tiny_export_computes_what_torchscript_did,
+    export_tiny,
+    full_size_state_dicts,
+    tiny_entry,
+)
 
 
 def one_id_per_family() -> list[str]:
@@ -68,6 +76,7 @@ def test_every_id_exports_a_static_graph_whose_fp16_and_bf16_plans_hold(tmp_path
     assert report["passed"], parity.markdown(report)
     assert {c["candidate"] for c in report["comparisons"]} == {TORCH, ORT, ORT_FP16}
     assert_bf16_plan_holds(out, manifest)
+    assert_tiny_export_computes_what_torchscript_did(model_id, out)  # torch.export's graph, issue 22
 
 
 @pytest.mark.parametrize("model_id", one_id_per_family())

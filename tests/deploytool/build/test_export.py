@@ -5,13 +5,17 @@ Every id of every family is exported in tests/model_defs/test_family.py."""
 import json
 import time
 
+import numpy as np
 import onnx
 import pytest
+import torch
+from onnx import numpy_helper
 
-from deploytool.build import export
+from deploytool.build import export, tracing
+from deploytool.build.networks import build_def
 from deploytool.errors import DeployError, ExportError
 from deploytool.runtime.manifest import FP16_FILE, FP32_FILE, MANIFEST_FILE, PARITY_HTML, PARITY_JSON, PARITY_MD, SCHEMA_VERSION, TIMING_CACHE, read_manifest
-from tests.helpers import export_tiny
+from tests.helpers import export_tiny, tiny_entry, tiny_state_dict
 
 
 def assert_static(model: onnx.ModelProto) -> None:
@@ -45,7 +49,10 @@ def test_manifest_records_the_contract(tmp_path):
         "padding": "reflect",
         "blend": {"mode": "ramp", "width": 16, "trim": 0},
     }
-    assert manifest.opset >= 17 and "TorchScript" in manifest.exporter
+    assert manifest.opset == export.OPSET == 18 and manifest.exporter == export.EXPORTER and "torch.export" in manifest.exporter
+    # batch 2: the FP16 plan's ranges are measured on the graph traced again at batch 1
+    assert list(manifest.export_stages) == ["load", "trace", "simplify", "check", "calibration_trace", "fp16", "save"]
+    assert manifest.fp16.measured_at.shape == (1, 3, 16, 16)
     assert manifest.source.kind == "checkpoint" and len(manifest.source.sha256) == 64
     assert set(manifest.versions) >= {"torch", "onnx", "onnxruntime", "onnxsim"}
     assert manifest.fp16.fp32_by_op["LayerNormalization"] > 0
@@ -162,3 +169,97 @@ def test_deduplicate_initializers_merges_identical_constants():
     assert export.deduplicate_initializers(model) == 1
     assert [i.name for i in model.graph.initializer] == ["a", "c"]
     assert model.graph.node[1].input[1] == "a"
+
+
+class RealTensorForbidden(torch.nn.Module):
+    """Raises on a real (non-fake) input: a forward pass that computes would fail."""
+
+    def forward(self, x):
+        from torch._subclasses.fake_tensor import is_fake
+
+        if not is_fake(x):
+            raise AssertionError("the model ran on a real tensor")
+        return x
+
+
+def test_the_trace_runs_the_model_on_fake_tensors_only():
+    """No forward pass at the export tile: the model only ever sees fake tensors (shapes, no data)."""
+    entry = tiny_entry("swinir-s-x2")
+    model = build_def(entry, tiny_state_dict(entry))
+    model.conv_first = torch.nn.Sequential(RealTensorForbidden(), model.conv_first)
+    graph = tracing.trace(model, torch.zeros(1, 3, 24, 32))
+    assert [d.dim_value for d in graph.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 24, 32]
+    with pytest.raises(AssertionError, match="real tensor"):
+        model(torch.zeros(1, 3, 24, 32))  # the guard does fire on real tensors
+
+
+def test_traced_nodes_are_named_by_module_without_the_exporters_metadata():
+    entry = tiny_entry("swinir-s-x2")
+    graph = export.traced_graph(build_def(entry, tiny_state_dict(entry)), (1, 3, *entry.tiling.tile))
+    names = [node.name for node in graph.graph.node]
+    assert len(set(names)) == len(names)
+    # the attention of block 1 of layer 0, one path component per module as the FP16 search cuts them
+    assert "/layers.0/residual_group/blocks.1/attn/MatMul_1" in names
+    assert not any(node.metadata_props or node.doc_string for node in graph.graph.node)
+    assert not graph.metadata_props and not graph.graph.value_info
+    # every value name unique (valid SSA), weights included
+    values = [*(i.name for i in graph.graph.initializer), *(o for node in graph.graph.node for o in node.output)]
+    assert len(set(values)) == len(values)
+
+
+def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    import onnxruntime
+
+    return onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def test_plain_ops_rewrites_what_the_dynamo_exporter_writes_into_what_tensorrt_parses():
+    """CastLike -> Cast, an int32 GatherND index cast to int64, SplitToSequence/SequenceAt -> Split."""
+    h = onnx.helper
+    table = numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(4, 3), "table")
+    index = numpy_helper.from_array(np.array([[2], [0]], dtype=np.int32), "index")
+    nodes = [
+        h.make_node("Constant", [], ["scalar"], value=numpy_helper.from_array(np.array(2.0, dtype=np.float64))),
+        h.make_node("CastLike", ["scalar", "x"], ["two"]),
+        h.make_node("Mul", ["x", "two"], ["doubled"]),
+        h.make_node("Constant", [], ["chunk"], value=numpy_helper.from_array(np.array(2, dtype=np.int64))),
+        h.make_node("SplitToSequence", ["doubled", "chunk"], ["parts"], axis=1),
+        *(h.make_node("Constant", [], [f"at{i}"], value=numpy_helper.from_array(np.array(i, dtype=np.int64))) for i in (0, -1)),
+        h.make_node("SequenceAt", ["parts", "at0"], ["first"]),
+        h.make_node("SequenceAt", ["parts", "at-1"], ["last"]),
+        h.make_node("Add", ["first", "last"], ["summed"]),
+        h.make_node("GatherND", ["table", "index"], ["gathered"]),
+    ]
+    graph = h.make_graph(
+        nodes,
+        "g",
+        [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 4])],
+        [h.make_tensor_value_info("summed", onnx.TensorProto.FLOAT, [2, 2]), h.make_tensor_value_info("gathered", onnx.TensorProto.FLOAT, [2, 3])],
+        [table, index],
+    )
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", export.OPSET)], ir_version=10)
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    tracing.plain_ops(model)
+    ops = [node.op_type for node in model.graph.node]
+    assert not {"CastLike", "SplitToSequence", "SequenceAt"} & set(ops) and "Split" in ops
+    onnx.checker.check_model(model, full_check=True)  # an int32 GatherND index fails this
+    summed, gathered = _run(model, {"x": x})
+    np.testing.assert_array_equal(summed, 2 * x[:, :2] + 2 * x[:, 2:])
+    np.testing.assert_array_equal(gathered, np.arange(12, dtype=np.float32).reshape(4, 3)[[2, 0]])
+
+
+def test_ops_outside_tensorrts_matrix_and_computed_reduction_axes_are_violations():
+    h = onnx.helper
+    nodes = [
+        h.make_node("Hardmax", ["x"], ["hard"]),
+        h.make_node("Abs", ["hard"], ["axes_source"]),
+        h.make_node("Cast", ["axes_source"], ["axes"], to=onnx.TensorProto.INT64),
+        h.make_node("ReduceSum", ["x", "axes"], ["y"], name="sum", keepdims=1),
+    ]
+    graph = h.make_graph(
+        nodes, "g", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])], [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)]
+    )
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", export.OPSET)])
+    problems = export.static_graph_violations(model)
+    assert any("Hardmax" in p and "onnx-tensorrt's operator matrix" in p for p in problems), problems
+    assert "ReduceSum node sum takes a computed operand 1" in problems

@@ -1,0 +1,201 @@
+"""A model's ONNX graph at one static shape: torch.export on fake tensors, torch's dynamo ONNX
+exporter, then the exporter's output made plain (shape arithmetic folded, unique names, nodes
+named by module, ops TensorRT parses). `trace` is the entry; export.py calls it per shape.
+"""
+
+from __future__ import annotations
+
+import ast
+import warnings
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+
+from deploytool.build.inferred_types import TensorType, tensor_types
+from deploytool.runtime.manifest import INPUT_NAME, OUTPUT_NAME
+
+# The dynamo exporter's own opset: its torchlib functions are written for 18, and any other
+# opset is a version conversion of the finished graph. TensorRT 10.x's parser (onnx-tensorrt)
+# takes it (every TensorRT 10 parses opsets up to at least 20). At 18 the Reduce* ops and Split
+# take axes/sizes as inputs, which the static-graph check requires to be constants. The BF16
+# graph is converted to 22 afterwards (build/bf16.py), where ONNX first has BF16 Conv.
+OPSET = 18
+EXPORTER = "torch.export (fake tensors, strict=False) + torch.onnx.export (dynamo, optimize=False) + onnxsim"
+# The exporter computes reshape targets, slice bounds and the like from Shape ops and small
+# constants; folding values of at most this many elements folds exactly that arithmetic.
+SHAPE_ARITHMETIC_ELEMENTS = 8
+# The dynamo exporter's record of each node's module scopes: "['', 'layers.0', 'layers.0.attn', 'matmul']"
+_NAME_SCOPES = "pkg.torch.onnx.name_scopes"
+
+
+def trace(model: torch.nn.Module, example: torch.Tensor) -> onnx.ModelProto:
+    """The model's ONNX graph at `example`'s shape, through torch.export and the dynamo ONNX
+    exporter, with no forward pass at that shape: torch.export (`strict=False`) runs the model on
+    fake tensors (shapes and dtypes only), so the trace's time and memory do not grow with the
+    tile, and the weights become the graph's initializers as they are. Opset 18 (`OPSET`).
+
+    Chosen over the TorchScript tracer, which executed a real forward at the export tile
+    (hat-x4 at 256 px: 83 s of a 115 s export and its 3.4 GB peak on a quiet machine) and is
+    deprecated upstream, which had capped torch below 2.16; no family needs that tracer. The cost
+    here is a fixed one per trace, about the same at any tile: torch.export's capture and
+    decomposition, then the translation (measured with onnxscript's optimizer on: hat-x4 at
+    256 px 44 s and 1.1 GB; swinir-m-x4 26.5 s at 64 px, 32.5 s at 256 px). For tiny models it is
+    slower than the TorchScript tracer (2-4x a tiny export in the test suite), for full-size ones
+    at their default tile faster. onnxscript's graph optimizer is skipped (`optimize=False`; it
+    was 15 of swinir-m-x4's 26.5 s): only the shape arithmetic is folded here
+    (`fold_shape_arithmetic`) and onnxsim does the rest. Node names and the exporter's quirks:
+    `name_nodes_by_module`, `plain_ops`. The export traces twice, at its tile and at the
+    calibration tile (`export.traced_graph`).
+    """
+    from onnx_ir.passes.common import NameFixPass
+
+    with warnings.catch_warnings(), torch.no_grad():
+        # the original-layout buffers some definitions keep for checkpoints warn when unused
+        warnings.simplefilter("ignore")
+        exported = torch.export.export(model.eval(), (example,), strict=False)
+        program = torch.onnx.export(
+            exported,
+            (example,),
+            dynamo=True,
+            opset_version=OPSET,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            optimize=False,
+            verbose=False,
+        )
+    del exported
+    # Values named after the FX nodes can repeat a weight's name (DAT: its `mean` buffer and an
+    # aten.mean), which is not valid SSA once written out; NameFixPass makes every name unique.
+    NameFixPass()(program.model)
+    fold_shape_arithmetic(program.model)
+    graph = program.model_proto
+    del program
+    name_nodes_by_module(graph)
+    # the exporter's recorded intermediate types and shapes: ONNX shape inference derives them
+    # again, and one of them disagreed with it on DAT (another value's dims)
+    del graph.graph.value_info[:]
+    plain_ops(graph)
+    return graph
+
+
+def fold_shape_arithmetic(model) -> None:
+    """Fold the exporter's shape arithmetic (values of at most `SHAPE_ARITHMETIC_ELEMENTS`) in an
+    onnx-ir model. This gives every value a static shape, which the fold limit's analysis
+    (graph_passes.simplify) needs to see which constants a node would expand: without it onnxsim
+    folded HAT's per-block biases at 256 px into a 16 GB process. Larger constants are left to
+    onnxsim and the fold limit."""
+    from onnxscript.optimizer import fold_constants
+
+    fold_constants(model, input_size_limit=SHAPE_ARITHMETIC_ELEMENTS, output_size_limit=SHAPE_ARITHMETIC_ELEMENTS)
+
+
+def name_nodes_by_module(model: onnx.ModelProto) -> None:
+    """Name each node after its module path, one component per module level, its op and its
+    count among that module's ops ("/layers.0/residual_group/blocks.1/attn/MatMul_2"), as the
+    TorchScript exporter did, and drop the exporter's per-node metadata.
+
+    The exporter's own names carry counters over the whole graph, which shift between two tiles
+    where one decomposition emits another number of nodes; the FP16/BF16 plan carries its ranges
+    between the graphs at two tiles by node name (`precision.corresponding_tensors`), and the
+    sensitivity search groups nodes by module path (`precision.node_blocks`)."""
+    counts: dict[tuple[str, str], int] = {}
+    for node in model.graph.node:
+        scopes = next((ast.literal_eval(p.value) for p in node.metadata_props if p.key == _NAME_SCOPES), None) or []
+        modules = [scope for scope in scopes[:-1] if scope]
+        parts = [scope[len(parent) + 1 :] if parent and scope.startswith(parent + ".") else scope for parent, scope in zip(["", *modules], modules)]
+        path = "/" + "".join(f"{part}/" for part in parts)
+        count = counts.get((path, node.op_type), 0)
+        counts[(path, node.op_type)] = count + 1
+        node.name = f"{path}{node.op_type}" + (f"_{count}" if count else "")
+        del node.metadata_props[:]
+        node.doc_string = ""
+    del model.metadata_props[:]
+
+
+def plain_ops(model: onnx.ModelProto) -> None:
+    """Rewrite what the dynamo exporter writes and its consumers do not take:
+
+    - CastLike (how it casts a Python scalar to a tensor's type) becomes the Cast to the static
+      target type, which onnxsim folds on constants (a CastLike on a constant it leaves, and the
+      FP16 converter does not follow its target, which left FP32 Clip bounds on FP16 inputs);
+    - an int32 GatherND index (advanced indexing with an int32 index: DAT gathers its bias table
+      with one) gets a Cast to int64, the only index type GatherND takes;
+    - SplitToSequence read by SequenceAt at constant positions (`chunk`, `split`: Restormer)
+      becomes one Split: TensorRT parses no sequence ops.
+    """
+    graph = model.graph
+    if not any(node.op_type in ("CastLike", "GatherND", "SplitToSequence") for node in graph.node):
+        return
+    types = tensor_types(model)
+    constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    constants.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.node if n.op_type == "Constant" and n.attribute[0].name == "value"})
+    readers = _readers(graph)
+    split_outputs: dict[str, str] = {}  # SequenceAt output -> the Split output it becomes
+    nodes = []
+    for node in graph.node:
+        if node.op_type == "SequenceAt" and node.output[0] in split_outputs:
+            continue
+        if node.op_type == "SplitToSequence":
+            split = _sequence_split(node, types, constants, readers[node.output[0]], split_outputs)
+            if split:
+                nodes.extend(split)
+                continue
+        nodes.extend(_plain_node(node, types))
+    for node in nodes:
+        for i, name in enumerate(node.input):
+            node.input[i] = split_outputs.get(name, name)
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def _readers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    """{value name: the nodes that read it}."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    return readers
+
+
+def _plain_node(node: onnx.NodeProto, types: dict[str, TensorType]) -> list[onnx.NodeProto]:
+    """`node` as plain ops: a CastLike as its Cast, an int32 GatherND index cast to int64 first."""
+    if node.op_type == "CastLike":
+        target = types[node.input[1]].elem_type
+        del node.input[1:]
+        node.op_type = "Cast"
+        node.attribute.append(onnx.helper.make_attribute("to", target))
+    elif node.op_type == "GatherND" and types[node.input[1]].elem_type == onnx.TensorProto.INT32:
+        cast = onnx.helper.make_node("Cast", [node.input[1]], [f"{node.input[1]}_int64"], name=f"{node.name}_indices", to=onnx.TensorProto.INT64)
+        node.input[1] = cast.output[0]
+        return [cast, node]
+    return [node]
+
+
+def _sequence_split(
+    node: onnx.NodeProto, types: dict[str, TensorType], constants: dict[str, np.ndarray], readers: list[onnx.NodeProto], split_outputs: dict[str, str]
+) -> list[onnx.NodeProto] | None:
+    """The Split a SplitToSequence amounts to (its sizes' Constant, then the Split), its SequenceAt
+    readers' outputs mapped to the Split's in `split_outputs`; None where it is not that (other
+    readers, computed positions)."""
+    attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    axis, keepdims = attributes.get("axis", 0), attributes.get("keepdims", 1)
+    if len(node.input) < 2 or node.input[1] not in constants or not keepdims:
+        return None
+    if not all(r.op_type == "SequenceAt" and r.input[1] in constants for r in readers):
+        return None
+    split = constants[node.input[1]]
+    if split.ndim == 0:
+        size, chunk = types[node.input[0]].shape[axis], int(split)
+        sizes = [chunk] * (size // chunk) + ([size % chunk] if size % chunk else [])
+    else:
+        sizes = [int(v) for v in split]
+    outputs = [f"{node.output[0]}_{i}" for i in range(len(sizes))]
+    for reader in readers:
+        split_outputs[reader.output[0]] = outputs[int(constants[reader.input[1]]) % len(sizes)]
+    sizes_name = f"{node.output[0]}_sizes"
+    return [
+        onnx.helper.make_node("Constant", [], [sizes_name], value=numpy_helper.from_array(np.array(sizes, dtype=np.int64))),
+        onnx.helper.make_node("Split", [node.input[0], sizes_name], outputs, name=node.name, axis=axis),
+    ]
