@@ -19,7 +19,7 @@ import onnx
 
 from deploytool.build.metrics import psnr
 from deploytool.build.precision.calibration import CPU, Measured, SearchInputs
-from deploytool.build.precision.plan import FP16, Fp16Plan, ReducedPrecision, plan_islands
+from deploytool.build.precision.plan import FP16, Fp16Plan, ReducedPrecision, flop_counts, plan_islands
 from deploytool.errors import ExportError
 from deploytool.runtime.backends.onnxruntime import open_session
 
@@ -86,10 +86,10 @@ MIN_BLOCKS = 8
 MAX_BLOCK_DEPTH = 6
 
 
-def node_blocks(model: onnx.ModelProto, reduced_nodes: set[str], min_blocks: int | None = None) -> dict[str, list[str]]:
-    """Reduced-precision nodes grouped by the module path the tracer put in their names ("/body/layers.3/...")
-    cut at the shallowest depth that gives `min_blocks` (default MIN_BLOCKS) blocks; a node without a path (a fused Gemm)
-    joins its first input's producer's block. Blocks in graph order."""
+def node_paths(model: onnx.ModelProto) -> dict[str, tuple[str, ...]]:
+    """{node: the module path the tracer put in its name ("/body/layers.3/attn/MatMul" ->
+    ("body", "layers.3", "attn"))}; a node without a path (a fused Gemm) takes its first input's
+    producer's."""
     producer = {out: node for node in model.graph.node for out in node.output}
     paths: dict[str, tuple[str, ...]] = {}
     for node in model.graph.node:
@@ -98,6 +98,13 @@ def node_blocks(model: onnx.ModelProto, reduced_nodes: set[str], min_blocks: int
         else:
             source = next((producer[name] for name in node.input if name in producer), None)
             paths[node.name] = paths.get(source.name, ()) if source is not None else ()
+    return paths
+
+
+def node_blocks(model: onnx.ModelProto, reduced_nodes: set[str], min_blocks: int | None = None) -> dict[str, list[str]]:
+    """Reduced-precision nodes grouped by their `node_paths` cut at the shallowest depth that
+    gives `min_blocks` (default MIN_BLOCKS) blocks. Blocks in graph order."""
+    paths = node_paths(model)
     blocks: dict[str, list[str]] = {}
     for depth in range(1, MAX_BLOCK_DEPTH + 1):
         blocks = {}
@@ -158,8 +165,69 @@ def buy_precision(
     for count in range(low, len(ranked)):
         result = check(count, len(checked.arrays))
         if result.holds:
-            return plan_keeping(count), tuple(ranked[:count]), result
+            if not reduced.finer_units:
+                return plan_keeping(count), tuple(ranked[:count]), result
+            return release_finer_units(prepared, plan, {block: blocks[block] for block in ranked[:count]}, checked, reduced, progress) or (
+                plan_keeping(count),
+                tuple(ranked[:count]),
+                result,
+            )
     raise ExportError(f"no {label} plan meets {checked.wanted}, even with {len(ranked) - 1} of {len(ranked)} blocks kept in FP32 by the sensitivity search")
+
+
+def release_finer_units(
+    prepared: onnx.ModelProto,
+    plan: Fp16Plan,
+    kept: dict[str, list[str]],
+    checked: SearchInputs,
+    reduced: ReducedPrecision,
+    progress: Callable[[str], None],
+) -> tuple[Fp16Plan, tuple[str, ...], Validation] | None:
+    """Return parts of the blocks the search kept in FP32 to the reduced precision where the
+    limits still hold: a block is rarely sensitive as a whole (a transformer layer's feed-forward
+    MatMuls hold most of its FLOPs; its attention or its residual adds may be what loses the
+    precision). Each kept block is split into its sub-modules (the next depth of its nodes'
+    paths; the nodes of the block's own module form one unit), largest FLOPs first; a unit goes
+    back to the reduced precision if the plan then holds on the first input, and a unit that
+    cannot is split in turn, down to single modules. The result is confirmed on every input;
+    None where it does not hold there (the caller keeps the whole blocks).
+    """
+    started, one = time.perf_counter(), checked.first(1)
+    paths, flops = node_paths(prepared), flop_counts(prepared)
+    fp32 = set(plan.fp32_nodes) | {name for names in kept.values() for name in names}
+    pending = [(tuple(block.split("/")[1:]) if block != "/" else (), names) for block, names in kept.items()]
+    units: list[tuple[tuple[str, ...], list[str]]] = []  # what stays FP32, as (path, nodes)
+    trials = 0
+    while pending:
+        prefix, names = pending.pop(0)
+        depth = len(prefix) + 1
+        children: dict[tuple[str, ...], list[str]] = {}
+        for name in names:
+            path = paths[name]
+            children.setdefault(path[:depth] if len(path) >= depth else (*prefix, "."), []).append(name)
+        if len(children) < 2 and all(len(paths[name]) < depth for name in names):
+            units.append((prefix, names))  # a module's own nodes: no finer unit
+            continue
+        for child, members in sorted(children.items(), key=lambda item: -sum(flops.get(n, 0) for n in item[1])):
+            trials += 1
+            if validate(prepared, fp32 - set(members), one.arrays, one.fp32_outputs, one.limits, reduced).holds:
+                fp32 -= set(members)
+            elif child[-1] != "." and any(len(paths[name]) > depth for name in members):
+                pending.append((child, members))
+            else:
+                units.append((child, members))
+    kept_names = {name for _, names in units for name in names}
+    finer = Fp16Plan(plan.fp32_nodes | kept_names, {**plan.reasons, **{name: "sensitivity" for name in kept_names}}, plan.margin)
+    result = validate(prepared, finer.fp32_nodes, checked.arrays, checked.fp32_outputs, checked.limits, reduced)
+    before = sum(flops.get(name, 0) for names in kept.values() for name in names)
+    after = sum(flops.get(name, 0) for name in kept_names)
+    progress(
+        f"finer units: {len(units)} of the kept blocks' sub-modules stay in FP32 ({trials} trials, {after / max(before, 1):.0%} of the kept blocks' FLOPs), "
+        f"max |err| {result.max_abs:.3g} ({time.perf_counter() - started:.1f} s){'' if result.holds else ': misses the limits on all inputs, the whole blocks stay'}"
+    )
+    if not result.holds:
+        return None
+    return finer, tuple("/" + "/".join(path) for path, _ in units), result
 
 
 def search_plan(
@@ -170,7 +238,7 @@ def search_plan(
     checked, tried = found.checked, []
     for margin in reduced.margins:
         started = time.perf_counter()
-        plan = plan_islands(found.model, found.ranges, margin, found.sizes, reduced)
+        plan = plan_islands(found.model, found.ranges, margin, found.sizes, reduced, found.lengths)
         result = validate(prepared, plan.fp32_nodes, checked.arrays, checked.fp32_outputs, checked.limits, reduced)
         seen = "" if result.inputs == len(checked.arrays) else f" on {result.inputs} of {len(checked.arrays)} inputs"
         progress(

@@ -301,32 +301,43 @@ def test_the_fp16_plan_holds_on_verifys_inputs_not_only_on_its_calibration_input
 
 
 def test_bf16_islands_are_by_op_and_accumulation_not_by_range():
-    """BF16 has FP32's range: a tensor beyond FP16's stays BF16. Normalisations and softmax stay
-    FP32 by op as in FP16, ops ONNX has no BF16 kernel for stay FP32, and a reduction over more
-    than BF16_SUMMED_LIMIT elements stays FP32 whatever its range."""
+    """BF16 has FP32's range: a tensor beyond FP16's stays BF16. Normalisations stay FP32 by op
+    as in FP16, ops ONNX has no BF16 kernel for stay FP32, and a reduction over more than
+    BF16_SUMMED_LIMIT elements stays FP32 whatever its range, a softmax over its axis among them
+    (FP16 keeps every softmax by op)."""
     from onnx import TensorProto, helper
 
     nodes = [
         helper.make_node("Softmax", ["x"], ["s"], name="soft"),
+        helper.make_node("Softmax", ["x"], ["s_wide"], name="soft_wide", axis=0),
         helper.make_node("Add", ["s", "x"], ["big"], name="add"),
         helper.make_node("ReduceMean", ["big"], ["wide"], name="wide", axes=[0, 1], keepdims=0),
-        helper.make_node("ReduceMean", ["big"], ["narrow"], name="narrow", axes=[0], keepdims=0),
+        helper.make_node("ReduceMean", ["big"], ["narrow"], name="narrow", axes=[1], keepdims=0),
         helper.make_node("Einsum", ["narrow"], ["out"], name="einsum", equation="i->i"),
+        helper.make_node("LayerNormalization", ["x", "scale"], ["normed"], name="norm", axis=-1),
     ]
     graph = helper.make_graph(
         nodes,
         "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [16, 64])],
-        [helper.make_tensor_value_info("wide", TensorProto.FLOAT, []), helper.make_tensor_value_info("out", TensorProto.FLOAT, [64])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [300, 64])],
+        [
+            helper.make_tensor_value_info("wide", TensorProto.FLOAT, []),
+            helper.make_tensor_value_info("out", TensorProto.FLOAT, [300]),
+            helper.make_tensor_value_info("s_wide", TensorProto.FLOAT, [300, 64]),
+            helper.make_tensor_value_info("normed", TensorProto.FLOAT, [300, 64]),
+        ],
+        [helper.make_tensor("scale", TensorProto.FLOAT, [64], [1.0] * 64)],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    ranges = {"x": 1.0, "s": 1.0, "big": 60000.0, "wide": 1.0, "narrow": 1.0, "out": 1.0}
+    ranges = {"x": 1.0, "s": 1.0, "s_wide": 1.0, "big": 60000.0, "wide": 1.0, "narrow": 1.0, "out": 1.0, "normed": 1.0}
     plan = precision.plan_islands(model, ranges, margin=16.0, reduced=precision.BF16)
-    assert plan.reasons == {"soft": "op:Softmax", "wide": "accumulation", "einsum": "op:Einsum"}
-    assert precision.summed_elements(nodes[2], precision.tensor_sizes(model)) == 1024 > precision.BF16_SUMMED_LIMIT
-    assert precision.summed_elements(nodes[3], precision.tensor_sizes(model)) == 16
+    assert plan.reasons == {"soft_wide": "accumulation", "wide": "accumulation", "einsum": "op:Einsum", "norm": "op:LayerNormalization"}
+    assert precision.softmax_lengths(model) == {"soft": 64, "soft_wide": 300} and 64 <= precision.BF16_SUMMED_LIMIT < 300
+    assert precision.summed_elements(nodes[3], precision.tensor_sizes(model)) == 19200 > precision.BF16_SUMMED_LIMIT
+    assert precision.summed_elements(nodes[4], precision.tensor_sizes(model)) == 64
     fp16 = precision.plan_islands(model, ranges, margin=16.0)  # the same graph's FP16 plan, for contrast
     assert fp16.reasons["add"] == "range" and "einsum" not in fp16.fp32_nodes
+    assert fp16.reasons["soft"] == fp16.reasons["soft_wide"] == "op:Softmax"
 
 
 def emulated_max_abs(fp32: onnx.ModelProto, fp32_nodes: set[str], batches: list[np.ndarray]) -> float:
@@ -397,3 +408,38 @@ def test_a_full_size_bf16_plan_holds(tmp_path, model_id):
     tile = entry.tiling.tile if entry.tiling.fixed_tile else (64, 64)
     request = export.ExportRequest(entry, WeightsSource(kind="random-init", seed=0), out, tile, 1, fp16=False, bf16=True, calibration_count=2)
     assert_bf16_plan_holds(out, export.export(request))
+
+
+def test_the_bf16_search_returns_the_parts_of_a_kept_block_that_hold_to_bf16():
+    """A block kept in FP32 whose precision is lost in one sub-module only: its large MatMul and
+    its own ReLU go back to BF16, the sub-module that cancels (x + 256 - 256 loses all but a
+    step of 2 in BF16) stays FP32, and the result holds on every input."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array((rng.standard_normal((16, 16)) / 4).astype(np.float32), "w")
+    offset = numpy_helper.from_array(np.array(256.0, np.float32), "offset")
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["a"], name="/blk/mm/MatMul"),
+        helper.make_node("Add", ["a", "offset"], ["b"], name="/blk/cancel/Add"),
+        helper.make_node("Sub", ["b", "offset"], ["c"], name="/blk/cancel/Sub"),
+        helper.make_node("Relu", ["c"], ["y"], name="/blk/Relu"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 16])],
+        [weight, offset],
+    )
+    model = precision.prepare_conversion(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8))
+    arrays = [rng.standard_normal((4, 16)).astype(np.float32) for _ in range(3)]
+    checked = precision.SearchInputs(arrays, precision.run_graph(model, arrays), [0.05] * 3, "0.05")
+    whole = {"/blk": [node.name for node in nodes]}
+    assert not precision.validate(model, set(), arrays[:1], checked.fp32_outputs[:1], 0.05, precision.BF16).holds  # BF16 everywhere misses
+    found = precision.release_finer_units(model, precision.Fp16Plan(set(), {}, 16.0), whole, checked, precision.BF16, lambda line: None)
+    assert found is not None
+    plan, units, result = found
+    assert plan.fp32_nodes == {"/blk/cancel/Add", "/blk/cancel/Sub"} and units == ("/blk/cancel",)
+    assert plan.reasons == {"/blk/cancel/Add": "sensitivity", "/blk/cancel/Sub": "sensitivity"}
+    assert result.holds and result.inputs == 3
