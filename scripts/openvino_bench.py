@@ -71,7 +71,8 @@ def export_with_plan(model_id: str, out: Path, tile: int | None, bf16: bool, wei
     batch = entry.tiling.batch if entry.tiling.fixed_tile else 1
     source = resolve_source(entry, weights=weights, random_init=weights is None)
     started = time.perf_counter()
-    export.export(export.ExportRequest(entry=entry, source=source, out_dir=out, tile=size, batch=batch, fp16=False, bf16=bf16))
+    request = export.ExportRequest(entry=entry, source=source, out_dir=out, tile=size, batch=batch, fp16=False, bf16=bf16)
+    export.export(request, progress=lambda message: print(f"{model_id}: {message}", file=sys.stderr))
     print(f"{model_id}: exported at {size[0]}x{size[1]}, batch {batch} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
 
 
