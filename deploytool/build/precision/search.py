@@ -175,6 +175,16 @@ def buy_precision(
     raise ExportError(f"no {label} plan meets {checked.wanted}, even with {len(ranked) - 1} of {len(ranked)} blocks kept in FP32 by the sensitivity search")
 
 
+def _sub_units(prefix: tuple[str, ...], names: list[str], paths: dict[str, tuple[str, ...]]) -> dict[tuple[str, ...], list[str]]:
+    """The nodes of the module at `prefix` by its sub-modules; its own nodes under `prefix + (".",)`."""
+    depth = len(prefix) + 1
+    children: dict[tuple[str, ...], list[str]] = {}
+    for name in names:
+        path = paths[name]
+        children.setdefault(path[:depth] if len(path) >= depth else (*prefix, "."), []).append(name)
+    return children
+
+
 def release_finer_units(
     prepared: onnx.ModelProto,
     plan: Fp16Plan,
@@ -184,35 +194,42 @@ def release_finer_units(
     progress: Callable[[str], None],
 ) -> tuple[Fp16Plan, tuple[str, ...], Validation] | None:
     """Return parts of the blocks the search kept in FP32 to the reduced precision where the
-    limits still hold: a block is rarely sensitive as a whole (a transformer layer's feed-forward
-    MatMuls hold most of its FLOPs; its attention or its residual adds may be what loses the
-    precision). Each kept block is split into its sub-modules (the next depth of its nodes'
-    paths; the nodes of the block's own module form one unit), largest FLOPs first; a unit goes
-    back to the reduced precision if the plan then holds on the first input, and a unit that
-    cannot is split in turn, down to single modules. The result is confirmed on every input;
-    None where it does not hold there (the caller keeps the whole blocks).
+    limits still hold: a block is rarely sensitive as a whole (IPT: a transformer layer's
+    projections and feed-forward hold most of its FLOPs and keep the tolerance in BF16; its
+    attention products and residual adds are what lose the precision). First, one trial: the
+    kept blocks' weighted products (Conv, MatMul, Gemm reading a weight) all go back. Then each
+    kept block is split into its sub-modules (the next depth of its nodes' paths; the block's
+    own nodes are one more unit), those with FLOPs still in FP32 largest first: a unit goes back
+    if the plan then holds on the first input, and one that cannot is split in turn. Units
+    without FLOPs stay FP32 untried (they would buy no FLOP share for a trial each). The result
+    is confirmed on every input; None where it does not hold there (the caller keeps the whole
+    blocks).
     """
     started, one = time.perf_counter(), checked.first(1)
     paths, flops = node_paths(prepared), flop_counts(prepared)
     fp32 = set(plan.fp32_nodes) | {name for names in kept.values() for name in names}
-    pending = [(tuple(block.split("/")[1:]) if block != "/" else (), names) for block, names in kept.items()]
+    weights = {init.name for init in prepared.graph.initializer}
+    weighted = {node.name for node in prepared.graph.node if node.name in fp32 and flops.get(node.name) and any(i in weights for i in node.input[1:])}
+    weighted &= {name for names in kept.values() for name in names}
+    trials = 1 if weighted else 0
+    if weighted and validate(prepared, fp32 - weighted, one.arrays, one.fp32_outputs, one.limits, reduced).holds:
+        fp32 -= weighted
+    pending = [(tuple(block.split("/")[1:]) if block != "/" else (), [n for n in names if n in fp32]) for block, names in kept.items()]
     units: list[tuple[tuple[str, ...], list[str]]] = []  # what stays FP32, as (path, nodes)
-    trials = 0
     while pending:
         prefix, names = pending.pop(0)
-        depth = len(prefix) + 1
-        children: dict[tuple[str, ...], list[str]] = {}
-        for name in names:
-            path = paths[name]
-            children.setdefault(path[:depth] if len(path) >= depth else (*prefix, "."), []).append(name)
-        if len(children) < 2 and all(len(paths[name]) < depth for name in names):
-            units.append((prefix, names))  # a module's own nodes: no finer unit
-            continue
+        children = _sub_units(prefix, names, paths)
         for child, members in sorted(children.items(), key=lambda item: -sum(flops.get(n, 0) for n in item[1])):
-            trials += 1
-            if validate(prepared, fp32 - set(members), one.arrays, one.fp32_outputs, one.limits, reduced).holds:
-                fp32 -= set(members)
-            elif child[-1] != "." and any(len(paths[name]) > depth for name in members):
+            splittable = child[-1] != "." and any(len(paths[name]) > len(child) for name in members)
+            if not any(flops.get(name) for name in members):
+                units.append((child, members))
+                continue
+            if len(children) > 1 or not splittable:
+                trials += 1
+                if validate(prepared, fp32 - set(members), one.arrays, one.fp32_outputs, one.limits, reduced).holds:
+                    fp32 -= set(members)
+                    continue
+            if splittable:
                 pending.append((child, members))
             else:
                 units.append((child, members))
@@ -227,7 +244,7 @@ def release_finer_units(
     )
     if not result.holds:
         return None
-    return finer, tuple("/" + "/".join(path) for path, _ in units), result
+    return finer, tuple("/" + "/".join(path[:-1] if path[-1:] == (".",) else path) for path, _ in units), result
 
 
 def search_plan(

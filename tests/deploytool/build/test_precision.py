@@ -411,35 +411,36 @@ def test_a_full_size_bf16_plan_holds(tmp_path, model_id):
 
 
 def test_the_bf16_search_returns_the_parts_of_a_kept_block_that_hold_to_bf16():
-    """A block kept in FP32 whose precision is lost in one sub-module only: its large MatMul and
-    its own ReLU go back to BF16, the sub-module that cancels (x + 256 - 256 loses all but a
-    step of 2 in BF16) stays FP32, and the result holds on every input."""
+    """A block kept in FP32 whose precision is lost in one sub-module: `cancel` adds 256, multiplies
+    and takes 256 away again (BF16 keeps a step of 2 at 256). Its weighted products cannot all go
+    back to BF16 at once (cancel's MatMul is one), so the sub-modules are tried: `mm` goes back,
+    `cancel` stays FP32, and the block's own ReLU (no FLOPs) stays untried; it holds on every input."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
-    weight = numpy_helper.from_array((rng.standard_normal((16, 16)) / 4).astype(np.float32), "w")
-    offset = numpy_helper.from_array(np.array(256.0, np.float32), "offset")
+    initializers = [
+        numpy_helper.from_array((rng.standard_normal((16, 16)) / 4).astype(np.float32), "w"),
+        numpy_helper.from_array((np.eye(16) + rng.standard_normal((16, 16)) / 64).astype(np.float32), "v"),
+        numpy_helper.from_array(np.array(256.0, np.float32), "offset"),
+    ]
     nodes = [
         helper.make_node("MatMul", ["x", "w"], ["a"], name="/blk/mm/MatMul"),
         helper.make_node("Add", ["a", "offset"], ["b"], name="/blk/cancel/Add"),
-        helper.make_node("Sub", ["b", "offset"], ["c"], name="/blk/cancel/Sub"),
+        helper.make_node("MatMul", ["b", "v"], ["p"], name="/blk/cancel/MatMul"),
+        helper.make_node("Sub", ["p", "offset"], ["c"], name="/blk/cancel/Sub"),
         helper.make_node("Relu", ["c"], ["y"], name="/blk/Relu"),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 16])],
-        [weight, offset],
-    )
+    inputs, outputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 16])]
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializers)
     model = precision.prepare_conversion(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8))
     arrays = [rng.standard_normal((4, 16)).astype(np.float32) for _ in range(3)]
     checked = precision.SearchInputs(arrays, precision.run_graph(model, arrays), [0.05] * 3, "0.05")
-    whole = {"/blk": [node.name for node in nodes]}
-    assert not precision.validate(model, set(), arrays[:1], checked.fp32_outputs[:1], 0.05, precision.BF16).holds  # BF16 everywhere misses
-    found = precision.release_finer_units(model, precision.Fp16Plan(set(), {}, 16.0), whole, checked, precision.BF16, lambda line: None)
-    assert found is not None
+    cancelling = {"/blk/cancel/Add", "/blk/cancel/MatMul", "/blk/cancel/Sub"}
+    assert not precision.validate(model, {"/blk/Relu"}, arrays[:1], checked.fp32_outputs[:1], 0.05, precision.BF16).holds  # the weighted products all BF16
+    lines = []
+    found = precision.release_finer_units(model, precision.Fp16Plan(set(), {}, 16.0), {"/blk": [n.name for n in nodes]}, checked, precision.BF16, lines.append)
+    assert found is not None, lines
     plan, units, result = found
-    assert plan.fp32_nodes == {"/blk/cancel/Add", "/blk/cancel/Sub"} and units == ("/blk/cancel",)
-    assert plan.reasons == {"/blk/cancel/Add": "sensitivity", "/blk/cancel/Sub": "sensitivity"}
-    assert result.holds and result.inputs == 3
+    assert plan.fp32_nodes == cancelling | {"/blk/Relu"} and units == ("/blk/cancel", "/blk")
+    assert set(plan.reasons.values()) == {"sensitivity"} and result.holds and result.inputs == 3
+    assert "(3 trials, 50% of the kept blocks' FLOPs)" in lines[-1]
