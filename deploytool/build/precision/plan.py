@@ -70,7 +70,7 @@ class ReducedPrecision:
     summary: type
     fp32_ops: frozenset[str] = ALWAYS_FP32_OPS  # ops kept in FP32 whatever their values
     min_blocks: int | None = None  # the sensitivity search's blocks (None: MIN_BLOCKS; see node_blocks)
-    finer_units: bool = False  # the search returns the kept blocks' sub-modules that hold (search.release_finer_units)
+    finer_units: bool = False  # the search returns the kept blocks' weighted products that hold (search.release_finer_units)
 
     @property
     def label(self) -> str:

@@ -175,16 +175,6 @@ def buy_precision(
     raise ExportError(f"no {label} plan meets {checked.wanted}, even with {len(ranked) - 1} of {len(ranked)} blocks kept in FP32 by the sensitivity search")
 
 
-def _sub_units(prefix: tuple[str, ...], names: list[str], paths: dict[str, tuple[str, ...]]) -> dict[tuple[str, ...], list[str]]:
-    """The nodes of the module at `prefix` by its sub-modules; its own nodes under `prefix + (".",)`."""
-    depth = len(prefix) + 1
-    children: dict[tuple[str, ...], list[str]] = {}
-    for name in names:
-        path = paths[name]
-        children.setdefault(path[:depth] if len(path) >= depth else (*prefix, "."), []).append(name)
-    return children
-
-
 def release_finer_units(
     prepared: onnx.ModelProto,
     plan: Fp16Plan,
@@ -193,58 +183,38 @@ def release_finer_units(
     reduced: ReducedPrecision,
     progress: Callable[[str], None],
 ) -> tuple[Fp16Plan, tuple[str, ...], Validation] | None:
-    """Return parts of the blocks the search kept in FP32 to the reduced precision where the
-    limits still hold: a block is rarely sensitive as a whole (IPT: a transformer layer's
-    projections and feed-forward hold most of its FLOPs and keep the tolerance in BF16; its
-    attention products and residual adds are what lose the precision). First, one trial: the
-    kept blocks' weighted products (Conv, MatMul, Gemm reading a weight) all go back. Then each
-    kept block is split into its sub-modules (the next depth of its nodes' paths; the block's
-    own nodes are one more unit), those with FLOPs still in FP32 largest first: a unit goes back
-    if the plan then holds on the first input, and one that cannot is split in turn. Units
-    without FLOPs stay FP32 untried (they would buy no FLOP share for a trial each). The result
-    is confirmed on every input; None where it does not hold there (the caller keeps the whole
-    blocks).
+    """Return the weighted products (Conv, MatMul, Gemm reading a weight) of the blocks the
+    search kept in FP32 to the reduced precision where the limits still hold: a block is rarely
+    sensitive as a whole (IPT: a transformer layer's projections and feed-forward hold most of
+    its FLOPs and keep the tolerance in BF16; its attention products and residual adds are what
+    lose the precision). One trial a block, least sensitive first, each on the first input;
+    the result is confirmed on every input, and None where it does not hold there (the caller
+    keeps the whole blocks). Returns the plan, the blocks with nodes left in FP32, its validation.
     """
     started, one = time.perf_counter(), checked.first(1)
-    paths, flops = node_paths(prepared), flop_counts(prepared)
-    fp32 = set(plan.fp32_nodes) | {name for names in kept.values() for name in names}
+    flops = flop_counts(prepared)
     weights = {init.name for init in prepared.graph.initializer}
-    weighted = {node.name for node in prepared.graph.node if node.name in fp32 and flops.get(node.name) and any(i in weights for i in node.input[1:])}
-    weighted &= {name for names in kept.values() for name in names}
-    trials = 1 if weighted else 0
-    if weighted and validate(prepared, fp32 - weighted, one.arrays, one.fp32_outputs, one.limits, reduced).holds:
-        fp32 -= weighted
-    pending = [(tuple(block.split("/")[1:]) if block != "/" else (), [n for n in names if n in fp32]) for block, names in kept.items()]
-    units: list[tuple[tuple[str, ...], list[str]]] = []  # what stays FP32, as (path, nodes)
-    while pending:
-        prefix, names = pending.pop(0)
-        children = _sub_units(prefix, names, paths)
-        for child, members in sorted(children.items(), key=lambda item: -sum(flops.get(n, 0) for n in item[1])):
-            splittable = child[-1] != "." and any(len(paths[name]) > len(child) for name in members)
-            if not any(flops.get(name) for name in members):
-                units.append((child, members))
-                continue
-            if len(children) > 1 or not splittable:
-                trials += 1
-                if validate(prepared, fp32 - set(members), one.arrays, one.fp32_outputs, one.limits, reduced).holds:
-                    fp32 -= set(members)
-                    continue
-            if splittable:
-                pending.append((child, members))
-            else:
-                units.append((child, members))
-    kept_names = {name for _, names in units for name in names}
-    finer = Fp16Plan(plan.fp32_nodes | kept_names, {**plan.reasons, **{name: "sensitivity" for name in kept_names}}, plan.margin)
+    by_name = {node.name: node for node in prepared.graph.node}
+    fp32 = set(plan.fp32_nodes) | {name for names in kept.values() for name in names}
+    trials = 0
+    for names in reversed(list(kept.values())):
+        weighted = {name for name in names if flops.get(name) and any(i in weights for i in by_name[name].input[1:])}
+        if weighted:
+            trials += 1
+            if validate(prepared, fp32 - weighted, one.arrays, one.fp32_outputs, one.limits, reduced).holds:
+                fp32 -= weighted
+    kept_names = fp32 - plan.fp32_nodes
+    finer = Fp16Plan(plan.fp32_nodes | kept_names, {**plan.reasons, **dict.fromkeys(kept_names, "sensitivity")}, plan.margin)
     result = validate(prepared, finer.fp32_nodes, checked.arrays, checked.fp32_outputs, checked.limits, reduced)
     before = sum(flops.get(name, 0) for names in kept.values() for name in names)
     after = sum(flops.get(name, 0) for name in kept_names)
     progress(
-        f"finer units: {len(units)} of the kept blocks' sub-modules stay in FP32 ({trials} trials, {after / max(before, 1):.0%} of the kept blocks' FLOPs), "
+        f"weighted products of the kept blocks back in {reduced.label}: {after / max(before, 1):.0%} of their FLOPs stay FP32 ({trials} trials), "
         f"max |err| {result.max_abs:.3g} ({time.perf_counter() - started:.1f} s){'' if result.holds else ': misses the limits on all inputs, the whole blocks stay'}"
     )
     if not result.holds:
         return None
-    return finer, tuple("/" + "/".join(path[:-1] if path[-1:] == (".",) else path) for path, _ in units), result
+    return finer, tuple(block for block, names in kept.items() if kept_names & set(names)), result
 
 
 def search_plan(
