@@ -187,11 +187,12 @@ def release_finer_units(
     search kept in FP32 to the reduced precision where the limits still hold: a block is rarely
     sensitive as a whole (IPT: a transformer layer's projections and feed-forward hold most of
     its FLOPs and keep the tolerance in BF16; its attention products and residual adds are what
-    lose the precision). One trial a block, least sensitive first, each on the first input;
-    the result is confirmed on every input, and None where it does not hold there (the caller
-    keeps the whole blocks). Returns the plan, the blocks with nodes left in FP32, its validation.
+    lose the precision). One trial a block, least sensitive first, each on every input (it stops
+    at the first input that misses); the result is validated once more, and None where it does
+    not hold (the caller keeps the whole blocks). Returns the plan, the blocks with nodes left in
+    FP32, and its validation.
     """
-    started, one = time.perf_counter(), checked.first(1)
+    started = time.perf_counter()
     flops = flop_counts(prepared)
     weights = {init.name for init in prepared.graph.initializer}
     by_name = {node.name: node for node in prepared.graph.node}
@@ -201,7 +202,8 @@ def release_finer_units(
         weighted = {name for name in names if flops.get(name) and any(i in weights for i in by_name[name].input[1:])}
         if weighted:
             trials += 1
-            if validate(prepared, fp32 - weighted, one.arrays, one.fp32_outputs, one.limits, reduced).holds:
+            # on every input: trials that each held on the first input walked the plan to its limit there and past it elsewhere
+            if validate(prepared, fp32 - weighted, checked.arrays, checked.fp32_outputs, checked.limits, reduced).holds:
                 fp32 -= weighted
     kept_names = fp32 - plan.fp32_nodes
     finer = Fp16Plan(plan.fp32_nodes | kept_names, {**plan.reasons, **dict.fromkeys(kept_names, "sensitivity")}, plan.margin)
