@@ -1,12 +1,13 @@
 """ONNX Runtime FP32 against OpenVINO FP32, OpenVINO BF16 with the plan and whole-graph BF16 on the
 CPU, one id per family, in one run.
 
-    python scripts/openvino_bench.py [--ids ID,ID,...] [--tile 64] [--runs 5] [--threads N]
+    python scripts/openvino_bench.py [--ids ID,ID,...] [--tile PX] [--runs 5] [--threads N]
                                      [--set5 DIR --esrt-weights FILE] [--json]
 
 Each id is exported with its official architecture and seeded random initialisation (weights do
-not change the arithmetic's cost) at --tile (a fixed-tile model keeps its own tile and batch),
-with the BF16 plan (`model_bf16.onnx`) and without the FP16 graph. Every row runs the same
+not change the arithmetic's cost) at its default tile, or at --tile where given (a fixed-tile
+model keeps its own tile and batch), with the BF16 plan (`model_bf16.onnx`) and without the FP16
+graph. Every row runs the same
 synthetic batch with the same thread count, their timed calls alternating (so a change in the
 machine's load falls on all of them): latency per batch is the median of --runs after one warm-up
 each, tiles/s beside it, and each speed ratio is ONNX Runtime FP32's latency over the row's,
@@ -70,7 +71,8 @@ def export_with_plan(model_id: str, out: Path, tile: int | None, bf16: bool, wei
     batch = entry.tiling.batch if entry.tiling.fixed_tile else 1
     source = resolve_source(entry, weights=weights, random_init=weights is None)
     started = time.perf_counter()
-    export.export(export.ExportRequest(entry=entry, source=source, out_dir=out, tile=size, batch=batch, fp16=False, bf16=bf16))
+    request = export.ExportRequest(entry=entry, source=source, out_dir=out, tile=size, batch=batch, fp16=False, bf16=bf16)
+    export.export(request, progress=lambda message: print(f"{model_id}: {message}", file=sys.stderr))
     print(f"{model_id}: exported at {size[0]}x{size[1]}, batch {batch} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
 
 
@@ -95,7 +97,7 @@ def time_rows(rows: dict, batch, runs: int) -> tuple[dict[str, float], dict]:
     return {name: statistics.median(values) for name, values in times.items()}, outputs
 
 
-def bench_id(model_id: str, tile: int, runs: int, threads: int, bf16: bool, scratch: Path) -> dict:
+def bench_id(model_id: str, tile: int | None, runs: int, threads: int, bf16: bool, scratch: Path) -> dict:
     out = scratch / model_id
     export_with_plan(model_id, out, tile, bf16)
     manifest = read_manifest(out)
@@ -174,7 +176,7 @@ def markdown(report: dict) -> str:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ids", help="comma-separated model ids  [default: the first single-image id of every family]")
-    parser.add_argument("--tile", type=int, default=64, help="input tile in pixels (fixed-tile models keep theirs)")
+    parser.add_argument("--tile", type=int, help="input tile in pixels  [default: each id's default tile; fixed-tile models keep theirs]")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for every runtime")
     parser.add_argument("--set5", type=Path, help="Set5 folder (HR/, LR_bicubic/X2/) for the real-weights rows")

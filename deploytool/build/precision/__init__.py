@@ -65,6 +65,7 @@ from deploytool.build.precision.growth import (
     corresponding_tensors,
     flowing_growth,
     reduction_accumulator,
+    softmax_lengths,
     summed_elements,
     tensor_sizes,
     tile_growth,
@@ -90,7 +91,18 @@ from deploytool.build.precision.plan import (
     remove_cast_round_trips,
     unshare_initializers,
 )
-from deploytool.build.precision.search import MAX_BLOCK_DEPTH, MIN_BLOCKS, Validation, buy_precision, node_blocks, run_graph, search_plan, validate
+from deploytool.build.precision.search import (
+    MAX_BLOCK_DEPTH,
+    MIN_BLOCKS,
+    Validation,
+    buy_precision,
+    node_blocks,
+    node_paths,
+    release_finer_units,
+    run_graph,
+    search_plan,
+    validate,
+)
 from deploytool.runtime.manifest import Bf16Summary, Fp16Measurement, Fp16Summary
 
 
@@ -214,13 +226,16 @@ __all__ = [
     "measure",
     "measure_ranges",
     "node_blocks",
+    "node_paths",
     "plan_islands",
     "plan_summary",
     "prepare_conversion",
     "reduction_accumulator",
+    "release_finer_units",
     "remove_cast_round_trips",
     "run_graph",
     "search_plan",
+    "softmax_lengths",
     "summed_elements",
     "tensor_sizes",
     "tile_growth",

@@ -10,9 +10,9 @@ FP16_MAX / margin. ONNX Runtime's CPU provider runs FP16 nodes without FP16 kern
 may drop the FP16 rounding between two such nodes, so it under-reports overflow: the tests also
 run the overflow stress case in onnx's reference evaluator, which computes in true FP16.
 
-BF16 keeps the islands by op (normalisations, softmax, and ops ONNX has no BF16 kernel for);
-its reductions are judged by their element count instead of their running sum (see
-BF16_SUMMED_LIMIT), and one margin is tried (no tensor comes near BF16's range).
+BF16 keeps the normalisations and the ops ONNX has no BF16 kernel for as islands by op; its
+reductions, softmax among them, are judged by their element count instead of their running sum
+(see BF16_SUMMED_LIMIT), and one margin is tried (no tensor comes near BF16's range).
 """
 
 from __future__ import annotations
@@ -27,13 +27,18 @@ from onnx import TensorProto, helper, numpy_helper
 
 from deploytool.build import bf16
 from deploytool.build.inferred_types import TensorType, tensor_types
-from deploytool.build.precision.growth import reduction_accumulator, summed_elements, tensor_sizes
+from deploytool.build.precision.growth import reduction_accumulator, softmax_lengths, summed_elements, tensor_sizes
 from deploytool.runtime.manifest import Bf16Summary, Fp16Summary
 
 FP16_MAX = 65504.0
 # Fused normalisations and softmax: their inner sums are not graph tensors, so there is nothing
 # to measure, and TensorRT's FP16 versions are known to lose precision (HAT, SwinIR). FP32 inside.
 ALWAYS_FP32_OPS = frozenset({"LayerNormalization", "Softmax", "LogSoftmax", "InstanceNormalization", "GroupNormalization", "CumSum", "Resize", "Range"})
+# BF16 judges a softmax as a reduction over its axis instead: a BF16 softmax kernel reads and
+# writes BF16 and sums in FP32 (OpenVINO's CPU plugin, TensorRT), which the emulation computes,
+# and an FP32 softmax between BF16 matrix products costs a Cast pair and breaks OpenVINO's fused
+# attention (MatMul-Softmax-MatMul) into three kernels.
+BF16_FP32_OPS = ALWAYS_FP32_OPS - {"Softmax"}
 # Reductions are judged by their accumulator, derived from the measured output: a sum of squares
 # over a whole tile (Restormer's q/k normalisation) overflows FP16 though its root does not.
 REDUCTIONS = frozenset({"ReduceSum", "ReduceSumSquare", "ReduceL2", "ReduceMean", "GlobalAveragePool"})
@@ -63,7 +68,9 @@ class ReducedPrecision:
     deploy_graph: Callable[[onnx.ModelProto, set[str]], onnx.ModelProto]  # the shipped graph
     validated_is_deployed: bool  # the validation graph is the shipped one (FP16) or its emulation (BF16)
     summary: type
+    fp32_ops: frozenset[str] = ALWAYS_FP32_OPS  # ops kept in FP32 whatever their values
     min_blocks: int | None = None  # the sensitivity search's blocks (None: MIN_BLOCKS; see node_blocks)
+    finer_units: bool = False  # the search returns the kept blocks' weighted products that hold (search.release_finer_units)
 
     @property
     def label(self) -> str:
@@ -78,33 +85,46 @@ class Fp16Plan:
 
 
 def plan_islands(
-    model: onnx.ModelProto, ranges: dict[str, float], margin: float, sizes: dict[str, int] | None = None, reduced: ReducedPrecision | None = None
+    model: onnx.ModelProto,
+    ranges: dict[str, float],
+    margin: float,
+    sizes: dict[str, int] | None = None,
+    reduced: ReducedPrecision | None = None,
+    lengths: dict[str, int] | None = None,
 ) -> Fp16Plan:
     """Nodes that must stay FP32: by op type, by measured range against the reduced precision's
     largest value / margin, and reductions by their accumulation (`reduced`: FP16 by default).
 
-    `sizes` (element counts, default: this graph's) judge the reductions' running sums.
+    `sizes` (element counts, default: this graph's) judge the reductions' running sums, and
+    `lengths` (`softmax_lengths`, default: this graph's) the softmaxes a precision does not keep by op.
     """
     reduced = reduced or FP16
     limit = reduced.max_value / margin
     if sizes is None:
         sizes = tensor_sizes(model) if any(n.op_type in REDUCTIONS for n in model.graph.node) else {}
+    if lengths is None:
+        lengths = {} if "Softmax" in reduced.fp32_ops else softmax_lengths(model)
     fp32_nodes: set[str] = set()
     reasons: dict[str, str] = {}
     for node in model.graph.node:
-        reason = island_reason(node, ranges, limit, sizes, reduced)
+        reason = island_reason(node, ranges, limit, sizes, reduced, lengths)
         if reason is not None:
             fp32_nodes.add(node.name)
             reasons[node.name] = reason
     return Fp16Plan(fp32_nodes, reasons, margin)
 
 
-def island_reason(node: onnx.NodeProto, ranges: dict[str, float], limit: float, sizes: dict[str, int], reduced: ReducedPrecision) -> str | None:
-    """Why `node` stays FP32 ("op:<type>", "range", "accumulator", "accumulation"), or None."""
-    if node.op_type in ALWAYS_FP32_OPS or reduced.lacks_kernel(node.op_type):
+def island_reason(
+    node: onnx.NodeProto, ranges: dict[str, float], limit: float, sizes: dict[str, int], reduced: ReducedPrecision, lengths: dict[str, int] | None = None
+) -> str | None:
+    """Why `node` stays FP32 ("op:<type>", "range", "accumulator", "accumulation"), or None.
+    `lengths`: `softmax_lengths` of the graph, for a precision that judges softmax by them."""
+    if node.op_type in reduced.fp32_ops or reduced.lacks_kernel(node.op_type):
         return f"op:{node.op_type}"
     if any(ranges.get(t, 0.0) > limit for t in (*node.input, *node.output)):
         return "range"
+    if node.op_type == "Softmax":
+        return "accumulation" if reduced.summed_limit is not None and (lengths or {})[node.name] > reduced.summed_limit else None
     if node.op_type not in REDUCTIONS:
         return None
     if reduction_accumulator(node, ranges, sizes) > limit:
@@ -292,8 +312,10 @@ BF16 = ReducedPrecision(
     deploy_graph=bf16.convert,
     validated_is_deployed=False,
     summary=Bf16Summary,
+    fp32_ops=BF16_FP32_OPS,
     # BF16 loses precision everywhere, not in a few overflowing places: finer blocks keep less
     # in FP32 (IPT at full size: 8 blocks kept 94% of the FLOPs in FP32)
     min_blocks=24,
+    finer_units=True,
 )
 PRECISIONS = {reduced.name: reduced for reduced in (FP16, BF16)}

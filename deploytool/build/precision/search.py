@@ -19,7 +19,7 @@ import onnx
 
 from deploytool.build.metrics import psnr
 from deploytool.build.precision.calibration import CPU, Measured, SearchInputs
-from deploytool.build.precision.plan import FP16, Fp16Plan, ReducedPrecision, plan_islands
+from deploytool.build.precision.plan import FP16, Fp16Plan, ReducedPrecision, flop_counts, plan_islands
 from deploytool.errors import ExportError
 from deploytool.runtime.backends.onnxruntime import open_session
 
@@ -86,10 +86,10 @@ MIN_BLOCKS = 8
 MAX_BLOCK_DEPTH = 6
 
 
-def node_blocks(model: onnx.ModelProto, reduced_nodes: set[str], min_blocks: int | None = None) -> dict[str, list[str]]:
-    """Reduced-precision nodes grouped by the module path the tracer put in their names ("/body/layers.3/...")
-    cut at the shallowest depth that gives `min_blocks` (default MIN_BLOCKS) blocks; a node without a path (a fused Gemm)
-    joins its first input's producer's block. Blocks in graph order."""
+def node_paths(model: onnx.ModelProto) -> dict[str, tuple[str, ...]]:
+    """{node: the module path the tracer put in its name ("/body/layers.3/attn/MatMul" ->
+    ("body", "layers.3", "attn"))}; a node without a path (a fused Gemm) takes its first input's
+    producer's."""
     producer = {out: node for node in model.graph.node for out in node.output}
     paths: dict[str, tuple[str, ...]] = {}
     for node in model.graph.node:
@@ -98,6 +98,13 @@ def node_blocks(model: onnx.ModelProto, reduced_nodes: set[str], min_blocks: int
         else:
             source = next((producer[name] for name in node.input if name in producer), None)
             paths[node.name] = paths.get(source.name, ()) if source is not None else ()
+    return paths
+
+
+def node_blocks(model: onnx.ModelProto, reduced_nodes: set[str], min_blocks: int | None = None) -> dict[str, list[str]]:
+    """Reduced-precision nodes grouped by their `node_paths` cut at the shallowest depth that
+    gives `min_blocks` (default MIN_BLOCKS) blocks. Blocks in graph order."""
+    paths = node_paths(model)
     blocks: dict[str, list[str]] = {}
     for depth in range(1, MAX_BLOCK_DEPTH + 1):
         blocks = {}
@@ -158,8 +165,58 @@ def buy_precision(
     for count in range(low, len(ranked)):
         result = check(count, len(checked.arrays))
         if result.holds:
-            return plan_keeping(count), tuple(ranked[:count]), result
+            if not reduced.finer_units:
+                return plan_keeping(count), tuple(ranked[:count]), result
+            return release_finer_units(prepared, plan, {block: blocks[block] for block in ranked[:count]}, checked, reduced, progress) or (
+                plan_keeping(count),
+                tuple(ranked[:count]),
+                result,
+            )
     raise ExportError(f"no {label} plan meets {checked.wanted}, even with {len(ranked) - 1} of {len(ranked)} blocks kept in FP32 by the sensitivity search")
+
+
+def release_finer_units(
+    prepared: onnx.ModelProto,
+    plan: Fp16Plan,
+    kept: dict[str, list[str]],
+    checked: SearchInputs,
+    reduced: ReducedPrecision,
+    progress: Callable[[str], None],
+) -> tuple[Fp16Plan, tuple[str, ...], Validation] | None:
+    """Return the weighted products (Conv, MatMul, Gemm reading a weight) of the blocks the
+    search kept in FP32 to the reduced precision where the limits still hold: a block is rarely
+    sensitive as a whole (IPT: a transformer layer's projections and feed-forward hold most of
+    its FLOPs and keep the tolerance in BF16; its attention products and residual adds are what
+    lose the precision). One trial a block, least sensitive first, each on every input (it stops
+    at the first input that misses); the result is validated once more, and None where it does
+    not hold (the caller keeps the whole blocks). Returns the plan, the blocks with nodes left in
+    FP32, and its validation.
+    """
+    started = time.perf_counter()
+    flops = flop_counts(prepared)
+    weights = {init.name for init in prepared.graph.initializer}
+    by_name = {node.name: node for node in prepared.graph.node}
+    fp32 = set(plan.fp32_nodes) | {name for names in kept.values() for name in names}
+    trials = 0
+    for names in reversed(list(kept.values())):
+        weighted = {name for name in names if flops.get(name) and any(i in weights for i in by_name[name].input[1:])}
+        if weighted:
+            trials += 1
+            # on every input: trials that each held on the first input walked the plan to its limit there and past it elsewhere
+            if validate(prepared, fp32 - weighted, checked.arrays, checked.fp32_outputs, checked.limits, reduced).holds:
+                fp32 -= weighted
+    kept_names = fp32 - plan.fp32_nodes
+    finer = Fp16Plan(plan.fp32_nodes | kept_names, {**plan.reasons, **dict.fromkeys(kept_names, "sensitivity")}, plan.margin)
+    result = validate(prepared, finer.fp32_nodes, checked.arrays, checked.fp32_outputs, checked.limits, reduced)
+    before = sum(flops.get(name, 0) for names in kept.values() for name in names)
+    after = sum(flops.get(name, 0) for name in kept_names)
+    progress(
+        f"weighted products of the kept blocks back in {reduced.label}: {after / max(before, 1):.0%} of their FLOPs stay FP32 ({trials} trials), "
+        f"max |err| {result.max_abs:.3g} ({time.perf_counter() - started:.1f} s){'' if result.holds else ': misses the limits on all inputs, the whole blocks stay'}"
+    )
+    if not result.holds:
+        return None
+    return finer, tuple(block for block, names in kept.items() if kept_names & set(names)), result
 
 
 def search_plan(
@@ -170,7 +227,7 @@ def search_plan(
     checked, tried = found.checked, []
     for margin in reduced.margins:
         started = time.perf_counter()
-        plan = plan_islands(found.model, found.ranges, margin, found.sizes, reduced)
+        plan = plan_islands(found.model, found.ranges, margin, found.sizes, reduced, found.lengths)
         result = validate(prepared, plan.fp32_nodes, checked.arrays, checked.fp32_outputs, checked.limits, reduced)
         seen = "" if result.inputs == len(checked.arrays) else f" on {result.inputs} of {len(checked.arrays)} inputs"
         progress(

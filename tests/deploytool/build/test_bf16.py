@@ -111,6 +111,20 @@ def test_the_emulated_graph_computes_what_pytorch_bf16_does():
     assert np.abs(unrounded - expected).max() > 10 * np.abs(emulated - expected).max()  # the rounding is what matches
 
 
+def test_a_bf16_softmax_between_bf16_nodes_computes_as_an_fp32_island_there_does():
+    """Why a softmax over at most BF16_SUMMED_LIMIT elements is no island: its input comes BF16
+    from the MatMul before it and its output is read in BF16 by the node after it, and between
+    the two it sums in FP32 either way, so the plan's output is the same to the bit; only the
+    Cast pair around it goes."""
+    model, _ = small_network()
+    x = np.random.default_rng(2).normal(0, 1, (1, 4, 8, 8)).astype(np.float32)
+    (island,) = precision.run_graph(bf16.emulate(model, {"soft"}), [x])
+    (bf16_softmax,) = precision.run_graph(bf16.emulate(model, set()), [x])
+    assert_same_bits(bf16_softmax, island)
+    casts = [len([n for n in bf16.convert(model, kept).graph.node if n.op_type == "Cast"]) for kept in ({"soft"}, set())]
+    assert casts[0] == casts[1] + 2
+
+
 def test_the_bf16_graph_keeps_names_and_io_and_computes_as_its_emulation():
     """E2's contract: model.onnx's node names; FP32 islands in float32, all others in bfloat16
     with bfloat16 weights; float32 graph IO under the same names and shapes. onnx's reference

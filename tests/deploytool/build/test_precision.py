@@ -301,32 +301,43 @@ def test_the_fp16_plan_holds_on_verifys_inputs_not_only_on_its_calibration_input
 
 
 def test_bf16_islands_are_by_op_and_accumulation_not_by_range():
-    """BF16 has FP32's range: a tensor beyond FP16's stays BF16. Normalisations and softmax stay
-    FP32 by op as in FP16, ops ONNX has no BF16 kernel for stay FP32, and a reduction over more
-    than BF16_SUMMED_LIMIT elements stays FP32 whatever its range."""
+    """BF16 has FP32's range: a tensor beyond FP16's stays BF16. Normalisations stay FP32 by op
+    as in FP16, ops ONNX has no BF16 kernel for stay FP32, and a reduction over more than
+    BF16_SUMMED_LIMIT elements stays FP32 whatever its range, a softmax over its axis among them
+    (FP16 keeps every softmax by op)."""
     from onnx import TensorProto, helper
 
     nodes = [
         helper.make_node("Softmax", ["x"], ["s"], name="soft"),
+        helper.make_node("Softmax", ["x"], ["s_wide"], name="soft_wide", axis=0),
         helper.make_node("Add", ["s", "x"], ["big"], name="add"),
         helper.make_node("ReduceMean", ["big"], ["wide"], name="wide", axes=[0, 1], keepdims=0),
-        helper.make_node("ReduceMean", ["big"], ["narrow"], name="narrow", axes=[0], keepdims=0),
+        helper.make_node("ReduceMean", ["big"], ["narrow"], name="narrow", axes=[1], keepdims=0),
         helper.make_node("Einsum", ["narrow"], ["out"], name="einsum", equation="i->i"),
+        helper.make_node("LayerNormalization", ["x", "scale"], ["normed"], name="norm", axis=-1),
     ]
     graph = helper.make_graph(
         nodes,
         "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [16, 64])],
-        [helper.make_tensor_value_info("wide", TensorProto.FLOAT, []), helper.make_tensor_value_info("out", TensorProto.FLOAT, [64])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [300, 64])],
+        [
+            helper.make_tensor_value_info("wide", TensorProto.FLOAT, []),
+            helper.make_tensor_value_info("out", TensorProto.FLOAT, [300]),
+            helper.make_tensor_value_info("s_wide", TensorProto.FLOAT, [300, 64]),
+            helper.make_tensor_value_info("normed", TensorProto.FLOAT, [300, 64]),
+        ],
+        [helper.make_tensor("scale", TensorProto.FLOAT, [64], [1.0] * 64)],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    ranges = {"x": 1.0, "s": 1.0, "big": 60000.0, "wide": 1.0, "narrow": 1.0, "out": 1.0}
+    ranges = {"x": 1.0, "s": 1.0, "s_wide": 1.0, "big": 60000.0, "wide": 1.0, "narrow": 1.0, "out": 1.0, "normed": 1.0}
     plan = precision.plan_islands(model, ranges, margin=16.0, reduced=precision.BF16)
-    assert plan.reasons == {"soft": "op:Softmax", "wide": "accumulation", "einsum": "op:Einsum"}
-    assert precision.summed_elements(nodes[2], precision.tensor_sizes(model)) == 1024 > precision.BF16_SUMMED_LIMIT
-    assert precision.summed_elements(nodes[3], precision.tensor_sizes(model)) == 16
+    assert plan.reasons == {"soft_wide": "accumulation", "wide": "accumulation", "einsum": "op:Einsum", "norm": "op:LayerNormalization"}
+    assert precision.softmax_lengths(model) == {"soft": 64, "soft_wide": 300} and 64 <= precision.BF16_SUMMED_LIMIT < 300
+    assert precision.summed_elements(nodes[3], precision.tensor_sizes(model)) == 19200 > precision.BF16_SUMMED_LIMIT
+    assert precision.summed_elements(nodes[4], precision.tensor_sizes(model)) == 64
     fp16 = precision.plan_islands(model, ranges, margin=16.0)  # the same graph's FP16 plan, for contrast
     assert fp16.reasons["add"] == "range" and "einsum" not in fp16.fp32_nodes
+    assert fp16.reasons["soft"] == fp16.reasons["soft_wide"] == "op:Softmax"
 
 
 def emulated_max_abs(fp32: onnx.ModelProto, fp32_nodes: set[str], batches: list[np.ndarray]) -> float:
@@ -375,3 +386,40 @@ def test_a_full_size_bf16_plan_holds(tmp_path, model_id):
     # the same export's FP32 graph (torch.export) computes what the TorchScript exporter's graph did (issue 22)
     model = build_def(entry, load_state_dict(entry, request.source))
     assert max_abs_against_torchscript(onnx.load(str(out / FP32_FILE)), model, entry.fold_limit_mb) <= 1e-5
+
+
+def test_the_bf16_search_returns_the_weighted_products_of_kept_blocks_that_hold_to_bf16():
+    """Two blocks kept in FP32. In `/a` the precision is lost in its elementwise part (x + 256 -
+    256 keeps a step of 2 in BF16), so its MatMul goes back to BF16; in `/b` the MatMul itself
+    reads values near 256, so it cannot. The result holds on every input."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    initializers = [
+        numpy_helper.from_array((rng.standard_normal((16, 16)) / 4).astype(np.float32), "w"),
+        numpy_helper.from_array((np.eye(16) + rng.standard_normal((16, 16)) / 64).astype(np.float32), "v"),
+        numpy_helper.from_array(np.array(256.0, np.float32), "offset"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["a"], name="/a/MatMul"),
+        helper.make_node("Add", ["a", "offset"], ["a_up"], name="/a/Add"),
+        helper.make_node("Sub", ["a_up", "offset"], ["a_out"], name="/a/Sub"),
+        helper.make_node("Add", ["a_out", "offset"], ["b"], name="/b/Add"),
+        helper.make_node("MatMul", ["b", "v"], ["p"], name="/b/MatMul"),
+        helper.make_node("Sub", ["p", "offset"], ["y"], name="/b/Sub"),
+    ]
+    inputs, outputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 16])]
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializers)
+    model = precision.prepare_conversion(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8))
+    arrays = [rng.standard_normal((4, 16)).astype(np.float32) for _ in range(3)]
+    checked = precision.SearchInputs(arrays, precision.run_graph(model, arrays), [0.05] * 3, "0.05")
+    blocks = {"/b": ["/b/Add", "/b/MatMul", "/b/Sub"], "/a": ["/a/MatMul", "/a/Add", "/a/Sub"]}
+    for block in blocks.values():  # each block alone in BF16 misses the limit: both are needed in FP32
+        assert not precision.validate(model, {n.name for n in nodes} - set(block), arrays[:1], checked.fp32_outputs[:1], 0.05, precision.BF16).holds
+    lines = []
+    found = precision.release_finer_units(model, precision.Fp16Plan(set(), {}, 16.0), blocks, checked, precision.BF16, lines.append)
+    assert found is not None, lines
+    plan, kept, result = found
+    assert plan.fp32_nodes == {n.name for n in nodes} - {"/a/MatMul"} and kept == ("/b", "/a")
+    assert set(plan.reasons.values()) == {"sensitivity"} and result.holds and result.inputs == 3
+    assert "50% of their FLOPs stay FP32 (2 trials)" in lines[-1]
