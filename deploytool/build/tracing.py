@@ -92,9 +92,10 @@ def fold_shape_arithmetic(model) -> None:
 
 
 def name_nodes_by_module(model: onnx.ModelProto) -> None:
-    """Name each node after its module path, one component per module level, its op and its
-    count among that module's ops ("/layers.0/residual_group/blocks.1/attn/MatMul_2"), as the
-    TorchScript exporter did, and drop the exporter's per-node metadata.
+    """Name each node after its module path, one component per module level (its name within its
+    parent: module `layers.0.residual_group` is "/layers.0/residual_group/"), its op and its count
+    among that module's ops ("/layers.0/residual_group/blocks.1/attn/MatMul_2"), and drop the
+    exporter's per-node metadata.
 
     The exporter's own names carry counters over the whole graph, which shift between two tiles
     where one decomposition emits another number of nodes; the FP16/BF16 plan carries its ranges
