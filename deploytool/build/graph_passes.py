@@ -118,20 +118,39 @@ def _release_held_nodes(model: onnx.ModelProto) -> None:
     model.opset_import.extend(imports)
 
 
+# Constant attributes that hold a list or a scalar instead of a tensor, and the dtype of each
+_CONSTANT_LISTS = {"value_float": np.float32, "value_floats": np.float32, "value_int": np.int64, "value_ints": np.int64}
+
+
 def constants_to_initializers(model: onnx.ModelProto) -> None:
-    """Move tensor-valued Constant nodes into initializers, where deduplication can see them."""
+    """Move Constant nodes into initializers, where deduplication can see them and the FP16/BF16
+    converters type them (the dynamo exporter writes some as lists: an empty `value_floats` for a
+    Resize's unused scales, which the FP16 converter retyped but did not convert)."""
     graph = model.graph
     kept = []
     for node in graph.node:
-        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
-            tensor = onnx.TensorProto()
-            tensor.CopyFrom(node.attribute[0].t)
-            tensor.name = node.output[0]
-            graph.initializer.append(tensor)
-        else:
+        tensor = _constant_tensor(node)
+        if tensor is None:
             kept.append(node)
+        else:
+            graph.initializer.append(tensor)
     del graph.node[:]
     graph.node.extend(kept)
+
+
+def _constant_tensor(node: onnx.NodeProto) -> onnx.TensorProto | None:
+    if node.op_type != "Constant" or len(node.attribute) != 1:
+        return None
+    attribute = node.attribute[0]
+    if attribute.name == "value":
+        tensor = onnx.TensorProto()
+        tensor.CopyFrom(attribute.t)
+        tensor.name = node.output[0]
+        return tensor
+    if attribute.name in _CONSTANT_LISTS:
+        values = np.array(onnx.helper.get_attribute_value(attribute), dtype=_CONSTANT_LISTS[attribute.name])
+        return numpy_helper.from_array(values, node.output[0])
+    return None
 
 
 def deduplicate_initializers(model: onnx.ModelProto) -> int:

@@ -263,3 +263,28 @@ def test_ops_outside_tensorrts_matrix_and_computed_reduction_axes_are_violations
     problems = export.static_graph_violations(model)
     assert any("Hardmax" in p and "onnx-tensorrt's operator matrix" in p for p in problems), problems
     assert "ReduceSum node sum takes a computed operand 1" in problems
+
+
+def test_constants_written_as_lists_become_typed_initializers():
+    """The dynamo exporter writes a Resize's unused scales as an empty `value_floats` Constant;
+    left a node, the FP16 converter retyped its output to FP16 without converting it (swinir-real's
+    FP16 graph failed onnx's checker)."""
+    from onnx import AttributeProto, TensorProto, helper
+
+    from deploytool.build.graph_passes import constants_to_initializers
+
+    empty_scales = helper.make_node("Constant", [], ["scales"])
+    empty_scales.attribute.append(helper.make_attribute("value_floats", [], attr_type=AttributeProto.FLOATS))
+    nodes = [
+        empty_scales,
+        helper.make_node("Constant", [], ["axes"], value_ints=[2, 3]),
+        helper.make_node("Constant", [], ["table"], value=helper.make_tensor("t", TensorProto.FLOAT, [2], [1.0, 2.0])),
+        helper.make_node("Constant", [], ["text"], value_string="kept"),
+    ]
+    model = helper.make_model(helper.make_graph(nodes, "g", [], []))
+    constants_to_initializers(model)
+    initializers = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    assert initializers["scales"].dtype == np.float32 and initializers["scales"].shape == (0,)
+    assert initializers["axes"].dtype == np.int64 and initializers["axes"].tolist() == [2, 3]
+    assert initializers["table"].tolist() == [1.0, 2.0]
+    assert [n.output[0] for n in model.graph.node] == ["text"]

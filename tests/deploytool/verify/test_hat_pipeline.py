@@ -20,12 +20,15 @@ def test_overlapping_windows_are_slices_not_unfold(tiny_exports):
 
 
 def bias_gathers(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    """Gathers from a constant table (the others pick q, k or v out of one projection by a scalar)."""
+    """Gathers from a constant table (GatherND: the exporter writes the bias lookup as advanced
+    indexing); every other Gather picks by a constant index (q, k or v out of one projection, the
+    pooled value of each channel)."""
     initializers = {init.name: init for init in model.graph.initializer}
-    gathers = [node for node in model.graph.node if node.op_type == "Gather"]
-    picks = [node for node in gathers if node.input[1] in initializers and list(initializers[node.input[1]].dims) == []]
-    assert len(picks) + len([n for n in gathers if n.input[0] in initializers]) == len(gathers)
-    return [node for node in gathers if node.input[0] in initializers]
+    gathers = [node for node in model.graph.node if node.op_type in ("Gather", "GatherND")]
+    tables = [node for node in gathers if node.input[0] in initializers]
+    picks = [node for node in gathers if node.op_type == "Gather" and node.input[1] in initializers]
+    assert len(picks) + len(tables) == len(gathers)
+    return tables
 
 
 @pytest.mark.parametrize("model_id", ["hat-s-x4", "hat-x2"])
