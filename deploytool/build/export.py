@@ -34,6 +34,7 @@ from deploytool.build.graph_passes import (
 )
 from deploytool.build.networks import build_def, load_state_dict, original_name
 from deploytool.build.registry import ModelEntry
+from deploytool.build.trace_aside import TraceAside
 from deploytool.build.tracing import EXPORTER, OPSET, trace
 from deploytool.errors import DeployError, ExportError
 from deploytool.runtime import input_batches
@@ -86,7 +87,8 @@ class ExportRequest:
 
 def traced_graph(model: torch.nn.Module, shape: tuple[int, ...]) -> onnx.ModelProto:
     """The model's traced (unsimplified) graph at input `shape`: the export's tile and the
-    calibration tile are its two calls (`tracing.trace`: no forward pass runs at either)."""
+    calibration tile are its two calls, the second beside the first (`trace_aside`;
+    `tracing.trace`: no forward pass runs at either)."""
     return trace(model, torch.zeros(shape))
 
 
@@ -211,25 +213,30 @@ def export(request: ExportRequest, progress: Progress = lambda message: None) ->
         model = build_def(entry, state_dict, source=request.source.path or "random init")
     shape = (request.batch, entry.channels, *request.tile)
 
-    with clock.stage("trace", f"tracing {entry.id} at {shape} (opset {OPSET})"):
-        traced = traced_graph(model, shape)
-        traced_nodes = len(traced.graph.node)
+    plans = "/".join(request.precisions).upper()
+    # the calibration tile's trace runs beside the export tile's (trace_aside: a forked child)
+    with TraceAside(traced_graph, model, small_shape) if small_shape else contextlib.nullcontext() as aside:
+        beside = f", and at {small_shape} for the {plans} plan's calibration in a child process" if aside and aside.in_child else ""
+        with clock.stage("trace", f"tracing {entry.id} at {shape} (opset {OPSET}){beside}"):
+            traced = traced_graph(model, shape)
+            traced_nodes = len(traced.graph.node)
 
-    with clock.stage("simplify", f"simplifying {traced_nodes} nodes with onnxsim"):
-        finished = finish_graph(traced, entry.fold_limit_mb)
-        graph, merged = finished.graph, finished.merged_initializers
-        del traced
+        with clock.stage("simplify", f"simplifying {traced_nodes} nodes with onnxsim"):
+            finished = finish_graph(traced, entry.fold_limit_mb)
+            graph, merged = finished.graph, finished.merged_initializers
+            del traced
 
-    with clock.stage("check", f"checking the static graph ({len(graph.graph.node)} nodes)"):
-        problems = static_graph_violations(graph)
-        if problems:
-            raise ExportError(f"{entry.id}: exported graph is not static: {'; '.join(problems[:5])}")
-        onnx.checker.check_model(graph, full_check=True)
+        with clock.stage("check", f"checking the static graph ({len(graph.graph.node)} nodes)"):
+            problems = static_graph_violations(graph)
+            if problems:
+                raise ExportError(f"{entry.id}: exported graph is not static: {'; '.join(problems[:5])}")
+            onnx.checker.check_model(graph, full_check=True)
 
-    small_graph = None
-    if small_shape is not None:
-        with clock.stage("calibration_trace", f"tracing {entry.id} again at {small_shape} for the {'/'.join(request.precisions).upper()} plan's calibration"):
-            small_graph = calibration_graph(model, finished, request, small_shape, lambda message: progress(f"      {message}"))
+        small_graph = None
+        if aside is not None:
+            waiting = "waiting for the calibration trace at" if aside.in_child else "tracing again at"
+            with clock.stage("calibration_trace", f"{waiting} {small_shape} for the {plans} plan's calibration"):
+                small_graph = calibration_graph(aside.graph(), finished, request, lambda message: progress(f"      {message}"))
     del model
 
     with tempfile.TemporaryDirectory(prefix=".export-", dir=_parent(out_dir)) as staging:
@@ -332,15 +339,15 @@ def calibration_shape(request: ExportRequest) -> tuple[int, int, int, int] | Non
     return None if shape == (request.batch, request.entry.channels, *request.tile) else shape
 
 
-def calibration_graph(
-    model: torch.nn.Module, export_graph: FinishedGraph, request: ExportRequest, shape: tuple[int, ...], progress: Progress
-) -> onnx.ModelProto | None:
-    """The export's graph traced again at `shape` and finished as the export's was, or None where
-    its nodes differ from the export's (ranges are then measured on the export's graph)."""
-    exported = (request.batch, request.entry.channels, *request.tile)
-    small_graph = finish_graph(traced_graph(model, shape), request.entry.fold_limit_mb, hold=export_graph.held).graph
+def calibration_graph(traced: onnx.ModelProto, export_graph: FinishedGraph, request: ExportRequest, progress: Progress) -> onnx.ModelProto | None:
+    """The export's graph traced at the calibration tile (`traced`), finished as the export's was,
+    or None where its nodes differ from the export's (ranges are then measured on the export's
+    graph)."""
+    small_graph = finish_graph(traced, request.entry.fold_limit_mb, hold=export_graph.held).graph
     if precision.corresponding_tensors(small_graph, export_graph.graph) is None:
-        progress(f"the graph at {_shape_text(shape)} has other nodes than at {_shape_text(exported)}: measuring ranges on the export's graph")
+        progress(
+            f"the graph at {_shape_text(precision.input_shape(small_graph))} has other nodes than at {_shape_text(precision.input_shape(export_graph.graph))}: measuring ranges on the export's graph"
+        )
         return None
     return small_graph
 

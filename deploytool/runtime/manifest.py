@@ -260,10 +260,12 @@ class Bf16Summary:
 @dataclass(frozen=True)
 class StageCost:
     """One export stage: its wall time, and the exporting process's peak resident memory so far
-    at the stage's end (a peak that rises during a stage was set by it)."""
+    at the stage's end (a peak that rises during a stage was set by it). The calibration trace
+    runs in a child process during `trace`: its memory is its own (scripts/export_cost.py sums
+    both)."""
 
-    seconds: float = spec("the stage's wall time", minimum=0)
-    peak_rss_mb: float = spec("the exporting process's peak memory so far at the stage's end", minimum=0)
+    seconds: float = spec("the stage's wall time (`calibration_trace`: the wait for the child process that traced beside `trace`, then finishing its graph)", minimum=0)
+    peak_rss_mb: float = spec("the exporting process's peak memory so far at the stage's end (the calibration trace's child process not counted)", minimum=0)
 
 
 @dataclass(frozen=True)

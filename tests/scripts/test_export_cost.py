@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.helpers import load_script
+
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "export_cost.py"
 
 
@@ -26,3 +28,16 @@ def test_reports_each_export_and_its_stages():
 def test_an_unknown_id_is_one_line_before_any_export():
     result = run("--ids", "esrt-x2,nonsense-x9", "--tile", "16")
     assert result.returncode == 2 and result.stderr.strip().splitlines() == ["error: unknown model id 'nonsense-x9'; `deploytool list` shows them all"]
+
+
+def test_memory_is_summed_over_the_export_and_its_children():
+    """The calibration trace runs in a child of the export: the peak counts both at once."""
+    export_cost = load_script("export_cost")
+    holds = "bytearray(200 << 20); import os, time; pid = os.fork(); block = bytearray(300 << 20); time.sleep(1.0); pid and os.waitpid(pid, 0)"
+    child = subprocess.Popen([sys.executable, "-c", f"first = {holds}"])
+    sampler = export_cost.TreeRss(child.pid)
+    sampler.start()
+    child.wait(timeout=60)
+    sampler.stop()
+    # 200 MB shared copy-on-write (counted once) and 300 MB in each process: one alone holds 500
+    assert sampler.peak_bytes > 700 << 20
