@@ -24,6 +24,7 @@ import onnx
 import torch
 
 from deploytool.build import precision
+from deploytool.build.forked_trace import ForkedTrace
 from deploytool.build.graph_passes import (
     constants_to_initializers,
     deduplicate_initializers,
@@ -34,7 +35,6 @@ from deploytool.build.graph_passes import (
 )
 from deploytool.build.networks import build_def, load_state_dict, original_name
 from deploytool.build.registry import ModelEntry
-from deploytool.build.trace_aside import TraceAside
 from deploytool.build.tracing import EXPORTER, OPSET, trace
 from deploytool.errors import DeployError, ExportError
 from deploytool.runtime import input_batches
@@ -87,7 +87,7 @@ class ExportRequest:
 
 def traced_graph(model: torch.nn.Module, shape: tuple[int, ...]) -> onnx.ModelProto:
     """The model's traced (unsimplified) graph at input `shape`: the export's tile and the
-    calibration tile are its two calls, the second beside the first (`trace_aside`;
+    calibration tile are its two calls, the second beside the first (`forked_trace`;
     `tracing.trace`: no forward pass runs at either)."""
     return trace(model, torch.zeros(shape))
 
@@ -171,11 +171,19 @@ def peak_rss_mb() -> float:
 
 
 class StageClock:
-    """Announces each export stage, then records its wall time and the peak memory after it."""
+    """Announces each export stage, then records its wall time and the peak memory after it: the
+    larger of this process's and the collected traces' (`traced`)."""
 
     def __init__(self, total: int, progress: Progress):
         self.total, self.progress, self.done = total, progress, 0
         self.costs: dict[str, StageCost] = {}
+        self.traces_peak_mb = 0.0
+
+    def traced(self, trace: ForkedTrace) -> onnx.ModelProto:
+        """`trace`'s graph, its process's peak memory counted from now on."""
+        graph = trace.graph()
+        self.traces_peak_mb = max(self.traces_peak_mb, trace.peak_rss_mb)
+        return graph
 
     @contextlib.contextmanager
     def stage(self, name: str, message: str) -> Iterator[None]:
@@ -184,7 +192,7 @@ class StageClock:
         started = time.perf_counter()
         yield
         # to 0.1 ms: a stage that did work records a time above zero
-        cost = StageCost(seconds=round(time.perf_counter() - started, 4), peak_rss_mb=round(peak_rss_mb(), 1))
+        cost = StageCost(seconds=round(time.perf_counter() - started, 4), peak_rss_mb=round(max(peak_rss_mb(), self.traces_peak_mb), 1))
         self.costs[name] = cost
         self.progress(f"      {name}: {cost.seconds:.1f} s, peak RSS so far {cost.peak_rss_mb / 1024:.2f} GB")
 
@@ -214,11 +222,16 @@ def export(request: ExportRequest, progress: Progress = lambda message: None) ->
     shape = (request.batch, entry.channels, *request.tile)
 
     plans = "/".join(request.precisions).upper()
-    # the calibration tile's trace runs beside the export tile's (trace_aside: a forked child)
-    with TraceAside(traced_graph, model, small_shape) if small_shape else contextlib.nullcontext() as aside:
-        beside = f", and at {small_shape} for the {plans} plan's calibration in a child process" if aside and aside.in_child else ""
-        with clock.stage("trace", f"tracing {entry.id} at {shape} (opset {OPSET}){beside}"):
-            traced = traced_graph(model, shape)
+    # each tile's trace in a child of its own, both at once (forked_trace)
+    with (
+        ForkedTrace(traced_graph, model, shape) as export_trace,
+        ForkedTrace(traced_graph, model, small_shape) if small_shape else contextlib.nullcontext() as calibration_trace,
+    ):
+        where = " in a child process" if export_trace.in_child else ""
+        if calibration_trace and calibration_trace.in_child:
+            where += f", and at {small_shape} for the {plans} plan's calibration in another"
+        with clock.stage("trace", f"tracing {entry.id} at {shape} (opset {OPSET}){where}"):
+            traced = clock.traced(export_trace)
             traced_nodes = len(traced.graph.node)
 
         with clock.stage("simplify", f"simplifying {traced_nodes} nodes with onnxsim"):
@@ -233,11 +246,11 @@ def export(request: ExportRequest, progress: Progress = lambda message: None) ->
             onnx.checker.check_model(graph, full_check=True)
 
         small_graph = None
-        if aside is not None:
-            waiting = "waiting for the calibration trace at" if aside.in_child else "tracing again at"
+        if calibration_trace is not None:
+            waiting = "waiting for the trace at" if calibration_trace.in_child else "tracing again at"
             with clock.stage("calibration_trace", f"{waiting} {small_shape} for the {plans} plan's calibration"):
-                small_graph = calibration_graph(aside.graph(), finished, request, lambda message: progress(f"      {message}"))
-    del model
+                small_graph = calibration_graph(clock.traced(calibration_trace), finished, request, lambda message: progress(f"      {message}"))
+    del model, state_dict
 
     with tempfile.TemporaryDirectory(prefix=".export-", dir=_parent(out_dir)) as staging:
         staging = Path(staging)

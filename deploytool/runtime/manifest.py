@@ -259,13 +259,16 @@ class Bf16Summary:
 
 @dataclass(frozen=True)
 class StageCost:
-    """One export stage: its wall time, and the exporting process's peak resident memory so far
-    at the stage's end (a peak that rises during a stage was set by it). The calibration trace
-    runs in a child process during `trace`: its memory is its own (scripts/export_cost.py sums
-    both)."""
+    """One export stage: its wall time, and the largest peak resident memory so far of the
+    exporting process and its collected trace processes at the stage's end (a peak that rises
+    during a stage was set by it). The two traces run in child processes at once, from `trace`
+    on: scripts/export_cost.py sums the processes' memory."""
 
-    seconds: float = spec("the stage's wall time (`calibration_trace`: the wait for the child process that traced beside `trace`, then finishing its graph)", minimum=0)
-    peak_rss_mb: float = spec("the exporting process's peak memory so far at the stage's end (the calibration trace's child process not counted)", minimum=0)
+    seconds: float = spec(
+        "the stage's wall time (`trace`: its child process's trace; `calibration_trace`: the rest of the calibration tile's trace, which ran beside `trace`, `simplify` and `check`, then finishing its graph)",
+        minimum=0,
+    )
+    peak_rss_mb: float = spec("the largest peak memory so far of the exporting process and its collected trace processes, at the stage's end", minimum=0)
 
 
 @dataclass(frozen=True)

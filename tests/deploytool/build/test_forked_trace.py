@@ -1,17 +1,17 @@
-"""The calibration trace beside the export's: a forked child's graph is the in-process trace's,
-its failure is one line, and an abandoned child is stopped."""
+"""Traces in forked children: a child's graph is the in-process trace's, its failure is one
+line, and an abandoned child is stopped."""
 
 import os
 
 import pytest
 import torch
 
-from deploytool.build import export, trace_aside
+from deploytool.build import export, forked_trace
 from deploytool.build.networks import build_def
 from deploytool.errors import ExportError
 from tests.helpers import tiny_entry, tiny_state_dict
 
-pytestmark = pytest.mark.skipif(not trace_aside.forks(), reason="fork is not a start method on this platform: the calibration trace runs in-process there")
+pytestmark = pytest.mark.skipif(not forked_trace.forks(), reason="fork is not a start method on this platform: traces run in-process there")
 
 
 class FailsToTrace(torch.nn.Module):
@@ -26,28 +26,29 @@ def tiny_model() -> torch.nn.Module:
 
 def test_the_childs_graph_is_the_trace_in_this_process():
     model, shape = tiny_model(), (1, 3, 24, 32)
-    with trace_aside.TraceAside(export.traced_graph, model, shape) as aside:
-        assert aside.in_child
+    with forked_trace.ForkedTrace(export.traced_graph, model, shape) as aside:
+        assert aside.in_child and aside.peak_rss_mb == 0
         beside = aside.graph()
+    assert aside.peak_rss_mb > 100  # the child's own, reported with its graph
     assert beside.SerializeToString() == export.traced_graph(model, shape).SerializeToString()
 
 
 def test_a_failed_trace_in_the_child_is_one_line_naming_the_shape():
-    with trace_aside.TraceAside(export.traced_graph, FailsToTrace(), (1, 3, 8, 8)) as aside:
-        with pytest.raises(ExportError, match=r"^the calibration trace at 1x3x8x8 failed: .*ValueError: no graph here$"):
+    with forked_trace.ForkedTrace(export.traced_graph, FailsToTrace(), (1, 3, 8, 8)) as aside:
+        with pytest.raises(ExportError, match=r"^the trace at 1x3x8x8 failed: .*ValueError: no graph here$"):
             aside.graph()
 
 
 def test_a_child_killed_midway_is_an_error_not_a_graph():
     model = tiny_model()
-    with trace_aside.TraceAside(export.traced_graph, model, (1, 3, 24, 32)) as aside:
+    with forked_trace.ForkedTrace(export.traced_graph, model, (1, 3, 24, 32)) as aside:
         os.kill(aside.process.pid, 9)
-        with pytest.raises(ExportError, match=r"^the calibration trace at 1x3x24x32 ended with exit code -9"):
+        with pytest.raises(ExportError, match=r"^the trace at 1x3x24x32 ended with exit code -9"):
             aside.graph()
 
 
 def test_leaving_before_the_graph_is_collected_stops_the_child_and_removes_its_folder():
-    with trace_aside.TraceAside(export.traced_graph, tiny_model(), (1, 3, 24, 32)) as aside:
+    with forked_trace.ForkedTrace(export.traced_graph, tiny_model(), (1, 3, 24, 32)) as aside:
         process, folder = aside.process, aside.folder
         assert process.is_alive() and folder.is_dir()
     assert not process.is_alive() and process.exitcode is not None and not folder.exists()
@@ -55,7 +56,7 @@ def test_leaving_before_the_graph_is_collected_stops_the_child_and_removes_its_f
 
 def test_without_fork_the_trace_runs_when_its_graph_is_asked_for(monkeypatch):
     traced = []
-    monkeypatch.setattr(trace_aside, "forks", lambda: False)
-    with trace_aside.TraceAside(lambda model, shape: traced.append(shape) or "graph", torch.nn.Identity(), (1, 3, 8, 8)) as aside:
+    monkeypatch.setattr(forked_trace, "forks", lambda: False)
+    with forked_trace.ForkedTrace(lambda model, shape: traced.append(shape) or "graph", torch.nn.Identity(), (1, 3, 8, 8)) as aside:
         assert not aside.in_child and traced == []
         assert aside.graph() == "graph" and traced == [(1, 3, 8, 8)]
