@@ -36,18 +36,15 @@ def trace(model: torch.nn.Module, example: torch.Tensor) -> onnx.ModelProto:
     fake tensors (shapes and dtypes only), so the trace's time and memory do not grow with the
     tile, and the weights become the graph's initializers as they are. Opset 18 (`OPSET`).
 
-    Chosen over the TorchScript tracer, which executed a real forward at the export tile
-    (hat-x4 at 256 px: 83 s of a 115 s export and its 3.4 GB peak on a quiet machine) and is
-    deprecated upstream, which had capped torch below 2.16; no family needs that tracer. The cost
-    here is a fixed one per trace, about the same at any tile: torch.export's capture and
-    decomposition, then the translation (measured with onnxscript's optimizer on: hat-x4 at
-    256 px 44 s and 1.1 GB; swinir-m-x4 26.5 s at 64 px, 32.5 s at 256 px). For tiny models it is
-    slower than the TorchScript tracer (2-4x a tiny export in the test suite), for full-size ones
-    at their default tile faster. onnxscript's graph optimizer is skipped (`optimize=False`; it
-    was 15 of swinir-m-x4's 26.5 s): only the shape arithmetic is folded here
-    (`fold_shape_arithmetic`) and onnxsim does the rest. Node names and the exporter's quirks:
-    `name_nodes_by_module`, `plain_ops`. The export traces twice, at its tile and at the
-    calibration tile (`export.traced_graph`).
+    Chosen over the TorchScript tracer, which executed a real forward at the export tile (most of
+    a large-tile export's time and its peak memory) and is deprecated upstream, which had capped
+    torch; no family needs that tracer. The cost here is a fixed one per trace, about the same at
+    any tile: torch.export's capture and decomposition, then the translation. onnxscript's graph
+    optimizer is skipped (`optimize=False`: it cost more than the trace, and onnxsim does that
+    work anyway): only the shape arithmetic is folded here (`fold_shape_arithmetic`). Node names
+    and the exporter's quirks: `name_nodes_by_module`, `plain_ops`. The export traces twice, at its
+    tile and at the calibration tile, in two forked processes at once (`export.traced_graph`,
+    `forked_trace`). The README's "How the graph is made" has the measurements.
     """
     from onnx_ir.passes.common import NameFixPass
 
