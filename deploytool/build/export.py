@@ -227,6 +227,7 @@ def export(request: ExportRequest, progress: Progress = lambda message: None) ->
         ForkedTrace(traced_graph, model, shape) as export_trace,
         ForkedTrace(traced_graph, model, small_shape) if small_shape else contextlib.nullcontext() as calibration_trace,
     ):
+        del model, state_dict  # the traces hold what they need
         where = " in a child process" if export_trace.in_child else ""
         if calibration_trace and calibration_trace.in_child:
             where += f", and at {small_shape} for the {plans} plan's calibration in another"
@@ -250,7 +251,6 @@ def export(request: ExportRequest, progress: Progress = lambda message: None) ->
             waiting = "waiting for the trace at" if calibration_trace.in_child else "tracing again at"
             with clock.stage("calibration_trace", f"{waiting} {small_shape} for the {plans} plan's calibration"):
                 small_graph = calibration_graph(clock.traced(calibration_trace), finished, request, lambda message: progress(f"      {message}"))
-    del model, state_dict
 
     with tempfile.TemporaryDirectory(prefix=".export-", dir=_parent(out_dir)) as staging:
         staging = Path(staging)

@@ -44,10 +44,12 @@ class ForkedTrace:
     manager: leaving it stops a child whose graph was not collected."""
 
     def __init__(self, trace: Trace, model: torch.nn.Module, shape: tuple[int, ...]):
-        self.trace, self.model, self.shape = trace, model, tuple(shape)
+        self.trace, self.shape = trace, tuple(shape)
         self.folder = Path(tempfile.mkdtemp(prefix="deploytool-trace-"))
         self.process: multiprocessing.process.BaseProcess | None = None
         self.peak_rss_mb = 0.0  # the child's peak resident memory, once its graph is collected
+        # a forked child has its own copy: this process may free the model once both have started
+        self.model = None if forks() else model
         if forks():
             self.process = multiprocessing.get_context("fork").Process(target=_trace_into, args=(trace, model, self.shape, self.folder), daemon=True)
             self.process.start()
