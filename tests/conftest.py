@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import TinyExports, contract_violations
+from tests.helpers import FullSizeExports, TinyExports, contract_violations
 
 _checked: set[Path] = set()
 
@@ -49,3 +49,14 @@ def tiny_exports(tmp_path_factory):
     yield exports
     changed = exports.changed()
     assert not changed, f"a test wrote into the shared tiny exports of {changed}: write into tiny_exports.copy(...) instead"
+
+
+@pytest.fixture(scope="session")
+def full_size_exports(tmp_path_factory):
+    """The full-size exports (see FullSizeExports), one per id and session. Under pytest-xdist each
+    worker has its own: the tests of one id share an `xdist_group` (`full_size_id`), so that one
+    worker makes it."""
+    exports = FullSizeExports(tmp_path_factory.mktemp("full-size-exports"))
+    yield exports
+    changed = exports.changed()
+    assert not changed, f"a test wrote into the shared full-size exports of {changed}: write into full_size_exports.copy(...) instead"

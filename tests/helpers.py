@@ -159,6 +159,52 @@ class TinyExports:
         return [model_id for model_id, stamps in self._files.items() if _file_stamps(self.root / model_id) != stamps]
 
 
+class FullSizeExports:
+    """The full-size export of each model id with both reduced plans: random-init weights (seed
+    0), a 64 px tile (the id's own where its tile is fixed), batch 1, two calibration inputs. Made
+    on first use under `root` and shared by every test of a session (the `full_size_exports`
+    fixture): a full-size export costs tens of seconds to minutes, and the FP16 and the BF16
+    tests of one id judge the same graph. Read-only, as TinyExports."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._requests: dict[str, export.ExportRequest] = {}
+        self._manifests: dict[str, Manifest] = {}
+        self._files: dict[str, dict[str, tuple[int, int]]] = {}
+
+    def request(self, model_id: str) -> export.ExportRequest:
+        if model_id not in self._requests:
+            entry = registry.get(model_id)
+            tile = entry.tiling.tile if entry.tiling.fixed_tile else (64, 64)
+            source = WeightsSource(kind="random-init", seed=0)
+            self._requests[model_id] = export.ExportRequest(entry, source, self.root / model_id, tile, 1, fp16=True, bf16=True, calibration_count=2)
+        return self._requests[model_id]
+
+    def manifest(self, model_id: str) -> Manifest:
+        if model_id not in self._manifests:
+            self._manifests[model_id] = export.export(self.request(model_id))
+            self._files[model_id] = _file_stamps(self.root / model_id)
+        return self._manifests[model_id]
+
+    def folder(self, model_id: str) -> Path:
+        self.manifest(model_id)
+        return self.root / model_id
+
+    def copy(self, model_id: str, into: Path) -> Path:
+        return Path(shutil.copytree(self.folder(model_id), into))
+
+    def changed(self) -> list[str]:
+        return [model_id for model_id, stamps in self._files.items() if _file_stamps(self.root / model_id) != stamps]
+
+
+def full_size_id(model_id: str):
+    """`model_id` as the parameter of a test on `full_size_exports`: every test of one id in one
+    xdist group, so that under pytest-xdist (`--dist loadgroup`) one worker makes its export."""
+    import pytest
+
+    return pytest.param(model_id, marks=pytest.mark.xdist_group(f"full-size-{model_id}"))
+
+
 def _file_stamps(folder: Path) -> dict[str, tuple[int, int]]:
     return {path.relative_to(folder).as_posix(): (path.stat().st_size, path.stat().st_mtime_ns) for path in folder.rglob("*")}
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
 import subprocess
@@ -16,11 +18,23 @@ def missing_build_tools() -> list[str]:
 
 
 def build_cpp(build: Path) -> None:
-    """cpp/ configured (Release) and built in `build`, incrementally; fails the test on an error."""
-    for command in (
-        # this interpreter's `openvino` package (when installed) is where CMake finds OpenVINO's C++ SDK
-        ["cmake", "-S", str(REPO / "cpp"), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", f"-DPython3_EXECUTABLE={sys.executable}"],
-        ["cmake", "--build", str(build), "-j", str(min(4, os.cpu_count() or 1))],
-    ):
-        done = subprocess.run(command, capture_output=True, text=True)
-        assert done.returncode == 0, f"{' '.join(command)} failed:\n{(done.stdout + done.stderr)[-4000:]}"
+    """cpp/ configured (Release) and built in `build`, incrementally; fails the test on an error.
+    One process at a time: pytest-xdist's workers each build the session's build folder."""
+    with exclusive(build.with_name(f"{build.name}.lock")):
+        for command in (
+            # this interpreter's `openvino` package (when installed) is where CMake finds OpenVINO's C++ SDK
+            ["cmake", "-S", str(REPO / "cpp"), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", f"-DPython3_EXECUTABLE={sys.executable}"],
+            ["cmake", "--build", str(build), "-j", str(min(4, os.cpu_count() or 1))],
+        ):
+            done = subprocess.run(command, capture_output=True, text=True)
+            assert done.returncode == 0, f"{' '.join(command)} failed:\n{(done.stdout + done.stderr)[-4000:]}"
+
+
+@contextlib.contextmanager
+def exclusive(lock: Path):
+    """Holds an exclusive lock on the file `lock` (made if missing) while the block runs; the OS
+    releases it when the process ends, so a killed run leaves no stale lock."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield

@@ -31,6 +31,9 @@ from tests.cpp.build_tools import missing_build_tools
 from tests.helpers import export_tiny
 from tests.standin import registry_tiling_configs, standin_runner, write_standin_export
 
+# one pytest-xdist worker (under --dist loadgroup) builds cpp/ and runs every test of the build
+pytestmark = pytest.mark.xdist_group("cpp-build")
+
 REPO = Path(__file__).resolve().parents[2]
 TESTSETS = REPO.parent / "shared" / "testsets"
 CONFIGS = registry_tiling_configs()

@@ -17,6 +17,9 @@ import pytest
 from deploytool.runtime import tiling
 from tests.standin import registry_tiling_configs
 
+# one pytest-xdist worker (under --dist loadgroup) builds cpp/ and runs every test of the build
+pytestmark = pytest.mark.xdist_group("cpp-build")
+
 EDGES = list(itertools.product((False, True), repeat=4))  # (top, bottom, left, right), top bit first
 
 

@@ -17,7 +17,7 @@ from deploytool.runtime.backends import ORIGINAL, ORT_FP16
 from deploytool.runtime.input_batches import PARITY_BATCHES, parity_batch, synthetic_batch
 from deploytool.runtime.manifest import BF16_FILE, FP16_FILE, FP32_FILE, read_manifest
 from deploytool.verify import parity
-from tests.helpers import assert_bf16_plan_holds, export_tiny, max_abs_against_torchscript, save_official, tiny_entry, tiny_state_dict
+from tests.helpers import assert_bf16_plan_holds, export_tiny, full_size_id, max_abs_against_torchscript, save_official, tiny_entry, tiny_state_dict
 
 # The layer that reads the long skip (conv_first + conv_after_body): scaled down by the factor
 # that scales those two up, so the FP32 model stays sane while the skip goes beyond 65504.
@@ -371,21 +371,18 @@ def test_the_bf16_sensitivity_search_buys_precision_where_op_islands_cannot(tmp_
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model_id", ["dat-x4", "esrt-x2", "hat-x4", "ipt-sr-x4", "restormer-derain", "swinir-m-x4"])
-def test_a_full_size_bf16_plan_holds(tmp_path, model_id):
+@pytest.mark.parametrize("model_id", [full_size_id(i) for i in ["dat-x4", "esrt-x2", "hat-x4", "ipt-sr-x4", "restormer-derain", "swinir-m-x4"]])
+def test_a_full_size_bf16_plan_holds(full_size_exports, model_id):
     """One id per family at full size (random weights, 64 px; IPT at its fixed tile): the BF16 plan
     holds, and the FP32 graph computes what the TorchScript exporter's did."""
-    from deploytool.build import registry
-    from deploytool.build.networks import WeightsSource, build_def, load_state_dict
+    from deploytool.build.networks import build_def, load_state_dict
 
-    entry = registry.get(model_id)
-    out = tmp_path / model_id
-    tile = entry.tiling.tile if entry.tiling.fixed_tile else (64, 64)
-    request = export.ExportRequest(entry, WeightsSource(kind="random-init", seed=0), out, tile, 1, fp16=False, bf16=True, calibration_count=2)
-    assert_bf16_plan_holds(out, export.export(request))
+    out, manifest = full_size_exports.folder(model_id), full_size_exports.manifest(model_id)
+    assert_bf16_plan_holds(out, manifest)
     # the same export's FP32 graph (torch.export) computes what the TorchScript exporter's graph did (issue 22)
-    model = build_def(entry, load_state_dict(entry, request.source))
-    assert max_abs_against_torchscript(onnx.load(str(out / FP32_FILE)), model, entry.fold_limit_mb) <= 1e-5
+    request = full_size_exports.request(model_id)
+    model = build_def(request.entry, load_state_dict(request.entry, request.source))
+    assert max_abs_against_torchscript(onnx.load(str(out / FP32_FILE)), model, request.entry.fold_limit_mb) <= 1e-5
 
 
 def test_the_bf16_search_returns_the_weighted_products_of_kept_blocks_that_hold_to_bf16():
