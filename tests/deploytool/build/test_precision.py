@@ -17,7 +17,16 @@ from deploytool.runtime.backends import ORIGINAL, ORT_FP16
 from deploytool.runtime.input_batches import PARITY_BATCHES, parity_batch, synthetic_batch
 from deploytool.runtime.manifest import BF16_FILE, FP16_FILE, FP32_FILE, read_manifest
 from deploytool.verify import parity
-from tests.helpers import assert_bf16_plan_holds, export_tiny, full_size_id, max_abs_against_torchscript, save_official, tiny_entry, tiny_state_dict
+from tests.helpers import (
+    assert_bf16_plan_holds,
+    export_tiny,
+    full_size_id,
+    max_abs_against_torchscript,
+    save_official,
+    tiny_entry,
+    tiny_state_dict,
+    true_fp16_outputs,
+)
 
 # The layer that reads the long skip (conv_first + conv_after_body): scaled down by the factor
 # that scales those two up, so the FP32 model stays sane while the skip goes beyond 65504.
@@ -32,18 +41,6 @@ def stressed_checkpoint(model_id: str, path, factor: float = 4e4):
         state[key] *= factor
     state[f"{STREAM_READERS[entry.arch['upsampler']]}.weight"] /= factor
     return save_official(state, path)
-
-
-def run_in_true_fp16(model: onnx.ModelProto, batch: np.ndarray) -> np.ndarray:
-    """onnx's reference evaluator computes FP16 nodes in numpy float16, as a GPU stores them.
-
-    (ONNX Runtime's CPU provider runs FP16 nodes in FP32 and may skip the rounding between
-    two of them, so it cannot show an overflow between nodes.)
-    """
-    from onnx.reference import ReferenceEvaluator
-
-    with np.errstate(all="ignore"):
-        return ReferenceEvaluator(model).run(None, {"input": batch})[0]
 
 
 @pytest.mark.parametrize("model_id", ["swinir-m-x2", "swinir-dn-color-25", "swinir-s-x4", "hat-x4", "hat-s-x2"])
@@ -66,8 +63,8 @@ def assert_planned_fp16_holds_where_naive_fp16_overflows(out, manifest: dict) ->
     planned = onnx.load(str(out / FP16_FILE))
     limit = manifest.tolerances["fp16_max_abs"]
     for expected, array in zip(reference, batch):
-        assert not np.isfinite(run_in_true_fp16(naive, array)).all(), "naive FP16 should overflow"
-        actual = run_in_true_fp16(planned, array)
+        assert not np.isfinite(true_fp16_outputs(naive, array)[0]).all(), "naive FP16 should overflow"
+        actual = true_fp16_outputs(planned, array)[0]
         assert np.isfinite(actual).all() and np.abs(expected - actual).max() < limit
     for expected, actual in zip(reference, precision.run_graph(planned, batch)):
         assert np.abs(expected - actual).max() < limit
