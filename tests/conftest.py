@@ -8,6 +8,7 @@ how the fields relate to each other.
 """
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,16 @@ import pytest
 from tests.helpers import FullSizeExports, TinyExports, contract_violations
 
 _checked: set[Path] = set()
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (each worker a process), torch's intra-op threads share the cores out
+    between the workers: every worker at torch's default, one thread per core, oversubscribes them."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // workers))
 
 
 def _new_manifests(tmp_path_factory) -> list[Path]:
