@@ -28,8 +28,16 @@ def pytest_configure(config):
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // workers))
 
 
+def _shared_root(tmp_path_factory) -> Path:
+    """A folder the pytest-xdist workers of one run share (the parent of their own base
+    temporaries); without xdist, this session's base temporary."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 def _new_manifests(tmp_path_factory) -> list[Path]:
-    return [path for path in tmp_path_factory.getbasetemp().rglob("manifest.json") if path not in _checked]
+    folders = [tmp_path_factory.getbasetemp(), _shared_root(tmp_path_factory) / "full-size-exports"]
+    return [path for folder in folders if folder.is_dir() for path in folder.rglob("manifest.json") if path not in _checked]
 
 
 def _check(paths: list[Path]) -> None:
@@ -64,10 +72,9 @@ def tiny_exports(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def full_size_exports(tmp_path_factory):
-    """The full-size exports (see FullSizeExports), one per id and session. Under pytest-xdist each
-    worker has its own: the tests of one id share an `xdist_group` (`full_size_id`), so that one
-    worker makes it."""
-    exports = FullSizeExports(tmp_path_factory.mktemp("full-size-exports"))
+    """The full-size exports (see FullSizeExports), one per id, made once per run: under
+    pytest-xdist in the folder all workers share."""
+    exports = FullSizeExports(_shared_root(tmp_path_factory) / "full-size-exports")
     yield exports
     changed = exports.changed()
     assert not changed, f"a test wrote into the shared full-size exports of {changed}: write into full_size_exports.copy(...) instead"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import importlib.util
 import re
 import shutil
@@ -18,7 +20,7 @@ from deploytool.build.networks import WeightsSource
 from deploytool.build.registry import ModelEntry
 from deploytool.runtime.fileio import sha256_file
 from deploytool.runtime.input_batches import PARITY_BATCHES, parity_batch
-from deploytool.runtime.manifest import BF16_FILE, FP32_FILE, Manifest
+from deploytool.runtime.manifest import BF16_FILE, FP32_FILE, MANIFEST_FILE, Manifest, read_manifest
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
@@ -165,9 +167,10 @@ class TinyExports:
 class FullSizeExports(TinyExports):
     """The full-size export of each model id with both reduced plans: random-init weights (seed
     0), a 64 px tile (the id's own where its tile is fixed), batch 1, two calibration inputs. Shared
-    by every test of a session (the `full_size_exports` fixture) as TinyExports are: a full-size
-    export costs tens of seconds to minutes, and the FP16 and the BF16 tests of an id judge the
-    same graph."""
+    by every test of a session (the `full_size_exports` fixture) as TinyExports are, and by the
+    pytest-xdist workers of one run, whose `root` is one folder: the first worker to ask makes an
+    export while the others wait on its lock, then read it. A full-size export costs tens of
+    seconds to minutes, and the FP16 and the BF16 tests of an id judge the same graph."""
 
     def request(self, model_id: str) -> export.ExportRequest:
         entry = registry.get(model_id)
@@ -176,15 +179,30 @@ class FullSizeExports(TinyExports):
         return export.ExportRequest(entry, source, self.root / model_id, tile, 1, fp16=True, bf16=True, calibration_count=2)
 
     def _export(self, model_id: str, out_dir: Path) -> Manifest:
-        return export.export(self.request(model_id))
+        with exclusive(self.root / f"{model_id}.lock"):
+            if (out_dir / MANIFEST_FILE).is_file():  # another worker of this run made it
+                return read_manifest(out_dir)
+            return export.export(self.request(model_id))
 
 
 def full_size_id(model_id: str):
     """`model_id` as the parameter of a test on `full_size_exports`: every test of one id in one
-    xdist group, so that under pytest-xdist (`--dist loadgroup`) one worker makes its export."""
+    xdist group, so that `--dist loadgroup` can run them on one worker, where none waits for
+    another's export. (pytest 9.2 drops the groups: pytest-xdist issue 1386; the exports are
+    shared across workers all the same.)"""
     import pytest
 
     return pytest.param(model_id, marks=pytest.mark.xdist_group(f"full-size-{model_id}"))
+
+
+@contextlib.contextmanager
+def exclusive(lock: Path):
+    """Holds an exclusive lock on the file `lock` (made if missing) while the block runs; the OS
+    releases it when the process ends, so a killed run leaves no stale lock."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def _file_stamps(folder: Path) -> dict[str, tuple[int, int]]:

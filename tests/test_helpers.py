@@ -30,6 +30,7 @@ def test_tiny_exports_are_made_once_and_a_write_into_a_shared_one_is_noticed(tmp
     assert exports.changed() == ["a"]
 
 
+@pytest.mark.tampered_manifests  # a placeholder manifest.json
 def test_full_size_exports_are_made_once_with_both_reduced_plans(tmp_path, monkeypatch):
     made = []
 
@@ -37,14 +38,18 @@ def test_full_size_exports_are_made_once_with_both_reduced_plans(tmp_path, monke
         made.append(request)
         request.out_dir.mkdir(parents=True)
         (request.out_dir / "model.onnx").write_bytes(b"graph")
+        (request.out_dir / "manifest.json").write_text("{}")
         return f"manifest of {request.entry.id}"
 
     monkeypatch.setattr(helpers.export, "export", fake_export)
+    monkeypatch.setattr(helpers, "read_manifest", lambda folder: f"read {folder.name}")
     exports = helpers.FullSizeExports(tmp_path / "shared")
     assert exports.manifest("hat-x4") == exports.manifest("hat-x4") == "manifest of hat-x4" and len(made) == 1
     (request,) = made
     assert request.fp16 and request.bf16 and request.source.kind == "random-init" and (request.tile, request.batch) == ((64, 64), 1)
     assert exports.manifest("ipt-sr-x4") and made[1].tile == made[1].entry.tiling.tile  # IPT's fixed tile
+    # another pytest-xdist worker of the run (the same root) reads the export instead of making it
+    assert helpers.FullSizeExports(tmp_path / "shared").manifest("hat-x4") == "read hat-x4" and len(made) == 2
     (exports.folder("hat-x4") / "parity.json").write_text("{}")
     assert exports.changed() == ["hat-x4"]
 

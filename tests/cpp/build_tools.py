@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from tests.helpers import exclusive
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -28,13 +28,3 @@ def build_cpp(build: Path) -> None:
         ):
             done = subprocess.run(command, capture_output=True, text=True)
             assert done.returncode == 0, f"{' '.join(command)} failed:\n{(done.stdout + done.stderr)[-4000:]}"
-
-
-@contextlib.contextmanager
-def exclusive(lock: Path):
-    """Holds an exclusive lock on the file `lock` (made if missing) while the block runs; the OS
-    releases it when the process ends, so a killed run leaves no stale lock."""
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
