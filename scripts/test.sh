@@ -7,8 +7,9 @@ bash scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 # one pytest-xdist worker per core, at most 4: most test time is single-threaded Python (torch.export's
-# tracing), and each worker makes its own session exports (a full-size one holds GBs while it runs);
-# loadgroup keeps the tests of one xdist_group (the C++ build, one id's full-size export) on one worker
+# tracing), and every worker makes its own tiny exports and may hold a full-size one (GBs) at once.
+# loadgroup runs each xdist_group (the C++ build, one id's full-size export) on one worker where
+# pytest keeps the groups (9.2 drops them: pytest-xdist issue 1386; file locks share both either way)
 workers=$(nproc)
 if ((workers > 4)); then workers=4; fi
 # the slowest tests in the log: where CI's time goes, without another run
