@@ -8,17 +8,36 @@ how the fields relate to each other.
 """
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import TinyExports, contract_violations
+from tests.helpers import FullSizeExports, TinyExports, contract_violations
 
 _checked: set[Path] = set()
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (each worker a process), torch's intra-op threads share the cores out
+    between the workers: every worker at torch's default, one thread per core, oversubscribes them."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // workers))
+
+
+def _shared_root(tmp_path_factory) -> Path:
+    """A folder the pytest-xdist workers of one run share (the parent of their own base
+    temporaries); without xdist, this session's base temporary."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 def _new_manifests(tmp_path_factory) -> list[Path]:
-    return [path for path in tmp_path_factory.getbasetemp().rglob("manifest.json") if path not in _checked]
+    folders = [tmp_path_factory.getbasetemp(), _shared_root(tmp_path_factory) / "full-size-exports"]
+    return [path for folder in folders if folder.is_dir() for path in folder.rglob("manifest.json") if path not in _checked]
 
 
 def _check(paths: list[Path]) -> None:
@@ -49,3 +68,13 @@ def tiny_exports(tmp_path_factory):
     yield exports
     changed = exports.changed()
     assert not changed, f"a test wrote into the shared tiny exports of {changed}: write into tiny_exports.copy(...) instead"
+
+
+@pytest.fixture(scope="session")
+def full_size_exports(tmp_path_factory):
+    """The full-size exports (see FullSizeExports), one per id, made once per run: under
+    pytest-xdist in the folder all workers share."""
+    exports = FullSizeExports(_shared_root(tmp_path_factory) / "full-size-exports")
+    yield exports
+    changed = exports.changed()
+    assert not changed, f"a test wrote into the shared full-size exports of {changed}: write into full_size_exports.copy(...) instead"

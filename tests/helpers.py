@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import importlib.util
 import re
 import shutil
@@ -18,7 +20,7 @@ from deploytool.build.networks import WeightsSource
 from deploytool.build.registry import ModelEntry
 from deploytool.runtime.fileio import sha256_file
 from deploytool.runtime.input_batches import PARITY_BATCHES, parity_batch
-from deploytool.runtime.manifest import BF16_FILE, FP32_FILE, Manifest
+from deploytool.runtime.manifest import BF16_FILE, FP32_FILE, MANIFEST_FILE, Manifest, read_manifest
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
@@ -143,9 +145,12 @@ class TinyExports:
 
     def manifest(self, model_id: str) -> Manifest:
         if model_id not in self._manifests:
-            self._manifests[model_id] = export_tiny(model_id, self.root / model_id, fp16=True, bf16=True)
+            self._manifests[model_id] = self._export(model_id, self.root / model_id)
             self._files[model_id] = _file_stamps(self.root / model_id)
         return self._manifests[model_id]
+
+    def _export(self, model_id: str, out_dir: Path) -> Manifest:
+        return export_tiny(model_id, out_dir, fp16=True, bf16=True)
 
     def folder(self, model_id: str) -> Path:
         self.manifest(model_id)
@@ -157,6 +162,47 @@ class TinyExports:
 
     def changed(self) -> list[str]:
         return [model_id for model_id, stamps in self._files.items() if _file_stamps(self.root / model_id) != stamps]
+
+
+class FullSizeExports(TinyExports):
+    """The full-size export of each model id with both reduced plans: random-init weights (seed
+    0), a 64 px tile (the id's own where its tile is fixed), batch 1, two calibration inputs. Shared
+    by every test of a session (the `full_size_exports` fixture) as TinyExports are, and by the
+    pytest-xdist workers of one run, whose `root` is one folder: the first worker to ask makes an
+    export while the others wait on its lock, then read it. A full-size export costs tens of
+    seconds to minutes, and the FP16 and the BF16 tests of an id judge the same graph."""
+
+    def request(self, model_id: str) -> export.ExportRequest:
+        entry = registry.get(model_id)
+        tile = entry.tiling.tile if entry.tiling.fixed_tile else (64, 64)
+        source = WeightsSource(kind="random-init", seed=0)
+        return export.ExportRequest(entry, source, self.root / model_id, tile, 1, fp16=True, bf16=True, calibration_count=2)
+
+    def _export(self, model_id: str, out_dir: Path) -> Manifest:
+        with exclusive(self.root / f"{model_id}.lock"):
+            if (out_dir / MANIFEST_FILE).is_file():  # another worker of this run made it
+                return read_manifest(out_dir)
+            return export.export(self.request(model_id))
+
+
+def full_size_id(model_id: str):
+    """`model_id` as the parameter of a test on `full_size_exports`: every test of one id in one
+    xdist group, so that `--dist loadgroup` can run them on one worker, where none waits for
+    another's export. (pytest 9.2 drops the groups: pytest-xdist issue 1386; the exports are
+    shared across workers all the same.)"""
+    import pytest
+
+    return pytest.param(model_id, marks=pytest.mark.xdist_group(f"full-size-{model_id}"))
+
+
+@contextlib.contextmanager
+def exclusive(lock: Path):
+    """Holds an exclusive lock on the file `lock` (made if missing) while the block runs; the OS
+    releases it when the process ends, so a killed run leaves no stale lock."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def _file_stamps(folder: Path) -> dict[str, tuple[int, int]]:
@@ -320,3 +366,52 @@ def assert_tiny_export_computes_what_torchscript_did(model_id: str, out_dir: Pat
     entry = tiny_entry(model_id)
     model = build_def(entry, tiny_state_dict(entry))
     assert max_abs_against_torchscript(onnx.load(str(out_dir / FP32_FILE)), model, entry.fold_limit_mb) <= 1e-6
+
+
+def _fp16_products() -> list[type]:
+    """onnx.reference's Conv, MatMul and Gemm, whose products of FP16 operands run in FP32 (BLAS)
+    and round to FP16 once; what follows the product (Conv's bias, Gemm's alpha, beta and C) stays
+    in float16 as the reference computes it."""
+    from onnx.reference.ops.op_conv import Conv
+    from onnx.reference.ops.op_gemm import Gemm_7
+    from onnx.reference.ops.op_matmul import MatMul
+
+    def product(a, b):
+        return np.matmul(a.astype(np.float32), b.astype(np.float32)).astype(np.float16)
+
+    def matmul(self, a, b):
+        return (product(a, b),) if a.dtype == np.float16 else MatMul._run(self, a, b)
+
+    def conv(self, x, w, b=None, **attributes):
+        if x.dtype != np.float16:
+            return Conv._run(self, x, w, b, **attributes)
+        (y,) = Conv._run(self, x.astype(np.float32), w.astype(np.float32), None, **attributes)
+        y = y.astype(np.float16)
+        return (y if b is None else y + b.reshape(1, -1, *[1] * (y.ndim - 2)),)
+
+    def gemm(self, a, b, c=None, alpha=None, beta=None, transA=None, transB=None):
+        if a.dtype != np.float16:
+            return Gemm_7._run(self, a, b, c, alpha, beta, transA, transB)
+        y = product(a.T if transA else a, b.T if transB else b) * alpha
+        if c is not None and beta != 0:
+            y += c * beta
+        return (y.astype(np.float16),)
+
+    return [type(name, (op,), {"_run": run, "op_domain": ""}) for name, op, run in (("Conv", Conv, conv), ("MatMul", MatMul, matmul), ("Gemm", Gemm_7, gemm))]
+
+
+def true_fp16_outputs(model: onnx.ModelProto, batch: np.ndarray, names: list[str] | None = None) -> list[np.ndarray]:
+    """`names` (default: the graph's outputs) as onnx's reference evaluator computes them: FP16
+    nodes in numpy float16, every result stored in FP16 as a GPU stores it. (ONNX Runtime's CPU
+    provider runs FP16 nodes in FP32 and may skip the rounding between two of them, so it cannot
+    show an overflow between nodes.)
+
+    The products (Conv, MatMul, Gemm) take their FP16 operands to FP32 and round the result to
+    FP16: numpy's float16 products, which the evaluator would run, also sum in FP32, but without
+    BLAS, and they were most of the time of the tests that use this. The two agree to one FP16
+    step and overflow alike (tests/test_helpers.py)."""
+    from onnx.reference import ReferenceEvaluator
+
+    evaluator = ReferenceEvaluator(model, new_ops=_fp16_products())
+    with np.errstate(all="ignore"):
+        return evaluator.run(names, {evaluator.input_names[0]: batch})

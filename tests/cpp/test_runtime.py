@@ -31,6 +31,10 @@ from tests.cpp.build_tools import missing_build_tools
 from tests.helpers import export_tiny
 from tests.standin import registry_tiling_configs, standin_runner, write_standin_export
 
+# under --dist loadgroup one pytest-xdist worker runs every test of the C++ build (no other waits
+# on its lock in build_cpp); pytest 9.2 drops the groups (pytest-xdist issue 1386)
+pytestmark = pytest.mark.xdist_group("cpp-build")
+
 REPO = Path(__file__).resolve().parents[2]
 TESTSETS = REPO.parent / "shared" / "testsets"
 CONFIGS = registry_tiling_configs()

@@ -17,6 +17,10 @@ import pytest
 from deploytool.runtime import tiling
 from tests.standin import registry_tiling_configs
 
+# under --dist loadgroup one pytest-xdist worker runs every test of the C++ build (no other waits
+# on its lock in build_cpp); pytest 9.2 drops the groups (pytest-xdist issue 1386)
+pytestmark = pytest.mark.xdist_group("cpp-build")
+
 EDGES = list(itertools.product((False, True), repeat=4))  # (top, bottom, left, right), top bit first
 
 

@@ -17,7 +17,16 @@ from deploytool.runtime.backends import ORIGINAL, ORT_FP16
 from deploytool.runtime.input_batches import PARITY_BATCHES, parity_batch, synthetic_batch
 from deploytool.runtime.manifest import BF16_FILE, FP16_FILE, FP32_FILE, read_manifest
 from deploytool.verify import parity
-from tests.helpers import assert_bf16_plan_holds, export_tiny, max_abs_against_torchscript, save_official, tiny_entry, tiny_state_dict
+from tests.helpers import (
+    assert_bf16_plan_holds,
+    export_tiny,
+    full_size_id,
+    max_abs_against_torchscript,
+    save_official,
+    tiny_entry,
+    tiny_state_dict,
+    true_fp16_outputs,
+)
 
 # The layer that reads the long skip (conv_first + conv_after_body): scaled down by the factor
 # that scales those two up, so the FP32 model stays sane while the skip goes beyond 65504.
@@ -32,18 +41,6 @@ def stressed_checkpoint(model_id: str, path, factor: float = 4e4):
         state[key] *= factor
     state[f"{STREAM_READERS[entry.arch['upsampler']]}.weight"] /= factor
     return save_official(state, path)
-
-
-def run_in_true_fp16(model: onnx.ModelProto, batch: np.ndarray) -> np.ndarray:
-    """onnx's reference evaluator computes FP16 nodes in numpy float16, as a GPU stores them.
-
-    (ONNX Runtime's CPU provider runs FP16 nodes in FP32 and may skip the rounding between
-    two of them, so it cannot show an overflow between nodes.)
-    """
-    from onnx.reference import ReferenceEvaluator
-
-    with np.errstate(all="ignore"):
-        return ReferenceEvaluator(model).run(None, {"input": batch})[0]
 
 
 @pytest.mark.parametrize("model_id", ["swinir-m-x2", "swinir-dn-color-25", "swinir-s-x4", "hat-x4", "hat-s-x2"])
@@ -66,8 +63,8 @@ def assert_planned_fp16_holds_where_naive_fp16_overflows(out, manifest: dict) ->
     planned = onnx.load(str(out / FP16_FILE))
     limit = manifest.tolerances["fp16_max_abs"]
     for expected, array in zip(reference, batch):
-        assert not np.isfinite(run_in_true_fp16(naive, array)).all(), "naive FP16 should overflow"
-        actual = run_in_true_fp16(planned, array)
+        assert not np.isfinite(true_fp16_outputs(naive, array)[0]).all(), "naive FP16 should overflow"
+        actual = true_fp16_outputs(planned, array)[0]
         assert np.isfinite(actual).all() and np.abs(expected - actual).max() < limit
     for expected, actual in zip(reference, precision.run_graph(planned, batch)):
         assert np.abs(expected - actual).max() < limit
@@ -371,21 +368,18 @@ def test_the_bf16_sensitivity_search_buys_precision_where_op_islands_cannot(tmp_
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model_id", ["dat-x4", "esrt-x2", "hat-x4", "ipt-sr-x4", "restormer-derain", "swinir-m-x4"])
-def test_a_full_size_bf16_plan_holds(tmp_path, model_id):
+@pytest.mark.parametrize("model_id", [full_size_id(i) for i in ["dat-x4", "esrt-x2", "hat-x4", "ipt-sr-x4", "restormer-derain", "swinir-m-x4"]])
+def test_a_full_size_bf16_plan_holds(full_size_exports, model_id):
     """One id per family at full size (random weights, 64 px; IPT at its fixed tile): the BF16 plan
     holds, and the FP32 graph computes what the TorchScript exporter's did."""
-    from deploytool.build import registry
-    from deploytool.build.networks import WeightsSource, build_def, load_state_dict
+    from deploytool.build.networks import build_def, load_state_dict
 
-    entry = registry.get(model_id)
-    out = tmp_path / model_id
-    tile = entry.tiling.tile if entry.tiling.fixed_tile else (64, 64)
-    request = export.ExportRequest(entry, WeightsSource(kind="random-init", seed=0), out, tile, 1, fp16=False, bf16=True, calibration_count=2)
-    assert_bf16_plan_holds(out, export.export(request))
+    out, manifest = full_size_exports.folder(model_id), full_size_exports.manifest(model_id)
+    assert_bf16_plan_holds(out, manifest)
     # the same export's FP32 graph (torch.export) computes what the TorchScript exporter's graph did (issue 22)
-    model = build_def(entry, load_state_dict(entry, request.source))
-    assert max_abs_against_torchscript(onnx.load(str(out / FP32_FILE)), model, entry.fold_limit_mb) <= 1e-5
+    request = full_size_exports.request(model_id)
+    model = build_def(request.entry, load_state_dict(request.entry, request.source))
+    assert max_abs_against_torchscript(onnx.load(str(out / FP32_FILE)), model, request.entry.fold_limit_mb) <= 1e-5
 
 
 def test_the_bf16_search_returns_the_weighted_products_of_kept_blocks_that_hold_to_bf16():

@@ -16,6 +16,7 @@ from tests.helpers import (
     save_official,
     tiny_entry,
     tiny_state_dict,
+    true_fp16_outputs,
 )
 
 SET5_X4 = Path(__file__).resolve().parents[4] / "shared" / "testsets" / "Set5" / "LR_bicubic" / "X4"
@@ -72,20 +73,11 @@ def test_channel_attention_norms_stay_fp32_where_fp16_overflows(tmp_path):
     naive = precision.convert(fp32, None)
     planned = onnx.load(str(tmp_path / "e" / FP16_FILE))
     for graph, finite in ((naive, False), (planned, True)):
-        outputs = run_in_true_fp16_outputs(graph, batch, ["output", *norms])
+        outputs = true_fp16_outputs(graph, batch, ["output", *norms])
         assert all(np.isfinite(o).all() for o in outputs[1:]) == finite
         if finite:
             expected = precision.run_graph(fp32, [batch])[0]
             assert np.abs(outputs[0] - expected).max() < manifest.tolerances["fp16_max_abs"]
-
-
-def run_in_true_fp16_outputs(model: onnx.ModelProto, batch: np.ndarray, names: list[str]) -> list[np.ndarray]:
-    """`names` (graph outputs or intermediate tensors) computed by onnx's reference evaluator,
-    FP16 nodes in numpy float16 (see test_precision.run_in_true_fp16)."""
-    from onnx.reference import ReferenceEvaluator
-
-    with np.errstate(all="ignore"):
-        return ReferenceEvaluator(model).run(names, {"input": batch})
 
 
 @pytest.mark.skipif(not SET5_X4.is_dir(), reason="../shared/testsets/Set5 is not present")

@@ -2,22 +2,16 @@
 
 import pytest
 
-from deploytool.build import export, registry
-from deploytool.build.networks import WeightsSource
 from deploytool.verify import parity
+from tests.helpers import full_size_id
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("model_id", ["swinir-m-x4", "swinir-s-x2", "hat-x4", "ipt-sr-x4", "dat-x4"])
-def test_full_size_export_verifies(tmp_path, model_id):
-    entry = registry.get(model_id)
-    out = tmp_path / model_id
-    manifest = export.export(
-        export.ExportRequest(
-            entry, WeightsSource(kind="random-init", seed=0), out, entry.tiling.tile if entry.tiling.fixed_tile else (64, 64), 1, calibration_count=2
-        )
-    )
+@pytest.mark.parametrize("model_id", [full_size_id(i) for i in ["swinir-m-x4", "swinir-s-x2", "hat-x4", "ipt-sr-x4", "dat-x4"]])
+def test_full_size_export_verifies(tmp_path, full_size_exports, model_id):
+    manifest = full_size_exports.manifest(model_id)
+    out = full_size_exports.copy(model_id, tmp_path / model_id)  # verify writes its reports into the export
     assert manifest.graph.nodes < manifest.graph.traced_nodes
     assert manifest.fp16.fp16_flop_share > 0.9
     report = parity.verify(out, backends=["torch", "ort", "ort-fp16"], synthetic_batches=1)

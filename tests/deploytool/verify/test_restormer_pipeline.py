@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 
-from deploytool.build import export, precision, registry
+from deploytool.build import export, precision
 from deploytool.build.checkpoints import load_state_dict_file
 from deploytool.build.networks import WeightsSource
 from deploytool.runtime import images, inference
@@ -14,7 +14,7 @@ from deploytool.runtime.backends import open_runner
 from deploytool.runtime.input_batches import synthetic_batch
 from deploytool.runtime.manifest import FP16_FILE, FP32_FILE
 from deploytool.verify import parity
-from tests.helpers import save_official
+from tests.helpers import full_size_id, save_official, true_fp16_outputs
 from tests.model_defs.test_restormer import tiny_entry, tiny_state
 
 RAIN100L = Path(__file__).resolve().parents[4] / "shared" / "testsets" / "Rain100L"
@@ -44,8 +44,6 @@ def test_norms_and_views_export_static_and_verify(tmp_path, model_id):
 
 def test_fp16_keeps_the_tile_wide_sum_of_squares_in_fp32(tmp_path):
     """q/k normalisation sums squares over all H*W pixels: beyond 65504 the naive graph is wrong."""
-    from tests.deploytool.build.test_precision import run_in_true_fp16
-
     entry = tiny_entry("restormer-derain")
     state = tiny_state(entry)
     for key in state:
@@ -67,9 +65,9 @@ def test_fp16_keeps_the_tile_wide_sum_of_squares_in_fp32(tmp_path):
 
     expected = precision.run_graph(fp32, [batch])[0]
     limit = manifest.tolerances["fp16_max_abs"]
-    naive = run_in_true_fp16(precision.convert(fp32, None), batch)
+    naive = true_fp16_outputs(precision.convert(fp32, None), batch)[0]
     assert not (np.isfinite(naive).all() and np.abs(naive - expected).max() < limit), "naive FP16 should break"
-    planned = run_in_true_fp16(onnx.load(str(out / FP16_FILE)), batch)
+    planned = true_fp16_outputs(onnx.load(str(out / FP16_FILE)), batch)[0]
     assert np.isfinite(planned).all() and np.abs(planned - expected).max() < limit
 
 
@@ -89,10 +87,9 @@ def test_rain100l_smoke(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_full_size_derain_exports_and_verifies(tmp_path):
-    entry = registry.get("restormer-derain")
-    out = tmp_path / "full"
-    export.export(export.ExportRequest(entry, WeightsSource(kind="random-init", seed=0), out, (64, 64), 1, calibration_count=2))
+@pytest.mark.parametrize("model_id", [full_size_id("restormer-derain")])
+def test_full_size_derain_exports_and_verifies(tmp_path, full_size_exports, model_id):
+    out = full_size_exports.copy(model_id, tmp_path / "full")  # verify writes its reports into the export
     report = parity.verify(out, backends=["torch", "ort", "ort-fp16"], synthetic_batches=1)
     assert report["passed"], parity.markdown(report)
 
