@@ -7,8 +7,9 @@ issue 22's targets for the torch.export exporter.
 Each export runs `deploytool export ID --random-init` in a child process of its own, so that its
 peak resident memory is its own: the larger of wait4's (the largest single process) and the sum
 over the export and its own children (the calibration trace runs in one beside the first trace)
-sampled every 50 ms from /proc, each process's proportional share (PSS: pages the fork shares
-with its parent are counted once). The per-stage table comes from the manifest it writes
+sampled from /proc every 0.25 s while it has children, each process's proportional share (PSS:
+pages the fork shares with its parent are counted once). Reading a process's PSS walks its page
+tables, so it is read only while the children live: alone, the export's peak is wait4's. The per-stage table comes from the manifest it writes
 (`export_stages`: seconds, and the exporting process's own peak RSS so far at each stage's end). `--tile` overrides every id's default tile, for quick runs; the targets are for the
 defaults.
 """
@@ -54,15 +55,18 @@ TARGETS = {
 
 
 class TreeRss(threading.Thread):
-    """Samples the summed resident memory (PSS) of a process and its descendants every 50 ms."""
+    """Samples the summed resident memory (PSS) of a process and its descendants every 0.25 s
+    while it has descendants (see the module's docstring)."""
 
     def __init__(self, pid: int):
         super().__init__(daemon=True)
         self.pid, self.peak_bytes, self.done = pid, 0, threading.Event()
 
     def run(self) -> None:
-        while not self.done.wait(0.05):
-            self.peak_bytes = max(self.peak_bytes, sum(_rss_bytes(pid) for pid in _tree(self.pid)))
+        while not self.done.wait(0.25):
+            tree = _tree(self.pid)
+            if len(tree) > 1:
+                self.peak_bytes = max(self.peak_bytes, sum(_rss_bytes(pid) for pid in tree))
 
     def stop(self) -> None:
         self.done.set()
