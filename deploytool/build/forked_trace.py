@@ -99,6 +99,9 @@ def _trace_into(trace: Trace, model: torch.nn.Module, shape: tuple[int, ...], fo
     except BaseException as exc:  # everything the parent must hear of, in its one line
         (folder / ERROR_FILE).write_text(" ".join(f"{type(exc).__name__}: {exc}".split()))
         os._exit(1)
+    # at once: no finalizers or stream flushes of the parent's copied state (another thread of the
+    # parent, e.g. a test runner's, may have held their locks at the fork)
+    os._exit(0)
 
 
 def _shape_text(shape: tuple[int, ...]) -> str:
