@@ -7,8 +7,8 @@ second costs almost no wall time beside the first. And what a trace leaves behin
 (torch's caches, a fragmented heap: 0.8 GB after hat-x4's) goes with the child, so the FP16/BF16
 stage after it starts from the weights' memory. A child is a fork: it has the model as the
 parent built it (no second load of the weights) and shares its pages until it writes them.
-Where `fork` is not a start method (Windows), the trace runs in this process when its graph is
-asked for.
+Where `fork` is not a start method (Windows), or other Python threads run in this process (a
+server, a test runner's), the trace runs in this process when its graph is asked for.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import os
 import resource
 import sys
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,8 +33,10 @@ PEAK_FILE = "peak_rss_kb.txt"
 
 
 def forks() -> bool:
-    """Whether this platform can run the second trace in a forked child."""
-    return "fork" in multiprocessing.get_all_start_methods()
+    """Whether a trace can run in a forked child here: where `fork` is a start method, and no other
+    Python thread runs (a lock another thread holds at the fork stays held in the child forever:
+    under a test runner's worker thread a child hung so)."""
+    return "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1
 
 
 Trace = Callable[[torch.nn.Module, tuple[int, ...]], onnx.ModelProto]

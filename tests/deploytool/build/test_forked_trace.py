@@ -1,7 +1,9 @@
 """Traces in forked children: a child's graph is the in-process trace's, its failure is one
 line, and an abandoned child is stopped."""
 
+import multiprocessing
 import os
+import threading
 
 import pytest
 import torch
@@ -11,7 +13,16 @@ from deploytool.build.networks import build_def
 from deploytool.errors import ExportError
 from tests.helpers import tiny_entry, tiny_state_dict
 
-pytestmark = pytest.mark.skipif(not forked_trace.forks(), reason="fork is not a start method on this platform: traces run in-process there")
+pytestmark = pytest.mark.skipif(
+    "fork" not in multiprocessing.get_all_start_methods(), reason="fork is not a start method on this platform: traces run in-process there"
+)
+
+
+@pytest.fixture(autouse=True)
+def forking(monkeypatch):
+    """The fork path, forced: under a test runner's worker, whose own threads make `forks()` say
+    no, these tests still fork."""
+    monkeypatch.setattr(forked_trace, "forks", lambda: True)
 
 
 class FailsToTrace(torch.nn.Module):
@@ -60,3 +71,16 @@ def test_without_fork_the_trace_runs_when_its_graph_is_asked_for(monkeypatch):
     with forked_trace.ForkedTrace(lambda model, shape: traced.append(shape) or "graph", torch.nn.Identity(), (1, 3, 8, 8)) as aside:
         assert not aside.in_child and traced == []
         assert aside.graph() == "graph" and traced == [(1, 3, 8, 8)]
+
+
+def test_no_fork_while_another_python_thread_runs(monkeypatch):
+    monkeypatch.undo()
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        assert not forked_trace.forks()
+    finally:
+        stop.set()
+        other.join()
+    assert forked_trace.forks() == (threading.active_count() == 1)
