@@ -204,11 +204,7 @@ def export(request: ExportRequest, progress: Progress = lambda message: None) ->
     that graph before the ExportError says so.
     """
     entry, out_dir = request.entry, request.out_dir
-    entry.check_tile(request.tile)
-    if request.batch < 1:
-        raise DeployError(f"batch must be at least 1, not {request.batch}")
-    for name in request.precisions:
-        calibration_tolerance(entry, name)  # refused before any work when a config lacks it
+    check_request(request)
     started = time.perf_counter()
     small_shape = calibration_shape(request) if request.precisions else None
     clock = StageClock(5 + (small_shape is not None) + len(request.precisions), progress)
@@ -228,10 +224,7 @@ def export(request: ExportRequest, progress: Progress = lambda message: None) ->
         ForkedTrace(traced_graph, model, small_shape) if small_shape else contextlib.nullcontext() as calibration_trace,
     ):
         del model, state_dict  # the traces hold what they need
-        where = " in a child process" if export_trace.in_child else ""
-        if calibration_trace and calibration_trace.in_child:
-            where += f", and at {small_shape} for the {plans} plan's calibration in another"
-        with clock.stage("trace", f"tracing {entry.id} at {shape} (opset {OPSET}){where}"):
+        with clock.stage("trace", f"tracing {entry.id} at {shape} (opset {OPSET}){_where(export_trace, calibration_trace, plans)}"):
             traced = clock.traced(export_trace)
             traced_nodes = len(traced.graph.node)
 
@@ -241,10 +234,7 @@ def export(request: ExportRequest, progress: Progress = lambda message: None) ->
             del traced
 
         with clock.stage("check", f"checking the static graph ({len(graph.graph.node)} nodes)"):
-            problems = static_graph_violations(graph)
-            if problems:
-                raise ExportError(f"{entry.id}: exported graph is not static: {'; '.join(problems[:5])}")
-            onnx.checker.check_model(graph, full_check=True)
+            check_static(entry, graph)
 
         small_graph = None
         if calibration_trace is not None:
@@ -267,6 +257,31 @@ def export(request: ExportRequest, progress: Progress = lambda message: None) ->
         raise ExportError("; ".join(failure_message(name, exc, out_dir) for name, exc in reduced.failures.items()))
     progress(f"done in {manifest.export_seconds:.1f} s: {out_dir}")
     return manifest
+
+
+def check_request(request: ExportRequest) -> None:
+    """Refuse, before any work, a tile or batch the model cannot take, or a precision whose
+    tolerance its config lacks."""
+    request.entry.check_tile(request.tile)
+    if request.batch < 1:
+        raise DeployError(f"batch must be at least 1, not {request.batch}")
+    for name in request.precisions:
+        calibration_tolerance(request.entry, name)
+
+
+def check_static(entry: ModelEntry, graph: onnx.ModelProto) -> None:
+    problems = static_graph_violations(graph)
+    if problems:
+        raise ExportError(f"{entry.id}: exported graph is not static: {'; '.join(problems[:5])}")
+    onnx.checker.check_model(graph, full_check=True)
+
+
+def _where(export_trace: ForkedTrace, calibration_trace: ForkedTrace | None, plans: str) -> str:
+    """Where the traces run, for the progress line."""
+    where = " in a child process" if export_trace.in_child else ""
+    if calibration_trace is not None and calibration_trace.in_child:
+        where += f", and at {calibration_trace.shape} for the {plans} plan's calibration in another"
+    return where
 
 
 @dataclass
