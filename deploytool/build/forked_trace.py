@@ -4,7 +4,7 @@ a child of its own, both at once.
 A trace is single-threaded Python (torch.export's capture and decomposition, then the ONNX
 translation) with a fixed cost per call, and the export makes two: on two cores or more the
 second costs almost no wall time beside the first. And what a trace leaves behind in a process
-(torch's caches, a fragmented heap: 0.8 GB after hat-x4's) goes with the child, so the FP16/BF16
+(torch's caches, a fragmented heap) goes with the child, so the FP16/BF16
 stage after it starts from the weights' memory. A child is a fork: it has the model as the
 parent built it (no second load of the weights) and shares its pages until it writes them.
 Where `fork` is not a start method (Windows), or other Python threads run in this process (a
@@ -51,20 +51,16 @@ class ForkedTrace:
         self.folder = Path(tempfile.mkdtemp(prefix="deploytool-trace-"))
         self.process: multiprocessing.process.BaseProcess | None = None
         self.peak_rss_mb = 0.0  # the child's peak resident memory, once its graph is collected
+        self.in_child = forks()  # whether the trace runs in a child process (else here, at `graph()`)
         # a forked child has its own copy: this process may free the model once both have started
-        self.model = None if forks() else model
-        if forks():
+        self.model = None if self.in_child else model
+        if self.in_child:
             self.process = multiprocessing.get_context("fork").Process(target=_trace_into, args=(trace, model, self.shape, self.folder), daemon=True)
             self.process.start()
 
-    @property
-    def in_child(self) -> bool:
-        """Whether the trace runs in a child process (else in this one, at `graph()`)."""
-        return self.process is not None
-
     def graph(self) -> onnx.ModelProto:
         """The traced graph, waiting for the child; its failure as an ExportError in one line."""
-        if self.process is None:
+        if not self.in_child:
             return self.trace(self.model, self.shape)
         self.process.join()
         code, self.process = self.process.exitcode, None
