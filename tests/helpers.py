@@ -8,6 +8,7 @@ import fcntl
 import importlib.util
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ def load_script(name: str):
     """scripts/NAME.py as a module (scripts/ is not a package), for its tests."""
     spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 

@@ -17,7 +17,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from deploytool.build.inferred_types import tensor_types
-from deploytool.build.precision.growth import carried_ranges, corresponding_tensors, softmax_lengths, tensor_sizes, tile_growth
+from deploytool.build.precision.growth import carried_ranges, corresponding_tensors, tensor_sizes, tile_growth
 from deploytool.build.precision.plan import flop_counts
 from deploytool.errors import ExportError
 from deploytool.runtime.backends.onnxruntime import open_session
@@ -136,7 +136,6 @@ class Measured:
     calibration_count: int
     calibration_label: str
     verify_inputs: VerifyInputs | None
-    lengths: dict[str, int] = dataclasses.field(default_factory=dict)  # softmax_lengths of the export's graph
 
 
 def measure(
@@ -170,8 +169,7 @@ def measure(
         ranges = carried_ranges(ranges, names, growth)
     progress(f"ranges and FP32 reference measured ({time.perf_counter() - started:.1f} s)")
     sizes, flops = tensor_sizes(model, types), flop_counts(model, types)
-    lengths = softmax_lengths(model, types)
-    return Measured(model, measured, checked, ranges, growth, sizes, flops, len(calibration), calibration_label, verify_inputs, lengths)
+    return Measured(model, measured, checked, ranges, growth, sizes, flops, len(calibration), calibration_label, verify_inputs)
 
 
 def input_shape(model: onnx.ModelProto) -> tuple[int, ...]:

@@ -1,6 +1,6 @@
 """Tile growth: ranges measured on the calibration graph (the export's graph at a smaller tile)
 carried to the export's tile. Only sums grow with the tile (`tile_growth`); the reductions'
-running sums and element counts (`reduction_accumulator`, `summed_elements`, `softmax_lengths`)
+running sums and element counts (`reduction_accumulator`, `summed_elements`)
 judge them in the plan.
 BF16 plans use no growth: no tensor comes near BF16's range, and growth only grows ranges.
 """
@@ -134,21 +134,3 @@ def reduction_accumulator(node: onnx.NodeProto, ranges: dict[str, float], sizes:
 def summed_elements(node: onnx.NodeProto, sizes: dict[str, int]) -> int:
     """How many input elements a reduction sums into each output element."""
     return sizes.get(node.input[0], 1) // max(1, sizes.get(node.output[0], 1))
-
-
-def softmax_lengths(model: onnx.ModelProto, types: dict[str, TensorType] | None = None) -> dict[str, int]:
-    """{Softmax node: how many elements each of its sums adds up} (its axis' length; before
-    opset 13, the product of the dimensions from its axis on). Shapes are inferred only where
-    the graph has a Softmax (`types`: the model's `tensor_types`, where the caller has them)."""
-    nodes = [node for node in model.graph.node if node.op_type == "Softmax"]
-    if not nodes:
-        return {}
-    types = types or tensor_types(model)
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
-    lengths = {}
-    for node in nodes:
-        shape = types[node.input[0]].shape
-        axis = next((a.i for a in node.attribute if a.name == "axis"), -1 if opset >= 13 else 1)
-        axis = axis % len(shape)
-        lengths[node.name] = shape[axis] if opset >= 13 else math.prod(shape[axis:])
-    return lengths

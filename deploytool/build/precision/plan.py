@@ -11,8 +11,9 @@ may drop the FP16 rounding between two such nodes, so it under-reports overflow:
 run the overflow stress case in onnx's reference evaluator, which computes in true FP16.
 
 BF16 keeps the normalisations and the ops ONNX has no BF16 kernel for as islands by op; its
-reductions, softmax among them, are judged by their element count instead of their running sum
-(see BF16_SUMMED_LIMIT), and one margin is tried (no tensor comes near BF16's range).
+reductions are judged by their element count instead of their running sum (see
+BF16_SUMMED_LIMIT), its softmax runs BF16 (see BF16_FP32_OPS), and one margin is tried (no tensor
+comes near BF16's range).
 """
 
 from __future__ import annotations
@@ -27,17 +28,18 @@ from onnx import TensorProto, helper, numpy_helper
 
 from deploytool.build import bf16
 from deploytool.build.inferred_types import TensorType, tensor_types
-from deploytool.build.precision.growth import reduction_accumulator, softmax_lengths, summed_elements, tensor_sizes
+from deploytool.build.precision.growth import reduction_accumulator, summed_elements, tensor_sizes
 from deploytool.runtime.manifest import Bf16Summary, Fp16Summary
 
 FP16_MAX = 65504.0
 # Fused normalisations and softmax: their inner sums are not graph tensors, so there is nothing
 # to measure, and TensorRT's FP16 versions are known to lose precision (HAT, SwinIR). FP32 inside.
 ALWAYS_FP32_OPS = frozenset({"LayerNormalization", "Softmax", "LogSoftmax", "InstanceNormalization", "GroupNormalization", "CumSum", "Resize", "Range"})
-# BF16 judges a softmax as a reduction over its axis instead: a BF16 softmax kernel reads and
-# writes BF16 and sums in FP32 (OpenVINO's CPU plugin, TensorRT), which the emulation computes,
-# and an FP32 softmax between BF16 matrix products costs a Cast pair and breaks OpenVINO's fused
-# attention (MatMul-Softmax-MatMul) into three kernels.
+# BF16 runs softmax in BF16 at any length: a BF16 softmax kernel reads and writes BF16 and keeps
+# its max and sum in FP32, which the emulation computes (OpenVINO's CPU plugin, measured over 4096
+# elements in test_openvino_bf16; TensorRT's fused attention kernels keep FP32 statistics too, not
+# measurable here). An FP32 softmax between BF16 matrix products costs a Cast pair and breaks
+# OpenVINO's fused attention (MatMul-Softmax-MatMul) into three kernels (HAT's 576-long windows).
 BF16_FP32_OPS = ALWAYS_FP32_OPS - {"Softmax"}
 # Reductions are judged by their accumulator, derived from the measured output: a sum of squares
 # over a whole tile (Restormer's q/k normalisation) overflows FP16 though its root does not.
@@ -49,8 +51,10 @@ FLOP_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 
 # A reduction whose kernel accumulates in BF16 (8 significant bits) drops every addend below
 # 2^-9 of its running sum: past 2^8 equal addends the sum's error bound reaches the sum itself.
-# The emulation accumulates in FP32 as BF16 CPUs and GPUs do, so it cannot show this; reductions
-# over more elements stay FP32. (FP16 judges its accumulators by their measured range instead.)
+# The emulation accumulates in FP32, as OpenVINO's CPU plugin does (measured), so it cannot show
+# this; TensorRT does not document a standalone reduction's accumulator, so reductions over more
+# elements stay FP32 (HAT's channel-attention means: 1% of its OpenVINO time). FP16 judges its
+# accumulators by their measured range instead.
 BF16_SUMMED_LIMIT = 2**8
 
 
@@ -90,41 +94,32 @@ def plan_islands(
     margin: float,
     sizes: dict[str, int] | None = None,
     reduced: ReducedPrecision | None = None,
-    lengths: dict[str, int] | None = None,
 ) -> Fp16Plan:
     """Nodes that must stay FP32: by op type, by measured range against the reduced precision's
     largest value / margin, and reductions by their accumulation (`reduced`: FP16 by default).
 
-    `sizes` (element counts, default: this graph's) judge the reductions' running sums, and
-    `lengths` (`softmax_lengths`, default: this graph's) the softmaxes a precision does not keep by op.
+    `sizes` (element counts, default: this graph's) judge the reductions' running sums.
     """
     reduced = reduced or FP16
     limit = reduced.max_value / margin
     if sizes is None:
         sizes = tensor_sizes(model) if any(n.op_type in REDUCTIONS for n in model.graph.node) else {}
-    if lengths is None:
-        lengths = {} if "Softmax" in reduced.fp32_ops else softmax_lengths(model)
     fp32_nodes: set[str] = set()
     reasons: dict[str, str] = {}
     for node in model.graph.node:
-        reason = island_reason(node, ranges, limit, sizes, reduced, lengths)
+        reason = island_reason(node, ranges, limit, sizes, reduced)
         if reason is not None:
             fp32_nodes.add(node.name)
             reasons[node.name] = reason
     return Fp16Plan(fp32_nodes, reasons, margin)
 
 
-def island_reason(
-    node: onnx.NodeProto, ranges: dict[str, float], limit: float, sizes: dict[str, int], reduced: ReducedPrecision, lengths: dict[str, int] | None = None
-) -> str | None:
-    """Why `node` stays FP32 ("op:<type>", "range", "accumulator", "accumulation"), or None.
-    `lengths`: `softmax_lengths` of the graph, for a precision that judges softmax by them."""
+def island_reason(node: onnx.NodeProto, ranges: dict[str, float], limit: float, sizes: dict[str, int], reduced: ReducedPrecision) -> str | None:
+    """Why `node` stays FP32 ("op:<type>", "range", "accumulator", "accumulation"), or None."""
     if node.op_type in reduced.fp32_ops or reduced.lacks_kernel(node.op_type):
         return f"op:{node.op_type}"
     if any(ranges.get(t, 0.0) > limit for t in (*node.input, *node.output)):
         return "range"
-    if node.op_type == "Softmax":
-        return "accumulation" if reduced.summed_limit is not None and (lengths or {})[node.name] > reduced.summed_limit else None
     if node.op_type not in REDUCTIONS:
         return None
     if reduction_accumulator(node, ranges, sizes) > limit:

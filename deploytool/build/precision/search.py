@@ -227,7 +227,7 @@ def search_plan(
     checked, tried = found.checked, []
     for margin in reduced.margins:
         started = time.perf_counter()
-        plan = plan_islands(found.model, found.ranges, margin, found.sizes, reduced, found.lengths)
+        plan = plan_islands(found.model, found.ranges, margin, found.sizes, reduced)
         result = validate(prepared, plan.fp32_nodes, checked.arrays, checked.fp32_outputs, checked.limits, reduced)
         seen = "" if result.inputs == len(checked.arrays) else f" on {result.inputs} of {len(checked.arrays)} inputs"
         progress(

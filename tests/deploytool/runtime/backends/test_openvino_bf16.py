@@ -80,6 +80,48 @@ def test_outputs_are_within_the_plans_bf16_tolerance_of_the_fp32_graph(exported)
     assert 0 < np.abs(out - expected).max() <= manifest.tolerances["bf16_max_abs"]
 
 
+def _bf16_node_graph(op: str, shape: list[int], **attributes) -> bytes:
+    """FP32 in, one `op` node computing in BF16, FP32 out."""
+    from onnx import TensorProto, helper
+
+    axes = [helper.make_tensor("axes", TensorProto.INT64, [2], [2, 3])] if op == "ReduceMean" else []
+    nodes = [
+        helper.make_node("Cast", ["x"], ["x_bf16"], to=TensorProto.BFLOAT16),
+        helper.make_node(op, ["x_bf16", *(a.name for a in axes)], ["y_bf16"], **attributes),
+        helper.make_node("Cast", ["y_bf16"], ["y"], to=TensorProto.FLOAT),
+    ]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)]
+    graph = helper.make_graph(nodes, op, inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], axes)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 22)]).SerializeToString()
+
+
+@needs_bf16_cpu
+@pytest.mark.parametrize(("op", "shape", "attributes"), [("Softmax", [1, 4, 8, 4096], {"axis": -1}), ("ReduceMean", [1, 8, 256, 256], {"keepdims": 1})])
+def test_long_bf16_sums_accumulate_in_fp32(op, shape, attributes):
+    """What the BF16 plan assumes of a BF16 softmax (and what the emulation computes): its sums
+    kept in FP32. Over 4096 (65536) addends near 1, a running sum kept in BF16 stops growing at
+    2^8 to 2^9 (its steps fall below half a BF16 step): the result would be off by more than 10x
+    (the mean by half); in FP32 it is off by the output's BF16 rounding alone."""
+    import openvino as ov
+
+    from deploytool.build.bf16 import round_to_bf16
+
+    x = round_to_bf16((1.0 + 0.01 * np.random.default_rng(0).standard_normal(shape)).astype(np.float32))
+    core = ov.Core()
+    config = {"INFERENCE_PRECISION_HINT": "f32", "PERF_COUNT": True}  # as the backend compiles the plan
+    request = core.compile_model(core.read_model(_bf16_node_graph(op, shape, **attributes), b""), "CPU", config).create_infer_request()
+    y = request.infer({0: x})[0].astype(np.float64)
+    ran = {info.node_type: info.exec_type for info in request.profiling_info if info.status == info.Status.EXECUTED}
+    assert "bf16" in ran[op], ran
+    exact = x.astype(np.float64)
+    if op == "Softmax":
+        exact = np.exp(exact - exact.max(-1, keepdims=True))
+        exact /= exact.sum(-1, keepdims=True)
+    else:
+        exact = exact.mean(axis=(2, 3), keepdims=True)
+    assert np.abs(y / exact - 1).max() <= 2**-8  # one BF16 rounding of the output: 2^-9, with room for exp's
+
+
 def test_devices_without_bf16_are_refused_naming_what_they_offer():
     assert backend.bf16_refusal("CPU", ["BF16", "FP32", "INT8"]) is None
     assert backend.bf16_refusal("CPU", ["WINOGRAD", "FP32", "INT8", "BIN"]) == (
