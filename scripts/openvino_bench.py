@@ -2,7 +2,7 @@
 CPU, one id per family, in one run.
 
     python scripts/openvino_bench.py [--ids ID,ID,...] [--tile PX] [--runs 5] [--threads N]
-                                     [--set5 DIR --esrt-weights FILE] [--json]
+                                     [--set5 DIR --esrt-weights FILE] [--exports DIR] [--json]
 
 Each id is exported with its official architecture and seeded random initialisation (weights do
 not change the arithmetic's cost) at its default tile, or at --tile where given (a fixed-tile
@@ -23,11 +23,16 @@ With --set5 and --esrt-weights, ESRT x2 is exported from the real weights at its
 every row restores Set5's LR X2 images (tiled, as `eval` does): PSNR against HR (Y channel) and
 the lowest per-image PSNR against ONNX Runtime FP32's output. On a CPU without BF16 (OpenVINO's
 OPTIMIZATION_CAPABILITIES lacks BF16) the script says so and reports the FP32 rows.
+
+With --exports DIR the exports are kept in DIR/<id> and a later run with the same DIR times them
+again instead of exporting (another --threads, say); an export there whose input shape or BF16
+graph is not what this run asks for is an error, not silently re-made.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -97,9 +102,25 @@ def time_rows(rows: dict, batch, runs: int) -> tuple[dict[str, float], dict]:
     return {name: statistics.median(values) for name, values in times.items()}, outputs
 
 
+def exported_before(out: Path, model_id: str, tile: int | None, bf16: bool) -> bool:
+    """Whether `out` holds this run's export of `model_id` already (see --exports)."""
+    if not (out / "manifest.json").exists():
+        return False
+    manifest = read_manifest(out)
+    entry = registry.get(model_id)
+    size = entry.tiling.tile if entry.tiling.fixed_tile or tile is None else (tile, tile)
+    if tuple(manifest.input.shape[2:]) != tuple(size) or (bf16 and manifest.bf16 is None):
+        raise DeployError(
+            f"{out} holds another export of {model_id} (input {manifest.input.shape}, BF16 plan: {manifest.bf16 is not None}): remove it or choose another --exports"
+        )
+    print(f"{model_id}: timing the export in {out}", file=sys.stderr)
+    return True
+
+
 def bench_id(model_id: str, tile: int | None, runs: int, threads: int, bf16: bool, scratch: Path) -> dict:
     out = scratch / model_id
-    export_with_plan(model_id, out, tile, bf16)
+    if not exported_before(out, model_id, tile, bf16):
+        export_with_plan(model_id, out, tile, bf16)
     manifest = read_manifest(out)
     batch = synthetic_batch(manifest.input.shape, seed=0)
     rows = open_rows(out, threads, bf16)
@@ -124,7 +145,8 @@ def set5_report(weights: Path, dataset: Path, threads: int, bf16: bool, scratch:
     """Set5 PSNR against HR for ESRT x2's real weights through every row, and each row's lowest
     per-image PSNR against ONNX Runtime FP32's output."""
     out = scratch / "esrt-set5"
-    export_with_plan(ESRT_X2, out, None, bf16, weights=weights)
+    if not exported_before(out, ESRT_X2, None, bf16):
+        export_with_plan(ESRT_X2, out, None, bf16, weights=weights)
     manifest = read_manifest(out)
     rows = open_rows(out, threads, bf16)
     restored: dict[str, list] = {name: [] for name in rows}
@@ -181,6 +203,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for every runtime")
     parser.add_argument("--set5", type=Path, help="Set5 folder (HR/, LR_bicubic/X2/) for the real-weights rows")
     parser.add_argument("--esrt-weights", type=Path, help="ESRT x2 checkpoint for the Set5 rows")
+    parser.add_argument("--exports", type=Path, help="keep the exports in DIR/<id>, and time those already there instead of exporting")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser.parse_args()
 
@@ -195,7 +218,7 @@ def main() -> int:
             registry.get(model_id)
         devices = bf16_devices()
         bf16 = "CPU" in devices
-        with tempfile.TemporaryDirectory(prefix="openvino_bench_") as scratch:
+        with contextlib.nullcontext(args.exports) if args.exports else tempfile.TemporaryDirectory(prefix="openvino_bench_") as scratch:
             results = [bench_id(model_id, args.tile, args.runs, args.threads, bf16, Path(scratch)) for model_id in ids]
             set5 = set5_report(args.esrt_weights, args.set5, args.threads, bf16, Path(scratch)) if args.set5 else None
         cpu = platform.processor() or platform.machine()
