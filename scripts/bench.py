@@ -23,7 +23,6 @@ import argparse
 import contextlib
 import io
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,7 +41,7 @@ from deploytool.runtime.backends.onnxruntime import OrtRunner
 from deploytool.runtime.backends.torch import TorchRunner
 from deploytool.runtime.input_batches import synthetic_batch
 from deploytool.runtime.manifest import FP16_FILE, FP32_FILE, read_manifest
-from deploytool.verify.benchmark import median_seconds
+from deploytool.verify.benchmark import alternating_medians, median_seconds
 
 
 def median_latency(run, batch: np.ndarray, runs: int) -> float:
@@ -195,14 +194,11 @@ def _against_torchscript(
     try:
         for runner in runners:
             runner(batch)  # warm-up
-        times: list[list[float]] = [[], []]
-        for _ in range(runs):
-            for runner, measured in zip(runners, times):
-                measured.append(median_seconds(lambda runner=runner: runner(batch), 1, warmup=0)[0])
+        medians = alternating_medians({runner.name: lambda runner=runner: runner(batch) for runner in runners}, runs)
     finally:
         for runner in runners:
             runner.close()
-    return statistics.median(times[0]), statistics.median(times[1])
+    return medians["torchscript"], medians["ort"]
 
 
 def _exporters_only(entry, model: torch.nn.Module, shape: tuple[int, ...], ours_path: Path, path: Path, batch: np.ndarray, args) -> int:

@@ -36,7 +36,6 @@ import contextlib
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -54,7 +53,7 @@ from deploytool.runtime.backends.openvino_bf16 import bf16_devices  # noqa: E402
 from deploytool.runtime.input_batches import synthetic_batch  # noqa: E402
 from deploytool.runtime.manifest import BF16_FILE, FP32_FILE, read_manifest  # noqa: E402
 from deploytool.verify import evaluation  # noqa: E402
-from deploytool.verify.benchmark import median_seconds  # noqa: E402
+from deploytool.verify.benchmark import alternating_medians  # noqa: E402
 from deploytool.verify.parity import metrics  # noqa: E402
 
 ORT_FP32, OPENVINO_FP32, OPENVINO_BF16, WHOLE_BF16 = "ort-fp32", "openvino-fp32", "openvino-bf16", "whole-bf16"
@@ -95,11 +94,7 @@ def open_rows(out: Path, threads: int, bf16: bool) -> dict:
 def time_rows(rows: dict, batch, runs: int) -> tuple[dict[str, float], dict]:
     """(median seconds per batch, output) of every row, their timed calls alternating."""
     outputs = {name: runner(batch) for name, runner in rows.items()}  # the warm-up calls
-    times: dict[str, list[float]] = {name: [] for name in rows}
-    for _ in range(runs):
-        for name, runner in rows.items():
-            times[name].append(median_seconds(lambda runner=runner: runner(batch), 1, warmup=0)[0])
-    return {name: statistics.median(values) for name, values in times.items()}, outputs
+    return alternating_medians({name: lambda runner=runner: runner(batch) for name, runner in rows.items()}, runs), outputs
 
 
 def exported_before(out: Path, model_id: str, tile: int | None, bf16: bool) -> bool:

@@ -31,6 +31,16 @@ def median_seconds(run: Callable[[], Any], runs: int, *, warmup: int = 1, synchr
     return statistics.median(times), min(times)
 
 
+def alternating_medians(calls: dict[str, Callable[[], Any]], runs: int) -> dict[str, float]:
+    """Median wall time of each call over `runs` rounds that time every call once, in turn, so
+    that a change in the machine's load falls on all of them (warm-ups are the caller's)."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(runs):
+        for name, call in calls.items():
+            times[name].append(median_seconds(call, 1, warmup=0)[0])
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def bench(
     export_dir: str | Path,
     backends: list[str],
