@@ -53,8 +53,8 @@ FLOP_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 # 2^-9 of its running sum: past 2^8 equal addends the sum's error bound reaches the sum itself.
 # The emulation accumulates in FP32, as OpenVINO's CPU plugin does (measured), so it cannot show
 # this; TensorRT does not document a standalone reduction's accumulator, so reductions over more
-# elements stay FP32 (HAT's channel-attention means: 1% of its OpenVINO time). FP16 judges its
-# accumulators by their measured range instead.
+# elements stay FP32 (cheap islands: a reduction's output is small). FP16 judges its accumulators
+# by their measured range instead.
 BF16_SUMMED_LIMIT = 2**8
 
 
