@@ -53,7 +53,7 @@ FLOP_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 # 2^-9 of its running sum: past 2^8 equal addends the sum's error bound reaches the sum itself.
 # The emulation accumulates in FP32, as OpenVINO's CPU plugin does (measured), so it cannot show
 # this; TensorRT does not document a standalone reduction's accumulator, so reductions over more
-# elements stay FP32 (cheap islands: a reduction's output is small). FP16 judges its accumulators
+# elements stay FP32 (what that costs OpenVINO: README, BF16). FP16 judges its accumulators
 # by their measured range instead.
 BF16_SUMMED_LIMIT = 2**8
 
