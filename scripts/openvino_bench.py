@@ -97,16 +97,20 @@ def time_rows(rows: dict, batch, runs: int) -> tuple[dict[str, float], dict]:
     return alternating_medians({name: lambda runner=runner: runner(batch) for name, runner in rows.items()}, runs), outputs
 
 
-def exported_before(out: Path, model_id: str, tile: int | None, bf16: bool) -> bool:
-    """Whether `out` holds this run's export of `model_id` already (see --exports)."""
+def exported_before(out: Path, model_id: str, tile: int | None, bf16: bool, weights: Path | None = None) -> bool:
+    """Whether `out` holds this run's export of `model_id` already (see --exports): the same input
+    shape, weights and, where asked, the BF16 plan; another export there is an error."""
     if not (out / "manifest.json").exists():
         return False
     manifest = read_manifest(out)
     entry = registry.get(model_id)
     size = entry.tiling.tile if entry.tiling.fixed_tile or tile is None else (tile, tile)
-    if tuple(manifest.input.shape[2:]) != tuple(size) or (bf16 and manifest.bf16 is None):
+    wanted = resolve_source(entry, weights=weights, random_init=weights is None)
+    same_weights = (manifest.source.kind, manifest.source.sha256, manifest.source.seed) == (wanted.kind, wanted.sha256, wanted.seed)
+    if tuple(manifest.input.shape[2:]) != tuple(size) or not same_weights or (bf16 and manifest.bf16 is None):
         raise DeployError(
-            f"{out} holds another export of {model_id} (input {manifest.input.shape}, BF16 plan: {manifest.bf16 is not None}): remove it or choose another --exports"
+            f"{out} holds another export of {model_id} (input {manifest.input.shape}, {manifest.source.describe()}, BF16 plan: {manifest.bf16 is not None}): "
+            "remove it or choose another --exports"
         )
     print(f"{model_id}: timing the export in {out}", file=sys.stderr)
     return True
@@ -140,7 +144,7 @@ def set5_report(weights: Path, dataset: Path, threads: int, bf16: bool, scratch:
     """Set5 PSNR against HR for ESRT x2's real weights through every row, and each row's lowest
     per-image PSNR against ONNX Runtime FP32's output."""
     out = scratch / "esrt-set5"
-    if not exported_before(out, ESRT_X2, None, bf16):
+    if not exported_before(out, ESRT_X2, None, bf16, weights):
         export_with_plan(ESRT_X2, out, None, bf16, weights=weights)
     manifest = read_manifest(out)
     rows = open_rows(out, threads, bf16)

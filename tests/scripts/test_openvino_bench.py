@@ -41,13 +41,16 @@ def test_a_cpu_without_bf16_is_said_and_only_fp32_rows_are_shown(bench):
     assert "| esrt-x2 | 1x3x64x64 |  | ort-fp32 |" in text and bench.OPENVINO_BF16 not in text.split("\n", 3)[3]
 
 
-def test_kept_exports_are_timed_again_and_another_shape_is_refused(bench, tmp_path):
+def test_kept_exports_are_timed_again_and_another_export_is_refused(bench, tmp_path):
     out = tmp_path / "esrt-x2"
     assert not bench.exported_before(out, "esrt-x2", None, bf16=False)
     export_tiny("esrt-x2", out, fp16=False, bf16=False)
+    weights = tmp_path / "esrt-x2.pth"  # export_tiny's checkpoint
     side = read_manifest(out).input.shape[2]
-    assert bench.exported_before(out, "esrt-x2", side, bf16=False)
+    assert bench.exported_before(out, "esrt-x2", side, bf16=False, weights=weights)
     with pytest.raises(bench.DeployError, match="holds another export of esrt-x2"):
-        bench.exported_before(out, "esrt-x2", side * 2, bf16=False)
+        bench.exported_before(out, "esrt-x2", side * 2, bf16=False, weights=weights)
     with pytest.raises(bench.DeployError, match="BF16 plan: False"):
-        bench.exported_before(out, "esrt-x2", side, bf16=True)
+        bench.exported_before(out, "esrt-x2", side, bf16=True, weights=weights)
+    with pytest.raises(bench.DeployError, match="esrt-x2.pth"):  # made from other weights than asked (random init)
+        bench.exported_before(out, "esrt-x2", side, bf16=False)
