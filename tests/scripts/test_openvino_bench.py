@@ -1,12 +1,13 @@
 """scripts/openvino_bench.py: its rows measured on a tiny export, and the FP32-only report on a CPU without BF16."""
 
 import importlib.util
+import json
 
 import pytest
 
 from deploytool.runtime.input_batches import synthetic_batch
-from deploytool.runtime.manifest import read_manifest
-from tests.helpers import export_tiny, load_script
+from deploytool.runtime.manifest import BF16_FILE, read_manifest
+from tests.helpers import load_script
 
 HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
 
@@ -17,8 +18,8 @@ def bench():
 
 
 @pytest.mark.skipif(not HAS_OPENVINO, reason="OpenVINO is not installed: pip install deploytool[openvino] (the test extra has it)")
-def test_every_row_is_timed_against_ort_fp32_and_compared_with_its_output(bench, tmp_path):
-    export_tiny("esrt-x2", tmp_path / "e", fp16=False, bf16=True)
+def test_every_row_is_timed_against_ort_fp32_and_compared_with_its_output(bench, tiny_exports, tmp_path):
+    tiny_exports.copy("esrt-x2", tmp_path / "e")  # OpenVINO caches its compiled models in the folder
     with_bf16 = "CPU" in bench.bf16_devices()
     rows = bench.open_rows(tmp_path / "e", threads=1, bf16=with_bf16)
     try:
@@ -41,16 +42,21 @@ def test_a_cpu_without_bf16_is_said_and_only_fp32_rows_are_shown(bench):
     assert "| esrt-x2 | 1x3x64x64 |  | ort-fp32 |" in text and bench.OPENVINO_BF16 not in text.split("\n", 3)[3]
 
 
-def test_kept_exports_are_timed_again_and_another_export_is_refused(bench, tmp_path):
-    out = tmp_path / "esrt-x2"
-    assert not bench.exported_before(out, "esrt-x2", None, bf16=False)
-    export_tiny("esrt-x2", out, fp16=False, bf16=False)
-    weights = tmp_path / "esrt-x2.pth"  # export_tiny's checkpoint
+def test_kept_exports_are_timed_again_and_another_export_is_refused(bench, tiny_exports, tmp_path):
+    assert not bench.exported_before(tmp_path / "esrt-x2", "esrt-x2", None, bf16=False)
+    out = tiny_exports.folder("esrt-x2")
+    weights = out.parent / "esrt-x2.pth"  # the tiny export's checkpoint
     side = read_manifest(out).input.shape[2]
-    assert bench.exported_before(out, "esrt-x2", side, bf16=False, weights=weights)
+    assert bench.exported_before(out, "esrt-x2", side, bf16=True, weights=weights)
     with pytest.raises(bench.DeployError, match="holds another export of esrt-x2"):
-        bench.exported_before(out, "esrt-x2", side * 2, bf16=False, weights=weights)
-    with pytest.raises(bench.DeployError, match="BF16 plan: False"):
-        bench.exported_before(out, "esrt-x2", side, bf16=True, weights=weights)
+        bench.exported_before(out, "esrt-x2", side * 2, bf16=True, weights=weights)
     with pytest.raises(bench.DeployError, match="esrt-x2.pth"):  # made from other weights than asked (random init)
-        bench.exported_before(out, "esrt-x2", side, bf16=False)
+        bench.exported_before(out, "esrt-x2", side, bf16=True)
+    without_bf16 = tiny_exports.copy("esrt-x2", tmp_path / "without-bf16")
+    manifest = json.loads((without_bf16 / "manifest.json").read_text())
+    manifest["bf16"] = None
+    del manifest["files"][BF16_FILE]
+    (without_bf16 / BF16_FILE).unlink()
+    (without_bf16 / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(bench.DeployError, match="BF16 plan: False"):
+        bench.exported_before(without_bf16, "esrt-x2", side, bf16=True, weights=weights)
