@@ -183,7 +183,7 @@ def _naive_export(entry, arch: dict, state_dict: dict, shape: tuple[int, ...], p
 
 def _against_torchscript(
     entry, model: torch.nn.Module, shape: tuple[int, ...], ours_path: Path, path: Path, batch: np.ndarray, runs: int
-) -> tuple[tuple[str, float], float]:
+) -> tuple[float, float]:
     """Median ONNX Runtime latency of (the TorchScript exporter's graph of our definition,
     finished as the export finishes its graph and saved at `path`; our export's graph), their
     timed runs alternating so that a change in the machine's load falls on both."""
