@@ -100,8 +100,8 @@ def _bf16_node_graph(op: str, shape: list[int], **attributes) -> bytes:
 def test_long_bf16_sums_accumulate_in_fp32(op, shape, attributes):
     """What the BF16 plan assumes of a BF16 softmax (and what the emulation computes): its sums
     kept in FP32. Over 4096 (65536) addends near 1, a running sum kept in BF16 stops growing at
-    2^8 to 2^9 (its steps fall below half a BF16 step): the result would be off by more than 10x
-    (the mean by half); in FP32 it is off by the output's BF16 rounding alone."""
+    2^8 to 2^9 (its steps fall below half a BF16 step): the softmax would be off by more than 10x,
+    the mean by 99%; in FP32 each is off by the output's BF16 rounding alone."""
     import openvino as ov
 
     from deploytool.build.bf16 import round_to_bf16
