@@ -25,8 +25,8 @@ the lowest per-image PSNR against ONNX Runtime FP32's output. On a CPU without B
 OPTIMIZATION_CAPABILITIES lacks BF16) the script says so and reports the FP32 rows.
 
 With --exports DIR the exports are kept in DIR/<id> and a later run with the same DIR times them
-again instead of exporting (another --threads, say); an export there whose input shape or BF16
-graph is not what this run asks for is an error, not silently re-made.
+again instead of exporting (another --threads, say); an export there whose input shape, weights
+or BF16 graph is not what this run asks for is an error, not silently re-made.
 """
 
 from __future__ import annotations
@@ -70,6 +70,10 @@ def default_ids() -> list[str]:
 
 
 def export_with_plan(model_id: str, out: Path, tile: int | None, bf16: bool, weights: Path | None = None) -> None:
+    """Export `model_id` into `out` (with the BF16 plan where `bf16`), unless `out` holds this
+    export already (see exported_before)."""
+    if exported_before(out, model_id, tile, bf16, weights):
+        return
     entry = registry.get(model_id)
     size = entry.tiling.tile if entry.tiling.fixed_tile or tile is None else (tile, tile)
     batch = entry.tiling.batch if entry.tiling.fixed_tile else 1
@@ -118,8 +122,7 @@ def exported_before(out: Path, model_id: str, tile: int | None, bf16: bool, weig
 
 def bench_id(model_id: str, tile: int | None, runs: int, threads: int, bf16: bool, scratch: Path) -> dict:
     out = scratch / model_id
-    if not exported_before(out, model_id, tile, bf16):
-        export_with_plan(model_id, out, tile, bf16)
+    export_with_plan(model_id, out, tile, bf16)
     manifest = read_manifest(out)
     batch = synthetic_batch(manifest.input.shape, seed=0)
     rows = open_rows(out, threads, bf16)
@@ -144,8 +147,7 @@ def set5_report(weights: Path, dataset: Path, threads: int, bf16: bool, scratch:
     """Set5 PSNR against HR for ESRT x2's real weights through every row, and each row's lowest
     per-image PSNR against ONNX Runtime FP32's output."""
     out = scratch / "esrt-set5"
-    if not exported_before(out, ESRT_X2, None, bf16, weights):
-        export_with_plan(ESRT_X2, out, None, bf16, weights=weights)
+    export_with_plan(ESRT_X2, out, None, bf16, weights=weights)
     manifest = read_manifest(out)
     rows = open_rows(out, threads, bf16)
     restored: dict[str, list] = {name: [] for name in rows}
