@@ -19,7 +19,7 @@ checked bit for bit in the tests). What a BF16 kernel accumulates between readin
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import ml_dtypes
 import numpy as np
@@ -79,10 +79,21 @@ def emulate(model: onnx.ModelProto, fp32_nodes: Iterable[str], floats: set[str] 
     BF16 node reads and writes is rounded to BF16. `floats`: `float_tensors(model)`, where the
     caller has them already."""
     emulated = _unshared(model)
-    graph = emulated.graph
     floats = float_tensors(emulated) if floats is None else floats
-    kept = set(fp32_nodes)
-    weights = {init.name: init for init in graph.initializer}
+    weights = {init.name: init for init in emulated.graph.initializer}
+
+    def rounded_weight(name: str) -> str:
+        weights[name].CopyFrom(numpy_helper.from_array(round_to_bf16(numpy_helper.to_array(weights[name])), name))
+        return name
+
+    _round_bf16_nodes(emulated.graph, set(fp32_nodes), floats, set(weights), rounded_weight)
+    return emulated
+
+
+def _round_bf16_nodes(graph: onnx.GraphProto, kept: set[str], floats: set[str], weights: set[str], rounded_weight: Callable[[str], str]) -> None:
+    """Round what every node outside `kept` reads and writes to BF16: a float weight it reads is
+    replaced by `rounded_weight(name)`'s, any other float tensor it reads that no such node wrote
+    by a Cast pair, and each float output by a Cast pair after it."""
     reduced = {out for node in graph.node if node.name not in kept for out in node.output if out in floats}
     nodes, rounded = [], {}
     for node in graph.node:
@@ -91,7 +102,7 @@ def emulate(model: onnx.ModelProto, fp32_nodes: Iterable[str], floats: set[str] 
             continue
         for position, name in enumerate(node.input):
             if name in weights and name in floats:
-                weights[name].CopyFrom(numpy_helper.from_array(round_to_bf16(numpy_helper.to_array(weights[name])), name))
+                node.input[position] = rounded_weight(name)
             elif name in floats and name not in reduced:
                 if name not in rounded:
                     rounded[name] = f"{name}__bf16"
@@ -104,7 +115,63 @@ def emulate(model: onnx.ModelProto, fp32_nodes: Iterable[str], floats: set[str] 
                 nodes.extend(_rounding(node.output[position], name))
     del graph.node[:]
     graph.node.extend(nodes)
-    return emulated
+
+
+class Emulation:
+    """The emulations of one graph under many plans (a plan search), its float weights kept out
+    of the graphs: each plan's graph holds its nodes and names its weights as external data, which
+    its ONNX Runtime session is handed from memory (the BF16-rounded copy of a weight made once,
+    on first use). A trial then neither copies, rounds nor serializes the weights (IPT at 48 px:
+    2-4 s a trial of ~0.6 s of running did that). `model` must be unshared (`prepare_conversion`'s)."""
+
+    def __init__(self, model: onnx.ModelProto):
+        self.floats = declared_float_tensors(model)
+        self.model = onnx.ModelProto()
+        self.model.CopyFrom(model)
+        self._weights: dict[str, np.ndarray] = {}
+        for init in self.model.graph.initializer:
+            if init.data_type == TensorProto.FLOAT and init.data_location != TensorProto.EXTERNAL:
+                self._weights[init.name] = numpy_helper.to_array(init)
+                _make_external(init)
+        self._rounded: dict[str, np.ndarray] = {}
+
+    def graph(self, fp32_nodes: Iterable[str]) -> onnx.ModelProto:
+        """The plan's emulation (as `emulate`'s), its weights external: see `session`."""
+        emulated = onnx.ModelProto()
+        emulated.CopyFrom(self.model)
+        graph = emulated.graph
+        weights = {init.name: init for init in graph.initializer}
+
+        def rounded_weight(name: str) -> str:
+            if name not in self._rounded:
+                self._rounded[name] = round_to_bf16(self._weights[name])
+            rounded = weights[name]
+            rounded.name = f"{name}__bf16"
+            return rounded.name
+
+        _round_bf16_nodes(graph, set(fp32_nodes), self.floats, set(self._weights), rounded_weight)
+        return emulated
+
+    def session(self, fp32_nodes: Iterable[str]):
+        """An ONNX Runtime session on the plan's emulation; valid while this object lives."""
+        from deploytool.build.precision.calibration import CPU
+        from deploytool.runtime.backends.onnxruntime import open_session
+
+        emulated = self.graph(fp32_nodes)
+        arrays = {**self._weights, **{f"{name}__bf16": array for name, array in self._rounded.items()}}
+        external = {init.name: arrays[init.name] for init in emulated.graph.initializer if init.data_location == TensorProto.EXTERNAL}
+        return emulated, open_session(emulated.SerializeToString(), providers=CPU, memory_arena=False, external=external)
+
+
+def _make_external(init: TensorProto) -> None:
+    """Drop an initializer's data, leaving its name, type and shape: ONNX Runtime is handed the
+    values (open_session's `external`)."""
+    name, dims, data_type = init.name, list(init.dims), init.data_type
+    init.Clear()
+    init.name, init.data_type, init.data_location = name, data_type, TensorProto.EXTERNAL
+    init.dims.extend(dims)
+    entry = init.external_data.add()
+    entry.key, entry.value = "location", "handed-to-the-session"
 
 
 def _rounding(source: str, target: str) -> list[onnx.NodeProto]:
@@ -206,4 +273,4 @@ def _name_new_nodes(model: onnx.ModelProto) -> None:
             node.name = f"opset{BF16_OPSET}.{node.op_type}.{index}"
 
 
-__all__ = ["BF16_MAX", "BF16_OPSET", "convert", "declared_float_tensors", "emulate", "fp32_islands", "lacks_bf16", "round_to_bf16"]
+__all__ = ["BF16_MAX", "BF16_OPSET", "Emulation", "convert", "declared_float_tensors", "emulate", "fp32_islands", "lacks_bf16", "round_to_bf16"]

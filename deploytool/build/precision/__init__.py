@@ -79,7 +79,9 @@ from deploytool.build.precision.plan import (
     MARGINS,
     PRECISIONS,
     REDUCTIONS,
+    Conversions,
     Fp16Plan,
+    PlanTrials,
     ReducedPrecision,
     convert,
     flop_counts,
@@ -158,9 +160,9 @@ def build_reduced(
     `verify_inputs`, their limit on those too.
     """
     found = measure(model, calibration, max_abs_tolerance, calibration_label, calibration_model, verify_inputs, progress)
-    prepared = prepare_conversion(found.measured)
-    plan, bought, result = search_plan(found, prepared, reduced, progress)
-    del prepared
+    trials = reduced.trials(prepare_conversion(found.measured))
+    plan, bought, result = search_plan(found, trials, reduced, progress)
+    del trials
     shipped = result.graph if found.measured is model and reduced.validated_is_deployed else reduced.deploy_graph(model, plan.fp32_nodes)
     return shipped, plan_summary(found, plan, bought, result, reduced)
 
@@ -191,6 +193,7 @@ __all__ = [
     "BOUNDED_OPS",
     "CPU",
     "Calibration",
+    "Conversions",
     "FLOP_OPS",
     "FP16",
     "FP16_MAX",
@@ -200,6 +203,7 @@ __all__ = [
     "MIN_BLOCKS",
     "Measured",
     "PRECISIONS",
+    "PlanTrials",
     "REDUCTIONS",
     "ReducedPrecision",
     "SUMS_OVER_INPUT",

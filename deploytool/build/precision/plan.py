@@ -21,6 +21,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import onnx
@@ -67,8 +68,9 @@ class ReducedPrecision:
     margins: tuple[float, ...]
     summed_limit: int | None  # reductions over more elements stay FP32 (None: judged by range alone)
     lacks_kernel: Callable[[str], bool]  # op types ONNX defines no kernel of this precision for
-    # the graph ONNX Runtime runs to measure a plan, from `prepare_conversion`'s model
-    validation_graph: Callable[[onnx.ModelProto, set[str]], onnx.ModelProto]
+    # what a search measures its plans on, made once from `prepare_conversion`'s model: its
+    # `model`, and `session(fp32_nodes)`: a plan's graph and an ONNX Runtime session on it
+    trials: Callable[[onnx.ModelProto], PlanTrials]
     deploy_graph: Callable[[onnx.ModelProto, set[str]], onnx.ModelProto]  # the shipped graph
     validated_is_deployed: bool  # the validation graph is the shipped one (FP16) or its emulation (BF16)
     summary: type
@@ -238,6 +240,30 @@ def fold_constant_casts(model: onnx.ModelProto) -> int:
     return folded
 
 
+class PlanTrials(Protocol):
+    """The graph a plan search measures many plans on (`ReducedPrecision.trials`)."""
+
+    model: onnx.ModelProto  # `prepare_conversion`'s: node names, types and FLOPs (its weights may be held apart)
+
+    def session(self, fp32_nodes: Iterable[str]) -> tuple[onnx.ModelProto, Any]:
+        """The plan's validation graph and an ONNX Runtime session on it."""
+        ...
+
+
+class Conversions:
+    """FP16's trials: a plan's validation graph is its deploy graph, converted from `model`."""
+
+    def __init__(self, model: onnx.ModelProto):
+        self.model = model
+
+    def session(self, fp32_nodes: Iterable[str]) -> tuple[onnx.ModelProto, Any]:
+        from deploytool.build.precision.calibration import CPU
+        from deploytool.runtime.backends.onnxruntime import open_session
+
+        graph = convert(self.model, fp32_nodes, prepared=True)
+        return graph, open_session(graph.SerializeToString(), providers=CPU, memory_arena=False)
+
+
 def unshare_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy where every initializer feeds one node only.
 
@@ -292,7 +318,7 @@ FP16 = ReducedPrecision(
     margins=MARGINS,
     summed_limit=None,
     lacks_kernel=lambda op_type: False,  # the converter keeps its own block list in FP32
-    validation_graph=lambda prepared, fp32_nodes: convert(prepared, fp32_nodes, prepared=True),
+    trials=Conversions,
     deploy_graph=lambda model, fp32_nodes: convert(model, fp32_nodes),
     validated_is_deployed=True,
     summary=Fp16Summary,
@@ -303,7 +329,7 @@ BF16 = ReducedPrecision(
     margins=MARGINS[:1],  # ranges never near BF16's: wider margins give the same plan
     summed_limit=BF16_SUMMED_LIMIT,
     lacks_kernel=bf16.lacks_bf16,
-    validation_graph=lambda prepared, fp32_nodes: bf16.emulate(prepared, fp32_nodes, bf16.declared_float_tensors(prepared)),
+    trials=bf16.Emulation,
     deploy_graph=bf16.convert,
     validated_is_deployed=False,
     summary=Bf16Summary,

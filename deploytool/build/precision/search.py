@@ -19,7 +19,7 @@ import onnx
 
 from deploytool.build.metrics import psnr
 from deploytool.build.precision.calibration import CPU, Measured, SearchInputs
-from deploytool.build.precision.plan import FP16, Fp16Plan, ReducedPrecision, flop_counts, plan_islands
+from deploytool.build.precision.plan import Fp16Plan, PlanTrials, ReducedPrecision, flop_counts, plan_islands
 from deploytool.errors import ExportError
 from deploytool.runtime.backends.onnxruntime import open_session
 
@@ -55,19 +55,17 @@ class Validation:
 
 
 def validate(
-    prepared: onnx.ModelProto,
+    trials: PlanTrials,
     fp32_nodes: set[str],
     inputs: Sequence[np.ndarray],
     fp32_outputs: Sequence[np.ndarray],
     limits: float | Sequence[float],
-    reduced: ReducedPrecision | None = None,
 ) -> Validation:
-    """The plan's graph (FP16 by default; made from `prepare_conversion`'s model) against the
-    FP32 outputs, input by input, each against its max |diff| limit (one for all, or one each):
-    the first input that misses its limit ends the run."""
+    """The plan's graph (`trials.session`'s) against the FP32 outputs, input by input, each
+    against its max |diff| limit (one for all, or one each): the first input that misses its
+    limit ends the run."""
     limits = [limits] * len(inputs) if isinstance(limits, (int, float)) else list(limits)
-    graph = (reduced or FP16).validation_graph(prepared, fp32_nodes)
-    session = open_session(graph.SerializeToString(), providers=CPU, memory_arena=False)
+    graph, session = trials.session(fp32_nodes)
     name = session.get_inputs()[0].name
     errors, worst_psnr = [], math.inf
     for array, expected, limit in zip(inputs, fp32_outputs, limits):
@@ -117,7 +115,7 @@ def node_blocks(model: onnx.ModelProto, reduced_nodes: set[str], min_blocks: int
 
 
 def buy_precision(
-    prepared: onnx.ModelProto, plan: Fp16Plan, checked: SearchInputs, reduced: ReducedPrecision, progress: Callable[[str], None]
+    trials: PlanTrials, plan: Fp16Plan, checked: SearchInputs, reduced: ReducedPrecision, progress: Callable[[str], None]
 ) -> tuple[Fp16Plan, tuple[str, ...], Validation]:
     """Keep in FP32, besides the range plan's islands, the blocks whose reduced precision costs
     the most, as few as the inputs' limits allow.
@@ -128,14 +126,14 @@ def buy_precision(
     on the first input, confirmed on all.
     """
     label = reduced.label
-    reduced_nodes = {n.name for n in prepared.graph.node} - plan.fp32_nodes
-    blocks = node_blocks(prepared, reduced_nodes, reduced.min_blocks)
+    reduced_nodes = {n.name for n in trials.model.graph.node} - plan.fp32_nodes
+    blocks = node_blocks(trials.model, reduced_nodes, reduced.min_blocks)
     if len(blocks) < 2:
         raise ExportError(f"no {label} plan meets {checked.wanted}, and the graph has no blocks to search")
     started, one = time.perf_counter(), checked.first(1)
     cost = {}
     for block, names in blocks.items():
-        alone = validate(prepared, plan.fp32_nodes | (reduced_nodes - set(names)), one.arrays, one.fp32_outputs, one.limits, reduced)
+        alone = validate(trials, plan.fp32_nodes | (reduced_nodes - set(names)), one.arrays, one.fp32_outputs, one.limits)
         cost[block] = alone.max_abs
     ranked = sorted(blocks, key=lambda block: -cost[block])
     progress(
@@ -149,7 +147,7 @@ def buy_precision(
 
     def check(count: int, used: int) -> Validation:
         started, inputs = time.perf_counter(), checked.first(used)
-        result = validate(prepared, plan_keeping(count).fp32_nodes, inputs.arrays, inputs.fp32_outputs, inputs.limits, reduced)
+        result = validate(trials, plan_keeping(count).fp32_nodes, inputs.arrays, inputs.fp32_outputs, inputs.limits)
         progress(f"  {count} of {len(ranked)} blocks in FP32: max |err| {result.max_abs:.3g} ({time.perf_counter() - started:.1f} s)")
         return result
 
@@ -167,7 +165,7 @@ def buy_precision(
         if result.holds:
             if not reduced.finer_units:
                 return plan_keeping(count), tuple(ranked[:count]), result
-            return release_finer_units(prepared, plan, {block: blocks[block] for block in ranked[:count]}, checked, reduced, progress) or (
+            return release_finer_units(trials, plan, {block: blocks[block] for block in ranked[:count]}, checked, reduced, progress) or (
                 plan_keeping(count),
                 tuple(ranked[:count]),
                 result,
@@ -176,7 +174,7 @@ def buy_precision(
 
 
 def release_finer_units(
-    prepared: onnx.ModelProto,
+    trials: PlanTrials,
     plan: Fp16Plan,
     kept: dict[str, list[str]],
     checked: SearchInputs,
@@ -193,25 +191,25 @@ def release_finer_units(
     FP32, and its validation.
     """
     started = time.perf_counter()
-    flops = flop_counts(prepared)
-    weights = {init.name for init in prepared.graph.initializer}
-    by_name = {node.name: node for node in prepared.graph.node}
+    flops = flop_counts(trials.model)
+    weights = {init.name for init in trials.model.graph.initializer}
+    by_name = {node.name: node for node in trials.model.graph.node}
     fp32 = set(plan.fp32_nodes) | {name for names in kept.values() for name in names}
-    trials = 0
+    tried = 0
     for names in reversed(list(kept.values())):
         weighted = {name for name in names if flops.get(name) and any(i in weights for i in by_name[name].input[1:])}
         if weighted:
-            trials += 1
+            tried += 1
             # on every input: trials that each held on the first input walked the plan to its limit there and past it elsewhere
-            if validate(prepared, fp32 - weighted, checked.arrays, checked.fp32_outputs, checked.limits, reduced).holds:
+            if validate(trials, fp32 - weighted, checked.arrays, checked.fp32_outputs, checked.limits).holds:
                 fp32 -= weighted
     kept_names = fp32 - plan.fp32_nodes
     finer = Fp16Plan(plan.fp32_nodes | kept_names, {**plan.reasons, **dict.fromkeys(kept_names, "sensitivity")}, plan.margin)
-    result = validate(prepared, finer.fp32_nodes, checked.arrays, checked.fp32_outputs, checked.limits, reduced)
+    result = validate(trials, finer.fp32_nodes, checked.arrays, checked.fp32_outputs, checked.limits)
     before = sum(flops.get(name, 0) for names in kept.values() for name in names)
     after = sum(flops.get(name, 0) for name in kept_names)
     progress(
-        f"weighted products of the kept blocks back in {reduced.label}: {after / max(before, 1):.0%} of their FLOPs stay FP32 ({trials} trials), "
+        f"weighted products of the kept blocks back in {reduced.label}: {after / max(before, 1):.0%} of their FLOPs stay FP32 ({tried} trials), "
         f"max |err| {result.max_abs:.3g} ({time.perf_counter() - started:.1f} s){'' if result.holds else ': misses the limits on all inputs, the whole blocks stay'}"
     )
     if not result.holds:
@@ -220,7 +218,7 @@ def release_finer_units(
 
 
 def search_plan(
-    found: Measured, prepared: onnx.ModelProto, reduced: ReducedPrecision, progress: Callable[[str], None]
+    found: Measured, trials: PlanTrials, reduced: ReducedPrecision, progress: Callable[[str], None]
 ) -> tuple[Fp16Plan, tuple[str, ...], Validation]:
     """The first margin's plan that holds; when none does, the sensitivity search's.
     Returns the plan, the blocks the search kept FP32 and the plan's validation."""
@@ -228,7 +226,7 @@ def search_plan(
     for margin in reduced.margins:
         started = time.perf_counter()
         plan = plan_islands(found.model, found.ranges, margin, found.sizes, reduced)
-        result = validate(prepared, plan.fp32_nodes, checked.arrays, checked.fp32_outputs, checked.limits, reduced)
+        result = validate(trials, plan.fp32_nodes, checked.arrays, checked.fp32_outputs, checked.limits)
         seen = "" if result.inputs == len(checked.arrays) else f" on {result.inputs} of {len(checked.arrays)} inputs"
         progress(
             f"{reduced.label} plan with range margin {margin:g}: {len(plan.fp32_nodes)} FP32 nodes, max |err| {result.max_abs:.3g}{seen} ({time.perf_counter() - started:.1f} s)"
@@ -241,6 +239,6 @@ def search_plan(
     # the input that plan missed goes first: the search ranks and bisects on the first input
     first = result.inputs - 1
     progress(f"no range margin meets {checked.wanted}; searching for the blocks that lose precision, from margin {plan.margin:g}")
-    plan, bought, result = buy_precision(prepared, plan, checked.starting_with(first), reduced, progress)
+    plan, bought, result = buy_precision(trials, plan, checked.starting_with(first), reduced, progress)
     order = [first, *(i for i in range(len(checked.arrays)) if i != first)]
     return plan, bought, dataclasses.replace(result, errors=tuple(result.errors[order.index(i)] for i in range(len(order))))

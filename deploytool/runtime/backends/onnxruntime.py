@@ -54,8 +54,19 @@ def cuda_driver_sees_a_gpu() -> bool:
     return driver.cuInit(0) == 0 and driver.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0
 
 
-def open_session(model: str | Path | bytes, *, providers: list[str] | None = None, threads: int = 0, memory_arena: bool = True, priority_order: bool = False):
+def open_session(
+    model: str | Path | bytes,
+    *,
+    providers: list[str] | None = None,
+    threads: int = 0,
+    memory_arena: bool = True,
+    priority_order: bool = False,
+    external: dict | None = None,
+):
     """An ONNX Runtime session on a graph file or serialized graph; errors only in its log.
+
+    `external`: {initializer name: numpy array} for the graph's initializers marked external,
+    read in place, not copied (the session holds the arrays).
 
     `memory_arena=False` for the export's own runs: an arena's cached blocks add up across the
     several sessions an export opens (the README's "Design choices, measured").
@@ -72,8 +83,13 @@ def open_session(model: str | Path | bytes, *, providers: list[str] | None = Non
     options.log_severity_level = 3
     if priority_order:
         options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
+    values = [ort.OrtValue.ortvalue_from_numpy(array) for array in (external or {}).values()]
+    if values:
+        options.add_external_initializers(list(external), values)
     source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, options, providers=providers or default_providers())
+    session = ort.InferenceSession(source, options, providers=providers or default_providers())
+    session.external_values = values  # ONNX Runtime reads them in place for the session's life
+    return session
 
 
 class OrtRunner(ClosingRunner):

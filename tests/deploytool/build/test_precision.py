@@ -407,10 +407,11 @@ def test_the_bf16_search_returns_the_weighted_products_of_kept_blocks_that_hold_
     arrays = [rng.standard_normal((4, 16)).astype(np.float32) for _ in range(3)]
     checked = precision.SearchInputs(arrays, precision.run_graph(model, arrays), [0.05] * 3, "0.05")
     blocks = {"/b": ["/b/Add", "/b/MatMul", "/b/Sub"], "/a": ["/a/MatMul", "/a/Add", "/a/Sub"]}
+    trials = precision.BF16.trials(model)
     for block in blocks.values():  # each block alone in BF16 misses the limit: both are needed in FP32
-        assert not precision.validate(model, {n.name for n in nodes} - set(block), arrays[:1], checked.fp32_outputs[:1], 0.05, precision.BF16).holds
+        assert not precision.validate(trials, {n.name for n in nodes} - set(block), arrays[:1], checked.fp32_outputs[:1], 0.05).holds
     lines = []
-    found = precision.release_finer_units(model, precision.Fp16Plan(set(), {}, 16.0), blocks, checked, precision.BF16, lines.append)
+    found = precision.release_finer_units(trials, precision.Fp16Plan(set(), {}, 16.0), blocks, checked, precision.BF16, lines.append)
     assert found is not None, lines
     plan, kept, result = found
     assert plan.fp32_nodes == {n.name for n in nodes} - {"/a/MatMul"} and kept == ("/b", "/a")
