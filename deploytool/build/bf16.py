@@ -19,6 +19,7 @@ checked bit for bit in the tests). What a BF16 kernel accumulates between readin
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Iterable
 
 import ml_dtypes
@@ -83,7 +84,7 @@ def emulate(model: onnx.ModelProto, fp32_nodes: Iterable[str], floats: set[str] 
     weights = {init.name: init for init in emulated.graph.initializer}
 
     def rounded_weight(name: str) -> str:
-        weights[name].CopyFrom(numpy_helper.from_array(round_to_bf16(numpy_helper.to_array(weights[name])), name))
+        _round_in_place(weights[name])
         return name
 
     _round_bf16_nodes(emulated.graph, set(fp32_nodes), floats, set(weights), rounded_weight)
@@ -117,6 +118,11 @@ def _round_bf16_nodes(graph: onnx.GraphProto, kept: set[str], floats: set[str], 
     graph.node.extend(nodes)
 
 
+# Float constants below this many elements stay in the graph: ONNX Runtime reads some of them while
+# it loads the graph (a Resize's scales), and their bytes are nothing to copy.
+_HANDED_ELEMENTS = 1024
+
+
 class Emulation:
     """The emulations of one graph under many plans (a plan search), its float weights kept out
     of the graphs: each plan's graph holds its nodes and names its weights as external data, which
@@ -130,7 +136,7 @@ class Emulation:
         self.model.CopyFrom(model)
         self._weights: dict[str, np.ndarray] = {}
         for init in self.model.graph.initializer:
-            if init.data_type == TensorProto.FLOAT and init.data_location != TensorProto.EXTERNAL:
+            if init.data_type == TensorProto.FLOAT and init.data_location != TensorProto.EXTERNAL and math.prod(init.dims) >= _HANDED_ELEMENTS:
                 self._weights[init.name] = numpy_helper.to_array(init)
                 _make_external(init)
         self._rounded: dict[str, np.ndarray] = {}
@@ -143,13 +149,15 @@ class Emulation:
         weights = {init.name: init for init in graph.initializer}
 
         def rounded_weight(name: str) -> str:
+            if name not in self._weights:  # small, in the graph
+                _round_in_place(weights[name])
+                return name
             if name not in self._rounded:
                 self._rounded[name] = round_to_bf16(self._weights[name])
-            rounded = weights[name]
-            rounded.name = f"{name}__bf16"
-            return rounded.name
+            weights[name].name = f"{name}__bf16"
+            return weights[name].name
 
-        _round_bf16_nodes(graph, set(fp32_nodes), self.floats, set(self._weights), rounded_weight)
+        _round_bf16_nodes(graph, set(fp32_nodes), self.floats, set(weights), rounded_weight)
         return emulated
 
     def session(self, fp32_nodes: Iterable[str]):
@@ -161,6 +169,10 @@ class Emulation:
         arrays = {**self._weights, **{f"{name}__bf16": array for name, array in self._rounded.items()}}
         external = {init.name: arrays[init.name] for init in emulated.graph.initializer if init.data_location == TensorProto.EXTERNAL}
         return emulated, open_session(emulated.SerializeToString(), providers=CPU, memory_arena=False, external=external)
+
+
+def _round_in_place(init: TensorProto) -> None:
+    init.CopyFrom(numpy_helper.from_array(round_to_bf16(numpy_helper.to_array(init)), init.name))
 
 
 def _make_external(init: TensorProto) -> None:
