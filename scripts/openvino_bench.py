@@ -8,9 +8,10 @@ Each id is exported with its official architecture and seeded random initialisat
 not change the arithmetic's cost) at its default tile, or at --tile where given (a fixed-tile
 model keeps its own tile and batch), with the BF16 plan (`model_bf16.onnx`) and without the FP16
 graph. Every row runs the same
-synthetic batch with the same thread count, their timed calls alternating (so a change in the
-machine's load falls on all of them): latency per batch is the median of --runs after one warm-up
-each, tiles/s beside it, and each speed ratio is ONNX Runtime FP32's latency over the row's,
+synthetic batch with the same thread count, alone in memory (its runtime opened, warmed up, timed
+and closed before the next row's opens: see time_rows), in two passes over the rows, forward then
+backward, that share its --runs timed calls (so a change in the machine's load falls on all of
+them): latency per batch is the median of those --runs, tiles/s beside it, and each speed ratio is ONNX Runtime FP32's latency over the row's,
 measured in the same run. Outputs are compared with ONNX Runtime FP32's: max |d| and PSNR
 (clipped to [0, 1], as `verify` computes it). The rows:
 
@@ -36,6 +37,7 @@ import contextlib
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -53,7 +55,6 @@ from deploytool.runtime.backends.openvino_bf16 import bf16_devices  # noqa: E402
 from deploytool.runtime.input_batches import synthetic_batch  # noqa: E402
 from deploytool.runtime.manifest import BF16_FILE, FP32_FILE, read_manifest  # noqa: E402
 from deploytool.verify import evaluation  # noqa: E402
-from deploytool.verify.benchmark import alternating_medians  # noqa: E402
 from deploytool.verify.parity import metrics  # noqa: E402
 
 ORT_FP32, OPENVINO_FP32, OPENVINO_BF16, WHOLE_BF16 = "ort-fp32", "openvino-fp32", "openvino-bf16", "whole-bf16"
@@ -84,21 +85,36 @@ def export_with_plan(model_id: str, out: Path, tile: int | None, bf16: bool, wei
     print(f"{model_id}: exported at {size[0]}x{size[1]}, batch {batch} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
 
 
-def open_rows(out: Path, threads: int, bf16: bool) -> dict:
+def row_openers(out: Path, threads: int, bf16: bool) -> dict:
+    """{row: a function that opens its runner}."""
     rows = {
-        ORT_FP32: OrtRunner(out / FP32_FILE, providers=["CPUExecutionProvider"], threads=threads),
-        OPENVINO_FP32: OpenVinoRunner(out / FP32_FILE, threads=threads),
+        ORT_FP32: lambda: OrtRunner(out / FP32_FILE, providers=["CPUExecutionProvider"], threads=threads),
+        OPENVINO_FP32: lambda: OpenVinoRunner(out / FP32_FILE, threads=threads),
     }
     if bf16:
-        rows[OPENVINO_BF16] = OpenVinoRunner(out / BF16_FILE, name=OPENVINO_BF16, threads=threads)
-        rows[WHOLE_BF16] = OpenVinoRunner(out / FP32_FILE, name=WHOLE_BF16, threads=threads, precision="bf16")
+        rows[OPENVINO_BF16] = lambda: OpenVinoRunner(out / BF16_FILE, name=OPENVINO_BF16, threads=threads)
+        rows[WHOLE_BF16] = lambda: OpenVinoRunner(out / FP32_FILE, name=WHOLE_BF16, threads=threads, precision="bf16")
     return rows
 
 
-def time_rows(rows: dict, batch, runs: int) -> tuple[dict[str, float], dict]:
-    """(median seconds per batch, output) of every row, their timed calls alternating."""
-    outputs = {name: runner(batch) for name, runner in rows.items()}  # the warm-up calls
-    return alternating_medians({name: lambda runner=runner: runner(batch) for name, runner in rows.items()}, runs), outputs
+def time_rows(openers: dict, batch, runs: int) -> tuple[dict[str, float], dict]:
+    """(median seconds per batch over `runs` timed calls, output) of every row, each row alone in
+    memory: opened, warmed up, timed and closed before the next one opens. (With every row open at
+    once, ONNX Runtime's memory arena held ~8 GB while OpenVINO's BF16 rows of
+    restormer-dn-color-15 at 512 px ran, and they ran 3x slower than alone.) Two passes, the rows
+    forward then backward, share each row's timed calls, so a drift in the machine's load falls on
+    every row."""
+    times: dict[str, list[float]] = {name: [] for name in openers}
+    outputs = {}
+    for order, calls in ((list(openers), runs - runs // 2), (list(reversed(openers)), runs // 2)):
+        for name in order if calls else ():
+            with contextlib.closing(openers[name]()) as runner:
+                outputs[name] = runner(batch)  # the warm-up call
+                for _ in range(calls):
+                    started = time.perf_counter()
+                    runner(batch)
+                    times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in times.items()}, outputs
 
 
 def exported_before(out: Path, model_id: str, tile: int | None, bf16: bool, weights: Path | None = None) -> bool:
@@ -125,12 +141,7 @@ def bench_id(model_id: str, tile: int | None, runs: int, threads: int, bf16: boo
     export_with_plan(model_id, out, tile, bf16)
     manifest = read_manifest(out)
     batch = synthetic_batch(manifest.input.shape, seed=0)
-    rows = open_rows(out, threads, bf16)
-    try:
-        seconds, outputs = time_rows(rows, batch, runs)
-    finally:
-        for runner in rows.values():
-            runner.close()
+    seconds, outputs = time_rows(row_openers(out, threads, bf16), batch, runs)
     tiles = manifest.input.shape[0]
     measured = {}
     for name, value in seconds.items():
@@ -149,7 +160,7 @@ def set5_report(weights: Path, dataset: Path, threads: int, bf16: bool, scratch:
     out = scratch / "esrt-set5"
     export_with_plan(ESRT_X2, out, None, bf16, weights=weights)
     manifest = read_manifest(out)
-    rows = open_rows(out, threads, bf16)
+    rows = {name: opener() for name, opener in row_openers(out, threads, bf16).items()}  # ESRT's small runtimes side by side
     restored: dict[str, list] = {name: [] for name in rows}
 
     def method(name, runner):

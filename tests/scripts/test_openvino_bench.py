@@ -21,14 +21,26 @@ def bench():
 def test_every_row_is_timed_against_ort_fp32_and_compared_with_its_output(bench, tiny_exports, tmp_path):
     tiny_exports.copy("esrt-x2", tmp_path / "e")  # OpenVINO caches its compiled models in the folder
     with_bf16 = "CPU" in bench.bf16_devices()
-    rows = bench.open_rows(tmp_path / "e", threads=1, bf16=with_bf16)
-    try:
-        seconds, outputs = bench.time_rows(rows, synthetic_batch(read_manifest(tmp_path / "e").input.shape, seed=0), runs=1)
-    finally:
-        for runner in rows.values():
-            runner.close()
+    openers = bench.row_openers(tmp_path / "e", threads=1, bf16=with_bf16)
+    opened, closed = [], []
+
+    def tracked(name, opener):
+        def open_one():
+            assert len(opened) == len(closed), f"{name} opened while another row is open"
+            runner = opener()
+            opened.append(name)
+            close = runner.close
+            runner.close = lambda: (closed.append(name), close())
+            return runner
+
+        return open_one
+
+    seconds, outputs = bench.time_rows(
+        {name: tracked(name, opener) for name, opener in openers.items()}, synthetic_batch(read_manifest(tmp_path / "e").input.shape, seed=0), runs=3
+    )
     expected = [bench.ORT_FP32, bench.OPENVINO_FP32] + ([bench.OPENVINO_BF16, bench.WHOLE_BF16] if with_bf16 else [])
-    assert list(seconds) == list(outputs) == expected and all(s > 0 for s in seconds.values())
+    assert set(seconds) == set(outputs) == set(expected) and all(s > 0 for s in seconds.values())
+    assert opened == closed == expected + expected[::-1]  # one row open at a time, forward then backward
 
 
 def test_a_cpu_without_bf16_is_said_and_only_fp32_rows_are_shown(bench):
