@@ -8,8 +8,7 @@ Each id is exported with its official architecture and seeded random initialisat
 not change the arithmetic's cost) at its default tile, or at --tile where given (a fixed-tile
 model keeps its own tile and batch), with the BF16 plan (`model_bf16.onnx`) and without the FP16
 graph. Every row runs the same
-synthetic batch with the same thread count, alone in memory (its runtime opened, warmed up, timed
-and closed before the next row's opens: see time_rows), in two passes over the rows, forward then
+synthetic batch with the same thread count, in a process of its own (see time_rows), in two passes over the rows, forward then
 backward, that share its --runs timed calls (so a change in the machine's load falls on all of
 them): latency per batch is the median of those --runs, tiles/s beside it, and each speed ratio is ONNX Runtime FP32's latency over the row's,
 measured in the same run. Outputs are compared with ONNX Runtime FP32's: max |d| and PSNR
@@ -38,10 +37,13 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -97,24 +99,53 @@ def row_openers(out: Path, threads: int, bf16: bool) -> dict:
     return rows
 
 
-def time_rows(openers: dict, batch, runs: int) -> tuple[dict[str, float], dict]:
-    """(median seconds per batch over `runs` timed calls, output) of every row, each row alone in
-    memory: opened, warmed up, timed and closed before the next one opens. (With every row open at
-    once, ONNX Runtime's memory arena held ~8 GB while OpenVINO's BF16 rows of
-    restormer-dn-color-15 at 512 px ran, and they ran 3x slower than alone.) Two passes, the rows
-    forward then backward, share each row's timed calls, so a drift in the machine's load falls on
-    every row."""
-    times: dict[str, list[float]] = {name: [] for name in openers}
+def time_rows(out: Path, rows: list[str], threads: int, runs: int) -> tuple[dict[str, float], dict]:
+    """(median seconds per batch over `runs` timed calls, output) of every row of the export in
+    `out`, each row in a process of its own (`time_row`), as a user runs one runtime: in one
+    process, OpenVINO's rows of restormer-dn-color-15 at 512 px ran 1.7-2.7x slower after ONNX
+    Runtime had run there, its session closed or not. Two passes, the rows forward then backward,
+    share each row's timed calls, so a drift in the machine's load falls on every row."""
+    times: dict[str, list[float]] = {name: [] for name in rows}
     outputs = {}
-    for order, calls in ((list(openers), runs - runs // 2), (list(reversed(openers)), runs // 2)):
-        for name in order if calls else ():
-            with contextlib.closing(openers[name]()) as runner:
-                outputs[name] = runner(batch)  # the warm-up call
-                for _ in range(calls):
-                    started = time.perf_counter()
-                    runner(batch)
-                    times[name].append(time.perf_counter() - started)
+    with tempfile.TemporaryDirectory(prefix="openvino_bench_rows_") as scratch:
+        for order, calls in ((rows, runs - runs // 2), (rows[::-1], runs // 2)):
+            for name in order if calls else ():
+                output = Path(scratch) / f"{name}.npy"
+                command = [
+                    sys.executable,
+                    __file__,
+                    "--time-row",
+                    name,
+                    "--exports",
+                    str(out),
+                    "--threads",
+                    str(threads),
+                    "--runs",
+                    str(calls),
+                    "--output",
+                    str(output),
+                ]
+                child = subprocess.run(command, capture_output=True, text=True)
+                if child.returncode != 0:
+                    raise DeployError(f"timing {name} on {out} failed: {(child.stderr.strip().splitlines() or ['no message'])[-1]}")
+                times[name] += json.loads(child.stdout)["seconds"]
+                outputs[name] = np.load(output)
     return {name: statistics.median(values) for name, values in times.items()}, outputs
+
+
+def time_row(row: str, out: Path, threads: int, calls: int, output: Path) -> dict:
+    """One row's warm-up call (its output saved to `output`) and `calls` timed calls, in this
+    process: what time_rows runs in each of its child processes."""
+    manifest = read_manifest(out)
+    batch = synthetic_batch(manifest.input.shape, seed=0)
+    with contextlib.closing(row_openers(out, threads, bf16=row in (OPENVINO_BF16, WHOLE_BF16))[row]()) as runner:
+        np.save(output, runner(batch))
+        seconds = []
+        for _ in range(calls):
+            started = time.perf_counter()
+            runner(batch)
+            seconds.append(time.perf_counter() - started)
+    return {"seconds": seconds}
 
 
 def exported_before(out: Path, model_id: str, tile: int | None, bf16: bool, weights: Path | None = None) -> bool:
@@ -140,8 +171,7 @@ def bench_id(model_id: str, tile: int | None, runs: int, threads: int, bf16: boo
     out = scratch / model_id
     export_with_plan(model_id, out, tile, bf16)
     manifest = read_manifest(out)
-    batch = synthetic_batch(manifest.input.shape, seed=0)
-    seconds, outputs = time_rows(row_openers(out, threads, bf16), batch, runs)
+    seconds, outputs = time_rows(out, list(row_openers(out, threads, bf16)), threads, runs)
     tiles = manifest.input.shape[0]
     measured = {}
     for name, value in seconds.items():
@@ -217,11 +247,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--esrt-weights", type=Path, help="ESRT x2 checkpoint for the Set5 rows")
     parser.add_argument("--exports", type=Path, help="keep the exports in DIR/<id>, and time those already there instead of exporting")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    # time_rows' child processes: one row of the export in --exports, --runs timed calls
+    parser.add_argument("--time-row", help=argparse.SUPPRESS)
+    parser.add_argument("--output", type=Path, help=argparse.SUPPRESS)
     return parser.parse_args()
 
 
 def main() -> int:
     args = parse_args()
+    if args.time_row:
+        print(json.dumps(time_row(args.time_row, args.exports, args.threads, args.runs, args.output)))
+        return 0
     try:
         if bool(args.set5) != bool(args.esrt_weights):
             raise DeployError("--set5 and --esrt-weights go together")

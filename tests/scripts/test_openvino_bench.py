@@ -3,9 +3,9 @@
 import importlib.util
 import json
 
+import numpy as np
 import pytest
 
-from deploytool.runtime.input_batches import synthetic_batch
 from deploytool.runtime.manifest import BF16_FILE, read_manifest
 from tests.helpers import load_script
 
@@ -18,29 +18,29 @@ def bench():
 
 
 @pytest.mark.skipif(not HAS_OPENVINO, reason="OpenVINO is not installed: pip install deploytool[openvino] (the test extra has it)")
-def test_every_row_is_timed_against_ort_fp32_and_compared_with_its_output(bench, tiny_exports, tmp_path):
+def test_every_row_is_timed_against_ort_fp32_and_compared_with_its_output(bench, tiny_exports, tmp_path, monkeypatch):
     tiny_exports.copy("esrt-x2", tmp_path / "e")  # OpenVINO caches its compiled models in the folder
     with_bf16 = "CPU" in bench.bf16_devices()
-    openers = bench.row_openers(tmp_path / "e", threads=1, bf16=with_bf16)
-    opened, closed = [], []
-
-    def tracked(name, opener):
-        def open_one():
-            assert len(opened) == len(closed), f"{name} opened while another row is open"
-            runner = opener()
-            opened.append(name)
-            close = runner.close
-            runner.close = lambda: (closed.append(name), close())
-            return runner
-
-        return open_one
-
-    seconds, outputs = bench.time_rows(
-        {name: tracked(name, opener) for name, opener in openers.items()}, synthetic_batch(read_manifest(tmp_path / "e").input.shape, seed=0), runs=3
-    )
+    rows = list(bench.row_openers(tmp_path / "e", threads=1, bf16=with_bf16))
     expected = [bench.ORT_FP32, bench.OPENVINO_FP32] + ([bench.OPENVINO_BF16, bench.WHOLE_BF16] if with_bf16 else [])
+    assert rows == expected
+    children = []
+    run = bench.subprocess.run
+
+    def recorded(command, **options):
+        children.append(command[command.index("--time-row") + 1])
+        return run(command, **options)
+
+    monkeypatch.setattr(bench.subprocess, "run", recorded)
+    seconds, outputs = bench.time_rows(tmp_path / "e", rows, threads=1, runs=3)
+    assert children == expected + expected[::-1]  # each row in a process of its own, forward then backward
     assert set(seconds) == set(outputs) == set(expected) and all(s > 0 for s in seconds.values())
-    assert opened == closed == expected + expected[::-1]  # one row open at a time, forward then backward
+    shape = read_manifest(tmp_path / "e").input.shape
+    assert all(output.shape[:2] == tuple(shape[:2]) for output in outputs.values())
+    # what each child does: a warm-up call whose output it saves, then the timed calls
+    one = bench.time_row(bench.OPENVINO_FP32, tmp_path / "e", threads=1, calls=2, output=tmp_path / "row.npy")
+    assert len(one["seconds"]) == 2
+    np.testing.assert_allclose(np.load(tmp_path / "row.npy"), outputs[bench.OPENVINO_FP32], atol=1e-6)
 
 
 def test_a_cpu_without_bf16_is_said_and_only_fp32_rows_are_shown(bench):
