@@ -7,11 +7,11 @@ CPU, one id per family, in one run.
 Each id is exported with its official architecture and seeded random initialisation (weights do
 not change the arithmetic's cost) at its default tile, or at --tile where given (a fixed-tile
 model keeps its own tile and batch), with the BF16 plan (`model_bf16.onnx`) and without the FP16
-graph. Every row runs the same
-synthetic batch with the same thread count, in a process of its own (see time_rows), in two passes over the rows, forward then
-backward, that share its --runs timed calls (so a change in the machine's load falls on all of
-them): latency per batch is the median of those --runs, tiles/s beside it, and each speed ratio is ONNX Runtime FP32's latency over the row's,
-measured in the same run. Outputs are compared with ONNX Runtime FP32's: max |d| and PSNR
+graph. Every row runs the same synthetic batch with the same thread count, in a process of its own
+(see time_rows), in two passes over the rows, forward then backward, that share its --runs timed
+calls (so a change in the machine's load falls on all of them): latency per batch is the median of
+those --runs, tiles/s beside it, and each speed ratio is ONNX Runtime FP32's latency over the
+row's, measured in the same run. Outputs are compared with ONNX Runtime FP32's: max |d| and PSNR
 (clipped to [0, 1], as `verify` computes it). The rows:
 
 - ort-fp32: ONNX Runtime, `model.onnx`;
@@ -138,7 +138,7 @@ def time_row(row: str, out: Path, threads: int, calls: int, output: Path) -> dic
     process: what time_rows runs in each of its child processes."""
     manifest = read_manifest(out)
     batch = synthetic_batch(manifest.input.shape, seed=0)
-    with contextlib.closing(row_openers(out, threads, bf16=row in (OPENVINO_BF16, WHOLE_BF16))[row]()) as runner:
+    with contextlib.closing(row_openers(out, threads, bf16=True)[row]()) as runner:
         np.save(output, runner(batch))
         seconds = []
         for _ in range(calls):
