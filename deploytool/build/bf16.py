@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from deploytool.build.inferred_types import tensor_types
+from deploytool.build.inferred_types import tensor_types, with_inferred_shapes
 
 BF16_OPSET = 22
 BF16_MAX = float(ml_dtypes.finfo(ml_dtypes.bfloat16).max)
@@ -218,7 +218,7 @@ def convert(model: onnx.ModelProto, fp32_nodes: Iterable[str]) -> onnx.ModelProt
     del graph.node[:]
     graph.node.extend([*nodes, *output_casts])
     del graph.value_info[:]
-    return onnx.shape_inference.infer_shapes(converted, strict_mode=True)
+    return with_inferred_shapes(converted, strict=True)
 
 
 def fp32_islands(deployed: onnx.ModelProto, original: onnx.ModelProto) -> set[str]:

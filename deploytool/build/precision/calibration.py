@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
-from deploytool.build.inferred_types import tensor_types
+from deploytool.build.inferred_types import TensorType, tensor_types
 from deploytool.build.precision.growth import carried_ranges, corresponding_tensors, tensor_sizes, tile_growth
 from deploytool.build.precision.plan import flop_counts
 from deploytool.errors import ExportError
@@ -35,8 +35,128 @@ CPU = ["CPUExecutionProvider"]
 
 def float_tensor_names(model: onnx.ModelProto) -> list[str]:
     """Every float32 activation of the graph (node outputs whose inferred type is float)."""
+    return list(_float_tensor_types(model))
+
+
+def _float_tensor_types(model: onnx.ModelProto) -> dict[str, TensorType]:
     types = tensor_types(model)
-    return [out for node in model.graph.node for out in node.output if out in types and types[out].elem_type == TensorProto.FLOAT]
+    return {out: types[out] for node in model.graph.node for out in node.output if out in types and types[out].elem_type == TensorProto.FLOAT}
+
+
+# ONNX Runtime reduces a whole tensor to one value on one thread, but the rows of its trailing
+# axes on every thread (a 3 MB tensor's max and min, 2 threads: 283 us at once, 89 us by rows of
+# 64 and then the rows' results). A probe of a tensor of at least ROW_PROBE_ELEMENTS values
+# reduces its fewest trailing axes holding ROW_PROBE_COLUMNS first; on the tensor itself, as a
+# Reshape to 2-D would have copied it (DAT at 96 px: 1 GB more, and slower).
+ROW_PROBE_ELEMENTS = 1 << 14
+ROW_PROBE_COLUMNS = 64
+
+# Ops whose output holds exactly the values of these inputs, rearranged or repeated: its max |x|
+# is theirs, so it is derived instead of probed (SwinIR-M: 570 of 1,513 float tensors, a third
+# of the probed elements). Slice and Gather are not here: they keep a part, whose max may be less.
+_SAME_VALUES_INPUTS = {
+    "Reshape": 1, "Transpose": 1, "Identity": 1, "Squeeze": 1, "Unsqueeze": 1, "Flatten": 1,
+    "DepthToSpace": 1, "SpaceToDepth": 1, "Expand": 1, "Tile": 1, "Concat": None,
+}  # fmt: skip
+
+
+def _trailing_axes(tensor: TensorType) -> list[int] | None:
+    """The fewest trailing axes holding at least ROW_PROBE_COLUMNS values, where a probe reduces
+    rows (None: reduce the tensor at once)."""
+    if not tensor.static or tensor.elements < ROW_PROBE_ELEMENTS:
+        return None
+    columns = 1
+    for axis in range(len(tensor.shape) - 1, 0, -1):
+        columns *= tensor.shape[axis]
+        if columns >= ROW_PROBE_COLUMNS:
+            return list(range(axis - len(tensor.shape), 0))
+    return None
+
+
+def _max_abs(array: np.ndarray) -> float:
+    return float(np.abs(array).max()) if array.size else 0.0
+
+
+def _same_values_sources(node: onnx.NodeProto) -> list[str]:
+    """The inputs whose values `node`'s output holds exactly, rearranged (none if it computes)."""
+    if node.domain not in ("", "ai.onnx") or node.op_type not in _SAME_VALUES_INPUTS:
+        return []
+    count = _SAME_VALUES_INPUTS[node.op_type]
+    return [name for name in node.input[:count] if name]
+
+
+class _ProbedGraph:
+    """`model` with a max and a min probe right after each float activation that computes new
+    values; the ranges of those that rearrange others' values are derived from theirs."""
+
+    def __init__(self, model: onnx.ModelProto):
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 18)
+        self.input_name, self.output_name = model.graph.input[0].name, model.graph.output[0].name
+        self.constants = {init.name: init for init in model.graph.initializer if init.data_type == TensorProto.FLOAT}
+        self.names: list[str] = []  # the probed activations, in graph order
+        self.derived: dict[str, list[str]] = {}  # activation: the tensors whose values it holds
+        self.initializers: dict[str, onnx.TensorProto] = {}
+        self.outputs: list[onnx.ValueInfoProto] = []
+        wanted = _float_tensor_types(model)
+        nodes = []
+        for node in model.graph.node:
+            nodes.append(node)
+            for name in node.output:
+                if name not in wanted:
+                    continue
+                sources = _same_values_sources(node)
+                if sources and all(s in wanted or s in self.constants or s == self.input_name for s in sources):
+                    self.derived[name] = sources
+                else:
+                    nodes += self._probe(name, len(self.names), wanted[name])
+                    self.names.append(name)
+        self.model = onnx.ModelProto()
+        self.model.CopyFrom(model)
+        del self.model.graph.node[:]
+        self.model.graph.node.extend(nodes)
+        self.model.graph.initializer.extend(self.initializers.values())
+        self.model.graph.output.extend(self.outputs)
+
+    def _constant(self, values: list[int]) -> str:
+        name = "__probe_" + "_".join(str(v).replace("-", "m") for v in values)
+        if name not in self.initializers:
+            self.initializers[name] = helper.make_tensor(name, TensorProto.INT64, [len(values)], values)
+        return name
+
+    def _reduce(self, op: str, source: str, target: str, axes: list[int] | None) -> onnx.NodeProto:
+        if axes is None:
+            return helper.make_node(op, [source], [target], keepdims=0)
+        if self.opset >= 18:  # from opset 18 the reductions take their axes as an input
+            return helper.make_node(op, [source, self._constant(axes)], [target], keepdims=0)
+        return helper.make_node(op, [source], [target], keepdims=0, axes=axes)
+
+    def _probe(self, name: str, index: int, tensor: TensorType) -> list[onnx.NodeProto]:
+        axes = _trailing_axes(tensor)
+        made = []
+        for op in ("ReduceMax", "ReduceMin"):
+            target = f"__{op}_{index}"
+            if axes is None:
+                made.append(self._reduce(op, name, target, None))
+            else:
+                made += [self._reduce(op, name, f"{target}_rows", axes), self._reduce(op, f"{target}_rows", target, None)]
+            self.outputs.append(helper.make_tensor_value_info(target, TensorProto.FLOAT, []))
+        return made
+
+    def ranges(self, probe_values: Sequence[Sequence[np.ndarray]], inputs: Sequence[np.ndarray]) -> dict[str, float]:
+        """max |value| of every float activation and the input, from the probes' values of each run."""
+        ranges = dict.fromkeys(self.names, 0.0)
+        for values in probe_values:
+            for position, name in enumerate(self.names):
+                high, low = values[2 * position], values[2 * position + 1]
+                ranges[name] = max(ranges[name], abs(float(high)), abs(float(low)))
+        ranges[self.input_name] = max(_max_abs(array) for array in inputs)
+        known = dict(ranges)  # and the constants a derived range needs
+        for name, sources in self.derived.items():  # in graph order: a source is known before its use
+            for source in sources:
+                if source not in known:
+                    known[source] = _max_abs(numpy_helper.to_array(self.constants[source]))
+            ranges[name] = known[name] = max(known[source] for source in sources)
+        return ranges
 
 
 @dataclass
@@ -48,44 +168,30 @@ class Calibration:
 
 def calibrate(model: onnx.ModelProto, inputs: Sequence[np.ndarray], others: Sequence[np.ndarray] = ()) -> Calibration:
     """max |value| of every float activation over `inputs`, and the graph's outputs, from one
-    run per input; the outputs alone for `others` (from the same session: opening another
-    costs as much as a run).
+    run per input; the outputs alone for `others`, from the graph without probes (DAT at 96 px:
+    3.6 s a run, 1.0 s to open, where a run with the probes takes 4.9 s).
 
     Each activation gets a ReduceMax and a ReduceMin placed right after its producer; with
     ORT's priority-based order each is reduced and freed as soon as it is made, so memory stays
     at one inference's (appending the probes at the end kept every activation alive: 18 GB for
-    SwinIR-M at 128 px instead of 0.8 GB).
+    SwinIR-M at 128 px instead of 0.8 GB). An activation that only rearranges others' values
+    (`_SAME_VALUES_INPUTS`) takes their range unprobed. Against probing every tensor at once:
+    4 inputs, SwinIR-M at 64 px 6.8 -> 5.1 s, DAT-x4 at 96 px (2 inputs) 16.8 -> 12.8 s, the
+    same ranges.
     """
-    probed = onnx.ModelProto()
-    probed.CopyFrom(model)
-    wanted = set(float_tensor_names(model))
-    names, nodes, outputs = [], [], []
-    for node in model.graph.node:
-        nodes.append(node)
-        for name in node.output:
-            if name not in wanted:
-                continue
-            index = len(names)
-            names.append(name)
-            for op in ("ReduceMax", "ReduceMin"):
-                nodes.append(helper.make_node(op, [name], [f"__{op}_{index}"], keepdims=0))
-                outputs.append(helper.make_tensor_value_info(f"__{op}_{index}", TensorProto.FLOAT, []))
-    del probed.graph.node[:]
-    probed.graph.node.extend(nodes)
-    probed.graph.output.extend(outputs)
-    session = open_session(probed.SerializeToString(), providers=CPU, memory_arena=False, priority_order=True)
-    del probed
-    input_name, output_name = model.graph.input[0].name, model.graph.output[0].name
-    ranges = dict.fromkeys(names, 0.0)
-    fp32_outputs = []
-    for array in inputs:
-        fp32_output, *values = session.run([output_name, *(o.name for o in outputs)], {input_name: array})
-        fp32_outputs.append(fp32_output)
-        for position, name in enumerate(names):
-            high, low = values[2 * position], values[2 * position + 1]
-            ranges[name] = max(ranges[name], abs(float(high)), abs(float(low)))
-    ranges[input_name] = max(float(np.abs(array).max()) for array in inputs)
-    return Calibration(ranges, fp32_outputs, [session.run([output_name], {input_name: array})[0] for array in others])
+    probed = _ProbedGraph(model)
+    session = open_session(probed.model.SerializeToString(), providers=CPU, memory_arena=False, priority_order=True)
+    probed.model = None
+    input_name, output_name = probed.input_name, probed.output_name
+    runs = [session.run([output_name, *(o.name for o in probed.outputs)], {input_name: array}) for array in inputs]
+    del session
+    fp32_outputs = [run[0] for run in runs]
+    ranges = probed.ranges([run[1:] for run in runs], inputs)
+    other_outputs = []
+    if others:
+        session = open_session(model.SerializeToString(), providers=CPU, memory_arena=False)
+        other_outputs = [session.run([output_name], {input_name: array})[0] for array in others]
+    return Calibration(ranges, fp32_outputs, other_outputs)
 
 
 def measure_ranges(model: onnx.ModelProto, inputs: Sequence[np.ndarray]) -> dict[str, float]:

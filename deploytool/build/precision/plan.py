@@ -28,7 +28,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from deploytool.build import bf16
-from deploytool.build.inferred_types import TensorType, tensor_types
+from deploytool.build.inferred_types import TensorType, tensor_types, with_inferred_shapes
 from deploytool.build.precision.growth import reduction_accumulator, summed_elements, tensor_sizes
 from deploytool.runtime.manifest import Bf16Summary, Fp16Summary
 
@@ -134,7 +134,7 @@ def island_reason(node: onnx.NodeProto, ranges: dict[str, float], limit: float, 
 def prepare_conversion(model: onnx.ModelProto) -> onnx.ModelProto:
     """The model as `convert` starts from (initializers unshared, shapes inferred): made once
     for a search that converts one graph with many plans (IPT: 7 of a conversion's 18 s)."""
-    return onnx.shape_inference.infer_shapes(unshare_initializers(model))
+    return with_inferred_shapes(unshare_initializers(model))
 
 
 def convert(model: onnx.ModelProto, fp32_nodes: Iterable[str] | None, *, prepared: bool = False) -> onnx.ModelProto:
@@ -146,7 +146,8 @@ def convert(model: onnx.ModelProto, fp32_nodes: Iterable[str] | None, *, prepare
         source = onnx.ModelProto()
         source.CopyFrom(model)  # the converter changes its argument
     else:
-        source = unshare_initializers(model)
+        # the converter's own shape inference would take the weights through it
+        source = prepare_conversion(model)
     blocked = set(fp32_nodes or ())
     op_block_list = list(float16.DEFAULT_OP_BLOCK_LIST) if fp32_nodes is not None else []
     with warnings.catch_warnings():
@@ -155,7 +156,7 @@ def convert(model: onnx.ModelProto, fp32_nodes: Iterable[str] | None, *, prepare
         converted = float16.convert_float_to_float16(
             source,
             keep_io_types=True,
-            disable_shape_infer=prepared,
+            disable_shape_infer=True,
             op_block_list=op_block_list,
             node_block_list=sorted(blocked),
         )

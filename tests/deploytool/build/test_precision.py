@@ -86,6 +86,77 @@ def test_measure_ranges_reports_every_activation():
     assert ranges["y"] == 3000.0 and ranges["out"] == 2000.0 and ranges["x"] == 3.0
 
 
+@pytest.mark.parametrize("opset", [17, 18])
+def test_measured_ranges_are_every_activation_s_exact_max_whether_probed_by_rows_or_derived(monkeypatch, opset):
+    """Large tensors are probed by rows of their trailing axes, rearranging ops take their
+    inputs' range unprobed (a constant's too): every range is still the tensor's exact max |x|."""
+    from onnx import TensorProto, helper
+
+    from deploytool.build.precision import calibration
+    from deploytool.runtime.backends.onnxruntime import open_session
+
+    def ints(name, values):
+        return onnx.numpy_helper.from_array(np.int64(values), name)
+
+    rng = np.random.default_rng(3)
+    nodes = [
+        helper.make_node("Mul", ["x", "k"], ["scaled"]),  # 1x3x100x70: rows of 70 (the last axis)
+        helper.make_node("Transpose", ["scaled"], ["swapped"], perm=[0, 1, 3, 2]),  # derived
+        helper.make_node("Reshape", ["swapped", "flat_shape"], ["flat"]),  # derived: 1x21000
+        helper.make_node("Slice", ["flat", "starts", "ends", "axes"], ["part"]),  # probed: a part
+        helper.make_node("Concat", ["part", "wide"], ["joined"], axis=1),  # derived, from a constant
+        helper.make_node("Tanh", ["joined"], ["out"]),
+        helper.make_node("Reshape", ["scaled", "narrow_shape"], ["narrow"]),  # derived
+        helper.make_node("Sigmoid", ["narrow"], ["unused_side"]),  # 5250x4: no rows of 64, at once
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 100, 70])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 600]), helper.make_tensor_value_info("unused_side", TensorProto.FLOAT, [5250, 4])],
+        [
+            onnx.numpy_helper.from_array(np.float32([-7.0]), "k"),
+            onnx.numpy_helper.from_array(rng.normal(size=(1, 100)).astype(np.float32) * 500, "wide"),
+            ints("flat_shape", [1, -1]),
+            ints("narrow_shape", [-1, 4]),
+            ints("starts", [10]),
+            ints("ends", [510]),
+            ints("axes", [1]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+    inputs = [rng.normal(size=(1, 3, 100, 70)).astype(np.float32) for _ in range(2)]
+    opened = []
+    monkeypatch.setattr(calibration, "open_session", lambda model, **options: opened.append(onnx.load_from_string(model)) or open_session(model, **options))
+
+    ranges = precision.measure_ranges(model, inputs)
+
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    names = [out for node in model.graph.node for out in node.output]
+    exposed.graph.output.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in names if name not in ("out", "unused_side"))
+    session = open_session(exposed.SerializeToString(), providers=calibration.CPU)
+    every = [dict(zip([o.name for o in session.get_outputs()], session.run(None, {"x": array}))) for array in inputs]
+    for name in names:
+        assert ranges[name] == max(float(np.abs(values[name]).max()) for values in every), name
+    assert ranges["x"] == max(float(np.abs(array).max()) for array in inputs)
+    assert ranges["joined"] > ranges["part"]  # the constant's range reached the Concat
+    assert set(ranges) == {"x", *names}  # activations only: a constant's own range is not the plan's
+
+    probed_graph = opened[0].graph
+    reductions = {node.input[0]: node for node in probed_graph.node if node.op_type == "ReduceMax"}
+    assert {"scaled", "part", "out", "unused_side"} <= set(reductions)
+    assert not set(reductions) & {"swapped", "flat", "joined", "narrow"}
+
+    def axes(node):
+        if opset >= 18:
+            return onnx.numpy_helper.to_array(next(i for i in probed_graph.initializer if i.name == node.input[1])).tolist() if len(node.input) > 1 else None
+        return next((list(a.ints) for a in node.attribute if a.name == "axes"), None)
+
+    assert axes(reductions["scaled"]) == [-1]  # by rows of 70
+    assert axes(reductions["unused_side"]) is None and axes(reductions["part"]) is None
+
+
 def test_plan_keeps_normalisations_and_large_tensors_in_fp32():
     from onnx import TensorProto, helper
 
