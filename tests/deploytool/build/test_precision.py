@@ -86,19 +86,14 @@ def test_measure_ranges_reports_every_activation():
     assert ranges["y"] == 3000.0 and ranges["out"] == 2000.0 and ranges["x"] == 3.0
 
 
-@pytest.mark.parametrize("opset", [17, 18])
-def test_measured_ranges_are_every_activation_s_exact_max_whether_probed_by_rows_or_derived(monkeypatch, opset):
-    """Large tensors are probed by rows of their trailing axes, rearranging ops take their
-    inputs' range unprobed (a constant's too): every range is still the tensor's exact max |x|."""
+def rearranging_graph(opset: int, rng: np.random.Generator) -> onnx.ModelProto:
+    """A graph whose tensors are probed by rows, at once, or derived from a rearranged input or
+    a constant (see the comments)."""
     from onnx import TensorProto, helper
-
-    from deploytool.build.precision import calibration
-    from deploytool.runtime.backends.onnxruntime import open_session
 
     def ints(name, values):
         return onnx.numpy_helper.from_array(np.int64(values), name)
 
-    rng = np.random.default_rng(3)
     nodes = [
         helper.make_node("Mul", ["x", "k"], ["scaled"]),  # 1x3x100x70: rows of 70 (the last axis)
         helper.make_node("Transpose", ["scaled"], ["swapped"], perm=[0, 1, 3, 2]),  # derived
@@ -124,7 +119,20 @@ def test_measured_ranges_are_every_activation_s_exact_max_whether_probed_by_rows
             ints("axes", [1]),
         ],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+
+
+@pytest.mark.parametrize("opset", [17, 18])
+def test_measured_ranges_are_every_activation_s_exact_max_whether_probed_by_rows_or_derived(monkeypatch, opset):
+    """Large tensors are probed by rows of their trailing axes, rearranging ops take their
+    inputs' range unprobed (a constant's too): every range is still the tensor's exact max |x|."""
+    from onnx import TensorProto, helper
+
+    from deploytool.build.precision import calibration
+    from deploytool.runtime.backends.onnxruntime import open_session
+
+    rng = np.random.default_rng(3)
+    model = rearranging_graph(opset, rng)
     inputs = [rng.normal(size=(1, 3, 100, 70)).astype(np.float32) for _ in range(2)]
     opened = []
     monkeypatch.setattr(calibration, "open_session", lambda model, **options: opened.append(onnx.load_from_string(model)) or open_session(model, **options))
