@@ -291,6 +291,7 @@ class ReducedGraphs:
 
     staging: Path
     small_graph: onnx.ModelProto | None = None  # the calibration graph (see calibration_graph)
+    calibration: precision.SharedCalibration | None = None  # measured for the first plan, shared by the next
     files: list[str] = dataclasses.field(default_factory=list)
     plans: dict[str, Fp16Summary | Bf16Summary] = dataclasses.field(default_factory=dict)
     failures: dict[str, ExportError] = dataclasses.field(default_factory=dict)
@@ -304,18 +305,15 @@ def build_reduced_graph(name: str, request: ExportRequest, graph: onnx.ModelProt
     entry = request.entry
     shape = (request.batch, entry.channels, *request.tile)
     measured_shape = shape if built.small_graph is None else precision.input_shape(built.small_graph)
-    batches, label = calibration_batches(request, measured_shape)
+    checked_on = verify_inputs(entry, shape, measured_shape, name)
     builder = precision.build_fp16 if name == "fp16" else precision.build_bf16
     try:
-        reduced_graph, plan = builder(
-            graph,
-            batches,
-            max_abs_tolerance=calibration_tolerance(entry, name),
-            calibration_label=label,
-            calibration_model=built.small_graph,
-            verify_inputs=verify_inputs(entry, shape, measured_shape, name),
-            progress=progress,
-        )
+        if built.calibration is None or not built.calibration.serves(checked_on):
+            batches, label = calibration_batches(request, measured_shape)
+            built.calibration = precision.measure(graph, batches, label, built.small_graph, checked_on, progress)
+        else:
+            progress(f"the {'/'.join(built.plans).upper() or 'first'} plan's calibration serves this plan too (same graph, same inputs)")
+        reduced_graph, plan = builder(built.calibration, max_abs_tolerance=calibration_tolerance(entry, name), verify_inputs=checked_on, progress=progress)
     except ExportError as exc:
         built.failures[name] = exc
         return

@@ -4,8 +4,9 @@ chosen by measurement. One planner serves both precisions (`ReducedPrecision`: F
 TensorRT 10 and 11 build strongly typed networks, which run each tensor in the type the ONNX
 gives it, so `model_fp16.onnx` is the engine's precision contract. It is built in three steps:
 
-1. calibrate: run the FP32 graph on calibration inputs with an |x|-max reduction attached to
-   every float tensor (one scalar per tensor, so memory stays small at any tile size);
+1. calibrate (`measure`): run the FP32 graph on calibration inputs with an |x|-max reduction
+   attached to every float tensor (one scalar per tensor, so memory stays small at any tile
+   size); one calibration serves every precision's plan of the graph;
 2. plan: keep in FP32 the fused normalisations and softmax, every node that reads or writes a
    tensor whose measured range does not fit FP16 with a safety margin (growing residual
    streams), and every reduction whose running sum, derived from its measured output, does not
@@ -40,9 +41,8 @@ from __future__ import annotations
 
 import collections
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
-import numpy as np
 import onnx
 
 from deploytool.build.precision.calibration import (
@@ -51,6 +51,7 @@ from deploytool.build.precision.calibration import (
     Calibration,
     Measured,
     SearchInputs,
+    SharedCalibration,
     VerifyInputs,
     calibrate,
     float_tensor_names,
@@ -109,13 +110,13 @@ from deploytool.runtime.manifest import Bf16Summary, Fp16Measurement, Fp16Summar
 
 def plan_summary(found: Measured, plan: Fp16Plan, bought: tuple[str, ...], result: Validation, reduced: ReducedPrecision):
     """The manifest's record of the plan (`reduced.summary`: Fp16Summary or Bf16Summary)."""
-    model = found.model
+    shared, verify_inputs = found.calibration, found.verify_inputs
+    model = shared.model
     by_op = collections.Counter(n.op_type for n in model.graph.node if n.name in plan.fp32_nodes)
     by_reason = collections.Counter(r.split(":")[0] for r in plan.reasons.values())
-    fp32_flops = sum(v for k, v in found.flops.items() if k in plan.fp32_nodes)
-    largest = sorted(found.ranges.items(), key=lambda kv: -kv[1])[:5]
-    verified = result.errors[found.calibration_count :]
-    verify_inputs = found.verify_inputs
+    fp32_flops = sum(v for k, v in shared.flops.items() if k in plan.fp32_nodes)
+    largest = sorted(shared.ranges.items(), key=lambda kv: -kv[1])[:5]
+    verified = result.errors[shared.calibration_count :]
     return reduced.summary(
         margin=plan.margin,
         fp32_nodes=len(plan.fp32_nodes),
@@ -124,57 +125,55 @@ def plan_summary(found: Measured, plan: Fp16Plan, bought: tuple[str, ...], resul
         fp32_by_reason=dict(by_reason),
         max_abs_vs_fp32=result.max_abs,
         psnr_vs_fp32=result.psnr if math.isfinite(result.psnr) else None,
-        calibration=found.calibration_label,
+        calibration=shared.calibration_label,
         largest_ranges=tuple((k, round(v, 3)) for k, v in largest),
-        calibration_tile=input_shape(found.measured)[2:],
-        grown_tensors=len(found.growth),
+        calibration_tile=input_shape(shared.measured)[2:],
+        grown_tensors=len(shared.growth),
         sensitivity_blocks=bought,
         measured_at=Fp16Measurement(
-            shape=input_shape(found.measured),
-            inputs=found.calibration_label + (f" + {verify_inputs.label}" if verified else ""),
+            shape=input_shape(shared.measured),
+            inputs=shared.calibration_label + (f" + {verify_inputs.label}" if verified else ""),
         ),
         verify_inputs_max_abs=max(verified) if verified else None,
         verify_inputs_limit=verify_inputs.limit if verified else None,
-        **{f"{reduced.name}_flop_share": 1.0 - fp32_flops / max(1, sum(found.flops.values()))},
+        **{f"{reduced.name}_flop_share": 1.0 - fp32_flops / max(1, sum(shared.flops.values()))},
     )
 
 
 def build_reduced(
-    model: onnx.ModelProto,
-    calibration: Sequence[np.ndarray],
+    shared: SharedCalibration,
     *,
     reduced: ReducedPrecision,
     max_abs_tolerance: float,
-    calibration_label: str,
-    calibration_model: onnx.ModelProto | None = None,
     verify_inputs: VerifyInputs | None = None,
     progress: Callable[[str], None] = lambda message: None,
 ) -> tuple[onnx.ModelProto, Fp16Summary | Bf16Summary]:
     """Plan FP32 islands by op and from measured ranges, validate; widen the margin while it
     misses the tolerance, and when no margin meets it, buy precision by sensitivity.
 
-    `calibration_model` is the same graph at a smaller tile (`corresponding_tensors`), `calibration`
-    inputs of its shape: ranges are measured and plans validated there, ranges carried to
-    `model`'s tile by `tile_growth`, and the final plan converts `model` by node name.
-    A plan holds when it meets `max_abs_tolerance` on the calibration inputs and, with
-    `verify_inputs`, their limit on those too.
+    `shared` is `measure`'s calibration of the export's graph, where the calibration graph is the
+    same graph at a smaller tile (`corresponding_tensors`): plans are validated there and the
+    final plan converts the export's graph by node name. A plan holds when it meets
+    `max_abs_tolerance` on the calibration inputs and, with `verify_inputs` (which `shared` must
+    have measured), their limit on those too.
     """
-    found = measure(model, calibration, max_abs_tolerance, calibration_label, calibration_model, verify_inputs, progress)
-    trials = reduced.trials(prepare_conversion(found.measured))
+    found = shared.limited(max_abs_tolerance, verify_inputs)
+    model = shared.model
+    trials = reduced.trials(prepare_conversion(shared.measured))
     plan, bought, result = search_plan(found, trials, reduced, progress)
     del trials
-    shipped = result.graph if found.measured is model and reduced.validated_is_deployed else reduced.deploy_graph(model, plan.fp32_nodes)
+    shipped = result.graph if shared.measured is model and reduced.validated_is_deployed else reduced.deploy_graph(model, plan.fp32_nodes)
     return shipped, plan_summary(found, plan, bought, result, reduced)
 
 
-def build_fp16(model: onnx.ModelProto, calibration: Sequence[np.ndarray], **options) -> tuple[onnx.ModelProto, Fp16Summary]:
+def build_fp16(shared: SharedCalibration, **options) -> tuple[onnx.ModelProto, Fp16Summary]:
     """The FP16 deploy graph and its plan (`build_reduced`'s options)."""
-    return build_reduced(model, calibration, reduced=FP16, **options)
+    return build_reduced(shared, reduced=FP16, **options)
 
 
-def build_bf16(model: onnx.ModelProto, calibration: Sequence[np.ndarray], **options) -> tuple[onnx.ModelProto, Bf16Summary]:
+def build_bf16(shared: SharedCalibration, **options) -> tuple[onnx.ModelProto, Bf16Summary]:
     """The BF16 deploy graph and its plan (`build_reduced`'s options)."""
-    return build_reduced(model, calibration, reduced=BF16, **options)
+    return build_reduced(shared, reduced=BF16, **options)
 
 
 def ensure_named(model: onnx.ModelProto) -> None:
@@ -208,6 +207,7 @@ __all__ = [
     "ReducedPrecision",
     "SUMS_OVER_INPUT",
     "SearchInputs",
+    "SharedCalibration",
     "VERIFY_SAFETY",
     "Validation",
     "VerifyInputs",

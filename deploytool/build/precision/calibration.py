@@ -202,19 +202,31 @@ def measure_ranges(model: onnx.ModelProto, inputs: Sequence[np.ndarray]) -> dict
 @dataclass(frozen=True)
 class SearchInputs:
     """The inputs a plan is validated on, their FP32 outputs and max |diff| limits (`wanted`
-    says what the limits are, for messages)."""
+    says what the limits are, for messages); `positions`: where each stood in the order the
+    search was given them (a search moves the input a plan missed to the front)."""
 
     arrays: Sequence[np.ndarray]
     fp32_outputs: Sequence[np.ndarray]
     limits: Sequence[float]
     wanted: str
+    positions: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        if not self.positions:
+            object.__setattr__(self, "positions", tuple(range(len(self.arrays))))
 
     def first(self, used: int) -> SearchInputs:
-        return SearchInputs(self.arrays[:used], self.fp32_outputs[:used], self.limits[:used], self.wanted)
+        return SearchInputs(self.arrays[:used], self.fp32_outputs[:used], self.limits[:used], self.wanted, self.positions[:used])
 
     def starting_with(self, index: int) -> SearchInputs:
         order = [index, *(i for i in range(len(self.arrays)) if i != index)]
-        return SearchInputs(*([items[i] for i in order] for items in (self.arrays, self.fp32_outputs, self.limits)), self.wanted)
+        arrays, outputs, limits, positions = ([items[i] for i in order] for items in (self.arrays, self.fp32_outputs, self.limits, self.positions))
+        return SearchInputs(arrays, outputs, limits, self.wanted, tuple(positions))
+
+    def in_given_order(self, errors: Sequence[float]) -> tuple[float, ...]:
+        """The max |diff| of each input (`errors`, in this order, every input's) in the order the
+        search was given the inputs."""
+        return tuple(error for _, error in sorted(zip(self.positions, errors)))
 
 
 @dataclass(frozen=True)
@@ -228,43 +240,66 @@ class VerifyInputs:
 
 
 @dataclass
-class Measured:
-    """What calibration gives the plan search: ranges at the export's tile, the inputs plans are
-    validated on, and the export graph's sizes and FLOPs."""
+class SharedCalibration:
+    """One calibration of an export's graph, which every reduced precision's plan of it shares (an
+    export asking for FP16 and BF16 calibrates once): ranges at the export's tile, the FP32
+    outputs of the calibration inputs and of verify's, and the export graph's sizes and FLOPs."""
 
     model: onnx.ModelProto  # the export's graph
     measured: onnx.ModelProto  # the graph ranges were measured and plans are validated on
-    checked: SearchInputs
+    inputs: Sequence[np.ndarray]  # the calibration inputs, then verify's
+    fp32_outputs: Sequence[np.ndarray]
     ranges: dict[str, float]
     growth: dict[str, float]
     sizes: dict[str, int]
     flops: dict[str, int]
     calibration_count: int
     calibration_label: str
+    verify_label: str | None  # which verify inputs follow the calibration inputs (None: none)
+
+    def serves(self, verify_inputs: VerifyInputs | None) -> bool:
+        """Whether it measured the verify inputs a plan is to be validated on."""
+        return verify_inputs is None or verify_inputs.label == self.verify_label
+
+    def limited(self, max_abs_tolerance: float, verify_inputs: VerifyInputs | None) -> Measured:
+        """What one precision's plan search is given: these measurements and that precision's limits."""
+        if not self.serves(verify_inputs):
+            raise ValueError(f"this calibration did not run {verify_inputs.label}")
+        count = self.calibration_count if verify_inputs is None else len(self.inputs)
+        limits = [max_abs_tolerance] * self.calibration_count
+        wanted = f"the tolerance {max_abs_tolerance:g} on its calibration inputs"
+        if verify_inputs is not None:
+            limits += [verify_inputs.limit] * (count - self.calibration_count)
+            wanted += f" and {verify_inputs.limit:g} on {verify_inputs.label}"
+        checked = SearchInputs(self.inputs[:count], self.fp32_outputs[:count], limits, wanted)
+        return Measured(self, checked, verify_inputs)
+
+
+@dataclass
+class Measured:
+    """What one precision's plan search is given: the shared measurements, the inputs plans are
+    validated on and their limits."""
+
+    calibration: SharedCalibration
+    checked: SearchInputs
     verify_inputs: VerifyInputs | None
 
 
 def measure(
     model: onnx.ModelProto,
     calibration: Sequence[np.ndarray],
-    max_abs_tolerance: float,
     calibration_label: str,
     calibration_model: onnx.ModelProto | None,
     verify_inputs: VerifyInputs | None,
     progress: Callable[[str], None],
-) -> Measured:
-    """Ranges and FP32 outputs on `calibration_model` (or `model`), ranges carried to `model`'s tile."""
+) -> SharedCalibration:
+    """Ranges and FP32 outputs on `calibration_model` (or `model`), ranges carried to `model`'s
+    tile; the FP32 outputs of `verify_inputs` too (their limit is each plan's own)."""
     measured = calibration_model if calibration_model is not None else model
     progress(f"calibrating on {len(calibration)} input(s) at {'x'.join(map(str, input_shape(measured)[2:]))} ({calibration_label})")
     started = time.perf_counter()
     extra = verify_inputs.arrays if verify_inputs is not None else ()
     measurement = calibrate(measured, calibration, extra)
-    limits = [max_abs_tolerance] * len(calibration)
-    wanted = f"the tolerance {max_abs_tolerance:g} on its calibration inputs"
-    if extra:
-        limits += [verify_inputs.limit] * len(extra)
-        wanted += f" and {verify_inputs.limit:g} on {verify_inputs.label}"
-    checked = SearchInputs([*calibration, *extra], [*measurement.outputs, *measurement.other_outputs], limits, wanted)
     ranges, growth = measurement.ranges, {}
     types = tensor_types(model)  # one shape inference of the export's graph for growth, sizes and FLOPs
     if measured is not model:
@@ -274,8 +309,19 @@ def measure(
         growth = tile_growth(measured, model, names, types)
         ranges = carried_ranges(ranges, names, growth)
     progress(f"ranges and FP32 reference measured ({time.perf_counter() - started:.1f} s)")
-    sizes, flops = tensor_sizes(model, types), flop_counts(model, types)
-    return Measured(model, measured, checked, ranges, growth, sizes, flops, len(calibration), calibration_label, verify_inputs)
+    return SharedCalibration(
+        model=model,
+        measured=measured,
+        inputs=[*calibration, *extra],
+        fp32_outputs=[*measurement.outputs, *measurement.other_outputs],
+        ranges=ranges,
+        growth=growth,
+        sizes=tensor_sizes(model, types),
+        flops=flop_counts(model, types),
+        calibration_count=len(calibration),
+        calibration_label=calibration_label,
+        verify_label=verify_inputs.label if extra else None,
+    )
 
 
 def input_shape(model: onnx.ModelProto) -> tuple[int, ...]:

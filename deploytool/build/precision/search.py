@@ -123,7 +123,8 @@ def buy_precision(
     Each block's cost is the output error with that block alone in the reduced precision (all
     else FP32), on the first input: it includes what later blocks make of its rounding (a
     cancellation downstream). Then a bisection for the shortest head of that ranking that holds
-    on the first input, confirmed on all.
+    on the first input, confirmed on all. The validation's errors are in `checked.positions`'
+    order (the order the search was given the inputs).
     """
     label = reduced.label
     reduced_nodes = {n.name for n in trials.model.graph.node} - plan.fp32_nodes
@@ -162,14 +163,14 @@ def buy_precision(
     # the bisection looked at one input; the others may ask for more blocks
     for count in range(low, len(ranked)):
         result = check(count, len(checked.arrays))
-        if result.holds:
-            if not reduced.finer_units:
-                return plan_keeping(count), tuple(ranked[:count]), result
-            return release_finer_units(trials, plan, {block: blocks[block] for block in ranked[:count]}, checked, reduced, progress) or (
-                plan_keeping(count),
-                tuple(ranked[:count]),
-                result,
-            )
+        if not result.holds:  # the input it missed goes first: the next count that misses it stops there
+            checked = checked.starting_with(result.inputs - 1)
+            continue
+        found = (plan_keeping(count), tuple(ranked[:count]), result)
+        if reduced.finer_units:
+            found = release_finer_units(trials, plan, {block: blocks[block] for block in ranked[:count]}, checked, reduced, progress) or found
+        searched, bought, validation = found
+        return searched, bought, dataclasses.replace(validation, errors=checked.in_given_order(validation.errors))
     raise ExportError(f"no {label} plan meets {checked.wanted}, even with {len(ranked) - 1} of {len(ranked)} blocks kept in FP32 by the sensitivity search")
 
 
@@ -195,14 +196,17 @@ def release_finer_units(
     weights = {init.name for init in trials.model.graph.initializer}
     by_name = {node.name: node for node in trials.model.graph.node}
     fp32 = set(plan.fp32_nodes) | {name for names in kept.values() for name in names}
-    tried = 0
+    tried, order = 0, checked
     for names in reversed(list(kept.values())):
         weighted = {name for name in names if flops.get(name) and any(i in weights for i in by_name[name].input[1:])}
         if weighted:
             tried += 1
             # on every input: trials that each held on the first input walked the plan to its limit there and past it elsewhere
-            if validate(trials, fp32 - weighted, checked.arrays, checked.fp32_outputs, checked.limits).holds:
+            trial = validate(trials, fp32 - weighted, order.arrays, order.fp32_outputs, order.limits)
+            if trial.holds:
                 fp32 -= weighted
+            else:  # the input it missed goes first: the next trial that misses it stops there
+                order = order.starting_with(trial.inputs - 1)
     kept_names = fp32 - plan.fp32_nodes
     finer = Fp16Plan(plan.fp32_nodes | kept_names, {**plan.reasons, **dict.fromkeys(kept_names, "sensitivity")}, plan.margin)
     result = validate(trials, finer.fp32_nodes, checked.arrays, checked.fp32_outputs, checked.limits)
@@ -222,10 +226,10 @@ def search_plan(
 ) -> tuple[Fp16Plan, tuple[str, ...], Validation]:
     """The first margin's plan that holds; when none does, the sensitivity search's.
     Returns the plan, the blocks the search kept FP32 and the plan's validation."""
-    checked, tried = found.checked, []
+    checked, shared, tried = found.checked, found.calibration, []
     for margin in reduced.margins:
         started = time.perf_counter()
-        plan = plan_islands(found.model, found.ranges, margin, found.sizes, reduced)
+        plan = plan_islands(shared.model, shared.ranges, margin, shared.sizes, reduced)
         result = validate(trials, plan.fp32_nodes, checked.arrays, checked.fp32_outputs, checked.limits)
         seen = "" if result.inputs == len(checked.arrays) else f" on {result.inputs} of {len(checked.arrays)} inputs"
         progress(
@@ -239,6 +243,4 @@ def search_plan(
     # the input that plan missed goes first: the search ranks and bisects on the first input
     first = result.inputs - 1
     progress(f"no range margin meets {checked.wanted}; searching for the blocks that lose precision, from margin {plan.margin:g}")
-    plan, bought, result = buy_precision(trials, plan, checked.starting_with(first), reduced, progress)
-    order = [first, *(i for i in range(len(checked.arrays)) if i != first)]
-    return plan, bought, dataclasses.replace(result, errors=tuple(result.errors[order.index(i)] for i in range(len(order))))
+    return buy_precision(trials, plan, checked.starting_with(first), reduced, progress)

@@ -14,7 +14,18 @@ from onnx import numpy_helper
 from deploytool.build import export, tracing
 from deploytool.build.networks import build_def
 from deploytool.errors import DeployError, ExportError
-from deploytool.runtime.manifest import FP16_FILE, FP32_FILE, MANIFEST_FILE, PARITY_HTML, PARITY_JSON, PARITY_MD, SCHEMA_VERSION, TIMING_CACHE, read_manifest
+from deploytool.runtime.manifest import (
+    BF16_FILE,
+    FP16_FILE,
+    FP32_FILE,
+    MANIFEST_FILE,
+    PARITY_HTML,
+    PARITY_JSON,
+    PARITY_MD,
+    SCHEMA_VERSION,
+    TIMING_CACHE,
+    read_manifest,
+)
 from tests.helpers import export_tiny, tiny_entry, tiny_state_dict
 
 
@@ -121,6 +132,22 @@ def test_an_fp16_plan_that_misses_its_tolerance_still_writes_the_fp32_export(tmp
         export_tiny("swinir-s-x2", out)
     written = read_manifest(out)
     assert written.fp16 is None and set(written.files) == {FP32_FILE} and not (out / FP16_FILE).exists()
+
+
+def test_an_export_with_both_plans_calibrates_once_and_plans_bf16_as_an_export_of_bf16_alone(tmp_path, monkeypatch):
+    from deploytool.build import precision
+
+    calibrations = []
+    measure = precision.measure
+    monkeypatch.setattr(precision, "measure", lambda *args: calibrations.append(args[2]) or measure(*args))
+    both = export_tiny("swinir-s-x2", tmp_path / "both", bf16=True)
+    assert len(calibrations) == 1
+    alone = export_tiny("swinir-s-x2", tmp_path / "alone", fp16=False, bf16=True)
+    assert len(calibrations) == 2
+    assert both.bf16 == alone.bf16 and both.files[BF16_FILE] == alone.files[BF16_FILE]
+    # one calibration, each plan validated against its own precision's limits
+    limits = {name: both.tolerances[f"{name}_max_abs"] / precision.VERIFY_SAFETY for name in ("fp16", "bf16")}
+    assert both.fp16.verify_inputs_limit == limits["fp16"] != both.bf16.verify_inputs_limit == limits["bf16"]
 
 
 def test_a_failed_export_leaves_no_manifest(tmp_path, monkeypatch):

@@ -496,3 +496,12 @@ def test_the_bf16_search_returns_the_weighted_products_of_kept_blocks_that_hold_
     assert plan.fp32_nodes == {n.name for n in nodes} - {"/a/MatMul"} and kept == ("/b", "/a")
     assert set(plan.reasons.values()) == {"sensitivity"} and result.holds and result.inputs == 3
     assert "50% of their FLOPs stay FP32 (2 trials)" in lines[-1]
+
+
+def test_search_inputs_moved_to_the_front_give_their_errors_back_in_the_order_they_were_given():
+    arrays = [np.full((1,), index, np.float32) for index in range(4)]
+    given = precision.SearchInputs(arrays, [a + 1 for a in arrays], [0.1, 0.2, 0.3, 0.4], "limits")
+    moved = given.starting_with(2).starting_with(3)  # [2, 0, 1, 3], then its fourth first
+    assert [float(a[0]) for a in moved.arrays] == [3, 2, 0, 1] and [float(o[0]) for o in moved.fp32_outputs] == [4, 3, 1, 2]
+    assert moved.limits == [0.4, 0.3, 0.1, 0.2] and moved.first(2).positions == (3, 2)
+    assert moved.in_given_order(moved.limits) == (0.1, 0.2, 0.3, 0.4)
