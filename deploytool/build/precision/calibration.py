@@ -110,12 +110,18 @@ class _ProbedGraph:
                 else:
                     nodes += self._probe(name, len(self.names), wanted[name])
                     self.names.append(name)
-        self.model = onnx.ModelProto()
-        self.model.CopyFrom(model)
-        del self.model.graph.node[:]
-        self.model.graph.node.extend(nodes)
-        self.model.graph.initializer.extend(self.initializers.values())
-        self.model.graph.output.extend(self.outputs)
+        self._source, self._nodes = model, nodes
+
+    def serialized(self) -> bytes:
+        """The graph with its probes, serialized: the copy it is made from (every weight) is freed
+        when this returns, not held through the runs."""
+        probed = onnx.ModelProto()
+        probed.CopyFrom(self._source)
+        del probed.graph.node[:]
+        probed.graph.node.extend(self._nodes)
+        probed.graph.initializer.extend(self.initializers.values())
+        probed.graph.output.extend(self.outputs)
+        return probed.SerializeToString()
 
     def _constant(self, values: list[int]) -> str:
         name = "__probe_" + "_".join(str(v).replace("-", "m") for v in values)
@@ -180,8 +186,7 @@ def calibrate(model: onnx.ModelProto, inputs: Sequence[np.ndarray], others: Sequ
     same ranges.
     """
     probed = _ProbedGraph(model)
-    session = open_session(probed.model.SerializeToString(), providers=CPU, memory_arena=False, priority_order=True)
-    probed.model = None
+    session = open_session(probed.serialized(), providers=CPU, memory_arena=False, priority_order=True)
     input_name, output_name = probed.input_name, probed.output_name
     runs = [session.run([output_name, *(o.name for o in probed.outputs)], {input_name: array}) for array in inputs]
     del session
