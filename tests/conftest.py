@@ -13,19 +13,29 @@ from pathlib import Path
 
 import pytest
 
+from deploytool.runtime.backends.onnxruntime import THREADS_VARIABLE
 from tests.helpers import FullSizeExports, TinyExports, contract_violations
 
 _checked: set[Path] = set()
+# the shared exports' folders in the run's shared root (`_shared_root`)
+TINY_EXPORTS, FULL_SIZE_EXPORTS = "tiny-exports", "full-size-exports"
 
 
 def pytest_configure(config):
-    """Under pytest-xdist (each worker a process), torch's intra-op threads share the cores out
-    between the workers: every worker at torch's default, one thread per core, oversubscribes them."""
+    """Under pytest-xdist (each worker a process), torch's and ONNX Runtime's intra-op threads
+    share the cores out between the workers: every worker at their default, one thread per core,
+    oversubscribes them (ONNX Runtime's threads spin between ops on the cores the other worker
+    computes on: model_defs/test_family.py, two workers on two cores, took 433 s at the default,
+    399 s with a thread each, and 388 s with the default's threads kept from spinning; the
+    export's ONNX Runtime stages 156 s, 115 s, 115 s). The variable reaches the processes the
+    tests start too (the CLI's, a server's)."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
         import torch
 
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // workers))
+        share = max(1, len(os.sched_getaffinity(0)) // workers)
+        torch.set_num_threads(share)
+        os.environ.setdefault(THREADS_VARIABLE, str(share))
 
 
 def _shared_root(tmp_path_factory) -> Path:
@@ -36,8 +46,9 @@ def _shared_root(tmp_path_factory) -> Path:
 
 
 def _new_manifests(tmp_path_factory) -> list[Path]:
-    folders = [tmp_path_factory.getbasetemp(), _shared_root(tmp_path_factory) / "full-size-exports"]
-    return [path for folder in folders if folder.is_dir() for path in folder.rglob("manifest.json") if path not in _checked]
+    folders = [tmp_path_factory.getbasetemp(), *(_shared_root(tmp_path_factory) / name for name in (TINY_EXPORTS, FULL_SIZE_EXPORTS))]
+    # without xdist the shared folders lie inside the base temporary: each manifest once
+    return list(dict.fromkeys(path for folder in folders if folder.is_dir() for path in folder.rglob("manifest.json") if path not in _checked))
 
 
 def _check(paths: list[Path]) -> None:
@@ -63,8 +74,9 @@ def manifests_keep_the_contract(request, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_exports(tmp_path_factory):
-    """Every test that only needs "the tiny export of ID" shares one per session (see TinyExports)."""
-    exports = TinyExports(tmp_path_factory.mktemp("tiny-exports"))
+    """Every test that only needs "the tiny export of ID" shares one per run (see TinyExports):
+    under pytest-xdist in the folder all workers share."""
+    exports = TinyExports(_shared_root(tmp_path_factory) / TINY_EXPORTS)
     yield exports
     changed = exports.changed()
     assert not changed, f"a test wrote into the shared tiny exports of {changed}: write into tiny_exports.copy(...) instead"
@@ -74,7 +86,7 @@ def tiny_exports(tmp_path_factory):
 def full_size_exports(tmp_path_factory):
     """The full-size exports (see FullSizeExports), one per id, made once per run: under
     pytest-xdist in the folder all workers share."""
-    exports = FullSizeExports(_shared_root(tmp_path_factory) / "full-size-exports")
+    exports = FullSizeExports(_shared_root(tmp_path_factory) / FULL_SIZE_EXPORTS)
     yield exports
     changed = exports.changed()
     assert not changed, f"a test wrote into the shared full-size exports of {changed}: write into full_size_exports.copy(...) instead"

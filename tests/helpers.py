@@ -135,10 +135,13 @@ def export_tiny(
 class TinyExports:
     """The tiny export of each model id with both reduced plans (`export_tiny(ID, fp16=True,
     bf16=True)`: the id's tiny tile, batch 1, `tiny_state_dict`'s seed-0 weights), made on first
-    use under `root` and shared by every test of a session (the `tiny_exports` fixture), because a
-    real export costs seconds and the suite needs each one many times. Read-only: a test that
-    writes into an export (verify's reports, OpenVINO's compiled blobs) writes into a `copy`;
-    `changed` names the shared exports whose files differ from when they were made."""
+    use under `root` and shared by every test of a run (the `tiny_exports` fixture), because a
+    real export costs seconds and the suite needs each one many times. The pytest-xdist workers of
+    a run share `root`: the first worker to ask for an id exports it while the others wait on its
+    lock, then read it (an id's tests land on either worker: each made its own copy before).
+    Read-only: a test that writes into an export (verify's reports, OpenVINO's compiled blobs)
+    writes into a `copy`; `changed` names the shared exports whose files differ from when they
+    were made."""
 
     def __init__(self, root: Path):
         self.root = root
@@ -152,6 +155,12 @@ class TinyExports:
         return self._manifests[model_id]
 
     def _export(self, model_id: str, out_dir: Path) -> Manifest:
+        with exclusive(self.root / f"{model_id}.lock"):
+            if (out_dir / MANIFEST_FILE).is_file():  # another worker of this run made it
+                return read_manifest(out_dir)
+            return self._make(model_id, out_dir)
+
+    def _make(self, model_id: str, out_dir: Path) -> Manifest:
         return export_tiny(model_id, out_dir, fp16=True, bf16=True)
 
     def folder(self, model_id: str) -> Path:
@@ -169,10 +178,9 @@ class TinyExports:
 class FullSizeExports(TinyExports):
     """The full-size export of each model id with both reduced plans: random-init weights (seed
     0), a 64 px tile (the id's own where its tile is fixed), batch 1, two calibration inputs. Shared
-    by every test of a session (the `full_size_exports` fixture) as TinyExports are, and by the
-    pytest-xdist workers of one run, whose `root` is one folder: the first worker to ask makes an
-    export while the others wait on its lock, then read it. A full-size export costs tens of
-    seconds to minutes, and the FP16 and the BF16 tests of an id judge the same graph."""
+    by every test of a run (the `full_size_exports` fixture) and its pytest-xdist workers as
+    TinyExports are. A full-size export costs tens of seconds to minutes, and the FP16 and the
+    BF16 tests of an id judge the same graph."""
 
     def request(self, model_id: str) -> export.ExportRequest:
         entry = registry.get(model_id)
@@ -180,11 +188,8 @@ class FullSizeExports(TinyExports):
         source = WeightsSource(kind="random-init", seed=0)
         return export.ExportRequest(entry, source, self.root / model_id, tile, 1, fp16=True, bf16=True, calibration_count=2)
 
-    def _export(self, model_id: str, out_dir: Path) -> Manifest:
-        with exclusive(self.root / f"{model_id}.lock"):
-            if (out_dir / MANIFEST_FILE).is_file():  # another worker of this run made it
-                return read_manifest(out_dir)
-            return export.export(self.request(model_id))
+    def _make(self, model_id: str, out_dir: Path) -> Manifest:
+        return export.export(self.request(model_id))
 
 
 def full_size_id(model_id: str):

@@ -35,7 +35,7 @@ from deploytool.build.graph_passes import (
 )
 from deploytool.build.networks import build_def, load_state_dict, original_name
 from deploytool.build.registry import ModelEntry
-from deploytool.build.tracing import EXPORTER, OPSET, trace
+from deploytool.build.tracing import EXPORTER, OPSET, load_exporter, trace
 from deploytool.errors import DeployError, ExportError
 from deploytool.runtime import input_batches
 from deploytool.runtime.fileio import sha256_file
@@ -211,10 +211,7 @@ def export(request: ExportRequest, progress: Progress = lambda message: None) ->
 
     unused: dict[str, str] = {}
     with clock.stage("load", f"loading weights: {request.source.describe()}"):
-        state_dict = load_state_dict(entry, request.source, unused=unused)
-        if unused:
-            progress(f"      left out {len(unused)} checkpoint entries of other tasks, as expected (manifest.json lists them under unused_weights)")
-        model = build_def(entry, state_dict, source=request.source.path or "random init")
+        model = loaded_model(request, unused, progress)
     shape = (request.batch, entry.channels, *request.tile)
 
     plans = "/".join(request.precisions).upper()
@@ -223,7 +220,7 @@ def export(request: ExportRequest, progress: Progress = lambda message: None) ->
         ForkedTrace(traced_graph, model, shape) as export_trace,
         ForkedTrace(traced_graph, model, small_shape) if small_shape else contextlib.nullcontext() as calibration_trace,
     ):
-        del model, state_dict  # the traces hold what they need
+        del model  # the traces hold what they need
         with clock.stage("trace", f"tracing {entry.id} at {shape} (opset {OPSET}){_where(export_trace, calibration_trace, plans)}"):
             traced = clock.traced(export_trace)
             traced_nodes = len(traced.graph.node)
@@ -257,6 +254,19 @@ def export(request: ExportRequest, progress: Progress = lambda message: None) ->
         raise ExportError("; ".join(failure_message(name, exc, out_dir) for name, exc in reduced.failures.items()))
     progress(f"done in {manifest.export_seconds:.1f} s: {out_dir}")
     return manifest
+
+
+def loaded_model(request: ExportRequest, unused: dict[str, str], progress: Progress) -> torch.nn.Module:
+    """Our definition with the request's weights (the checkpoint's entries of other tasks into
+    `unused`), and the exporter's modules imported for the traces (`load_exporter`: here, once,
+    not in each trace's child)."""
+    entry = request.entry
+    state_dict = load_state_dict(entry, request.source, unused=unused)
+    if unused:
+        progress(f"      left out {len(unused)} checkpoint entries of other tasks, as expected (manifest.json lists them under unused_weights)")
+    model = build_def(entry, state_dict, source=request.source.path or "random init")
+    load_exporter()
+    return model
 
 
 def check_request(request: ExportRequest) -> None:

@@ -6,6 +6,8 @@ named by module, ops TensorRT parses). `trace` is the entry; export.py calls it 
 from __future__ import annotations
 
 import ast
+import contextlib
+import importlib
 import warnings
 
 import numpy as np
@@ -28,6 +30,29 @@ EXPORTER = "torch.export (fake tensors, strict=False) + torch.onnx.export (dynam
 SHAPE_ARITHMETIC_ELEMENTS = 8
 # The dynamo exporter's record of each node's module scopes: "['', 'layers.0', 'layers.0.attn', 'matmul']"
 _NAME_SCOPES = "pkg.torch.onnx.name_scopes"
+
+
+# What a trace imports on first use (the dynamo exporter, onnxscript's torchlib, the passes), for
+# `load_exporter`; a module a later release moved is imported by the trace itself, as before.
+EXPORTER_MODULES = (
+    "torch.export._trace",
+    "torch.onnx._internal.exporter._compat",
+    "onnxscript.function_libs.torch_lib.ops",
+    "onnxscript.optimizer",
+    "onnx_ir.passes.common",
+)
+
+
+def load_exporter() -> None:
+    """Import the exporter's modules (`EXPORTER_MODULES`) into this process. A trace imports them
+    on first use, so a trace in a forked child (`forked_trace`) of a process that has not pays
+    for the import in every child: imported once in the exporting process, each child has them
+    (a tiny model's trace in a child: swinir-s-x2 3.5 -> 2.8 s, for 0.8 s once in the parent,
+    where an export's two children each paid it at once; the test suite's workers export
+    hundreds of times)."""
+    for name in EXPORTER_MODULES:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
 
 
 def trace(model: torch.nn.Module, example: torch.Tensor) -> onnx.ModelProto:

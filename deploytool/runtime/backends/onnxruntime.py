@@ -3,6 +3,7 @@ when present, else CPU."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,21 @@ from deploytool.runtime.manifest import FP16_FILE, FP32_FILE, Manifest
 
 ORT, ORT_FP16 = "ort", "ort-fp16"
 INSTALL = "pip install onnxruntime-gpu"
+# The intra-op threads of a session whose caller names none (`default_threads`). Processes that
+# share the cores (test workers, exports side by side) each take their share: at ONNX Runtime's
+# default, one thread per core in every process, the threads that spin between ops take the
+# cores the other processes compute on.
+THREADS_VARIABLE = "DEPLOYTOOL_ORT_THREADS"
+
+
+def default_threads() -> int:
+    """$DEPLOYTOOL_ORT_THREADS, else 0 (ONNX Runtime's default: one thread per core)."""
+    value = os.environ.get(THREADS_VARIABLE, "").strip()
+    if not value:
+        return 0
+    if not value.isdigit():
+        raise DeployError(f"${THREADS_VARIABLE} must be a whole number of threads (0: one per core), not {value!r}")
+    return int(value)
 
 
 def available_providers() -> list[str]:
@@ -58,12 +74,13 @@ def open_session(
     model: str | Path | bytes,
     *,
     providers: list[str] | None = None,
-    threads: int = 0,
+    threads: int | None = None,
     memory_arena: bool = True,
     priority_order: bool = False,
     external: dict | None = None,
 ):
     """An ONNX Runtime session on a graph file or serialized graph; errors only in its log.
+    `threads`: intra-op threads (0: one per core; None: `default_threads()`).
 
     `external`: {initializer name: numpy array} for the graph's initializers marked external,
     read in place, not copied (the session holds the arrays).
@@ -77,7 +94,7 @@ def open_session(
     except ImportError as exc:
         raise BackendUnavailable(f"ONNX Runtime is not installed ({exc}): pip install onnxruntime-gpu") from None
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
+    options.intra_op_num_threads = default_threads() if threads is None else threads
     options.enable_cpu_mem_arena = memory_arena
     # errors only: ORT warns for every FP16 node it cannot pre-compute on CPU, which is expected
     options.log_severity_level = 3
@@ -95,7 +112,7 @@ def open_session(
 class OrtRunner(ClosingRunner):
     """Runs one exported graph; inputs must have the graph's static shape."""
 
-    def __init__(self, path: str | Path, *, name: str = ORT, providers: list[str] | None = None, threads: int = 0):
+    def __init__(self, path: str | Path, *, name: str = ORT, providers: list[str] | None = None, threads: int | None = None):
         self.name = name
         self.session = open_session(path, providers=providers, threads=threads)
         graph_input = self.session.get_inputs()[0]

@@ -137,6 +137,13 @@ def test_run_refuses_bad_images(exported, env, tmp_path):
     assert not (tmp_path / "o.png").exists()
 
 
+def test_run_refuses_a_thread_count_that_is_not_a_number(exported, env, tmp_path):
+    image = write_png(tmp_path / "i.png", 3)
+    result = invoke("run", exported, image, "-o", tmp_path / "o.png", "--backend", "ort", env={**env, "DEPLOYTOOL_ORT_THREADS": "all"})
+    assert_one_line_error(result, "$DEPLOYTOOL_ORT_THREADS must be a whole number", "'all'")
+    assert not (tmp_path / "o.png").exists()
+
+
 def test_gray_model_refuses_rgb(tmp_path, env):
     from tests.helpers import export_tiny
 

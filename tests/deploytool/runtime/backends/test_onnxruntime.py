@@ -1,10 +1,13 @@
-"""ONNX Runtime's providers: CUDA only where a GPU is usable, asked of torch or of the CUDA driver."""
+"""ONNX Runtime's providers: CUDA only where a GPU is usable, asked of torch or of the CUDA
+driver; its sessions' intra-op threads."""
 
 import ctypes
 
 import pytest
 import torch
+from onnx import TensorProto, helper
 
+from deploytool.errors import DeployError
 from deploytool.runtime.backends import onnxruntime as ort_backend
 
 
@@ -38,3 +41,29 @@ def test_the_driver_is_asked_for_its_device_count(monkeypatch):
     assert ort_backend.cuda_driver_sees_a_gpu() is True
     monkeypatch.setattr(ctypes, "CDLL", lambda name: Driver(0))
     assert ort_backend.cuda_driver_sees_a_gpu() is False
+
+
+def _identity_graph() -> bytes:
+    values = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 3]) for name in ("x", "y")]
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity", values[:1], values[1:])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+
+
+def _threads(session) -> int:
+    return session.get_session_options().intra_op_num_threads
+
+
+def test_a_session_whose_caller_names_no_thread_count_takes_the_variables(monkeypatch):
+    monkeypatch.delenv(ort_backend.THREADS_VARIABLE, raising=False)
+    assert _threads(ort_backend.open_session(_identity_graph())) == 0  # ONNX Runtime's default: one per core
+    monkeypatch.setenv(ort_backend.THREADS_VARIABLE, "1")
+    assert _threads(ort_backend.open_session(_identity_graph())) == 1
+    assert _threads(ort_backend.open_session(_identity_graph(), threads=3)) == 3  # the caller's wins
+    assert _threads(ort_backend.open_session(_identity_graph(), threads=0)) == 0
+
+
+@pytest.mark.parametrize("value", ["two", "-1", "1.5"])
+def test_a_thread_count_that_is_not_a_whole_number_is_refused_in_one_line(monkeypatch, value):
+    monkeypatch.setenv(ort_backend.THREADS_VARIABLE, value)
+    with pytest.raises(DeployError, match=rf"^\$DEPLOYTOOL_ORT_THREADS must be a whole number of threads \(0: one per core\), not '{value}'$"):
+        ort_backend.open_session(_identity_graph())
