@@ -150,15 +150,27 @@ class TinyExports:
 
     def manifest(self, model_id: str) -> Manifest:
         if model_id not in self._manifests:
-            self._manifests[model_id] = self._export(model_id, self.root / model_id)
-            self._files[model_id] = _file_stamps(self.root / model_id)
+            self._record(model_id, wait=True)
         return self._manifests[model_id]
 
-    def _export(self, model_id: str, out_dir: Path) -> Manifest:
-        with exclusive(self.root / f"{model_id}.lock"):
-            if (out_dir / MANIFEST_FILE).is_file():  # another worker of this run made it
-                return read_manifest(out_dir)
-            return self._make(model_id, out_dir)
+    def made(self, model_ids: list[str]) -> None:
+        """Every id of `model_ids` exported (or read), those another worker is exporting now
+        last: two workers asking for the same ids (a fixture of every family) each export
+        others side by side, where asking in one order kept one waiting on the other's lock."""
+        busy = [model_id for model_id in model_ids if model_id not in self._manifests and not self._record(model_id, wait=False)]
+        for model_id in busy:
+            self.manifest(model_id)
+
+    def _record(self, model_id: str, wait: bool) -> bool:
+        """Export (or read) the id and record it; False, without waiting, where another worker
+        holds its lock and `wait` is False."""
+        with exclusive(self.root / f"{model_id}.lock", wait=wait) as held:
+            if held:
+                out_dir = self.root / model_id
+                # another worker of this run may have made it
+                self._manifests[model_id] = read_manifest(out_dir) if (out_dir / MANIFEST_FILE).is_file() else self._make(model_id, out_dir)
+                self._files[model_id] = _file_stamps(out_dir)
+            return held
 
     def _make(self, model_id: str, out_dir: Path) -> Manifest:
         return export_tiny(model_id, out_dir, fp16=True, bf16=True)
@@ -203,13 +215,18 @@ def full_size_id(model_id: str):
 
 
 @contextlib.contextmanager
-def exclusive(lock: Path):
+def exclusive(lock: Path, wait: bool = True):
     """Holds an exclusive lock on the file `lock` (made if missing) while the block runs; the OS
-    releases it when the process ends, so a killed run leaves no stale lock."""
+    releases it when the process ends, so a killed run leaves no stale lock. Yields whether it
+    holds the lock: with `wait=False` it does not wait for another holder (False)."""
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
 
 
 def _file_stamps(folder: Path) -> dict[str, tuple[int, int]]:

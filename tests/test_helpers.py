@@ -1,5 +1,8 @@
 """The shared test helpers' own behaviour where a mistake would hide failures elsewhere."""
 
+import threading
+import time
+
 import numpy as np
 import onnx
 import pytest
@@ -28,6 +31,41 @@ def test_tiny_exports_are_made_once_and_a_write_into_a_shared_one_is_noticed(tmp
 
     (exports.folder("a") / "parity.json").write_text("{}")
     assert exports.changed() == ["a"]
+
+
+@pytest.mark.tampered_manifests  # a placeholder manifest.json
+def test_ids_another_worker_is_exporting_are_taken_last(tmp_path, monkeypatch):
+    made, root = [], tmp_path / "shared"
+
+    def fake_export(model_id, out_dir, **options):
+        made.append(model_id)
+        out_dir.mkdir(parents=True)
+        (out_dir / "manifest.json").write_text("{}")
+        return f"manifest of {model_id}"
+
+    def other_worker_exporting_a(holding: threading.Event):
+        with helpers.exclusive(root / "a.lock"):
+            holding.set()
+            for _ in range(3000):  # until the first worker has made "c" (at most 30 s)
+                if "c" in made:
+                    break
+                time.sleep(0.01)
+            fake_export("a", root / "a")
+
+    monkeypatch.setattr(helpers, "export_tiny", fake_export)
+    monkeypatch.setattr(helpers, "read_manifest", lambda folder: f"read {folder.name}")
+    helpers.TinyExports(root).made(["b"])  # another worker made "b" before
+    holding = threading.Event()
+    other = threading.Thread(target=other_worker_exporting_a, args=(holding,))
+    other.start()
+    assert holding.wait(30)
+    with helpers.exclusive(root / "a.lock", wait=False) as held:
+        assert not held
+    exports = helpers.TinyExports(root)
+    exports.made(["a", "b", "c"])  # "a" waits until "c" is made
+    other.join(30)
+    assert made == ["b", "c", "a"]
+    assert [exports.manifest(i) for i in "abc"] == ["read a", "read b", "manifest of c"]
 
 
 @pytest.mark.tampered_manifests  # a placeholder manifest.json

@@ -48,8 +48,8 @@ def load_exporter() -> None:
     on first use, so a trace in a forked child (`forked_trace`) of a process that has not pays
     for the import in every child: imported once in the exporting process, each child has them
     (a tiny model's trace in a child: swinir-s-x2 3.5 -> 2.8 s, for 0.8 s once in the parent,
-    where an export's two children each paid it at once; the test suite's workers export
-    hundreds of times)."""
+    where an export's two children each paid it at once: one `export esrt-x4` costs the same,
+    and the test suite's workers, which export hundreds of times, save it on each)."""
     for name in EXPORTER_MODULES:
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
