@@ -183,6 +183,11 @@ class TinyExports:
         """A private copy of the id's export at `into` (its checkpoint stays the shared one)."""
         return Path(shutil.copytree(self.folder(model_id), into))
 
+    def copies(self, model_ids: list[str], into: Path) -> dict[str, Path]:
+        """{id: a private copy of its export in the folder `into`}, the exports `made` first."""
+        self.made(model_ids)
+        return {model_id: self.copy(model_id, into / model_id) for model_id in model_ids}
+
     def changed(self) -> list[str]:
         return [model_id for model_id, stamps in self._files.items() if _file_stamps(self.root / model_id) != stamps]
 

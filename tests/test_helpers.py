@@ -62,10 +62,11 @@ def test_ids_another_worker_is_exporting_are_taken_last(tmp_path, monkeypatch):
     with helpers.exclusive(root / "a.lock", wait=False) as held:
         assert not held
     exports = helpers.TinyExports(root)
-    exports.made(["a", "b", "c"])  # "a" waits until "c" is made
+    copies = exports.copies(["a", "b", "c"], tmp_path / "mine")  # "a" waits until "c" is made
     other.join(30)
     assert made == ["b", "c", "a"]
     assert [exports.manifest(i) for i in "abc"] == ["read a", "read b", "manifest of c"]
+    assert copies == {i: tmp_path / "mine" / i for i in "abc"} and all((copies[i] / "manifest.json").is_file() for i in "abc")
 
 
 @pytest.mark.tampered_manifests  # a placeholder manifest.json

@@ -259,9 +259,7 @@ def _ids_to_export() -> list[str]:
 def real_exports(tmp_path_factory, tiny_exports) -> dict[str, Path]:
     """Tiny real exports (ONNX graphs and manifests written by the exporter) of every family:
     copies of the session's shared ones, since the OpenVINO tests compile blobs into them."""
-    root = tmp_path_factory.mktemp("real-exports")
-    tiny_exports.made(_ids_to_export())
-    return {model_id: tiny_exports.copy(model_id, root / model_id) for model_id in _ids_to_export()}
+    return tiny_exports.copies(_ids_to_export(), tmp_path_factory.mktemp("real-exports"))
 
 
 def _read_with_cpp(cpp_build: Path, export_dir: Path, *engine_target: str) -> subprocess.CompletedProcess:
@@ -577,9 +575,7 @@ def _bf16_cpu_missing() -> str | None:
 def real_bf16_exports(tmp_path_factory, tiny_exports) -> dict[str, Path]:
     """Tiny real exports of every family with their BF16 plans (model_bf16.onnx): other copies of
     the shared ones than `real_exports`, so the BF16 test compiles into a folder of its own."""
-    root = tmp_path_factory.mktemp("real-bf16-exports")
-    tiny_exports.made(_ids_to_export())
-    return {model_id: tiny_exports.copy(model_id, root / model_id) for model_id in _ids_to_export()}
+    return tiny_exports.copies(_ids_to_export(), tmp_path_factory.mktemp("real-bf16-exports"))
 
 
 @pytest.mark.skipif(_bf16_cpu_missing() is not None, reason=str(_bf16_cpu_missing()))
