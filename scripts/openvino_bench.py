@@ -19,6 +19,9 @@ row's, measured in the same run. Outputs are compared with ONNX Runtime FP32's: 
 - openvino-bf16: OpenVINO, the BF16 plan `model_bf16.onnx` (the `openvino-bf16` backend);
 - whole-bf16: OpenVINO, `model.onnx` with bf16 inference precision (no islands but OpenVINO's own).
 
+Every OpenVINO row compiles its graph as the backends do, its channel Splits rewritten
+(`openvino.split_channel_convolutions`).
+
 With --set5 and --esrt-weights, ESRT x2 is exported from the real weights at its default tile and
 every row restores Set5's LR X2 images (tiled, as `eval` does): PSNR against HR (Y channel) and
 the lowest per-image PSNR against ONNX Runtime FP32's output. On a CPU without BF16 (OpenVINO's

@@ -526,24 +526,34 @@ def _run_python_openvino(export_dir: Path, sources: list[Path], output: Path, ba
     assert done.returncode == 0, done.stderr[-2000:]
 
 
-def _assert_cpp_openvino_matches_python(openvino_build: Path, export_dir: Path, sources: list[Path], stem: Path, backend: str) -> None:
-    """`deploytool-infer --backend BACKEND` writes the PNG bytes `deploytool run --backend BACKEND`
-    writes in another process, importing the blob Python compiled (no Python at run time: no
-    LD_LIBRARY_PATH, the RPATH finds OpenVINO)."""
-    python_png, cpp_png = stem.parent / f"{stem.name}.py.png", stem.parent / f"{stem.name}.cpp.png"
-    _run_python_openvino(export_dir, sources, python_png, backend=backend)
-    compiled = _openvino_cache(export_dir)
-    assert compiled, f"{export_dir.name}: Python left no compiled blob in {export_dir / 'openvino-cache'}"
+def _run_cpp_openvino(openvino_build: Path, export_dir: Path, sources: list[Path], output: Path, backend: str) -> None:
+    """`deploytool-infer` with no Python at run time: no LD_LIBRARY_PATH, the RPATH finds OpenVINO."""
     environment = {k: v for k, v in os.environ.items() if k not in ("LD_LIBRARY_PATH", "PYTHONPATH", "PYTHONHOME")}
     done = subprocess.run(
-        [str(openvino_build / "deploytool-infer"), str(export_dir), *map(str, sources), "-o", str(cpp_png), "--backend", backend],
+        [str(openvino_build / "deploytool-infer"), str(export_dir), *map(str, sources), "-o", str(output), "--backend", backend],
         capture_output=True,
         text=True,
         env=environment,
     )
     assert done.returncode == 0, f"{export_dir.name}: {done.stderr.strip()}"
+
+
+def _assert_cpp_openvino_matches_python(openvino_build: Path, export_dir: Path, sources: list[Path], stem: Path, backend: str, cpp_first: bool = False) -> None:
+    """`deploytool-infer --backend BACKEND` writes the PNG bytes `deploytool run --backend BACKEND`
+    writes in another process, and the runtime that runs second imports the blob the first
+    compiled (Python first unless `cpp_first`)."""
+    python_png, cpp_png = stem.parent / f"{stem.name}.py.png", stem.parent / f"{stem.name}.cpp.png"
+    runs = [
+        lambda: _run_python_openvino(export_dir, sources, python_png, backend=backend),
+        lambda: _run_cpp_openvino(openvino_build, export_dir, sources, cpp_png, backend),
+    ]
+    first, second = runs[::-1] if cpp_first else runs
+    first()
+    compiled = _openvino_cache(export_dir)
+    assert compiled, f"{export_dir.name}: {'C++' if cpp_first else 'Python'} left no compiled blob in {export_dir / 'openvino-cache'}"
+    second()
     _assert_same_png(cpp_png, python_png, f"{export_dir.name} on {backend}")
-    assert _openvino_cache(export_dir) == compiled, f"{export_dir.name}: the C++ runtime compiled again instead of importing Python's blob"
+    assert _openvino_cache(export_dir) == compiled, f"{export_dir.name}: the second runtime compiled again instead of importing the first's blob"
 
 
 def test_openvino_backend_matches_python_on_real_exports_of_every_family(
@@ -559,6 +569,41 @@ def test_openvino_backend_matches_python_on_real_exports_of_every_family(
     for model_id, export_dir in real_exports.items():
         sources = [image, mirrored][: len(read_manifest(export_dir).views)]
         _assert_cpp_openvino_matches_python(openvino_build, export_dir, sources, tmp_path / model_id, "openvino")
+
+
+def test_openvino_compiles_channel_splits_where_their_chunks_are_made_in_both_runtimes(
+    openvino_build: Path, real_exports: dict[str, Path], synthetic_images: dict[str, Path], tmp_path: Path
+) -> None:
+    """On the export where split_channel_convolutions rewrites the most (Restormer's q/k/v and
+    feed-forward chunks): the C++ runtime, run first, writes the graph OpenVINO compiles
+    (graph.xml in the cache folder) with those Splits gone, as Python's rewrite removes them; Python
+    then imports its blob and writes the same bytes."""
+    import openvino
+    from openvino import passes
+
+    from deploytool.runtime.backends import openvino as openvino_backend
+
+    core = openvino.Core()
+
+    def splits(graph: Path) -> int:
+        """The Splits OpenVINO computes in `graph`: counted after constant folding (OpenVINO's ONNX
+        reader splits constant shapes too, which folding removes)."""
+        model = core.read_model(str(graph))
+        manager = passes.Manager()
+        manager.register_pass(passes.ConstantFolding())
+        manager.run_passes(model)
+        return sum(op.get_type_name() in ("Split", "VariadicSplit") for op in model.get_ordered_ops())
+
+    rewritten = {model_id: openvino_backend.split_channel_convolutions(core.read_model(str(d / "model.onnx"))) for model_id, d in real_exports.items()}
+    model_id = max(rewritten, key=rewritten.get)
+    assert rewritten[model_id] > 0, rewritten
+    export_dir = Path(shutil.copytree(real_exports[model_id], tmp_path / model_id, ignore=shutil.ignore_patterns(openvino_backend.CACHE_FOLDER)))
+    sources = [synthetic_images["rgb8-131x149"]] * len(read_manifest(export_dir).views)
+    _assert_cpp_openvino_matches_python(openvino_build, export_dir, sources, tmp_path / "restored", "openvino", cpp_first=True)
+    (written,) = (export_dir / openvino_backend.CACHE_FOLDER).rglob(openvino_backend.IR_FILE)
+    sha256 = read_manifest(export_dir).files["model.onnx"].sha256
+    assert written.parent.name == openvino_backend.cache_key(sha256, openvino_backend.openvino_build(), "CPU")
+    assert splits(written) == splits(export_dir / "model.onnx") - rewritten[model_id]
 
 
 def _bf16_cpu_missing() -> str | None:

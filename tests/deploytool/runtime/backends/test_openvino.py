@@ -71,10 +71,71 @@ def test_a_second_run_imports_the_cached_blob_instead_of_compiling(exported, tmp
     folder = exported / backend.CACHE_FOLDER / backend.cache_key(manifest.files[FP32_FILE].sha256, backend.openvino_build(), "CPU")
     blobs = [p for p in cached if p.suffix == ".blob"]
     assert blobs and all(p.parent == folder for p in blobs), sorted(cached)
+    assert (folder / backend.IR_FILE).is_file() and (folder / backend.IR_FILE).with_suffix(".bin").is_file()
     second = invoke("run", exported, image, "-o", tmp_path / "second.png", "--backend", OPENVINO)
     assert second.exit_code == 0, second.output
     assert _cache_files(exported) == cached  # nothing new written, nothing rewritten
     assert (tmp_path / "first.png").read_bytes() == (tmp_path / "second.png").read_bytes()
+
+
+def _channel_split_graph(path):
+    """x -> 1x1 Conv -> bias -> depthwise 3x3 Conv -> channel Split in 2 + 1 + 3 (read a*b and c),
+    and a second 1x1 Conv whose output a Split and a ReduceMean both read (its chunks cannot move)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+
+    def weight(name, *shape):
+        return numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["made"], name="/made/Conv"),
+        helper.make_node("Conv", ["made", "w2", "b2"], ["mixed"], name="/mixed/Conv", group=6, pads=[1, 1, 1, 1]),
+        helper.make_node("Split", ["mixed", "sizes"], ["a", "b", "c"], name="/Split", axis=1),
+        helper.make_node("Mul", ["a", "b"], ["ab"]),
+        helper.make_node("Concat", ["ab", "c"], ["chunked"], axis=1),
+        helper.make_node("Conv", ["x", "w3"], ["shared"], name="/shared/Conv"),
+        helper.make_node("Split", ["shared", "halves"], ["d", "e"], name="/shared/Split", axis=1),
+        helper.make_node("Add", ["d", "e"], ["de"]),
+        helper.make_node("ReduceMean", ["shared", "channels"], ["mean"], keepdims=1),
+        helper.make_node("Add", ["de", "mean"], ["kept"]),
+        helper.make_node("Concat", ["chunked", "kept"], ["y"], axis=1),
+    ]
+    initializers = [
+        weight("w1", 6, 4, 1, 1), weight("b1", 6), weight("w2", 6, 1, 3, 3), weight("b2", 6), weight("w3", 4, 4, 1, 1),
+        numpy_helper.from_array(np.array([2, 1, 3], np.int64), "sizes"), numpy_helper.from_array(np.array([2, 2], np.int64), "halves"), numpy_helper.from_array(np.array([1], np.int64), "channels"),
+    ]  # fmt: skip
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 7, 6, 6])],
+        initializers,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    return path
+
+
+@needs_openvino
+def test_a_channel_split_is_computed_where_a_convolution_makes_its_chunks(tmp_path):
+    """The Split whose chunks a Convolution (through its bias and a depthwise Convolution) makes
+    goes, each chunk computed on its slice of the weights, the values within float32 rounding; the Split of a
+    Convolution's output that something else reads too stays."""
+    import openvino
+
+    core = openvino.Core()
+    path = _channel_split_graph(tmp_path / "g.onnx")
+    model = core.read_model(str(path))
+    assert backend.split_channel_convolutions(model) == 1
+    kinds = [op.get_type_name() for op in model.get_ordered_ops()]
+    assert kinds.count("Split") + kinds.count("VariadicSplit") == 1 and kinds.count("Convolution") == 4 and kinds.count("GroupConvolution") == 3
+    x = synthetic_batch((1, 4, 6, 6), seed=1)
+    config = {"INFERENCE_PRECISION_HINT": "f32"}
+    rewritten = core.compile_model(model, "CPU", config)({0: x})[0]
+    original = core.compile_model(str(path), "CPU", config)({0: x})[0]
+    # the same sums of the same products; a smaller convolution's kernel may add them in another order
+    assert np.abs(rewritten - original).max() <= 1e-6 * np.abs(original).max()
 
 
 def test_the_cache_key_changes_with_graph_build_device_and_precision():
