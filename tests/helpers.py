@@ -249,10 +249,11 @@ def assert_bf16_plan_holds(out: Path, manifest: Manifest) -> None:
     assert manifest.files[BF16_FILE].sha256 == sha256_file(out / BF16_FILE)
     plan, tolerances = manifest.bf16, manifest.tolerances
     assert plan.max_abs_vs_fp32 <= tolerances["bf16_calibration_max_abs"] and 0 < plan.bf16_flop_share <= 1
-    assert plan.fp32_nodes == len(bf16.fp32_islands(shipped, fp32))
+    islands = bf16.fp32_islands(shipped, fp32)
+    assert plan.fp32_nodes == len(islands)
     batches = [parity_batch(manifest.input.shape, index) for index in range(PARITY_BATCHES)]
     expected = precision.run_graph(fp32, batches)
-    actual = precision.run_graph(bf16.emulate(fp32, bf16.fp32_islands(shipped, fp32)), batches)
+    actual = precision.run_graph(bf16.emulate(fp32, islands), batches)
     for e, a in zip(expected, actual):
         assert float(np.abs(e - a).max()) <= tolerances["bf16_max_abs"] and psnr(e, a) >= tolerances["bf16_psnr_min"]
 
