@@ -188,14 +188,23 @@ std::string compiled_graph(ov::Core& core, const std::string& graph, const std::
   std::filesystem::path staged_weights = staged, weights = ir;
   staged_weights.replace_extension(".bin");
   weights.replace_extension(".bin");
-  ov::save_model(model, staged.string(), false);
-  std::error_code failed;
-  std::filesystem::rename(staged_weights, weights, failed);
-  if (!failed) std::filesystem::rename(staged, ir, failed);
-  if (failed) {
-    std::filesystem::remove(staged);
-    std::filesystem::remove(staged_weights);
-    throw Error("cannot write the OpenVINO graph " + ir.string() + ": " + failed.message());
+  std::string failure;
+  try {
+    ov::save_model(model, staged.string(), false);
+    std::error_code failed;
+    std::filesystem::rename(staged_weights, weights, failed);
+    if (!failed) std::filesystem::rename(staged, ir, failed);
+    if (failed) failure = failed.message();
+  } catch (const ov::Exception& error) {  // OpenVINO's own write errors: their last line says what
+    failure = error.what();
+    failure.erase(failure.find_last_not_of(" \n") + 1);
+    failure = failure.substr(failure.find_last_of('\n') + 1);
+  }
+  if (!failure.empty()) {
+    std::error_code ignored;
+    std::filesystem::remove(staged, ignored);
+    std::filesystem::remove(staged_weights, ignored);
+    throw Error("cannot write the OpenVINO graph " + ir.string() + ": " + failure);
   }
   return ir.string();
 }

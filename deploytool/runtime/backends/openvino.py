@@ -240,7 +240,7 @@ def write_ir(model, ir: Path) -> None:
         save_model(model, str(staged), compress_to_fp16=False)
         os.replace(staged.with_suffix(".bin"), ir.with_suffix(".bin"))
         os.replace(staged, ir)
-    except (OSError, RuntimeError) as exc:  # OpenVINO's own write errors are RuntimeErrors
+    except (OSError, RuntimeError) as exc:  # OpenVINO's own write errors are RuntimeErrors: their last line says what
         for path in (staged, staged.with_suffix(".bin")):
             path.unlink(missing_ok=True)
         reason = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[-1]
