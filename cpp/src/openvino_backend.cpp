@@ -112,14 +112,15 @@ std::vector<NodePtr> channel_chain(const NodePtr& split) {
   ov::Output<ov::Node> value = split->input_value(0);
   while (chain.size() <= kChannelWiseDepth && value.get_target_inputs().size() == 1) {
     const NodePtr node = value.get_node_shared_ptr();
+    int constant = -1;
     if (ov::is_type<ov::op::v1::Convolution>(node) && constant_input(node, 1)) {
       chain.push_back(node);
       return chain;
     }
     if (ov::is_type<ov::op::v1::GroupConvolution>(node) && is_depthwise(node)) {
       value = node->input_value(0);
-    } else if (ov::is_type<ov::op::v1::Add>(node) && per_channel_input(node) >= 0) {
-      value = node->input_value(size_t(1 - per_channel_input(node)));
+    } else if (ov::is_type<ov::op::v1::Add>(node) && (constant = per_channel_input(node)) >= 0) {
+      value = node->input_value(size_t(1 - constant));
     } else {
       return {};
     }

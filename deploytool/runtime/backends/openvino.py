@@ -168,8 +168,8 @@ def _channel_chain(split) -> list | None:
             return [*chain, node]
         if kind == "GroupConvolution" and _is_depthwise(node):
             value = node.input_value(0)
-        elif kind == "Add" and _per_channel_input(node) is not None:
-            value = node.input_value(1 - _per_channel_input(node))
+        elif kind == "Add" and (constant := _per_channel_input(node)) is not None:
+            value = node.input_value(1 - constant)
         else:
             return None
         chain.append(node)
@@ -218,15 +218,14 @@ def compiled_graph(core, graph: str | Path, cache: str | Path | None):
     """What OpenVINO compiles for the ONNX `graph`: the model `split_channel_convolutions` leaves;
     with a `cache` folder, that model written there as IR (`IR_FILE`, once) and compiled from its
     path, so that a cached blob is imported without reading either graph."""
-    if cache is None:
-        model = core.read_model(str(graph))
-        split_channel_convolutions(model)
+    ir = None if cache is None else Path(cache) / IR_FILE
+    if ir is not None and ir.is_file():
+        return str(ir)
+    model = core.read_model(str(graph))
+    split_channel_convolutions(model)
+    if ir is None:
         return model
-    ir = Path(cache) / IR_FILE
-    if not ir.is_file():
-        model = core.read_model(str(graph))
-        split_channel_convolutions(model)
-        write_ir(model, ir)
+    write_ir(model, ir)
     return str(ir)
 
 
