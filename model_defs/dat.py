@@ -96,7 +96,7 @@ class ShiftMasks(NamedTuple):
 
     Tokens brought together by the cyclic shift from different row bands, or from different
     column bands, may not attend to each other; only the last row (column) of windows mixes
-    row (column) bands. `add_to` therefore spreads the position bias over the window grid with
+    row (column) bands. `grid_bias` therefore spreads the position bias over the window grid with
     two Where nodes that add the last row's (column's) mask where a small boolean flag says so:
     the graph holds two (tokens, tokens) masks and two flags, and the grid-sized bias is computed
     (from the run-time bias; torch's exporter folds any op on constants alone, and ONNX shape
@@ -107,16 +107,13 @@ class ShiftMasks(NamedTuple):
     last_col: Tensor
     grid: tuple[int, int]
 
-    def add_to(self, attn: Tensor, bias: Tensor) -> Tensor:
-        """attn + bias + mask for (batch * rows * cols, heads, tokens, tokens) scores in row-major
-        window order and a (heads, tokens, tokens) bias (the interface of `BandMasks.add_to`)."""
-        windows, heads, queries, keys = static_shape(attn)
+    def grid_bias(self, bias: Tensor) -> Tensor:
+        """A (heads, tokens, tokens) bias + mask for every window of the grid: (rows, cols, heads,
+        tokens, tokens), windows in row-major order (the interface of `BandMasks.grid_bias`)."""
         rows, cols = self.grid
-        bias = torch.where(last_of(rows, 0, 4).to(attn.device), bias + self.last_row, bias)  # (rows, heads, q, k)
+        bias = torch.where(last_of(rows, 0, 4).to(bias.device), bias + self.last_row, bias)  # (rows, heads, q, k)
         bias = bias.unsqueeze(1)
-        bias = torch.where(last_of(cols, 1, 5).to(attn.device), bias + self.last_col, bias)  # (rows, cols, heads, q, k)
-        attn = attn.view(windows // (rows * cols), rows, cols, heads, queries, keys) + bias
-        return attn.view(windows, heads, queries, keys)
+        return torch.where(last_of(cols, 1, 5).to(bias.device), bias + self.last_col, bias)  # (rows, cols, heads, q, k)
 
 
 class AttentionContext(NamedTuple):

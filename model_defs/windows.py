@@ -1,4 +1,5 @@
-"""Window helpers shared by the Swin-style families (SwinIR, HAT).
+"""Window helpers shared by the Swin-style families (SwinIR, HAT; DAT attends with
+`biased_attention`).
 
 Everything here works on Python ints: the exported graph then holds constant reshape targets
 and precomputed masks instead of the Shape/Gather/ScatterND arithmetic of the originals.
@@ -102,15 +103,11 @@ class BandMasks:
         masks.cols = self.cols.to(device=like.device, dtype=like.dtype)
         return masks
 
-    def add_to(self, attn: Tensor, bias: Tensor) -> Tensor:
-        """attn + bias + mask, for attn (batch * rows * cols, heads, window^2, window^2) scores with
-        windows in row-major order and bias (heads, window^2, window^2)."""
-        windows, heads, queries, keys = static_shape(attn)
-        rows, cols = int(self.rows.shape[0]), int(self.cols.shape[0])
+    def grid_bias(self, bias: Tensor) -> Tensor:
+        """bias (heads, window^2, window^2) + mask for every window of the grid: (rows, cols,
+        heads, window^2, window^2), windows in row-major order."""
         # bias and masks first: one window-grid-sized tensor, then a single pass over the scores
-        bias = bias + self.rows[:, None, None] + self.cols[:, None]
-        attn = attn.view(windows // (rows * cols), rows, cols, heads, queries, keys) + bias
-        return attn.view(windows, heads, queries, keys)
+        return bias + self.rows[:, None, None] + self.cols[:, None]
 
 
 def pad_to_multiple(x: Tensor, multiple: int, mode: str = "reflect") -> Tensor:
@@ -145,13 +142,25 @@ def merge_heads(x: Tensor) -> Tensor:
 
 
 def biased_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, bias: Tensor, mask: BandMasks | None = None) -> Tensor:
-    """softmax(q k^T * scale + bias [+ shifted-window mask]) v over (windows, heads, tokens, d).
+    """softmax(q k^T * scale + bias [+ shifted-window mask]) v over (windows, heads, tokens, d),
+    windows of each image in row-major order.
 
-    `bias` is (heads, queries, keys), shared by all windows.
-    """
-    attn = (q * scale) @ k.transpose(-2, -1)
-    attn = attn + bias.unsqueeze(0) if mask is None else mask.add_to(attn, bias)
-    return attn.softmax(dim=-1) @ v
+    `bias` is (heads, queries, keys), shared by all windows; `mask` gives each window of the grid
+    its own (`grid_bias`: BandMasks, or DAT's ShiftMasks). With a mask, every image's windows and
+    heads are one axis of the 4-D matrix products, (images, windows * heads, tokens, d), so the
+    grid's bias is added to the scores by a 4-D broadcast: OpenVINO's CPU plugin runs MatMul, Add,
+    Softmax, MatMul as one attention kernel, its scores never written out, only when nothing
+    reshapes the scores between the products (README: Attention in one kernel). The nodes are the
+    same at any batch, as the FP16 planner's batch-1 calibration graph needs."""
+    if mask is None:
+        attn = (q * scale) @ k.transpose(-2, -1) + bias.unsqueeze(0)
+        return attn.softmax(dim=-1) @ v
+    windows, heads, tokens, _ = static_shape(q)
+    grid = mask.grid_bias(bias)
+    rows, cols = static_shape(grid)[:2]
+    q, k, v = (t.reshape(windows // (rows * cols), rows * cols * heads, tokens, static_shape(t)[-1]) for t in (q, k, v))
+    attn = (q * scale) @ k.transpose(-2, -1) + grid.reshape(1, rows * cols * heads, tokens, tokens)
+    return (attn.softmax(dim=-1) @ v).view(windows, heads, tokens, static_shape(v)[-1])
 
 
 def overlapping_windows(x: Tensor, window: int, overlap_window: int) -> Tensor:

@@ -69,6 +69,14 @@ def all_ids() -> list[str]:
     return sorted(registry.all_entries())
 
 
+def one_id_per_family() -> list[str]:
+    """The first id (in `all_ids`' order) of every family."""
+    first: dict[str, str] = {}
+    for model_id in all_ids():
+        first.setdefault(registry.get(model_id).family, model_id)
+    return sorted(first.values())
+
+
 def tiny_entry(model_id: str) -> ModelEntry:
     """The id's structure (upsampler, residual conv, window, range, channels, scale) at the toy
     size its family declares, with that configuration's tile."""

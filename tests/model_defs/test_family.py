@@ -23,15 +23,9 @@ from tests.helpers import (
     assert_tiny_export_computes_what_torchscript_did,
     export_tiny,
     full_size_state_dicts,
+    one_id_per_family,
     tiny_entry,
 )
-
-
-def one_id_per_family() -> list[str]:
-    first: dict[str, str] = {}
-    for model_id in all_ids():
-        first.setdefault(registry.get(model_id).family, model_id)
-    return sorted(first.values())
 
 
 def one_id_per_structure() -> list[str]:
@@ -61,6 +55,37 @@ def test_every_id_matches_its_original_at_tiny_size(model_id):
 @pytest.mark.parametrize("model_id", one_id_per_structure())
 def test_full_size_keys_and_shapes_are_the_originals(model_id):
     full_size_state_dicts(model_id)
+
+
+def attention_layout_violations(model: onnx.ModelProto) -> list[str]:
+    """The Softmax nodes whose scores do not come from a 4-D MatMul through Add, Mul and Div alone
+    (the first input of each), or whose weights feed anything but 4-D MatMuls."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in (*inferred.graph.value_info, *inferred.graph.output)}
+    producer = {out: node for node in model.graph.node for out in node.output}
+    violations = []
+    for softmax in (n for n in model.graph.node if n.op_type == "Softmax"):
+        node = producer.get(softmax.input[0])
+        while node is not None and node.op_type in ("Add", "Mul", "Div"):
+            node = producer.get(node.input[0])
+        if node is None or node.op_type != "MatMul" or ranks.get(node.output[0]) != 4:
+            made_by = f"a {ranks.get(node.output[0])}-D {node.op_type} {node.name}" if node else "an input"
+            violations.append(f"{softmax.name}: its scores come from {made_by}")
+        readers = [n for n in model.graph.node if softmax.output[0] in n.input]
+        if not readers or any(n.op_type != "MatMul" or ranks.get(n.output[0]) != 4 for n in readers):
+            violations.append(f"{softmax.name}: its weights feed {[(n.op_type, ranks.get(n.output[0])) for n in readers]}")
+    return violations
+
+
+@pytest.mark.parametrize("model_id", one_id_per_family())
+def test_every_attention_is_a_4d_matmul_softmax_matmul(tiny_exports, model_id):
+    """OpenVINO's CPU plugin runs an attention as one kernel (its scores never written out) only
+    where nothing reshapes them between the MatMuls: a 6-D view for the shifted-window mask or 5-D
+    token chunks left three kernels (tests/deploytool/runtime/backends/test_openvino.py compiles
+    them)."""
+    graph = onnx.load(str(tiny_exports.folder(model_id) / FP32_FILE))
+    assert any(n.op_type == "Softmax" for n in graph.graph.node)
+    assert attention_layout_violations(graph) == []
 
 
 @pytest.mark.parametrize("model_id", all_ids())
