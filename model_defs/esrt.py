@@ -12,7 +12,8 @@ that the official train.py saves load with strict=True. What changes for deploym
 - the attention's token chunks (the original splits N = H*W tokens into chunks of N // 4) run
   as one batched 4-D matmul (heads x chunks, see EfficientAttention) when the chunks are equal,
   which they are for tiles whose H*W is a multiple of 4: each chunk is then a band of H/4 rows
-  of the tile, and a token attends only to tokens of its own band. The tile therefore changes the result, not just the borders;
+  of the tile, and a token attends only to tokens of its own band. The tile therefore changes
+  the result, not just the borders;
 - interpolation targets are Python ints (no shape arithmetic in the graph).
 Input NCHW RGB in [0, 1] (the official test.py feeds img / 255, no mean shift); output
 `upscale` times larger, unclamped.

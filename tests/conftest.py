@@ -45,10 +45,21 @@ def _shared_root(tmp_path_factory) -> Path:
     return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
+def _manifests_under(folder: Path) -> list[Path]:
+    """Every manifest.json below `folder`, except in hidden folders: an export is staged in one
+    (`.export-*`) that another pytest-xdist worker's export renames away while this walks (rglob
+    raised on the vanished folder; os.walk skips what vanishes)."""
+    found = []
+    for root, folders, files in os.walk(folder):
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        found += [Path(root) / name for name in files if name == "manifest.json"]
+    return found
+
+
 def _new_manifests(tmp_path_factory) -> list[Path]:
     folders = [tmp_path_factory.getbasetemp(), *(_shared_root(tmp_path_factory) / name for name in (TINY_EXPORTS, FULL_SIZE_EXPORTS))]
     # without xdist the shared folders lie inside the base temporary: each manifest once
-    return list(dict.fromkeys(path for folder in folders if folder.is_dir() for path in folder.rglob("manifest.json") if path not in _checked))
+    return list(dict.fromkeys(path for folder in folders for path in _manifests_under(folder) if path not in _checked))
 
 
 def _check(paths: list[Path]) -> None:
