@@ -47,8 +47,8 @@ def _shared_root(tmp_path_factory) -> Path:
 
 def _manifests_under(folder: Path) -> list[Path]:
     """Every manifest.json below `folder`, except in hidden folders: an export is staged in one
-    (`.export-*`) that another pytest-xdist worker's export renames away while this walks (rglob
-    raised on the vanished folder; os.walk skips what vanishes)."""
+    (`.export-*`) that another pytest-xdist worker's export empties and removes while this walks
+    (rglob raised on the vanished folder; os.walk skips what vanishes)."""
     found = []
     for root, folders, files in os.walk(folder):
         folders[:] = [name for name in folders if not name.startswith(".")]

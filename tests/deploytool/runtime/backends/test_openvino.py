@@ -2,6 +2,7 @@
 graph and OpenVINO build, devices refused in one line, and the missing package named."""
 
 import collections
+import functools
 import importlib.util
 import json
 import shutil
@@ -143,6 +144,7 @@ def _runtime_layer_types(compiled) -> collections.Counter:
     return collections.Counter(op.get_rt_info()["layerType"].astype(str) for op in compiled.get_runtime_model().get_ordered_ops())
 
 
+@functools.cache
 def _fuses_attention() -> bool:
     """Whether OpenVINO's CPU plugin, on this CPU, runs a plain 4-D attention as one kernel."""
     import openvino
