@@ -23,7 +23,9 @@ deployment, none of them numerical:
   `attn_mask_0/1` buffers of the official files (the mask at the training img_size) are kept so
   checkpoints load strictly, and checked against our own computation on load;
 - the position-bias MLP runs on its constant `rpe_biases` (folded into a small table by the
-  exporter) and the table is gathered once per block through the block's index.
+  exporter) and the table is gathered once per block through the block's index;
+- channel attention runs on the (B, C, H, W) map, its qkv projection a 1x1 convolution with the
+  Linear's weights, where the original permutes the projected tokens (see ChannelAttention).
 The original pads the projected q, k, v inside spatial attention with zeros to a multiple of
 max(split_size) (the other layers see the unpadded input); this definition does the same, with
 static pads, so it matches the original at any input size. An exported tile that is a multiple of
@@ -248,21 +250,26 @@ class ChannelAttention(nn.Module):
         h, w = size
         b, n, c = static_shape(x)
         heads = self.num_heads
-        # (3, B, heads, head_dim, tokens): each head attends over its channels
-        qkv = self.qkv(x).view(b, n, 3, heads, c // heads).permute(2, 0, 3, 4, 1)
-        q, k, v = qkv[0], qkv[1], qkv[2]
+        # The attention runs on feature maps: q, k and v are each head's (head_dim, tokens), the
+        # layout the original permutes its tokens into (a 5-D Transpose moving every token
+        # innermost: 9% of DAT's OpenVINO time), so the qkv projection is applied to the map (the
+        # same weights, as a 1x1 convolution) and each head's view is a reshape. The attended map
+        # is the layout the gates and the depthwise branch use too: one Transpose in, one out.
+        weight = self.qkv.weight.view(3 * c, c, 1, 1)
+        qkv = F.conv2d(tokens_to_map(x, size), weight, self.qkv.bias).view(b, 3, heads, c // heads, n)
+        q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
         # F.normalize without its expand_as. The sums of squares run over every token of the
         # input (65536 at 256 px): in FP16 they overflow long before q or k do, so the FP16
         # deploy graph keeps them in FP32 (precision/plan.py judges a ReduceL2 by its accumulator)
         q = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         k = k / k.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         attn = ((q @ k.transpose(-2, -1)) * self.temperature).softmax(dim=-1)
-        attended = (attn @ v).permute(0, 3, 1, 2).reshape(b, n, c)
+        attended = (attn @ v).reshape(b, c, h, w)
         conv_x = self.dwconv(v.reshape(b, c, h, w))
-        channel_gate = self.channel_interaction(tokens_to_map(attended, size))
-        spatial_gate = self.spatial_interaction(conv_x).view(b, n, 1)
-        x = attended * torch.sigmoid(spatial_gate) + map_to_tokens(conv_x * torch.sigmoid(channel_gate))
-        return self.proj(x)
+        channel_gate = self.channel_interaction(attended)
+        spatial_gate = self.spatial_interaction(conv_x)
+        x = attended * torch.sigmoid(spatial_gate) + conv_x * torch.sigmoid(channel_gate)
+        return self.proj(map_to_tokens(x))
 
 
 class SpatialGate(nn.Module):
