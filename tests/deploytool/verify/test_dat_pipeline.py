@@ -29,6 +29,29 @@ def test_channel_attention_and_gates_are_in_the_graph(tiny_exports):
     assert "ReduceL2" in ops and "ReduceMean" in ops  # channel attention, channel gates (their pooling)
 
 
+def test_channel_attention_moves_the_tokens_once_each_way(tiny_exports):
+    """Channel attention runs on the feature map: in each channel block (the odd ones) one
+    Transpose into the map and one back to tokens, besides k's for q @ kᵀ (a MatMul operand:
+    ONNX Runtime and OpenVINO fold it into the product). The original's layout took four, one a
+    5-D permutation of q, k and v that OpenVINO runs on its generic kernel (README: DAT's channel
+    attention on feature maps)."""
+    graph = onnx.load(str(tiny_exports.folder("dat-x2") / FP32_FILE)).graph
+    readers: dict[str, set[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, set()).add(node.op_type)
+    moved: dict[str, list[int]] = {}
+    for node in graph.node:
+        parts = node.name.split("/")
+        if node.op_type != "Transpose" or len(parts) < 4 or not parts[2].startswith("blocks.") or parts[3] != "attn":
+            continue
+        perm = next(list(a.ints) for a in node.attribute if a.name == "perm")
+        matmul_operand = perm[-2:] == [len(perm) - 1, len(perm) - 2] and readers.get(node.output[0]) == {"MatMul"}
+        if int(parts[2].split(".")[1]) % 2 and not matmul_operand:
+            moved.setdefault("/".join(parts[1:3]), []).append(len(perm))
+    assert len(moved) == 2 and all(ranks == [3, 3] for ranks in moved.values()), moved
+
+
 @pytest.mark.parametrize("model_id", ["dat-x2", "dat-s-x4"])
 def test_graph_holds_weights_not_per_block_biases_or_masks(tmp_path, model_id):
     """Position biases are gathered at run time from each block's small table, and the shifted
