@@ -196,6 +196,15 @@ def static_graph_violations(model: onnx.ModelProto) -> list[str]:
     return problems
 
 
+def readers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    """{value name: the nodes that read it}."""
+    found: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            found.setdefault(name, []).append(node)
+    return found
+
+
 def graph_summary(model: onnx.ModelProto) -> dict[str, Any]:
     return {
         "nodes": len(model.graph.node),

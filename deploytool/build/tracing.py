@@ -15,6 +15,7 @@ import onnx
 import torch
 from onnx import numpy_helper
 
+from deploytool.build.graph_passes import readers
 from deploytool.build.inferred_types import TensorType, tensor_types
 from deploytool.runtime.manifest import INPUT_NAME, OUTPUT_NAME
 
@@ -154,14 +155,14 @@ def plain_ops(model: onnx.ModelProto) -> None:
     types = tensor_types(model)
     constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
     constants.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.node if n.op_type == "Constant" and n.attribute[0].name == "value"})
-    readers = _readers(graph)
+    value_readers = readers(graph)
     split_outputs: dict[str, str] = {}  # SequenceAt output -> the Split output it becomes
     nodes = []
     for node in graph.node:
         if node.op_type == "SequenceAt" and node.output[0] in split_outputs:
             continue
         if node.op_type == "SplitToSequence":
-            split = _sequence_split(node, types, constants, readers[node.output[0]], split_outputs)
+            split = _sequence_split(node, types, constants, value_readers[node.output[0]], split_outputs)
             if split:
                 nodes.extend(split)
                 continue
@@ -171,15 +172,6 @@ def plain_ops(model: onnx.ModelProto) -> None:
             node.input[i] = split_outputs.get(name, name)
     del graph.node[:]
     graph.node.extend(nodes)
-
-
-def _readers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
-    """{value name: the nodes that read it}."""
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
-    return readers
 
 
 def _plain_node(node: onnx.NodeProto, types: dict[str, TensorType]) -> list[onnx.NodeProto]:

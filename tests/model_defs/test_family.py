@@ -7,6 +7,7 @@ import pytest
 
 import model_defs
 from deploytool.build import export, registry
+from deploytool.build.graph_passes import readers
 from deploytool.build.networks import arch_for, build_original, export_weights
 from deploytool.runtime import inference
 from deploytool.runtime.backends import ORIGINAL, ORT, ORT_FP16, TORCH, open_runner
@@ -63,6 +64,7 @@ def attention_layout_violations(model: onnx.ModelProto) -> list[str]:
     inferred = onnx.shape_inference.infer_shapes(model)
     ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in (*inferred.graph.value_info, *inferred.graph.output)}
     producer = {out: node for node in model.graph.node for out in node.output}
+    value_readers = readers(model.graph)
     violations = []
     for softmax in (n for n in model.graph.node if n.op_type == "Softmax"):
         node = producer.get(softmax.input[0])
@@ -71,9 +73,9 @@ def attention_layout_violations(model: onnx.ModelProto) -> list[str]:
         if node is None or node.op_type != "MatMul" or ranks.get(node.output[0]) != 4:
             made_by = f"a {ranks.get(node.output[0])}-D {node.op_type} {node.name}" if node else "an input"
             violations.append(f"{softmax.name}: its scores come from {made_by}")
-        readers = [n for n in model.graph.node if softmax.output[0] in n.input]
-        if not readers or any(n.op_type != "MatMul" or ranks.get(n.output[0]) != 4 for n in readers):
-            violations.append(f"{softmax.name}: its weights feed {[(n.op_type, ranks.get(n.output[0])) for n in readers]}")
+        weights_readers = value_readers.get(softmax.output[0], [])
+        if not weights_readers or any(n.op_type != "MatMul" or ranks.get(n.output[0]) != 4 for n in weights_readers):
+            violations.append(f"{softmax.name}: its weights feed {[(n.op_type, ranks.get(n.output[0])) for n in weights_readers]}")
     return violations
 
 

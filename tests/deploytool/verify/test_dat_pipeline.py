@@ -7,6 +7,7 @@ import onnx
 import pytest
 
 from deploytool.build import precision
+from deploytool.build.graph_passes import readers
 from deploytool.runtime.input_batches import synthetic_batch
 from deploytool.runtime.manifest import FP16_FILE, FP32_FILE
 from deploytool.verify import parity
@@ -35,20 +36,17 @@ def test_channel_attention_moves_the_tokens_once_each_way(tiny_exports):
     ONNX Runtime and OpenVINO fold it into the product). The original's layout took four, one a
     5-D permutation of q, k and v that OpenVINO runs on its generic kernel (README: DAT's channel
     attention on feature maps)."""
-    graph = onnx.load(str(tiny_exports.folder("dat-x2") / FP32_FILE)).graph
-    readers: dict[str, set[str]] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, set()).add(node.op_type)
-    moved: dict[str, list[int]] = {}
-    for node in graph.node:
-        parts = node.name.split("/")
-        if node.op_type != "Transpose" or len(parts) < 4 or not parts[2].startswith("blocks.") or parts[3] != "attn":
+    model = onnx.load(str(tiny_exports.folder("dat-x2") / FP32_FILE))
+    paths, value_readers = precision.node_paths(model), readers(model.graph)
+    moved: dict[tuple[str, ...], list[int]] = {}
+    for node in model.graph.node:
+        path = paths[node.name]  # ("layers.0", "blocks.1", "attn") in a block's attention
+        if node.op_type != "Transpose" or len(path) < 3 or not path[1].startswith("blocks.") or path[2] != "attn":
             continue
         perm = next(list(a.ints) for a in node.attribute if a.name == "perm")
-        matmul_operand = perm[-2:] == [len(perm) - 1, len(perm) - 2] and readers.get(node.output[0]) == {"MatMul"}
-        if int(parts[2].split(".")[1]) % 2 and not matmul_operand:
-            moved.setdefault("/".join(parts[1:3]), []).append(len(perm))
+        matmul_operand = perm[-2:] == [len(perm) - 1, len(perm) - 2] and {n.op_type for n in value_readers[node.output[0]]} == {"MatMul"}
+        if int(path[1].split(".")[1]) % 2 and not matmul_operand:
+            moved.setdefault(path[:2], []).append(len(perm))
     assert len(moved) == 2 and all(ranks == [3, 3] for ranks in moved.values()), moved
 
 
