@@ -2,7 +2,7 @@
 CPU, one id per family, in one run.
 
     python scripts/openvino_bench.py [--ids ID,ID,...] [--tile PX] [--runs 5] [--threads N]
-                                     [--set5 DIR --esrt-weights FILE] [--exports DIR] [--json]
+                                     [--set5 DIR --esrt-weights FILE | --no-set5] [--exports DIR] [--json]
 
 Each id is exported with its official architecture and seeded random initialisation (weights do
 not change the arithmetic's cost) at its default tile, or at --tile where given (a fixed-tile
@@ -22,10 +22,13 @@ row's, measured in the same run. Outputs are compared with ONNX Runtime FP32's: 
 Every OpenVINO row compiles its graph as the backends do, its channel Splits rewritten
 (`openvino.split_channel_convolutions`).
 
-With --set5 and --esrt-weights, ESRT x2 is exported from the real weights at its default tile and
-every row restores Set5's LR X2 images (tiled, as `eval` does): PSNR against HR (Y channel) and
-the lowest per-image PSNR against ONNX Runtime FP32's output. On a CPU without BF16 (OpenVINO's
-OPTIMIZATION_CAPABILITIES lacks BF16) the script says so and reports the FP32 rows.
+With --set5 and --esrt-weights (by default ../shared's Set5 and ESRT x2 epoch-20 checkpoint, where
+both are there; --no-set5 leaves the rows out), ESRT x2 is exported from the real weights at its
+default tile and every row restores Set5's LR X2 images (tiled, as `eval` does): PSNR against HR
+(Y channel) and the lowest per-image PSNR against ONNX Runtime FP32's output. On a CPU without
+BF16 (OpenVINO's OPTIMIZATION_CAPABILITIES lacks BF16) the script says so and reports the FP32
+rows; the BF16 plan is made all the same (the export measures it on its emulation), so its BF16
+FLOP share is in the table.
 
 With --exports DIR the exports are kept in DIR/<id> and a later run with the same DIR times them
 again instead of exporting (another --threads, say); an export there whose input shape, weights
@@ -50,6 +53,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+SHARED_SET5 = REPO.parent / "shared" / "testsets" / "Set5"
+SHARED_ESRT_WEIGHTS = REPO.parent / "shared" / "weights" / "esrt_x2_partial_epoch20.pth"
 
 from deploytool.build import export, registry  # noqa: E402
 from deploytool.build.networks import resolve_source  # noqa: E402
@@ -171,8 +176,9 @@ def exported_before(out: Path, model_id: str, tile: int | None, bf16: bool, weig
 
 
 def bench_id(model_id: str, tile: int | None, runs: int, threads: int, bf16: bool, scratch: Path) -> dict:
+    """The rows of `model_id` (the BF16 ones where `bf16`: the CPU has it), exported with its plan."""
     out = scratch / model_id
-    export_with_plan(model_id, out, tile, bf16)
+    export_with_plan(model_id, out, tile, bf16=True)
     manifest = read_manifest(out)
     seconds, outputs = time_rows(out, list(row_openers(out, threads, bf16)), threads, runs)
     tiles = manifest.input.shape[0]
@@ -191,7 +197,7 @@ def set5_report(weights: Path, dataset: Path, threads: int, bf16: bool, scratch:
     """Set5 PSNR against HR for ESRT x2's real weights through every row, and each row's lowest
     per-image PSNR against ONNX Runtime FP32's output."""
     out = scratch / "esrt-set5"
-    export_with_plan(ESRT_X2, out, None, bf16, weights=weights)
+    export_with_plan(ESRT_X2, out, None, bf16=True, weights=weights)
     manifest = read_manifest(out)
     rows = {name: opener() for name, opener in row_openers(out, threads, bf16).items()}  # ESRT's small runtimes side by side
     restored: dict[str, list] = {name: [] for name in rows}
@@ -246,8 +252,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--tile", type=int, help="input tile in pixels  [default: each id's default tile; fixed-tile models keep theirs]")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for every runtime")
-    parser.add_argument("--set5", type=Path, help="Set5 folder (HR/, LR_bicubic/X2/) for the real-weights rows")
-    parser.add_argument("--esrt-weights", type=Path, help="ESRT x2 checkpoint for the Set5 rows")
+    parser.add_argument("--set5", type=Path, help="Set5 folder (HR/, LR_bicubic/X2/) for the real-weights rows  [default: ../shared's, where it is]")
+    parser.add_argument("--esrt-weights", type=Path, help="ESRT x2 checkpoint for the Set5 rows  [default: ../shared's epoch 20, where it is]")
+    parser.add_argument("--no-set5", action="store_true", help="leave out the Set5 rows")
     parser.add_argument("--exports", type=Path, help="keep the exports in DIR/<id>, and time those already there instead of exporting")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     # time_rows' child processes: one row of the export in --exports, --runs timed calls
@@ -262,6 +269,9 @@ def main() -> int:
         print(json.dumps(time_row(args.time_row, args.exports, args.threads, args.runs, args.output)))
         return 0
     try:
+        if args.set5 is None and args.esrt_weights is None and not args.no_set5 and SHARED_SET5.is_dir() and SHARED_ESRT_WEIGHTS.is_file():
+            args.set5, args.esrt_weights = SHARED_SET5, SHARED_ESRT_WEIGHTS
+            print(f"Set5 rows: {SHARED_SET5} and {SHARED_ESRT_WEIGHTS} (--no-set5 leaves them out)", file=sys.stderr)
         if bool(args.set5) != bool(args.esrt_weights):
             raise DeployError("--set5 and --esrt-weights go together")
         ids = [i.strip() for i in args.ids.split(",") if i.strip()] if args.ids else default_ids()

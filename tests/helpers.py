@@ -69,6 +69,17 @@ def all_ids() -> list[str]:
     return sorted(registry.all_entries())
 
 
+def needs_openvino(test=None):
+    """The mark that skips a test where OpenVINO is not installed (the test extra installs it):
+    `@needs_openvino` on a test, `needs_openvino()` as a parameter's mark. (pytest is imported
+    here, not by the module: scripts/cpp_bench.py imports this module without it.)"""
+    import pytest
+
+    missing = importlib.util.find_spec("openvino") is None
+    mark = pytest.mark.skipif(missing, reason="OpenVINO is not installed: pip install deploytool[openvino] (the test extra has it)")
+    return mark if test is None else mark(test)
+
+
 def one_id_per_family() -> list[str]:
     """The first id (in `all_ids`' order) of every family."""
     first: dict[str, str] = {}

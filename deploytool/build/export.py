@@ -38,7 +38,7 @@ from deploytool.build.registry import ModelEntry
 from deploytool.build.tracing import EXPORTER, OPSET, load_exporter, trace
 from deploytool.errors import DeployError, ExportError
 from deploytool.runtime import input_batches
-from deploytool.runtime.fileio import sha256_file
+from deploytool.runtime.fileio import make_folder, sha256_file
 from deploytool.runtime.manifest import (
     BF16_FILE,
     FP16_FILE,
@@ -205,6 +205,7 @@ def export(request: ExportRequest, progress: Progress = lambda message: None) ->
     """
     entry, out_dir = request.entry, request.out_dir
     check_request(request)
+    _parent(out_dir)  # where it cannot be made, refused before the work
     started = time.perf_counter()
     small_shape = calibration_shape(request) if request.precisions else None
     clock = StageClock(5 + (small_shape is not None) + len(request.precisions), progress)
@@ -393,8 +394,7 @@ def _shape_text(shape: tuple[int, ...]) -> str:
 
 
 def _parent(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.parent
+    return make_folder(path.parent, "export's parent folder")
 
 
 def build_manifest(

@@ -34,6 +34,6 @@ def open_runner(
     descriptor = backends.get(backend)
     model = None
     if descriptor.needs_checkpoint:
-        descriptor.check_device(device)
+        descriptor.check_options(device, cuda_graph)
         model = checkpoint_model(manifest, descriptor, weights)
     return backends.open_runner(export_dir, manifest, backend, cuda_graph=cuda_graph, device=device, model=model)

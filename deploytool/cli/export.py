@@ -49,7 +49,7 @@ def export(model_id, out_dir, weights, random_init, seed, tile, batch, calibrati
         source=source,
         out_dir=out_dir,
         tile=parse_tile(tile) or entry.tiling.tile,
-        batch=batch or entry.tiling.batch,
+        batch=entry.tiling.batch if batch is None else batch,
         fp16="fp16" in precisions and not no_fp16,
         bf16="bf16" in precisions,
         calibration_images=calibration_images,

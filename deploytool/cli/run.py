@@ -10,6 +10,7 @@ import click
 
 from deploytool.cli.group import cli
 from deploytool.cli.options import device_option, json_option, needs_extra, say, video_encode_options, weights_option
+from deploytool.errors import DeployError
 from deploytool.runtime import backends as registry
 
 
@@ -40,6 +41,8 @@ def run(export_dir, inputs, output, backend, overlap, weights, cuda_graph, devic
     from deploytool.runtime import video as videos
     from deploytool.runtime.manifest import read_manifest
 
+    if segment_frames is not None and not resume:
+        raise DeployError("--segment-frames applies with --resume (encoding in segments)")
     manifest = read_manifest(export_dir)
     overlap = manifest.overlap(overlap)
     image_paths, video_paths = videos.split_inputs(inputs)

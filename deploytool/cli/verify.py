@@ -23,16 +23,17 @@ from deploytool.runtime import backends as registry
     help=f"Comma-separated backends to run, of {', '.join(registry.names())}. Without --save-outputs the original always runs.",
 )
 @click.option("--overlap", type=int, help="Tile overlap for --images (default: the model's).")
-@click.option("--max-images", type=int, help="Use at most this many images.")
+@click.option("--max-images", type=click.IntRange(1), help="Use at most this many images.")
 @click.option(
     "--save-outputs",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Save inputs and raw outputs to this .npz, to judge with `deploytool compare` (runs exactly --backends).",
 )
 @click.option("--report", "html", is_flag=True, help="Also write parity.html: error heat maps and worst crops.")
+@device_option()
 @json_option("Print the report as JSON.")
 @needs_extra("export")
-def verify(export_dir, images_dir, weights, backends, overlap, max_images, save_outputs, html, as_json) -> None:
+def verify(export_dir, images_dir, weights, backends, overlap, max_images, save_outputs, html, device, as_json) -> None:
     """Compare the original model, our definition, ONNX FP32/FP16 and TensorRT on the same inputs."""
     from deploytool.verify import parity
 
@@ -45,6 +46,7 @@ def verify(export_dir, images_dir, weights, backends, overlap, max_images, save_
         max_images=max_images,
         save_outputs=save_outputs,
         html=html,
+        device=device,
         progress=say,
     )
     if report is None:
@@ -100,8 +102,10 @@ def evaluate(export_dir, dataset, scale, methods, overlap, weights, device, as_j
 
     manifest = read_manifest(export_dir)
     overlap = manifest.overlap(overlap)
+    names = evaluation.method_names(methods, say)
+    registry.check_options_apply(names, device)
     chosen = {}
-    for method in evaluation.method_names(methods, say):
+    for method in names:
         if method == evaluation.BICUBIC:
             chosen[method] = None
         elif evaluation.is_original(method):
@@ -109,7 +113,7 @@ def evaluate(export_dir, dataset, scale, methods, overlap, weights, device, as_j
             chosen[method] = evaluation.whole_image_method(original_runner(entry, state_dict))
         else:
             chosen[method] = evaluation.tiled_method(
-                open_runner(export_dir, manifest, method, weights=weights, device=device if registry.get(method).takes_device else None), manifest, overlap
+                open_runner(export_dir, manifest, method, weights=weights, **registry.get(method).own_options(device)), manifest, overlap
             )
     report = evaluation.evaluate(manifest.model_id, manifest.scale, dataset, chosen, scale=scale, progress=say)
     click.echo(json.dumps(report, indent=2) if as_json else evaluation.markdown(report))

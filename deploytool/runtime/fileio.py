@@ -31,6 +31,17 @@ def inside(parent: str | os.PathLike, name: str, what: str = "name") -> Path:
     return path
 
 
+def make_folder(folder: str | os.PathLike, what: str = "folder") -> Path:
+    """`folder` made with its parents where missing; refused in one line where it cannot be (a
+    file in its way, no permission, a read-only file system)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DeployError(f"cannot create the {what} {folder}: {exc.strerror or exc}") from None
+    return folder
+
+
 def _create_beside(path: Path) -> Path:
     """A new empty file beside `path` with the mode any new file gets: the kernel applies the
     umask in force to 0o666, so the umask is never changed (other threads may be writing)."""
@@ -40,19 +51,26 @@ def _create_beside(path: Path) -> Path:
             fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
         except FileExistsError:
             continue
+        except OSError as exc:
+            raise DeployError(f"cannot write {path}: {exc.strerror or exc}") from None
         os.close(fd)
         return candidate
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it replaces `path` in one rename."""
+    """Yield a temporary path beside `path`; on success it replaces `path` in one rename. A
+    folder that cannot be made or written, or a `path` that cannot be replaced (a folder), is
+    refused in one line, before the work where possible (the temporary file is made first)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent, "output folder")
     tmp_path = _create_beside(path)
     try:
         yield tmp_path
-        os.replace(tmp_path, path)
+        try:
+            os.replace(tmp_path, path)
+        except OSError as exc:
+            raise DeployError(f"cannot write {path}: {exc.strerror or exc}") from None
     finally:
         tmp_path.unlink(missing_ok=True)
 

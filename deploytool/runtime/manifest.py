@@ -334,8 +334,13 @@ class Manifest:
         return BF16_FILE in self.files
 
     def overlap(self, requested: int | None = None) -> int:
-        """The overlap to tile with: the one asked for, else the export's default."""
-        return self.tiling.overlap if requested is None else int(requested)
+        """The overlap to tile with: the one asked for (refused in one line unless a whole number
+        of pixels, at least 0; the tiler keeps it below the tile), else the export's default."""
+        if requested is None:
+            return self.tiling.overlap
+        if int(requested) != requested or requested < 0:
+            raise DeployError(f"--overlap must be a whole number of pixels, at least 0, not {requested}")
+        return int(requested)
 
     def fingerprint(self) -> str:
         """Identifies what an export computes: its graphs and weights (not engines, not timings)."""
@@ -438,7 +443,26 @@ def parse_manifest(data: dict[str, Any], *, where: str) -> Manifest:
     check_version(data, where=where)
     check_model_id(data.get("model_id"), where=where)
     validate(data, where=where)
-    return Manifest.from_json(data)
+    manifest = Manifest.from_json(data)
+    check_shapes(manifest, where=where)
+    return manifest
+
+
+def check_shapes(manifest: Manifest, *, where: str) -> None:
+    """Refuse, in one line, a manifest whose graph shapes disagree with its tiling, scale and
+    views (what the C++ reader refuses too: cpp/src/export.cpp's check_shapes)."""
+    tiling, shape, out = manifest.tiling, manifest.input.shape, manifest.output.shape
+    problems = []
+    if sum(view.channels for view in manifest.input.views) != shape[1]:
+        problems.append(f"input/views hold {sum(view.channels for view in manifest.input.views)} channels, input/shape {shape[1]}")
+    if shape[0] != tiling.batch or out[0] != tiling.batch:
+        problems.append("tiling/batch differs from the graph shapes' batch")
+    if tuple(shape[2:]) != tuple(tiling.tile):
+        problems.append("input/shape differs from tiling/tile")
+    if tuple(out[2:]) != (tiling.tile[0] * manifest.scale, tiling.tile[1] * manifest.scale):
+        problems.append("output/shape is not the tile times the scale")
+    if problems:
+        raise DeployError(f"{where}: {'; '.join(problems)}")
 
 
 def tiled_graph(*, tiling: Tiling, scale: int, channels: int, out_channels: int, views: tuple[str, ...]) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from typing import Any
 
 from deploytool.errors import DeployError
 from deploytool.runtime import backends
-from deploytool.runtime.fileio import inside
+from deploytool.runtime.fileio import inside, make_folder
 from deploytool.runtime.manifest import MANIFEST_FILE, Manifest, read_manifest
 from deploytool.serving import protocol
 
@@ -253,7 +253,7 @@ def write_repository(
         raise DeployError(f"several exports are {', '.join(repeated)}: a repository holds one model per id")
     # every export is checked (files, engines) before anything is written
     plans = [(export_dir, manifest, _model_files(export_dir, manifest, options)) for export_dir, manifest in exports]
-    repo.mkdir(parents=True, exist_ok=True)
+    make_folder(repo, "model repository")
     written = []
     for export_dir, manifest, files in plans:
         tiles = protocol.tile_model_name(manifest.model_id)

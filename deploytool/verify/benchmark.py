@@ -55,17 +55,17 @@ def bench(
     from deploytool.build.runners import open_runner
     from deploytool.runtime import backends as registry
 
+    registry.check_options_apply(backends, device, cuda_graph)
     manifest = read_manifest(export_dir)
     shape = manifest.input.shape
     batch = synthetic_batch(shape, seed=0)
     results = []
     for backend in backends:
         progress(f"{backend}: {warmup} warm-up and {runs} timed runs of a {'x'.join(map(str, shape))} batch")
-        with open_runner(
-            export_dir, manifest, backend, weights=weights, cuda_graph=cuda_graph, device=device if registry.get(backend).takes_device else None
-        ) as runner:
+        with open_runner(export_dir, manifest, backend, weights=weights, **registry.get(backend).own_options(device, cuda_graph)) as runner:
             median, fastest = median_seconds(lambda: runner(batch), runs, warmup=warmup)
-        results.append({"backend": backend, "median_s": median, "min_s": fastest, "tiles_per_s": shape[0] / median})
+            where = runner.device
+        results.append({"backend": backend, "device": where, "median_s": median, "min_s": fastest, "tiles_per_s": shape[0] / median})
     baseline = results[0]["median_s"] if results else 1.0
     for item in results:
         item["speed_vs_first"] = baseline / item["median_s"]
@@ -77,9 +77,9 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"{report['model_id']}, batch of {shape}, {report['runs']} runs (median)",
         "",
-        "| backend | latency (ms) | tiles/s | speed vs first |",
-        "|---|---:|---:|---:|",
+        "| backend | device | latency (ms) | tiles/s | speed vs first |",
+        "|---|---|---:|---:|---:|",
     ]
     for item in report["results"]:
-        lines.append(f"| {item['backend']} | {item['median_s'] * 1e3:.1f} | {item['tiles_per_s']:.2f} | {item['speed_vs_first']:.2f}x |")
+        lines.append(f"| {item['backend']} | {item['device']} | {item['median_s'] * 1e3:.1f} | {item['tiles_per_s']:.2f} | {item['speed_vs_first']:.2f}x |")
     return "\n".join(lines)

@@ -30,6 +30,8 @@ def method_names(text: str, note: Callable[[str], None]) -> list[str]:
     """'original, ort' -> ['original', 'ort']; the deprecated name of the original is kept as
     given (it labels its results) and `note` says, in one line, what to write instead."""
     names = [m.strip() for m in text.split(",") if m.strip()]
+    if not names:
+        raise DeployError(f"--methods names no method: give some of original, {', '.join(registry.runtime_names())}, {BICUBIC}")
     if DEPRECATED_ORIGINAL in names:
         note(f"note: --methods {DEPRECATED_ORIGINAL} is deprecated; it is called {registry.original().name}, as in verify")
     return names
@@ -106,6 +108,20 @@ def dataset_pairs(dataset: Path, scale: int) -> list[tuple[Path, Path]]:
     return pairs
 
 
+# the fewest pixels per side an SR image keeps after its border crop for PSNR and SSIM to mean anything
+MIN_SCORED_SIDE = 8
+
+
+def check_pair(lr_path: Path, lr_shape: tuple[int, ...], hr_shape: tuple[int, ...], scale: int) -> None:
+    """Refuse, in one line, an LR image that is not its HR image's size over `scale` (HR cut to a
+    multiple of the scale, as BasicSR's test sets are made), or one too small to score."""
+    for lr_side, hr_side in zip(lr_shape[:2], hr_shape[:2]):
+        if not lr_side * scale <= hr_side < (lr_side + 1) * scale:
+            raise DeployError(f"{lr_path}: {lr_shape[1]}x{lr_shape[0]} is not its HR image's {hr_shape[1]}x{hr_shape[0]} over x{scale}")
+        if lr_side * scale - 2 * scale < MIN_SCORED_SIDE:
+            raise DeployError(f"{lr_path}: {lr_shape[1]}x{lr_shape[0]} is too small to score at x{scale} ({scale} px border cropped)")
+
+
 def evaluate(
     model_id: str,
     model_scale: int,
@@ -122,6 +138,7 @@ def evaluate(
     for lr_path, hr_path in dataset_pairs(Path(dataset), scale):
         lr = images.fit_channels(images.read_image(lr_path).pixels, 3, model_id=model_id, path=lr_path)
         hr = to_uint8(images.fit_channels(images.read_image(hr_path).pixels, 3, model_id=model_id, path=hr_path))
+        check_pair(lr_path, lr.shape, hr.shape, scale)
         hr = hr[: lr.shape[0] * scale, : lr.shape[1] * scale]
         for method, run in methods.items():
             progress(f"{lr_path.name}: {method}")

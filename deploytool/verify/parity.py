@@ -109,7 +109,10 @@ def original_runner(entry, state_dict) -> TorchRunner:
 def parity_inputs(
     manifest: Manifest, *, synthetic_batches: int, images_dir: str | Path | None, max_images: int | None, skipped: dict[str, str]
 ) -> list[RunInput]:
-    """The inputs every backend runs on: seeded synthetic tiles, then whole images."""
+    """The inputs every backend runs on: seeded synthetic tiles, then whole images (at most
+    `max_images` of them, where given: at least 1)."""
+    if max_images is not None and max_images < 1:
+        raise DeployError(f"--max-images must be at least 1, not {max_images}")
     shape = manifest.input.shape
     found = [
         RunInput(f"synthetic#{index} {'x'.join(map(str, shape))}", SYNTHETIC, input_batches.parity_batch(shape, index)) for index in range(synthetic_batches)
@@ -119,20 +122,22 @@ def parity_inputs(
         images_dir = None
     if images_dir is not None:
         view = manifest.views[0]
-        for path in input_batches.list_images(images_dir)[: max_images or None]:
+        for path in input_batches.list_images(images_dir)[:max_images]:
             pixels = images.fit_channels(images.read_image(path).pixels, view.channels, model_id=manifest.model_id, path=path)
             found.append(RunInput(f"image {path.name} tiled", IMAGE, pixels))
     return found
 
 
 def _open(export_dir: Path, manifest: Manifest, name: str, weights: str | Path | None, state: dict[str, Any]) -> Runner:
-    """A runner for backend `name`; the checkpoint is loaded once for all backends that need it."""
+    """A runner for backend `name` (given the run's --device where it takes one: `state["device"]`);
+    the checkpoint is loaded once for all backends that need it."""
     backend = registry.get(name)
+    options = backend.own_options(state.get("device"))
     if not backend.needs_checkpoint:
-        return open_runner(export_dir, manifest, name)
+        return open_runner(export_dir, manifest, name, **options)
     if "loaded" not in state:
         state["loaded"] = export_weights(manifest, weights)
-    return open_runner(export_dir, manifest, name, model=checkpoint_model(manifest, backend, loaded=state["loaded"]))
+    return open_runner(export_dir, manifest, name, model=checkpoint_model(manifest, backend, loaded=state["loaded"]), **options)
 
 
 def _open_or_skip(export_dir: Path, manifest: Manifest, name: str, weights, state: dict[str, Any], *, skip_missing_weights: bool) -> Runner | str:
@@ -152,12 +157,16 @@ def _open_or_skip(export_dir: Path, manifest: Manifest, name: str, weights, stat
         return str(exc)
 
 
-def _selected(manifest: Manifest, names: list[str]) -> list[str]:
-    """`names` checked, less the backends whose file this export was made without (no FP16 graph)."""
+def _selected(manifest: Manifest, names: list[str], skipped: dict[str, str]) -> list[str]:
+    """`names` checked, less the backends whose file this export was made without (no FP16
+    graph), which go into `skipped` with that reason."""
     unknown = [b for b in names if b not in registry.names()]
     if unknown:
         raise DeployError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(registry.names())}")
-    return [b for b in names if registry.get(b).file in (None, *manifest.files)]
+    for name in names:
+        if registry.get(name).file not in (None, *manifest.files):
+            skipped[name] = f"this export was made without {registry.get(name).file}"
+    return [b for b in names if b not in skipped]
 
 
 def _run_input(runner: Runner, name: str, label: str, item: RunInput, manifest: Manifest, overlap: int, progress: Progress) -> np.ndarray:
@@ -181,25 +190,31 @@ def run(
     overlap: int | None = None,
     max_images: int | None = None,
     skip_missing_weights: bool = False,
+    device: str | None = None,
     progress: Progress = lambda message: None,
 ) -> RunResults:
     """Run `backends` on the same inputs, one backend at a time (each released before the next).
 
     A backend this machine cannot run (no TensorRT, no engine for this GPU) is skipped with its
-    reason; so are the original and our PyTorch definition when the checkpoint is missing and
-    `skip_missing_weights` is set (a GPU machine that has the export but not the checkpoint).
+    reason, as is one whose file the export lacks; so are the original and our PyTorch definition
+    when the checkpoint is missing and `skip_missing_weights` is set (a GPU machine that has the
+    export but not the checkpoint). `device` goes to the backends that take one (OpenVINO's).
     """
+    registry.check_options_apply(backends, device)
     export_dir = Path(export_dir)
     manifest = read_manifest(export_dir)
-    backends = _selected(manifest, backends)
-    overlap = manifest.overlap(overlap)
     results = RunResults(manifest=manifest, original=manifest.model.reference, weights=manifest.source.describe(), host=saved_results.host_info())
+    backends = _selected(manifest, backends, results.skipped)
+    overlap = manifest.overlap(overlap)
     results.inputs = {
         item.label: item
         for item in parity_inputs(manifest, synthetic_batches=synthetic_batches, images_dir=images_dir, max_images=max_images, skipped=results.skipped)
     }
     progress(f"original: {results.original}; weights: {results.weights}")
-    loaded: dict[str, Any] = {}
+    for name, reason in results.skipped.items():
+        if name in registry.names():
+            progress(f"skipping {name}: {reason}")
+    loaded: dict[str, Any] = {"device": device}
     for name in backends:
         runner = _open_or_skip(export_dir, manifest, name, weights, loaded, skip_missing_weights=skip_missing_weights)
         if isinstance(runner, str):
@@ -383,9 +398,11 @@ def verify(
     max_images: int | None = None,
     save_outputs: str | Path | None = None,
     html: bool = False,
+    device: str | None = None,
     progress: Progress = lambda message: None,
 ) -> dict[str, Any] | None:
     """Run, then judge: write parity.json and parity.md (and parity.html) into the export.
+    `device`: where the backends that take one run (`run`'s).
 
     Without `save_outputs` the original always runs (there is nothing to judge without it).
     With it, exactly `backends` run and their outputs are saved; the run is judged only when the
@@ -403,6 +420,7 @@ def verify(
         overlap=overlap,
         max_images=max_images,
         skip_missing_weights=save_outputs is not None,
+        device=device,
         progress=progress,
     )
     if save_outputs is not None:

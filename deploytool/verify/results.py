@@ -136,18 +136,34 @@ def host_info() -> dict[str, Any]:
 def load(path: str | Path) -> RunResults:
     """Results saved by `RunResults.save`, refusing anything else in one line."""
     path = Path(path)
+    meta, arrays = _read(path)
+    try:
+        return _results(path, meta, arrays)
+    except (KeyError, IndexError, TypeError, AttributeError) as exc:
+        raise DeployError(f"{path} is not a well-formed results file ({type(exc).__name__}: {exc})") from None
+
+
+def _read(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The metadata and arrays of a results file (an .npz: a zip archive), its format checked."""
     if not path.is_file():
         raise DeployError(f"{path}: no such results file")
+    with open(path, "rb") as handle:
+        if handle.read(4) != b"PK\x03\x04":
+            raise DeployError(f"{path} is not a deploytool results file (not an .npz archive)")
     try:
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data[_META]))
-            if meta.get("format") != FORMAT:
+            if not isinstance(meta, dict) or meta.get("format") != FORMAT:
                 raise DeployError(f"{path} is not a deploytool results file")
             if meta.get("format_version") != FORMAT_VERSION:
                 raise DeployError(f"{path} has results format {meta.get('format_version')}; this deploytool reads {FORMAT_VERSION}")
             arrays = {name: data[name] for name in data.files if name != _META}
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
         raise DeployError(f"{path} is not a readable results file ({exc})") from None
+    return meta, arrays
+
+
+def _results(path: Path, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> RunResults:
     manifest = parse_manifest(meta["manifest"], where=f"{path} (its manifest)")
     if manifest.fingerprint() != meta["export_fingerprint"]:
         raise DeployError(f"{path}: its manifest does not match its recorded export fingerprint (edited file?)")
@@ -163,6 +179,12 @@ def load(path: str | Path) -> RunResults:
     for j, run in enumerate(meta["backends"]):
         outputs = {labels[i]: arrays[f"output_{j}_{i}"] for i in run["outputs"]}
         results.backends[run["name"]] = BackendRun(run["name"], run["device"], outputs, run["overlap"])
+    if len(arrays) != len(labels) + sum(len(run["outputs"]) for run in meta["backends"]):
+        raise DeployError(f"{path}: its arrays are not those its metadata lists (edited file?)")
+    for label in labels:
+        shapes = {run.outputs[label].shape for run in results.backends.values() if label in run.outputs}
+        if len(shapes) > 1:
+            raise DeployError(f"{path}: the outputs of {label!r} differ in shape ({', '.join(map(str, sorted(shapes)))}; edited file?)")
     return results
 
 

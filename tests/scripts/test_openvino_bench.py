@@ -72,3 +72,38 @@ def test_kept_exports_are_timed_again_and_another_export_is_refused(bench, tiny_
     (without_bf16 / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(bench.DeployError, match="BF16 plan: False"):
         bench.exported_before(without_bf16, "esrt-x2", side, bf16=True, weights=weights)
+
+
+def _copying_exporter(tiny_exports, asked):
+    """export_with_plan as the script calls it, copying the tiny esrt-x2 export (both plans) instead of exporting."""
+
+    def exporter(model_id, out, tile, bf16, weights=None):
+        asked.append((model_id, bf16))
+        tiny_exports.copy("esrt-x2", out)
+
+    return exporter
+
+
+@pytest.mark.skipif(not HAS_OPENVINO, reason="OpenVINO is not installed: pip install deploytool[openvino] (the test extra has it)")
+def test_without_bf16_rows_the_plan_is_made_and_its_flop_share_reported(bench, tiny_exports, tmp_path, monkeypatch):
+    asked = []
+    monkeypatch.setattr(bench, "export_with_plan", _copying_exporter(tiny_exports, asked))
+    result = bench.bench_id("esrt-x2", None, runs=1, threads=1, bf16=False, scratch=tmp_path)
+    assert asked == [("esrt-x2", True)] and list(result["rows"]) == [bench.ORT_FP32, bench.OPENVINO_FP32]
+    assert result["bf16_flop_share"] == read_manifest(tmp_path / "esrt-x2").bf16.bf16_flop_share > 0
+
+
+@pytest.mark.skipif(not HAS_OPENVINO, reason="OpenVINO is not installed: pip install deploytool[openvino] (the test extra has it)")
+def test_the_set5_rows_score_every_row_against_hr_and_against_ort_fp32(bench, tiny_exports, tmp_path, monkeypatch):
+    from tests.helpers import write_test_png
+
+    asked = []
+    monkeypatch.setattr(bench, "export_with_plan", _copying_exporter(tiny_exports, asked))
+    dataset = tmp_path / "set"
+    for name in ("a", "b"):
+        write_test_png(dataset / "HR" / f"{name}.png", 3, size=(40, 48))
+        write_test_png(dataset / "LR_bicubic" / "X2" / f"{name}.png", 3, size=(20, 24))
+    rows = bench.set5_report(tmp_path / "weights.pth", dataset, threads=1, bf16=False, scratch=tmp_path)
+    assert asked == [(bench.ESRT_X2, True)] and list(rows) == [bench.ORT_FP32, bench.OPENVINO_FP32]
+    assert rows[bench.ORT_FP32]["min_psnr_vs_fp32"] == float("inf") and rows[bench.OPENVINO_FP32]["min_psnr_vs_fp32"] > 40
+    assert all(0 < row["psnr_vs_hr"] < 100 for row in rows.values())

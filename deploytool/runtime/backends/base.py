@@ -125,6 +125,7 @@ class Backend:
     is_original: bool = False
     takes_device: bool = False  # --device picks where it runs (e.g. OpenVINO's CPU, GPU, NPU)
     device_help: str = ""  # what --device means for it, in --device's help
+    takes_cuda_graph: bool = False  # --cuda-graph replays one captured launch per batch (TensorRT)
     # runs a file built for one machine: where none fits this one, parity skips it with the reason
     machine_specific: bool = False
     verify_by_default: bool = True  # `verify` runs it unless --backends says otherwise
@@ -149,14 +150,17 @@ class Backend:
             return f"{', '.join(missing)} not installed: {self.install}" if self.install else f"{', '.join(missing)} not installed"
         return self.check(facts)
 
-    def check_device(self, device: str | None) -> None:
-        """Refuse, in one line, a device for a backend that does not take one."""
-        if device is not None and not self.takes_device:
-            takers = device_backends()
-            raise DeployError(f"--device applies to the {' and '.join(takers)} backend{'s' if len(takers) > 1 else ''}, not {self.name}")
+    def check_options(self, device: str | None, cuda_graph: bool = False) -> None:
+        """Refuse, in one line, --device or --cuda-graph for a backend that does not take it."""
+        check_options_apply([self.name], device, cuda_graph)
+
+    def own_options(self, device: str | None, cuda_graph: bool = False) -> dict[str, Any]:
+        """Of a command's --device and --cuda-graph, those this backend takes (`open_runner`'s
+        keywords): a command running several backends gives each its own."""
+        return {"device": device if self.takes_device else None, "cuda_graph": cuda_graph and self.takes_cuda_graph}
 
     def open(self, request: OpenRequest) -> Runner:
-        self.check_device(request.device)
+        self.check_options(request.device, request.cuda_graph)
         if self.needs_checkpoint and request.model is None:
             raise DeployError(
                 f"the {self.name} backend runs a PyTorch model built from the checkpoint, not a file of the export: open it with deploytool.build.runners"
@@ -204,6 +208,25 @@ def original() -> Backend:
 
 def device_backends() -> tuple[str, ...]:
     return tuple(name for name, backend in _REGISTRY.items() if backend.takes_device)
+
+
+def cuda_graph_backends() -> tuple[str, ...]:
+    return tuple(name for name, backend in _REGISTRY.items() if backend.takes_cuda_graph)
+
+
+def _backends_phrase(names: tuple[str, ...]) -> str:
+    return f"the {' and '.join(names)} backend{'s' if len(names) > 1 else ''}"
+
+
+def check_options_apply(chosen: list[str], device: str | None, cuda_graph: bool = False) -> None:
+    """Refuse, in one line, --device or --cuda-graph where none of the `chosen` backends takes it
+    (a command running several gives each backend the options it takes: `Backend.own_options`).
+    A name that is no backend (eval's bicubic) takes neither."""
+    backends = [_REGISTRY[name] for name in chosen if name in _REGISTRY]
+    if device is not None and not any(backend.takes_device for backend in backends):
+        raise DeployError(f"--device applies to {_backends_phrase(device_backends())}, not {', '.join(chosen)}")
+    if cuda_graph and not any(backend.takes_cuda_graph for backend in backends):
+        raise DeployError(f"--cuda-graph applies to {_backends_phrase(cuda_graph_backends())}, not {', '.join(chosen)}")
 
 
 def triton_runtimes() -> tuple[TritonRuntime, ...]:

@@ -104,7 +104,13 @@ def open_session(
     if values:
         options.add_external_initializers(list(external), values)
     source = model if isinstance(model, bytes) else str(model)
-    session = ort.InferenceSession(source, options, providers=providers or default_providers())
+    try:
+        session = ort.InferenceSession(source, options, providers=providers or default_providers())
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's Fail, InvalidProtobuf, ... (no common base but Exception)
+        if not type(exc).__module__.startswith("onnxruntime"):
+            raise
+        where = "the graph" if isinstance(model, bytes) else str(model)
+        raise DeployError(f"ONNX Runtime could not load {where}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
     session.external_values = values  # ONNX Runtime reads them in place for the session's life
     return session
 

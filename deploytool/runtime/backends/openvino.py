@@ -68,15 +68,25 @@ def available_devices() -> list[str]:
     return list(require_openvino().Core().available_devices)
 
 
+def openvino_reason(exc: Exception) -> str:
+    """The line of an OpenVINO exception that says what is wrong: its message starts with lines
+    naming where it was raised ("Exception from src/inference/src/cpp/core.cpp:84:")."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    said = [line for line in lines if not line.startswith("Exception from ")]
+    return (said or lines or [type(exc).__name__])[0]
+
+
 def check_device(device: str, available: list[str]) -> None:
     """Refuse, in one line listing what OpenVINO sees, a device it does not see.
 
     A device with an index (`GPU.1`) must be listed as such; a bare family name (`GPU`) is
-    accepted when any device of that family is listed (OpenVINO then picks its first).
+    accepted when any device of that family is listed (OpenVINO then picks its first). A
+    DeployError, not BackendUnavailable: `verify` fails on a device asked for, where it skips a
+    backend this machine cannot run at all.
     """
     if device in available or any(seen.split(".")[0] == device for seen in available):
         return
-    raise BackendUnavailable(f"OpenVINO sees no {device} device on this machine; it sees: {', '.join(available) or 'none'}")
+    raise DeployError(f"OpenVINO sees no {device} device on this machine; it sees: {', '.join(available) or 'none'}")
 
 
 # How many channel-wise nodes (bias Adds, depthwise convolutions) may lie between a Split and the
@@ -278,7 +288,7 @@ class OpenVinoRunner(ClosingRunner):
         try:
             self.compiled = core.compile_model(compiled_graph(core, graph, cache), device, config)
         except RuntimeError as exc:
-            raise DeployError(f"OpenVINO could not compile {graph} for {device}: {str(exc).strip().splitlines()[0]}") from None
+            raise DeployError(f"OpenVINO could not compile {graph} for {device}: {openvino_reason(exc)}") from None
         graph_input = self.compiled.input(0)
         if graph_input.get_partial_shape().is_dynamic:
             raise DeployError(f"{graph}: OpenVINO reads a dynamic input shape; exports have static shapes")

@@ -3,6 +3,7 @@ output container can hold (checked before any work, so a refusal writes nothing)
 
 from __future__ import annotations
 
+import contextlib
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +17,11 @@ LOSSLESS_CONTAINER = "matroska"
 # Containers suggested, in order, when the chosen one cannot hold a stream
 SUGGESTED = ((".mkv", "matroska"), (".mov", "mov"), (".mp4", "mp4"), (".nut", "nut"))
 DEFAULT_CRF = 18
-# Encoders that take a CRF, and how their options spell it
-_CRF_ENCODERS = {"libx264", "libx265", "libsvtav1", "libvpx-vp9", "libaom-av1"}
+# the CRF each encoder takes (FFmpeg's option ranges), and the presets of those that take one
+_CRF_RANGES = {"libx264": (0, 51), "libx265": (0, 51), "libsvtav1": (1, 63), "libvpx-vp9": (0, 63), "libaom-av1": (0, 63)}
+_CRF_ENCODERS = set(_CRF_RANGES)
+_X26X_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo")
+_PRESETS = {"libx264": _X26X_PRESETS, "libx265": _X26X_PRESETS, "libsvtav1": tuple(str(level) for level in range(-1, 14))}
 _QUIET = {"libx265": {"x265-params": "log-level=error"}, "libsvtav1": {"svtav1-params": "log-level=1"}}
 
 
@@ -54,20 +58,20 @@ class OutputPlan:
         return {"container": self.format, "codec": self.codec, "pix_fmt": self.pix_fmt, **({"options": self.options} if self.options else {})}
 
 
-def muxer_for(destination: Path, source_container: str) -> str:
-    """The muxer the output's name asks for; the source's own container when the name gives none
-    (a video in a folder keeps its name, whatever it is)."""
+def muxer_for(destination: Path, source: Path, source_container: str) -> str:
+    """The muxer the output's name asks for; the source's own container where the name gives no
+    extension or keeps the source's (a video in a folder keeps its name, whatever it is). A name
+    no muxer writes (`clip_x4.png`) is refused."""
     import av
 
     names = {"mkv": "matroska", "mka": "matroska", "m4v": "mp4", "ts": "mpegts", "m2ts": "mpegts"}
     suffix = destination.suffix.lower().lstrip(".")
-    for name in (names.get(suffix, suffix), source_container.split(",")[0]):
-        if not name:
-            continue
-        try:
+    candidates = [names.get(suffix, suffix)] if suffix else []
+    if not suffix or destination.suffix.lower() == source.suffix.lower():
+        candidates.append(source_container.split(",")[0])
+    for name in candidates:
+        with contextlib.suppress(av.FFmpegError, ValueError):
             return av.format.ContainerFormat(name, "w").name
-        except (av.FFmpegError, ValueError):
-            continue
     raise VideoError(f"{destination}: no video container is known for the name {destination.suffix or '(no extension)'}; use e.g. .mkv or .mp4")
 
 
@@ -80,7 +84,7 @@ def supported_codecs(muxer: str) -> set[str]:
 
 def plan_output(info: VideoInfo, options: EncodeOptions, destination: Path, *, scale: int) -> OutputPlan:
     """The encoder, its settings and the streams copied, or one line saying what cannot be done."""
-    muxer = muxer_for(destination, info.container)
+    muxer = muxer_for(destination, info.path, info.container)
     deep = info.bit_depth > 8
     codec, pix_fmt = _codec_and_pix_fmt(options, muxer, destination, deep=deep)
     target = _checked_pixel_format(codec, pix_fmt)
@@ -129,12 +133,17 @@ def _encoder_settings(codec: str, options: EncodeOptions) -> dict[str, str]:
     if options.crf is not None and codec not in _CRF_ENCODERS:
         raise VideoError(f"--crf: {codec} takes no CRF (those that do: {', '.join(sorted(_CRF_ENCODERS))})")
     if codec in _CRF_ENCODERS:
+        low, high = _CRF_RANGES[codec]
+        if options.crf is not None and not low <= options.crf <= high:
+            raise VideoError(f"--crf {options.crf}: {codec} takes {low} to {high}")
         settings["crf"] = str(DEFAULT_CRF if options.crf is None else options.crf)
         if codec == "libvpx-vp9":
             settings["b"] = "0"
     if options.preset is not None:
-        if codec not in ("libx264", "libx265", "libsvtav1"):
+        if codec not in _PRESETS:
             raise VideoError(f"--preset: {codec} takes no preset")
+        if options.preset not in _PRESETS[codec]:
+            raise VideoError(f"--preset {options.preset}: {codec} takes {', '.join(_PRESETS[codec])}")
         settings["preset"] = options.preset
     return settings
 

@@ -26,7 +26,7 @@ from deploytool.runtime.manifest import (
     TIMING_CACHE,
     read_manifest,
 )
-from tests.helpers import export_tiny, tiny_entry, tiny_state_dict
+from tests.helpers import export_tiny, save_official, tiny_entry, tiny_state_dict
 
 
 def assert_static(model: onnx.ModelProto) -> None:
@@ -315,3 +315,16 @@ def test_constants_written_as_lists_become_typed_initializers():
     assert initializers["axes"].dtype == np.int64 and initializers["axes"].tolist() == [2, 3]
     assert initializers["table"].tolist() == [1.0, 2.0]
     assert [n.output[0] for n in model.graph.node] == ["text"]
+
+
+def test_an_export_folder_that_cannot_be_made_is_refused_before_the_work(tmp_path, monkeypatch):
+    weights = save_official(tiny_state_dict(tiny_entry("swinir-s-x2")), tmp_path / "w.pth")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("in the way")
+
+    def no_trace(*args, **kwargs):
+        raise AssertionError("traced before the folder was checked")
+
+    monkeypatch.setattr(export, "traced_graph", no_trace)
+    with pytest.raises(DeployError, match=r"^cannot create the export's parent folder .*a-file/sub: Not a directory$"):
+        export_tiny("swinir-s-x2", blocker / "sub" / "e", weights=weights)

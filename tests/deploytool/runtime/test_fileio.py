@@ -65,3 +65,18 @@ def test_a_name_that_would_leave_its_folder_is_refused_in_one_line(tmp_path, nam
 @pytest.mark.parametrize("name", ["hat-x4", "hat-x4-tiles", "model.sm90-trt10.13.0.engine", "a..b", "x" * 255])
 def test_a_plain_name_is_an_entry_of_its_folder(tmp_path, name):
     assert inside(tmp_path, name) == tmp_path / name
+
+
+def test_an_output_that_cannot_be_written_is_refused_in_one_line_leaving_nothing(tmp_path):
+    from deploytool.runtime.fileio import atomic_path
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("in the way")
+    with pytest.raises(DeployError, match=r"^cannot create the output folder .*a-file: (File exists|Not a directory)$"):
+        write_bytes_atomic(blocker / "out.jpg", b"x")
+    folder = tmp_path / "a-folder"
+    (folder / "out.jpg").mkdir(parents=True)  # a folder where the file would go
+    with pytest.raises(DeployError, match=r"^cannot write .*out\.jpg: Is a directory$"):
+        with atomic_path(folder / "out.jpg") as temporary:
+            temporary.write_bytes(b"x")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a-file", "a-folder", "out.jpg"]  # no temporary left

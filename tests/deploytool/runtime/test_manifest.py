@@ -3,6 +3,7 @@
 import ast
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import jsonschema
@@ -248,3 +249,28 @@ def test_the_bf16_plan_is_recorded_beside_the_fp16_one_from_1_4(exported):
 
     assert current.bf16 is None
     assert read_manifest(rewrite(exported, schema_1_3)) == dataclasses.replace(current, schema_version="1.3")
+
+
+@pytest.mark.tampered_manifests
+def test_graph_shapes_that_disagree_with_the_tiling_are_refused_in_one_line(exported):
+    """As the C++ reader refuses them (cpp/src/export.cpp's check_shapes): the schema cannot."""
+    cases = {
+        "output/shape is not the tile times the scale": lambda d: d["output"]["shape"].__setitem__(2, d["output"]["shape"][2] + 1),
+        "input/shape differs from tiling/tile": lambda d: d["tiling"].__setitem__("tile", [d["tiling"]["tile"][0] + 8, d["tiling"]["tile"][1]]),
+        "tiling/batch differs from the graph shapes' batch": lambda d: d["tiling"].__setitem__("batch", 2),
+        "input/views hold 3 channels, input/shape 2": lambda d: d["input"]["shape"].__setitem__(1, 2),
+    }
+    for message, change in cases.items():
+        with pytest.raises(DeployError, match=rf"manifest\.json: .*{re.escape(message)}"):
+            read_manifest(rewrite(exported, change))
+
+
+def test_a_negative_or_fractional_overlap_is_refused_in_one_line(exported):
+    manifest = read_manifest(exported)
+    side = min(manifest.tiling.tile)
+    assert (
+        manifest.overlap() == manifest.tiling.overlap and manifest.overlap(0) == 0 and manifest.overlap(side * 2) == side * 2
+    )  # the tiler keeps it below the tile
+    for wrong in (-4, -8, 2.5):
+        with pytest.raises(DeployError, match=rf"^--overlap must be a whole number of pixels, at least 0, not {wrong}$"):
+            manifest.overlap(wrong)

@@ -1,6 +1,7 @@
 """PSNR/SSIM on Y (BasicSR convention) and the eval command on a generated test set."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -80,3 +81,22 @@ def test_bicubic_baseline_on_set5_matches_the_literature():
     """Bicubic x2 on Set5 is 33.66 dB in the SR papers; our pipeline must land close to it."""
     report = evaluation.evaluate("bicubic", 2, SET5, {"bicubic": None}, scale=2)
     assert report["summary"]["bicubic"]["psnr"] == pytest.approx(33.66, abs=0.1)
+
+
+def test_a_dataset_whose_lr_is_not_its_hr_over_the_scale_is_refused_in_one_line(tmp_path):
+    def dataset(name, hr_size, lr_size):
+        root = tmp_path / name
+        images.write_image(root / "HR" / "a.png", synthetic_batch((1, 3, *hr_size), seed=0)[0].transpose(1, 2, 0))
+        images.write_image(root / "LR_bicubic" / "X2" / "ax2.png", synthetic_batch((1, 3, *lr_size), seed=1)[0].transpose(1, 2, 0))
+        return root
+
+    bicubic = {evaluation.BICUBIC: None}
+    for root, message in (
+        (dataset("larger", (64, 64), (40, 40)), "40x40 is not its HR image's 64x64 over x2"),
+        (dataset("smaller", (64, 64), (20, 20)), "20x20 is not its HR image's 64x64 over x2"),
+        (dataset("tiny", (2, 2), (1, 1)), "1x1 is too small to score at x2"),
+    ):
+        with pytest.raises(evaluation.DeployError, match=re.escape(message)):
+            evaluation.evaluate("esrt-x2", 2, root, bicubic, scale=2)
+    with pytest.raises(evaluation.DeployError, match="--methods names no method"):
+        evaluation.method_names(" , ", print)

@@ -92,11 +92,38 @@ def test_compare_refuses_results_of_other_inputs(exported, tmp_path):
 
 
 def test_a_corrupt_results_file_is_refused(tmp_path):
-    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    for name, data in (("bad.npz", b"not a zip"), ("empty.npz", b"")):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(DeployError, match=r"is not a deploytool results file \(not an \.npz archive\)$"):
+            saved_results.load(tmp_path / name)
+    (tmp_path / "truncated.npz").write_bytes(b"PK\x03\x04" + b"\0" * 20)
     with pytest.raises(DeployError, match="not a readable results file"):
-        saved_results.load(tmp_path / "bad.npz")
+        saved_results.load(tmp_path / "truncated.npz")
     with pytest.raises(DeployError, match="no such results file"):
         saved_results.load(tmp_path / "missing.npz")
+
+
+def test_an_edited_results_file_is_refused_in_one_line(exported, tmp_path):
+    """Well-formed archives whose metadata or arrays were changed: never a traceback."""
+    parity.run(exported, ["original", "ort"], synthetic_batches=1).save(tmp_path / "r.npz")
+    with np.load(tmp_path / "r.npz") as data:
+        arrays = {name: data[name] for name in data.files}
+    meta = json.loads(str(arrays.pop("meta")))
+    output = next(name for name in arrays if name.startswith("output_1_"))
+    edits = {
+        "is not a deploytool results file$": lambda a: a.update(meta=np.array(json.dumps([meta]))),
+        r"not a well-formed results file \(KeyError: 'manifest'\)": lambda a: a.update(
+            meta=np.array(json.dumps({k: meta[k] for k in ("format", "format_version")}))
+        ),
+        "not a well-formed results file .KeyError: 'output_1_0'.": lambda a: a.pop(output),
+        "the outputs of .* differ in shape": lambda a: a.update({output: a[output][..., :10]}),
+    }
+    for message, change in edits.items():
+        edited = {**arrays, "meta": np.array(json.dumps(meta))}
+        change(edited)
+        np.savez(tmp_path / "edited.npz", **edited)
+        with pytest.raises(DeployError, match=message):
+            saved_results.load(tmp_path / "edited.npz")
 
 
 def test_a_backend_in_two_files_is_named_with_its_file(exported, tmp_path):

@@ -91,6 +91,7 @@ register(
         install=INSTALL,
         check=_check,
         machine_specific=True,  # an engine for another GPU is reported, not fatal
+        takes_cuda_graph=True,
         triton=(TRITON_PLAN,),
     )
 )

@@ -67,3 +67,13 @@ def test_a_thread_count_that_is_not_a_whole_number_is_refused_in_one_line(monkey
     monkeypatch.setenv(ort_backend.THREADS_VARIABLE, value)
     with pytest.raises(DeployError, match=rf"^\$DEPLOYTOOL_ORT_THREADS must be a whole number of threads \(0: one per core\), not '{value}'$"):
         ort_backend.open_session(_identity_graph())
+
+
+def test_a_graph_onnx_runtime_cannot_load_is_refused_in_one_line(tmp_path):
+    from deploytool.errors import DeployError
+    from deploytool.runtime.backends.onnxruntime import open_session
+
+    (tmp_path / "truncated.onnx").write_bytes(b"\x08\x07\x12\x04" + b"\xff" * 64)
+    with pytest.raises(DeployError, match=r"^ONNX Runtime could not load .*truncated\.onnx: .*") as error:
+        open_session(tmp_path / "truncated.onnx")
+    assert "\n" not in str(error.value)

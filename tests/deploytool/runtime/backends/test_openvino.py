@@ -3,7 +3,6 @@ graph and OpenVINO build, devices refused in one line, and the missing package n
 
 import collections
 import functools
-import importlib.util
 import json
 import shutil
 import sys
@@ -19,10 +18,7 @@ from deploytool.runtime.backends import openvino as backend
 from deploytool.runtime.input_batches import synthetic_batch
 from deploytool.runtime.manifest import FP32_FILE, read_manifest
 from deploytool.verify import parity
-from tests.helpers import assert_one_line_error, export_tiny, one_id_per_family, write_test_png
-
-HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
-needs_openvino = pytest.mark.skipif(not HAS_OPENVINO, reason="OpenVINO is not installed: pip install deploytool[openvino] (the test extra has it)")
+from tests.helpers import assert_one_line_error, export_tiny, needs_openvino, one_id_per_family, write_test_png
 
 
 @pytest.fixture(scope="module")
@@ -185,8 +181,9 @@ def test_devices_openvino_does_not_see_are_refused_listing_those_it_does():
     backend.check_device("GPU", ["CPU", "GPU.0", "GPU.1"])
     backend.check_device("GPU.1", ["CPU", "GPU.0", "GPU.1"])
     for device, seen in (("GPU", ["CPU"]), ("NPU", ["CPU", "GPU"]), ("GPU.2", ["CPU", "GPU.0", "GPU.1"])):
-        with pytest.raises(BackendUnavailable) as error:
+        with pytest.raises(DeployError) as error:
             backend.check_device(device, seen)
+        assert not isinstance(error.value, BackendUnavailable)  # verify fails on it rather than skipping the backend
         assert str(error.value) == f"OpenVINO sees no {device} device on this machine; it sees: {', '.join(seen)}"
 
 
@@ -215,6 +212,39 @@ def test_without_openvino_the_command_names_the_extra(exported, tmp_path, monkey
 
 
 @needs_openvino
+def test_every_command_gives_the_device_to_openvino_and_refuses_it_where_no_backend_takes_one(exported, tmp_path):
+    """verify, bench and eval as run: --device reaches OpenVINO (a device it does not see is
+    refused by OpenVINO), and where no backend asked for takes one the command refuses it."""
+    missing = next(d for d in ("NPU", "GPU", "HETERO.XYZ") if d not in backend.available_devices())
+    dataset = tmp_path / "set"
+    write_test_png(dataset / "HR" / "a.png", 3, size=(40, 48))
+    write_test_png(dataset / "LR_bicubic" / "X2" / "a.png", 3, size=(20, 24))
+    commands = {
+        "verify": lambda backends: ("verify", exported, "--backends", f"original,{backends}", "--save-outputs", tmp_path / "r.npz"),
+        "bench": lambda backends: ("bench", exported, "--backend", backends, "--runs", "1", "--warmup", "0"),
+        "eval": lambda backends: ("eval", exported, "--dataset", dataset, "--scale", 2, "--methods", backends),
+    }
+    for name, command in commands.items():
+        assert_one_line_error(invoke(*command(f"{ORT},{OPENVINO}"), "--device", missing), f"OpenVINO sees no {missing} device")
+        refused = invoke(*command(ORT), "--device", "CPU")
+        assert_one_line_error(refused, "--device applies to the openvino and openvino-bf16 backends, not ")
+        assert not (tmp_path / "r.npz").exists(), name
+    verified = parity.verify(exported, backends=["original", OPENVINO], synthetic_batches=1, device="CPU")
+    assert verified["passed"] and any(c["candidate"] == OPENVINO for c in verified["comparisons"])
+
+
+@needs_openvino
+def test_cuda_graphs_are_refused_for_openvino_as_in_the_cpp_runtime(exported, tmp_path):
+    image = write_test_png(tmp_path / "in.png", 3)
+    result = invoke("run", exported, image, "-o", tmp_path / "out.png", "--backend", OPENVINO, "--cuda-graph")
+    assert_one_line_error(result, "--cuda-graph applies to the trt backend, not openvino")
+    assert not (tmp_path / "out.png").exists()
+    assert_one_line_error(
+        invoke("bench", exported, "--backend", f"{ORT},{OPENVINO}", "--cuda-graph"), "--cuda-graph applies to the trt backend, not ort, openvino"
+    )
+
+
+@needs_openvino
 def test_bench_and_doctor_know_the_backend(exported):
     result = invoke("bench", exported, "--backend", f"{ORT},{OPENVINO}", "--runs", "1", "--warmup", "0", "--json")
     assert result.exit_code == 0, result.output
@@ -222,3 +252,11 @@ def test_bench_and_doctor_know_the_backend(exported):
     doctor = json.loads(invoke("doctor", "--json").stdout)
     assert doctor["facts"]["openvino"] and "CPU" in doctor["facts"]["openvino_devices"]
     assert OPENVINO in doctor["capabilities"]["run"] and "OpenVINO on CPU" in doctor["capabilities"]["run"]
+
+
+@needs_openvino
+def test_a_graph_openvino_cannot_read_is_refused_with_what_is_wrong(tmp_path):
+    (tmp_path / "broken.onnx").write_bytes(b"\x08\x07garbage" * 10)
+    with pytest.raises(DeployError, match=r"^OpenVINO could not compile .*broken\.onnx for CPU: Unable to read the model") as error:
+        backend.OpenVinoRunner(tmp_path / "broken.onnx")
+    assert "Exception from" not in str(error.value) and "\n" not in str(error.value)

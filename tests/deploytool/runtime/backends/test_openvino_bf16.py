@@ -11,12 +11,12 @@ from click.testing import CliRunner
 
 from deploytool.cli import cli
 from deploytool.errors import BackendUnavailable
-from deploytool.runtime.backends import ORT, open_runner
+from deploytool.runtime.backends import OPENVINO, ORT, open_runner
 from deploytool.runtime.backends import openvino as fp32_backend
 from deploytool.runtime.backends import openvino_bf16 as backend
 from deploytool.runtime.input_batches import synthetic_batch
 from deploytool.runtime.manifest import BF16_FILE, read_manifest
-from tests.helpers import assert_one_line_error, export_tiny, write_test_png
+from tests.helpers import assert_one_line_error, export_tiny, needs_openvino, write_test_png
 
 OPENVINO_BF16 = backend.OPENVINO_BF16
 
@@ -129,7 +129,7 @@ def test_devices_without_bf16_are_refused_naming_what_they_offer():
     )
 
 
-@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="OpenVINO is not installed: pip install deploytool[openvino]")
+@needs_openvino
 def test_run_on_a_cpu_without_bf16_fails_in_one_line_and_writes_nothing(exported, tmp_path, monkeypatch):
     monkeypatch.setattr(backend, "device_capabilities", lambda core, device: ["FP32", "INT8"])
     image = write_test_png(tmp_path / "in.png", 3)
@@ -185,47 +185,55 @@ def test_verify_judges_it_with_the_bf16_tolerances(exported):
     assert report["passed"] and rows and all(r["passed"] and r["limits"] == expected for r in rows), rows
 
 
-@needs_bf16_cpu
-def test_compare_judges_saved_outputs_with_the_bf16_tolerances(exported, tmp_path):
-    saved = invoke("verify", exported, "--backends", f"original,{OPENVINO_BF16}", "--save-outputs", tmp_path / "r.npz", "--json")
+# OpenVINO's two backends on the same commands: FP32 wherever OpenVINO is installed, BF16 where the CPU has it
+BOTH_BACKENDS = [pytest.param(OPENVINO, marks=needs_openvino()), pytest.param(OPENVINO_BF16, marks=needs_bf16_cpu)]
+
+
+@pytest.mark.parametrize("chosen", BOTH_BACKENDS)
+def test_compare_judges_saved_outputs_as_verify_did(exported, tmp_path, chosen):
+    saved = invoke("verify", exported, "--backends", f"original,{chosen}", "--save-outputs", tmp_path / "r.npz", "--json")
     assert saved.exit_code == 0, saved.output
     compared = invoke("compare", tmp_path / "r.npz", "--json")
     assert compared.exit_code == 0, compared.output
     judged = {(c["inputs"], c["candidate"]): (c["passed"], c["limits"]) for c in json.loads(compared.stdout)["comparisons"]}
     verified = {(c["inputs"], c["candidate"]): (c["passed"], c["limits"]) for c in json.loads(saved.stdout)["comparisons"]}
-    assert judged == verified and any(candidate == OPENVINO_BF16 for _, candidate in judged)
+    assert judged == verified and any(candidate == chosen for _, candidate in judged)
 
 
-@needs_bf16_cpu
-def test_bench_eval_and_doctor_know_the_backend(exported, tmp_path):
-    result = invoke("bench", exported, "--backend", f"{ORT},{OPENVINO_BF16}", "--runs", "1", "--warmup", "0", "--json")
+@pytest.mark.parametrize("chosen", BOTH_BACKENDS)
+def test_bench_and_eval_run_it_on_the_device_asked_for(exported, tmp_path, chosen):
+    result = invoke("bench", exported, "--backend", f"{ORT},{chosen}", "--runs", "1", "--warmup", "0", "--device", "CPU", "--json")
     assert result.exit_code == 0, result.output
-    assert [r["backend"] for r in json.loads(result.stdout)["results"]] == [ORT, OPENVINO_BF16]
+    assert [(r["backend"], r["device"]) for r in json.loads(result.stdout)["results"]] == [(ORT, "cpu"), (chosen, "openvino CPU")]
     dataset = tmp_path / "set"
     write_test_png(dataset / "HR" / "a.png", 3, size=(40, 48))
     write_test_png(dataset / "LR_bicubic" / "X2" / "a.png", 3, size=(20, 24))
-    scored = invoke("eval", exported, "--dataset", dataset, "--scale", 2, "--methods", f"{ORT},{OPENVINO_BF16}", "--json")
+    scored = invoke("eval", exported, "--dataset", dataset, "--scale", 2, "--methods", f"{ORT},{chosen}", "--device", "CPU", "--json")
     assert scored.exit_code == 0, scored.output
     summary = json.loads(scored.stdout)["summary"]
-    assert summary[OPENVINO_BF16]["images"] == 1 and abs(summary[OPENVINO_BF16]["psnr"] - summary[ORT]["psnr"]) < 1.0
+    assert summary[chosen]["images"] == 1 and abs(summary[chosen]["psnr"] - summary[ORT]["psnr"]) < 1.0
+
+
+@needs_bf16_cpu
+def test_doctor_knows_the_backend():
     doctor = json.loads(invoke("doctor", "--json").stdout)
     assert "openvino-bf16: the BF16 plan on CPU" in doctor["capabilities"]["run"]
     assert "BF16" in doctor["facts"]["openvino_capabilities"]["CPU"]
 
 
-@needs_bf16_cpu
-def test_a_video_runs_frame_for_frame_as_its_frames_run_as_images(exported, tmp_path):
+@pytest.mark.parametrize("chosen", BOTH_BACKENDS)
+def test_a_video_runs_frame_for_frame_as_its_frames_run_as_images(exported, tmp_path, chosen):
     from deploytool.runtime import images
     from tests.videos import Clip, make_clip, read_back
 
     source = tmp_path / "rgb.mkv"
     pictures = make_clip(source, Clip(codec="ffv1", pix_fmt="bgr0", size=(24, 20), pts=list(range(3))))
-    video = invoke("run", exported, source, "-o", tmp_path / "rgb_x2.mkv", "--backend", OPENVINO_BF16, "--lossless")
+    video = invoke("run", exported, source, "-o", tmp_path / "rgb_x2.mkv", "--backend", chosen, "--lossless")
     assert video.exit_code == 0, video.output
     folder = tmp_path / "frames"
     for number, picture in enumerate(pictures):
         images.write_samples(folder / f"{number}.png", picture)
-    frames = invoke("run", exported, folder, "-o", tmp_path / "frames_x2", "--backend", OPENVINO_BF16)
+    frames = invoke("run", exported, folder, "-o", tmp_path / "frames_x2", "--backend", chosen)
     assert frames.exit_code == 0, frames.output
     after = read_back(tmp_path / "rgb_x2.mkv", as_format="rgb24")
     assert len(after.frames) == len(pictures)

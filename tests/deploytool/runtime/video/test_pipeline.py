@@ -157,6 +157,16 @@ def test_bad_input_is_one_line_and_writes_nothing(exported, tmp_path):
     assert_one_line_error(invoke("run", exported, subrip, "-o", out / "e.mp4", "--backend", "ort"), "mp4 cannot hold stream 1 (subtitle, ", "use .mkv")
     assert_one_line_error(invoke("run", exported, subrip, "-o", out / "f.mp4", "--backend", "ort", "--lossless"), "Matroska")
 
+    # encoder options out of the encoder's range, and a name no video container has: refused before the work
+    assert_one_line_error(invoke("run", exported, whole, "-o", out / "h.mp4", "--backend", "ort", "--crf", "-5"), "--crf -5: libx264 takes 0 to 51")
+    assert_one_line_error(
+        invoke("run", exported, whole, "-o", out / "h.mp4", "--backend", "ort", "--preset", "bogus"), "--preset bogus: libx264 takes ultrafast"
+    )
+    assert_one_line_error(invoke("run", exported, whole, "-o", out / "h.png", "--backend", "ort"), "no video container is known for the name .png")
+    assert_one_line_error(
+        invoke("run", exported, whole, "-o", out / "h.mp4", "--backend", "ort", "--segment-frames", "10"), "--segment-frames applies with --resume"
+    )
+
     # a folder that cannot be made (its parent is a file) stands for any unwritable place, also for root
     assert_one_line_error(invoke("run", exported, whole, "-o", corrupt / "g.mp4", "--backend", "ort"), "cannot write there")
     assert not out.exists() or not any(out.iterdir()), list(out.iterdir())
