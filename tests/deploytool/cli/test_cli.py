@@ -137,6 +137,19 @@ def test_run_refuses_bad_images(exported, env, tmp_path):
     assert not (tmp_path / "o.png").exists()
 
 
+def test_an_image_too_large_for_the_memory_is_one_line_and_writes_nothing(exported, env, tmp_path, monkeypatch):
+    """numpy's allocation failure for a 30000x30000 PNG (what decoding it on a small machine gives)."""
+    image = write_png(tmp_path / "huge.png", 3)
+
+    def too_large(path):
+        raise MemoryError("Unable to allocate 10.1 GiB for an array with shape (30000, 30000, 3) and data type float32")
+
+    monkeypatch.setattr(images, "read_samples", too_large)
+    result = invoke("run", exported, image, "-o", tmp_path / "o.png", "--backend", "ort", env=env)
+    assert_one_line_error(result, "out of memory: Unable to allocate 10.1 GiB for an array with shape (30000, 30000, 3)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["huge.png"]
+
+
 def test_run_refuses_a_thread_count_that_is_not_a_number(exported, env, tmp_path):
     image = write_png(tmp_path / "i.png", 3)
     result = invoke("run", exported, image, "-o", tmp_path / "o.png", "--backend", "ort", env={**env, "DEPLOYTOOL_ORT_THREADS": "all"})
