@@ -1,15 +1,12 @@
 """scripts/openvino_bench.py: its rows measured on a tiny export, and the FP32-only report on a CPU without BF16."""
 
-import importlib.util
 import json
 
 import numpy as np
 import pytest
 
 from deploytool.runtime.manifest import BF16_FILE, read_manifest
-from tests.helpers import load_script
-
-HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
+from tests.helpers import load_script, needs_openvino
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +14,7 @@ def bench():
     return load_script("openvino_bench")
 
 
-@pytest.mark.skipif(not HAS_OPENVINO, reason="OpenVINO is not installed: pip install deploytool[openvino] (the test extra has it)")
+@needs_openvino
 def test_every_row_is_timed_against_ort_fp32_and_compared_with_its_output(bench, tiny_exports, tmp_path, monkeypatch):
     tiny_exports.copy("esrt-x2", tmp_path / "e")  # OpenVINO caches its compiled models in the folder
     with_bf16 = "CPU" in bench.bf16_devices()
@@ -84,7 +81,7 @@ def _copying_exporter(tiny_exports, asked):
     return exporter
 
 
-@pytest.mark.skipif(not HAS_OPENVINO, reason="OpenVINO is not installed: pip install deploytool[openvino] (the test extra has it)")
+@needs_openvino
 def test_without_bf16_rows_the_plan_is_made_and_its_flop_share_reported(bench, tiny_exports, tmp_path, monkeypatch):
     asked = []
     monkeypatch.setattr(bench, "export_with_plan", _copying_exporter(tiny_exports, asked))
@@ -93,7 +90,7 @@ def test_without_bf16_rows_the_plan_is_made_and_its_flop_share_reported(bench, t
     assert result["bf16_flop_share"] == read_manifest(tmp_path / "esrt-x2").bf16.bf16_flop_share > 0
 
 
-@pytest.mark.skipif(not HAS_OPENVINO, reason="OpenVINO is not installed: pip install deploytool[openvino] (the test extra has it)")
+@needs_openvino
 def test_the_set5_rows_score_every_row_against_hr_and_against_ort_fp32(bench, tiny_exports, tmp_path, monkeypatch):
     from tests.helpers import write_test_png
 

@@ -13,7 +13,6 @@ the same tiler.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from deploytool.runtime.backends import openvino_bf16
 from deploytool.runtime.manifest import BF16_FILE, MANIFEST_FILE, read_manifest
 from deploytool.serving.repository import RepositoryOptions, write_repository
 from deploytool.serving.triton_models import BackendTileModel
+from tests.helpers import needs_openvino
 from tests.triton_server import (
     TESTSETS,
     assert_one_line_error,
@@ -48,7 +48,6 @@ WITH_BF16 = ["BF16", "FP32", "INT8"]  # OPTIMIZATION_CAPABILITIES of a CPU with 
 WITHOUT_BF16 = ["FP32", "INT8"]
 REFUSAL = "openvino-bf16 needs BF16 arithmetic (on a CPU: AVX-512 BF16 or AMX); OpenVINO's CPU offers FP32, INT8, without BF16"
 
-needs_openvino = pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="OpenVINO is not installed: pip install deploytool[openvino]")
 needs_bf16_cpu = pytest.mark.skipif(bf16_cpu_missing() is not None, reason=str(bf16_cpu_missing()))
 
 

@@ -4,7 +4,6 @@ wheel's server has only the Python backend): their configs and files are what is
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -20,7 +19,7 @@ from deploytool.runtime.fileio import sha256_file
 from deploytool.runtime.manifest import EngineRecord, read_manifest
 from deploytool.serving import repository
 from deploytool.serving.repository import RepositoryOptions, parse_gpus, parse_pixels, write_repository
-from tests.helpers import export_tiny
+from tests.helpers import export_tiny, needs_openvino
 from tests.triton_server import assert_one_line_error, config_parameters, invoke, read_config
 
 ENGINE = "model.sm90-trt10.13.0.engine"
@@ -188,7 +187,7 @@ def test_bad_options_are_one_line(export_dir, tmp_path, args, fragment):
     assert_one_line_error(invoke("triton", export_dir, "--repo", tmp_path / "models", *args), fragment)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="OpenVINO is not installed: pip install deploytool[openvino]")
+@needs_openvino
 def test_openvino_bf16_without_the_bf16_plan_names_the_export_to_make(export_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(openvino_bf16, "device_capabilities", lambda core, device: ["BF16", "FP32"])  # whatever this CPU offers
     result = invoke("triton", export_dir, "--repo", tmp_path / "models", "--runtime", "openvino-bf16")
