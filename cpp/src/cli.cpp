@@ -3,8 +3,9 @@
 #include <cstdio>
 #include <exception>
 #include <functional>
-#include <optional>
 #include <new>
+#include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,8 @@ struct Arguments {
   std::string output;
   std::optional<int> overlap;
   CliOptions options;
+  std::set<std::string> given;  // the options taking a value that were given, by their long name
+  bool help = false;
 };
 
 class UsageError : public Error {
@@ -61,8 +64,16 @@ void check_backend(const Arguments& arguments, const BackendRegistry& registry) 
 }
 
 // One option of the command line (`value` reads its value); false when `arg` is not an option.
-bool parse_option(const std::string& arg, const std::function<std::string()>& value, Arguments& arguments, const BackendRegistry& registry) {
-  if (arg == "-o" || arg == "--output") {
+bool parse_option(const std::string& arg, const std::function<std::string()>& once, Arguments& arguments, const BackendRegistry& registry) {
+  // an option given twice is refused: which of the two was meant?
+  auto value = [&]() -> std::string {
+    const std::string name = arg == "-o" ? "--output" : arg;
+    if (!arguments.given.insert(name).second) throw UsageError(name + " given twice");
+    return once();
+  };
+  if (arg == "-h" || arg == "--help") {
+    arguments.help = true;
+  } else if (arg == "-o" || arg == "--output") {
     arguments.output = value();
   } else if (arg == "--overlap") {
     arguments.overlap = parse_int(value(), arg);
@@ -93,6 +104,7 @@ Arguments parse(int argc, const char* const* argv, const BackendRegistry& regist
     };
     if (!parse_option(arg, value, arguments, registry)) positional.push_back(arg);
   }
+  if (arguments.help) return arguments;
   check_backend(arguments, registry);
   if (positional.size() < 2) throw UsageError("give an export folder and at least one image");
   if (arguments.output.empty()) throw UsageError("give the output file with -o OUTPUT.png");
@@ -112,8 +124,14 @@ int run_cli(int argc, const char* const* argv, const BackendRegistry& registry, 
 
 int run_cli(int argc, const char* const* argv, const BackendFactory& make_backend, std::ostream& out, std::ostream& err, const BackendRegistry& registry) {
   const std::string program = argc > 0 ? argv[0] : "deploytool-infer";
+  char usage[512];
+  std::snprintf(usage, sizeof usage, kUsage, program.c_str(), choices(registry.names(), "|", "|").c_str());
   try {
     Arguments arguments = parse(argc, argv, registry);
+    if (arguments.help) {
+      out << usage << "\n";
+      return 0;
+    }
     Export exported = Export::open(arguments.export_dir);
     const Manifest& manifest = exported.manifest();
     if (arguments.images.size() != manifest.views.size()) {
@@ -132,9 +150,7 @@ int run_cli(int argc, const char* const* argv, const BackendFactory& make_backen
         << restored.bit_depth << "-bit, " << restorer.tiles_for(views.front().pixels.height, views.front().pixels.width) << " tiles\n";
     return 0;
   } catch (const UsageError& error) {
-    char usage[512];
-    std::snprintf(usage, sizeof usage, kUsage, program.c_str(), choices(registry.names(), "|", "|").c_str());
-    err << usage << "\nerror: " << error.what() << "\n";
+    err << "error: " << error.what() << " (" << usage << ")\n";
     return 2;
   } catch (const std::bad_alloc&) {
     err << "error: out of memory\n";

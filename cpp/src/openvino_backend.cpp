@@ -23,6 +23,7 @@
 #include <openvino/openvino.hpp>
 #include <openvino/pass/constant_folding.hpp>
 #include <openvino/pass/manager.hpp>
+#include <sstream>
 #include <utility>
 #include <vector>
 
@@ -52,6 +53,21 @@ constexpr size_t kChannelWiseDepth = 4;
 // deploytool.runtime.backends.openvino.split_channel_convolutions, node for node (see its doc):
 // the chunks of a channel Split computed where a Convolution makes them.
 using NodePtr = std::shared_ptr<ov::Node>;
+
+// deploytool.runtime.backends.openvino.openvino_reason: the line of an OpenVINO exception that says
+// what is wrong, where its first lines name the source location it was raised at.
+std::string openvino_reason(const ov::Exception& error) {
+  std::istringstream lines(error.what());
+  std::string line, first;
+  while (std::getline(lines, line)) {
+    line.erase(0, line.find_first_not_of(" \t"));
+    line.erase(line.find_last_not_of(" \t\r") + 1);
+    if (line.empty()) continue;
+    if (line.rfind("Exception from ", 0) != 0) return line;
+    if (first.empty()) first = line;
+  }
+  return first.empty() ? std::string("unknown OpenVINO error") : first;
+}
 
 void fold_constants(const std::shared_ptr<ov::Model>& model) {
   ov::pass::Manager manager;
@@ -265,9 +281,7 @@ class OpenVinoBackend : public Backend {
                                      ov::hint::performance_mode(ov::hint::PerformanceMode::LATENCY), ov::cache_dir(cache.string()));
       request_ = compiled_.create_infer_request();
     } catch (const ov::Exception& error) {
-      std::string message = error.what();
-      message = message.substr(0, message.find('\n'));
-      throw Error("OpenVINO could not compile " + graph + " for " + options.device + ": " + message);
+      throw Error("OpenVINO could not compile " + graph + " for " + options.device + ": " + openvino_reason(error));
     }
     if (compiled_.inputs().size() != 1 || compiled_.outputs().size() != 1 || compiled_.input().get_partial_shape().is_dynamic() ||
         compiled_.output().get_partial_shape().is_dynamic()) {
@@ -292,8 +306,7 @@ class OpenVinoBackend : public Backend {
     try {
       request_.infer();
     } catch (const ov::Exception& error) {
-      std::string message = error.what();
-      throw Error("OpenVINO failed to run the model on " + device_ + ": " + message.substr(0, message.find('\n')));
+      throw Error("OpenVINO failed to run the model on " + device_ + ": " + openvino_reason(error));
     }
   }
 

@@ -116,6 +116,20 @@ TEST(Cli, RestoresAndReportsEveryBadInputInOneLine) {
   EXPECT_EQ(std::count(unreadable.err.begin(), unreadable.err.end(), '\n'), 1);
   CliRun usage = cli({dir});
   EXPECT_EQ(usage.code, 2);
+  EXPECT_EQ(usage.err.rfind("error: give an export folder and at least one image (usage: ", 0), 0u) << usage.err;
+  EXPECT_EQ(std::count(usage.err.begin(), usage.err.end(), '\n'), 1) << usage.err;
+  for (const std::string& option : {"-o", "--output"}) {
+    CliRun twice = cli({dir, input, "-o", output, option, output + ".2.png"});
+    EXPECT_EQ(twice.code, 2);
+    EXPECT_EQ(twice.err.rfind("error: --output given twice (usage: ", 0), 0u) << twice.err;
+  }
+  CliRun overlap_twice = cli({dir, input, "-o", output, "--overlap", "2", "--overlap", "4"});
+  EXPECT_EQ(overlap_twice.err.rfind("error: --overlap given twice (usage: ", 0), 0u) << overlap_twice.err;
+  EXPECT_FALSE(std::filesystem::exists(output));
+  CliRun help = cli({"--help"});
+  EXPECT_EQ(help.code, 0);
+  EXPECT_EQ(help.out.rfind("usage: ", 0), 0u) << help.out;
+  EXPECT_EQ(help.err, "");
 }
 
 TEST(Restorer, RefusesImagesThatAreNotOneGroupOfTheViewsInOneLine) {

@@ -349,7 +349,7 @@ def calibration_tolerance(entry: ModelEntry, name: str) -> float:
 def failure_message(name: str, exc: ExportError, out_dir: Path) -> str:
     """Why an export has no `name` graph, and how to export without asking for it."""
     if name == "fp16":
-        return f"{exc}; the FP32 export is written to {out_dir} without model_fp16.onnx (re-export with --no-fp16 to skip the FP16 graph)"
+        return f"{exc}; the FP32 export is written to {out_dir} without model_fp16.onnx (re-export with --no-fp16, or without fp16 in --precision, to skip the FP16 graph)"
     return f"{exc}; the export is written to {out_dir} without {REDUCED_FILES[name]} (re-export without {name} in --precision to skip the {name.upper()} graph)"
 
 

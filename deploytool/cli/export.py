@@ -39,8 +39,10 @@ def export(model_id, out_dir, weights, random_init, seed, tile, batch, calibrati
     from deploytool.build.networks import resolve_source
     from deploytool.runtime.fileio import inside
 
+    no_fp16 = check_no_fp16(no_fp16, precisions)
     entry = registry.get(model_id)
     out_dir = out_dir or inside(Path("build"), entry.id, "model id")
+    tile = parse_tile(tile) or entry.tiling.tile
     source = resolve_source(entry, weights=weights, random_init=random_init, seed=seed)
     if source.kind == "random-init":
         say(f"warning: {model_id} is exported with UNTRAINED random weights (seed {seed}); for smoke tests only")
@@ -48,7 +50,7 @@ def export(model_id, out_dir, weights, random_init, seed, tile, batch, calibrati
         entry=entry,
         source=source,
         out_dir=out_dir,
-        tile=parse_tile(tile) or entry.tiling.tile,
+        tile=tile,
         batch=entry.tiling.batch if batch is None else batch,
         fp16="fp16" in precisions and not no_fp16,
         bf16="bf16" in precisions,
@@ -60,6 +62,15 @@ def export(model_id, out_dir, weights, random_init, seed, tile, batch, calibrati
 
 
 PRECISIONS = ("fp16", "bf16", "fp32")
+
+
+def check_no_fp16(no_fp16: bool, precisions: frozenset[str]) -> bool:
+    """`--no-fp16`, refused beside a `--precision` that names fp16 (which of the two would hold?);
+    beside the default `--precision` it leaves the FP16 graph out, as it always has."""
+    given = click.get_current_context().get_parameter_source("precisions") != click.core.ParameterSource.DEFAULT
+    if no_fp16 and given and "fp16" in precisions:
+        raise click.UsageError("--no-fp16 contradicts --precision naming fp16: name the graphs you want with --precision alone")
+    return no_fp16
 
 
 def parse_precisions(value: str) -> frozenset[str]:

@@ -47,6 +47,8 @@ def run(export_dir, inputs, output, backend, overlap, weights, cuda_graph, devic
     overlap = manifest.overlap(overlap)
     image_paths, video_paths = videos.split_inputs(inputs)
     sources = inference.group_sources(manifest, image_paths)
+    for path in video_paths:
+        videos.check_video(path)  # as group_sources checks the images: before any output is written
     targets = inference.destinations([*sources, *video_paths], output)
     resume_key = (
         {"export": manifest.fingerprint(), "backend": backend, **({"device": device} if device else {}), "overlap": overlap, **encode.arguments()}

@@ -72,20 +72,37 @@ def _quiet_cv2() -> Iterator[None]:
         set_level(level)
 
 
-def _imread(path: Path) -> np.ndarray:
+def check_readable(path: str | os.PathLike) -> None:
+    """Refuse a file that is not there or whose signature no image decoder knows, reading its first
+    bytes only: a command checks every input so before writing its first output. A file that passes
+    may still be corrupt further in (`read_image` says so)."""
+    with _quiet_cv2():
+        _check_readable(Path(path))
+
+
+_UNREADABLE = "not a readable image (unknown format or corrupt file)"
+
+
+def _check_readable(path: Path) -> None:
     if not path.exists():
         raise ImageError(f"{path}: no such file")
     if not path.is_file():
         raise ImageError(f"{path}: not a file")
     if path.stat().st_size == 0:
         raise ImageError(f"{path}: file is empty")
+    if not cv2.haveImageReader(str(path)):
+        raise ImageError(f"{path}: {_UNREADABLE}")
+
+
+def _imread(path: Path) -> np.ndarray:
     with _quiet_cv2():
+        _check_readable(path)
         try:
             raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         except cv2.error:
             raw = None
     if raw is None:
-        raise ImageError(f"{path}: not a readable image (unknown format or corrupt file)")
+        raise ImageError(f"{path}: {_UNREADABLE}")
     return raw
 
 

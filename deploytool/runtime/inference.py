@@ -82,7 +82,11 @@ def tiles_for(manifest: Manifest, height: int, width: int, overlap: int) -> int:
 
 
 def group_sources(manifest: Manifest, paths: list[Path]) -> list[Source]:
-    """Image files as the model takes them: one each, or in groups of one file per view."""
+    """Image files as the model takes them: one each, or in groups of one file per view. Every file
+    is checked first (`images.check_readable`), so a missing or unknown one is refused before any
+    output is written (the Triton client instead lets such a file fail alone, as its server does)."""
+    for path in paths:
+        images.check_readable(path)
     return group_files(manifest.model_id, [v.name for v in manifest.views], paths)
 
 

@@ -5,13 +5,14 @@ other stream of the source kept. Imports neither torch nor onnx: any runner `run
 
 from deploytool.runtime.video.output import EncodeOptions
 from deploytool.runtime.video.pipeline import FrameRestorer, TiledRestorer, restore_video, sigterm_interrupts
-from deploytool.runtime.video.probe import VideoInfo, is_video, probe
+from deploytool.runtime.video.probe import VideoInfo, check_video, is_video, probe
 
 __all__ = [
     "EncodeOptions",
     "FrameRestorer",
     "TiledRestorer",
     "VideoInfo",
+    "check_video",
     "is_video",
     "probe",
     "restore_video",

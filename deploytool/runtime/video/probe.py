@@ -110,20 +110,35 @@ def moving_picture(container):
     return next((s for s in container.streams.video if not (s.disposition & still)), None)
 
 
+def check_video(path: str | os.PathLike) -> None:
+    """Refuse a file FFmpeg cannot open, or whose video stream is missing or not decodable here,
+    from its header alone (`probe` demuxes the whole file): a command checks every input so
+    before writing its first output."""
+    path = Path(path)
+    with _open(path) as container:
+        _decodable_video(container, path)
+
+
+def _decodable_video(container, path: Path):
+    """The container's moving picture, with a codec this FFmpeg decodes; else one line of why not."""
+    stream = moving_picture(container)
+    if stream is None:
+        kinds = sorted({s.type for s in container.streams} - {"video"}) + (["a cover picture"] if container.streams.video else [])
+        held = f"only {', '.join(kinds)}" if kinds else "no streams"
+        raise VideoError(f"{path}: no video stream ({held})")
+    if stream.codec_context is None or not stream.codec_context.codec:
+        raise VideoError(f"{path}: this FFmpeg cannot decode its video codec")
+    return stream
+
+
 def probe(path: str | os.PathLike) -> VideoInfo:
     """Everything the pipeline needs to know before decoding; one line for what is not a video."""
 
     path = Path(path)
     container = _open(path)
     with container:
-        stream = moving_picture(container)
-        if stream is None:
-            kinds = sorted({s.type for s in container.streams} - {"video"}) + (["a cover picture"] if container.streams.video else [])
-            held = f"only {', '.join(kinds)}" if kinds else "no streams"
-            raise VideoError(f"{path}: no video stream ({held})")
-        codec = stream.codec_context.name if stream.codec_context else "unknown"
-        if stream.codec_context is None or not stream.codec_context.codec:
-            raise VideoError(f"{path}: this FFmpeg cannot decode its video codec")
+        stream = _decodable_video(container, path)
+        codec = stream.codec_context.name
         others = tuple(StreamInfo(s.index, s.type, _codec_name(s), s.language) for s in container.streams if s.index != stream.index and s.type in COPIED_TYPES)
         first = _first_frame(container, stream, path)
         try:

@@ -13,7 +13,7 @@ import torch
 from deploytool.cli import cli
 from deploytool.runtime import images
 from deploytool.runtime.input_batches import synthetic_batch
-from tests.helpers import cli_runner, save_official, tiny_entry, tiny_state_dict
+from tests.helpers import assert_one_line_error, cli_runner, save_official, tiny_entry, tiny_state_dict
 
 SHARED = Path(__file__).resolve().parents[4] / "shared"
 
@@ -21,13 +21,6 @@ SHARED = Path(__file__).resolve().parents[4] / "shared"
 def invoke(*args, env=None):
     result = cli_runner().invoke(cli, [str(a) for a in args], env=env, catch_exceptions=False)
     return result
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert lines[-1].startswith("error: ") and "Traceback" not in result.output, result.output
-    assert all(fragment in lines[-1] for fragment in fragments), lines[-1]
 
 
 @pytest.fixture(scope="module")
@@ -130,11 +123,39 @@ def test_verify_fails_when_a_tolerance_is_not_met(exported, env, tmp_path):
     assert "FAIL" in (copy / "parity.md").read_text()
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "--bogus"], "No such option '--bogus'. (see 'cli run --help')"),
+        (["run"], "Missing argument 'EXPORT_DIR'. (see 'cli run --help')"),
+        (["verify", ".", "--max-images", "0"], "Invalid value for '--max-images': 0 is not in the range x>=1. (see 'cli verify --help')"),
+        (["bogus"], "No such command 'bogus'. (see 'cli --help')"),
+        (["--bogus"], "No such option '--bogus'. (see 'cli --help')"),
+    ],
+)
+def test_a_command_line_click_cannot_parse_is_one_line(args, message):
+    """click's own usage errors, as every other refusal: one line, exit status 2 (click's program
+    name here is the runner's `cli`; installed, `deploytool`)."""
+    result = invoke(*args)
+    assert result.exit_code == 2 and result.stderr == f"error: {message}\n", result.stderr
+
+
 def test_run_refuses_bad_images(exported, env, tmp_path):
     (tmp_path / "bad.png").write_bytes(b"not an image at all")
     assert_one_line_error(invoke("run", exported, tmp_path / "bad.png", "-o", tmp_path / "o.png", env=env), "bad.png")
     assert_one_line_error(invoke("run", exported, tmp_path / "missing.png", "-o", tmp_path / "o.png", env=env), "missing.png")
     assert not (tmp_path / "o.png").exists()
+
+
+@pytest.mark.parametrize("bad", ["missing.png", "notes.png", "notes.txt"])
+def test_run_checks_every_image_before_writing_the_first(exported, env, tmp_path, bad):
+    """A typo or a stray file among many inputs is refused before the good ones are restored."""
+    good = write_png(tmp_path / "good.png", 3)
+    (tmp_path / "notes.png").write_text("not an image")
+    (tmp_path / "notes.txt").write_text("not a video either")
+    result = invoke("run", exported, good, tmp_path / bad, "-o", tmp_path / "out", "--backend", "ort", env=env)
+    assert_one_line_error(result, bad)
+    assert not (tmp_path / "out").exists()
 
 
 def test_an_image_too_large_for_the_memory_is_one_line_and_writes_nothing(exported, env, tmp_path, monkeypatch):

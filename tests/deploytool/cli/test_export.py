@@ -21,7 +21,8 @@ def tiny_swinir(tmp_path, monkeypatch):
         ((), {FP32_FILE, FP16_FILE}),  # the default: as before --precision
         (("--precision", "fp16,bf16"), {FP32_FILE, FP16_FILE, BF16_FILE}),
         (("--precision", "bf16"), {FP32_FILE, BF16_FILE}),
-        (("--precision", "fp16,bf16", "--no-fp16"), {FP32_FILE, BF16_FILE}),
+        (("--precision", "bf16", "--no-fp16"), {FP32_FILE, BF16_FILE}),
+        (("--no-fp16",), {FP32_FILE}),
         (("--precision", "fp32"), {FP32_FILE}),
     ],
 )
@@ -38,6 +39,15 @@ def test_precision_chooses_the_deploy_graphs(tmp_path, tiny_swinir, options, fil
 def test_an_unknown_precision_is_refused_in_one_line(tmp_path, tiny_swinir):
     result = cli_runner().invoke(cli, ["export", "swinir-s-x2", "--weights", str(tiny_swinir), "--out", str(tmp_path / "e"), "--precision", "fp16,int8"])
     assert result.exit_code == 2 and "Traceback" not in result.output
-    last = [line for line in result.stderr.splitlines() if line.strip()][-1]
-    assert last == "Error: Invalid value for '--precision': int8: not one of fp16, bf16, fp32", last
+    message = "error: Invalid value for '--precision': int8: not one of fp16, bf16, fp32 (see '"
+    assert result.stderr.startswith(message) and result.stderr.strip().endswith(" export --help')"), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (tmp_path / "e").exists()
+
+
+def test_no_fp16_beside_a_precision_naming_fp16_is_refused_in_one_line(tmp_path, tiny_swinir):
+    out = tmp_path / "e"
+    result = cli_runner().invoke(cli, ["export", "swinir-s-x2", "--weights", str(tiny_swinir), "--out", str(out), "--precision", "fp16,bf16", "--no-fp16"])
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
+    assert result.stderr.startswith("error: --no-fp16 contradicts --precision naming fp16"), result.stderr
+    assert not out.exists()
