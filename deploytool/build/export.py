@@ -205,7 +205,7 @@ def export(request: ExportRequest, progress: Progress = lambda message: None) ->
     """
     entry, out_dir = request.entry, request.out_dir
     check_request(request)
-    _parent(out_dir)  # where it cannot be made, refused before the work
+    parent = make_folder(out_dir.parent, "export's parent folder")  # where it cannot be made, refused before the work
     started = time.perf_counter()
     small_shape = calibration_shape(request) if request.precisions else None
     clock = StageClock(5 + (small_shape is not None) + len(request.precisions), progress)
@@ -240,7 +240,7 @@ def export(request: ExportRequest, progress: Progress = lambda message: None) ->
             with clock.stage("calibration_trace", f"{waiting} {small_shape} for the {plans} plan's calibration"):
                 small_graph = calibration_graph(clock.traced(calibration_trace), finished, request, lambda message: progress(f"      {message}"))
 
-    with tempfile.TemporaryDirectory(prefix=".export-", dir=_parent(out_dir)) as staging:
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=parent) as staging:
         staging = Path(staging)
         reduced = ReducedGraphs(staging, small_graph)
         for name in request.precisions:
@@ -391,10 +391,6 @@ def calibration_graph(traced: onnx.ModelProto, export_graph: FinishedGraph, requ
 
 def _shape_text(shape: tuple[int, ...]) -> str:
     return "x".join(map(str, shape))
-
-
-def _parent(path: Path) -> Path:
-    return make_folder(path.parent, "export's parent folder")
 
 
 def build_manifest(

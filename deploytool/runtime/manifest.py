@@ -453,8 +453,9 @@ def check_shapes(manifest: Manifest, *, where: str) -> None:
     views (what the C++ reader refuses too: cpp/src/export.cpp's check_shapes)."""
     tiling, shape, out = manifest.tiling, manifest.input.shape, manifest.output.shape
     problems = []
-    if sum(view.channels for view in manifest.input.views) != shape[1]:
-        problems.append(f"input/views hold {sum(view.channels for view in manifest.input.views)} channels, input/shape {shape[1]}")
+    view_channels = sum(view.channels for view in manifest.input.views)
+    if view_channels != shape[1]:
+        problems.append(f"input/views hold {view_channels} channels, input/shape {shape[1]}")
     if shape[0] != tiling.batch or out[0] != tiling.batch:
         problems.append("tiling/batch differs from the graph shapes' batch")
     if tuple(shape[2:]) != tuple(tiling.tile):

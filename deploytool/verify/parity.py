@@ -128,33 +128,42 @@ def parity_inputs(
     return found
 
 
-def _open(export_dir: Path, manifest: Manifest, name: str, weights: str | Path | None, state: dict[str, Any]) -> Runner:
-    """A runner for backend `name` (given the run's --device where it takes one: `state["device"]`);
-    the checkpoint is loaded once for all backends that need it."""
-    backend = registry.get(name)
-    options = backend.own_options(state.get("device"))
-    if not backend.needs_checkpoint:
-        return open_runner(export_dir, manifest, name, **options)
-    if "loaded" not in state:
-        state["loaded"] = export_weights(manifest, weights)
-    return open_runner(export_dir, manifest, name, model=checkpoint_model(manifest, backend, loaded=state["loaded"]), **options)
+@dataclass
+class _Opener:
+    """Opens a run's backends with its options (`device` to the backends that take one); the
+    checkpoint is loaded once for all backends that need it."""
 
+    export_dir: Path
+    manifest: Manifest
+    weights: str | Path | None
+    device: str | None
+    skip_missing_weights: bool
+    loaded: Any = None  # export_weights' (entry, source, state dict), once a backend needed it
 
-def _open_or_skip(export_dir: Path, manifest: Manifest, name: str, weights, state: dict[str, Any], *, skip_missing_weights: bool) -> Runner | str:
-    """A runner, or the reason to skip a backend this machine cannot run (no TensorRT, no engine
-    for this GPU; the checkpoint missing when `skip_missing_weights`)."""
-    try:
-        return _open(export_dir, manifest, name, weights, state)
-    except CheckpointError as exc:
-        if not skip_missing_weights:
-            raise
-        return str(exc)
-    except BackendUnavailable as exc:
-        return str(exc)
-    except DeployError as exc:
-        if not registry.get(name).machine_specific:
-            raise
-        return str(exc)
+    def open(self, name: str) -> Runner:
+        backend = registry.get(name)
+        options = backend.own_options(self.device)
+        if not backend.needs_checkpoint:
+            return open_runner(self.export_dir, self.manifest, name, **options)
+        if self.loaded is None:
+            self.loaded = export_weights(self.manifest, self.weights)
+        return open_runner(self.export_dir, self.manifest, name, model=checkpoint_model(self.manifest, backend, loaded=self.loaded), **options)
+
+    def open_or_skip(self, name: str) -> Runner | str:
+        """A runner, or the reason to skip a backend this machine cannot run (no TensorRT, no
+        engine for this GPU; the checkpoint missing when `skip_missing_weights`)."""
+        try:
+            return self.open(name)
+        except CheckpointError as exc:
+            if not self.skip_missing_weights:
+                raise
+            return str(exc)
+        except BackendUnavailable as exc:
+            return str(exc)
+        except DeployError as exc:
+            if not registry.get(name).machine_specific:
+                raise
+            return str(exc)
 
 
 def _selected(manifest: Manifest, names: list[str], skipped: dict[str, str]) -> list[str]:
@@ -214,9 +223,9 @@ def run(
     for name, reason in results.skipped.items():
         if name in registry.names():
             progress(f"skipping {name}: {reason}")
-    loaded: dict[str, Any] = {"device": device}
+    opener = _Opener(export_dir, manifest, weights, device, skip_missing_weights)
     for name in backends:
-        runner = _open_or_skip(export_dir, manifest, name, weights, loaded, skip_missing_weights=skip_missing_weights)
+        runner = opener.open_or_skip(name)
         if isinstance(runner, str):
             results.skipped[name] = runner
             progress(f"skipping {name}: {runner}")
