@@ -63,28 +63,44 @@ void check_backend(const Arguments& arguments, const BackendRegistry& registry) 
   if (!refused.empty()) throw UsageError(refused);
 }
 
-// One option of the command line (`value` reads its value); false when `arg` is not an option.
-bool parse_option(const std::string& arg, const std::function<std::string()>& once, Arguments& arguments, const BackendRegistry& registry) {
-  // an option given twice is refused: which of the two was meant?
-  auto value = [&]() -> std::string {
-    const std::string name = arg == "-o" ? "--output" : arg;
-    if (!arguments.given.insert(name).second) throw UsageError(name + " given twice");
-    return once();
-  };
+// The options without a value; false when `arg` is none of them.
+bool parse_flag(const std::string& arg, Arguments& arguments) {
   if (arg == "-h" || arg == "--help") {
     arguments.help = true;
-  } else if (arg == "-o" || arg == "--output") {
-    arguments.output = value();
-  } else if (arg == "--overlap") {
-    arguments.overlap = parse_int(value(), arg);
-    if (*arguments.overlap < 0) throw UsageError("--overlap must be >= 0, got " + std::to_string(*arguments.overlap));
-  } else if (arg == "--backend") {
-    arguments.options.backend = value();
-    check_name(arguments.options.backend, registry);
-  } else if (arg == "--device") {
-    arguments.options.device = value();
   } else if (arg == "--cuda-graph") {
     arguments.options.cuda_graph = true;
+  } else {
+    return false;
+  }
+  return true;
+}
+
+// The value of option `name` (`next` reads it); an option given twice is refused: which was meant?
+std::string take_value(const std::string& name, const std::function<std::string()>& next, Arguments& arguments) {
+  if (!arguments.given.insert(name).second) throw UsageError(name + " given twice");
+  return next();
+}
+
+int parse_overlap(const std::string& text) {
+  const int overlap = parse_int(text, "--overlap");
+  if (overlap < 0) throw UsageError("--overlap must be >= 0, got " + std::to_string(overlap));
+  return overlap;
+}
+
+// One option of the command line (`next` reads its value); false when `arg` is not an option.
+bool parse_option(const std::string& arg, const std::function<std::string()>& next, Arguments& arguments, const BackendRegistry& registry) {
+  if (parse_flag(arg, arguments)) return true;
+  const std::string name = arg == "-o" ? "--output" : arg;
+  auto value = [&]() { return take_value(name, next, arguments); };
+  if (name == "--output") {
+    arguments.output = value();
+  } else if (name == "--overlap") {
+    arguments.overlap = parse_overlap(value());
+  } else if (name == "--backend") {
+    arguments.options.backend = value();
+    check_name(arguments.options.backend, registry);
+  } else if (name == "--device") {
+    arguments.options.device = value();
   } else if (arg.size() > 1 && arg[0] == '-') {
     throw UsageError("unknown option " + arg);
   } else {
@@ -113,6 +129,16 @@ Arguments parse(int argc, const char* const* argv, const BackendRegistry& regist
   return arguments;
 }
 
+// One image per view of the model, or a one-line refusal.
+void check_view_count(const Manifest& manifest, std::size_t given) {
+  if (given == manifest.views.size()) return;
+  std::string names;
+  for (const View& view : manifest.views) names += (names.empty() ? "" : ", ") + view.name;
+  throw ImageError(manifest.model_id + " takes " +
+                   (manifest.views.size() == 1 ? std::string("one image") : std::to_string(manifest.views.size()) + " images (" + names + ")") + "; " +
+                   std::to_string(given) + " given");
+}
+
 }  // namespace
 
 int run_cli(int argc, const char* const* argv, const BackendRegistry& registry, std::ostream& out, std::ostream& err) {
@@ -133,14 +159,7 @@ int run_cli(int argc, const char* const* argv, const BackendFactory& make_backen
       return 0;
     }
     Export exported = Export::open(arguments.export_dir);
-    const Manifest& manifest = exported.manifest();
-    if (arguments.images.size() != manifest.views.size()) {
-      std::string names;
-      for (const View& view : manifest.views) names += (names.empty() ? "" : ", ") + view.name;
-      throw ImageError(manifest.model_id + " takes " +
-                       (manifest.views.size() == 1 ? std::string("one image") : std::to_string(manifest.views.size()) + " images (" + names + ")") +
-                       "; " + std::to_string(arguments.images.size()) + " given");
-    }
+    check_view_count(exported.manifest(), arguments.images.size());
     std::vector<Image> views;
     for (const std::string& path : arguments.images) views.push_back(read_image(path));
     Restorer restorer(exported, make_backend(exported, arguments.options), arguments.overlap);
