@@ -277,6 +277,22 @@ def assert_bf16_plan_holds(out: Path, manifest: Manifest) -> None:
         assert float(np.abs(e - a).max()) <= tolerances["bf16_max_abs"] and psnr(e, a) >= tolerances["bf16_psnr_min"]
 
 
+def assert_bf16_plan_needs_no_range(out: Path, manifest: Manifest, accumulations: list[str] = ()) -> None:
+    """On an export stressed beyond FP16's range (the FP16 stress tests' twin): BF16 has FP32's
+    exponent, so whole-graph BF16 (emulated) stays finite, the plan keeps no node for range, the
+    `accumulations` (reductions over more than 256 values: the tile-wide sums) stay FP32, and the
+    shipped plan holds (`assert_bf16_plan_holds`)."""
+    from deploytool.build import bf16
+
+    fp32 = onnx.load(str(out / FP32_FILE))
+    batch = parity_batch(manifest.input.shape, 0)
+    assert np.isfinite(precision.run_graph(bf16.emulate(fp32, ()), [batch])[0]).all()
+    assert "range" not in manifest.bf16.fp32_by_reason, manifest.bf16.fp32_by_reason
+    assert set(accumulations) <= bf16.fp32_islands(onnx.load(str(out / BF16_FILE)), fp32)
+    assert manifest.bf16.fp32_by_reason.get("accumulation", 0) >= len(accumulations)
+    assert_bf16_plan_holds(out, manifest)
+
+
 # README: the stages in the order an export runs them
 STAGES = ("load", "trace", "simplify", "check", "calibration_trace", "fp16", "bf16", "save")
 TOP_LEVEL = {

@@ -156,7 +156,28 @@ def restore_file(
     on_tiles: OnTiles | None = None,
     on_start: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Read, restore and atomically write one image; returns what was done, for reports."""
+    """Read, restore and atomically write one image; returns what was done, for reports. An
+    allocation that fails names the image (the command then says "out of memory" in one line)."""
+    try:
+        return _restore_file(runner, manifest, source, destination, overlap=overlap, on_tiles=on_tiles, on_start=on_start)
+    except MemoryError as exc:
+        raise MemoryError(f"{_source_name(source)}: {str(exc).strip() or 'an allocation failed'}") from None
+
+
+def _source_name(source: Source) -> str:
+    return " + ".join(map(str, source)) if isinstance(source, tuple) else str(source)
+
+
+def _restore_file(
+    runner: Runner,
+    manifest: Manifest,
+    source: Source,
+    destination: str | Path,
+    *,
+    overlap: int,
+    on_tiles: OnTiles | None,
+    on_start: Callable[[int], None] | None,
+) -> dict[str, Any]:
     pixels, image = model_input(manifest, source)
     height, width = pixels.shape[:2]
     tiles = tiles_for(manifest, height, width, overlap)
@@ -166,7 +187,7 @@ def restore_file(
     images.write_image(destination, restored, alpha=alpha, bit_depth=image.bit_depth)
     scale = manifest.scale
     return {
-        "input": " + ".join(map(str, source)) if isinstance(source, tuple) else str(source),
+        "input": _source_name(source),
         "output": str(destination),
         "mode": image.mode,
         "bit_depth": image.bit_depth,

@@ -167,7 +167,7 @@ def test_an_image_too_large_for_the_memory_is_one_line_and_writes_nothing(export
 
     monkeypatch.setattr(images, "read_samples", too_large)
     result = invoke("run", exported, image, "-o", tmp_path / "o.png", "--backend", "ort", env=env)
-    assert_one_line_error(result, "out of memory: Unable to allocate 10.1 GiB for an array with shape (30000, 30000, 3)")
+    assert_one_line_error(result, f"out of memory: {image}: Unable to allocate 10.1 GiB for an array with shape (30000, 30000, 3)")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["huge.png"]
 
 

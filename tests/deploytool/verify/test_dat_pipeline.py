@@ -13,6 +13,7 @@ from deploytool.runtime.manifest import FP16_FILE, FP32_FILE
 from deploytool.verify import parity
 from tests.deploytool.build.test_export import assert_static
 from tests.helpers import (
+    assert_bf16_plan_needs_no_range,
     export_tiny,
     save_official,
     tiny_entry,
@@ -71,12 +72,13 @@ def test_graph_holds_weights_not_per_block_biases_or_masks(tmp_path, model_id):
     assert float_constants <= parameters + masks + 4096, (float_constants, parameters)
 
 
-def test_channel_attention_norms_stay_fp32_where_fp16_overflows(tmp_path):
+def test_channel_attention_norms_stay_fp32_where_fp16_overflows_and_bf16_would_lose_addends(tmp_path):
     """DAT's channel attention L2-normalises q and k over every token of the tile: the sum of
     squares grows with the tile (65536 terms at 256 px) and overflows FP16 long before q does.
     Scaling the channel blocks' q and k leaves the FP32 model unchanged (they are normalised);
     a naive FP16 graph then gets inf norms (q / inf = 0: uniform attention), the planned graph
-    keeps those ReduceL2 nodes in FP32 by their measured accumulator."""
+    keeps those ReduceL2 nodes in FP32 by their measured accumulator. The BF16 plan keeps them
+    FP32 by their length (1024 values), with no island for range."""
     entry = tiny_entry("dat-x2")
     state = tiny_state_dict(entry)
     c = entry.arch["embed_dim"]
@@ -84,7 +86,7 @@ def test_channel_attention_norms_stay_fp32_where_fp16_overflows(tmp_path):
         if ".blocks.1." in key:  # the channel-attention blocks
             state[key][: 2 * c] *= 64
     weights = save_official(state, tmp_path / "stressed.pth")
-    manifest = export_tiny("dat-x2", tmp_path / "e", weights=weights, tile=(32, 32))
+    manifest = export_tiny("dat-x2", tmp_path / "e", weights=weights, tile=(32, 32), bf16=True)
     assert manifest.fp16.fp32_by_op.get("ReduceL2") == 2 * 2  # q and k of both channel blocks
     fp32 = onnx.load(str(tmp_path / "e" / FP32_FILE))
     norms = [n.output[0] for n in fp32.graph.node if n.op_type == "ReduceL2"]
@@ -99,6 +101,8 @@ def test_channel_attention_norms_stay_fp32_where_fp16_overflows(tmp_path):
         if finite:
             expected = precision.run_graph(fp32, [batch])[0]
             assert np.abs(outputs[0] - expected).max() < manifest.tolerances["fp16_max_abs"]
+    norm_nodes = [n.name for n in fp32.graph.node if n.op_type == "ReduceL2"]
+    assert_bf16_plan_needs_no_range(tmp_path / "e", manifest, norm_nodes)
 
 
 @pytest.mark.skipif(not SET5_X4.is_dir(), reason="../shared/testsets/Set5 is not present")

@@ -12,7 +12,7 @@ from deploytool.runtime.backends.onnxruntime import OrtRunner
 from deploytool.runtime.input_batches import synthetic_batch
 from deploytool.runtime.manifest import FP32_FILE
 from deploytool.verify import parity
-from tests.helpers import export_tiny, save_official, tiny_entry
+from tests.helpers import assert_bf16_plan_needs_no_range, export_tiny, save_official, tiny_entry
 
 SET5_X4 = Path(__file__).resolve().parents[4] / "shared" / "testsets" / "Set5" / "LR_bicubic" / "X4"
 PRETRAIN_SCALES = [2, 3, 4, 1, 1, 1]
@@ -85,7 +85,7 @@ def test_a_batch_of_tiles_gives_each_tile_its_own_result(tmp_path):
 def test_planned_fp16_survives_a_feature_stream_beyond_fp16_range(tmp_path):
     """The body's last projection scaled 1000 times and the tail's first conv scaled back: the
     body output and the residual sum overflow FP16 while the model stays sane (weights stay
-    below the converter's 1e4 clamp)."""
+    below the converter's 1e4 clamp). BF16's plan needs no island there."""
     from tests.deploytool.build.test_precision import (
         assert_planned_fp16_holds_where_naive_fp16_overflows,
     )
@@ -96,8 +96,9 @@ def test_planned_fp16_survives_a_feature_stream_beyond_fp16_range(tmp_path):
         state[key] = state[key] * factor
     state["tail.0.0.0.weight"] = state["tail.0.0.0.weight"] / factor
     out = tmp_path / "stress"
-    manifest = export_tiny("ipt-sr-x4", out, weights=save_official(state, tmp_path / "stress.pt", wrapper=None))
+    manifest = export_tiny("ipt-sr-x4", out, weights=save_official(state, tmp_path / "stress.pt", wrapper=None), bf16=True)
     assert_planned_fp16_holds_where_naive_fp16_overflows(out, manifest)
+    assert_bf16_plan_needs_no_range(out, manifest)
 
 
 @pytest.mark.skipif(not SET5_X4.is_dir(), reason="../shared/testsets/Set5 is not present")

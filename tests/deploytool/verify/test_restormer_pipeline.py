@@ -14,17 +14,17 @@ from deploytool.runtime.backends import open_runner
 from deploytool.runtime.input_batches import synthetic_batch
 from deploytool.runtime.manifest import FP16_FILE, FP32_FILE
 from deploytool.verify import parity
-from tests.helpers import full_size_id, save_official, true_fp16_outputs
+from tests.helpers import assert_bf16_plan_needs_no_range, full_size_id, save_official, true_fp16_outputs
 from tests.model_defs.test_restormer import tiny_entry, tiny_state
 
 RAIN100L = Path(__file__).resolve().parents[4] / "shared" / "testsets" / "Rain100L"
 
 
-def export_entry(entry, state, out: Path, tile=(32, 32)):
+def export_entry(entry, state, out: Path, tile=(32, 32), bf16: bool = False):
     path = save_official(state, out.parent / f"{out.name}.pth")
     loaded = load_state_dict_file(path)
     source = WeightsSource(kind="checkpoint", path=str(path), sha256=loaded.sha256, wrapper_key=loaded.wrapper_key)
-    return export.export(export.ExportRequest(entry, source, out, tile, 1, calibration_count=2))
+    return export.export(export.ExportRequest(entry, source, out, tile, 1, calibration_count=2, bf16=bf16))
 
 
 @pytest.mark.parametrize("model_id", ["restormer-derain", "restormer-dn-gray-15", "restormer-dual-defocus"])
@@ -42,8 +42,9 @@ def test_norms_and_views_export_static_and_verify(tmp_path, model_id):
     assert report["passed"], parity.markdown(report)
 
 
-def test_fp16_keeps_the_tile_wide_sum_of_squares_in_fp32(tmp_path):
-    """q/k normalisation sums squares over all H*W pixels: beyond 65504 the naive graph is wrong."""
+def test_both_plans_keep_the_tile_wide_sum_of_squares_in_fp32(tmp_path):
+    """q/k normalisation sums squares over all H*W pixels: beyond 65504 the naive FP16 graph is
+    wrong. BF16 does not overflow there, and keeps those sums FP32 for their length alone."""
     entry = tiny_entry("restormer-derain")
     state = tiny_state(entry)
     for key in state:
@@ -54,7 +55,7 @@ def test_fp16_keeps_the_tile_wide_sum_of_squares_in_fp32(tmp_path):
             state[key] = state[key].clone()
             state[key][:q_and_k] *= 30
     out = tmp_path / "stress"
-    manifest = export_entry(entry, state, out)
+    manifest = export_entry(entry, state, out, bf16=True)
     fp32 = onnx.load(str(out / FP32_FILE))
     batch = synthetic_batch((1, 3, 32, 32), seed=3)
     ranges = precision.measure_ranges(fp32, [batch])
@@ -69,6 +70,10 @@ def test_fp16_keeps_the_tile_wide_sum_of_squares_in_fp32(tmp_path):
     assert not (np.isfinite(naive).all() and np.abs(naive - expected).max() < limit), "naive FP16 should break"
     planned = true_fp16_outputs(onnx.load(str(out / FP16_FILE)), batch)[0]
     assert np.isfinite(planned).all() and np.abs(planned - expected).max() < limit
+    # the levels at full resolution sum over more values than a BF16 accumulator keeps (at 32 px: 1024)
+    long_sums = [n.name for n in norms if precision.summed_elements(n, sizes) > precision.BF16.summed_limit]
+    assert long_sums and len(long_sums) < len(norms)
+    assert_bf16_plan_needs_no_range(out, manifest, long_sums)
 
 
 @pytest.mark.skipif(not (RAIN100L / "input").is_dir(), reason="../shared/testsets/Rain100L is not present")
