@@ -52,15 +52,6 @@ ROWS = ("torch-bf16", "torch-autocast", "whole-graph", "plan")
 FIRST_SEED = 1000
 
 
-def default_ids() -> list[str]:
-    """The first single-image id of every family, in id order."""
-    chosen: dict[str, str] = {}
-    for model_id, entry in sorted(registry.all_entries().items()):
-        if len(entry.views) == 1:
-            chosen.setdefault(entry.family, model_id)
-    return sorted(chosen.values())
-
-
 def exported(model_id: str, tile: int, exports: Path) -> Path:
     """`exports`/<id>, exported with the BF16 plan at `tile` unless an export of it is there."""
     out = exports / model_id
@@ -151,7 +142,7 @@ def markdown(results: list[dict]) -> str:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ids", default=",".join(default_ids()), help="comma-separated model ids (default: one per family)")
+    parser.add_argument("--ids", default=",".join(registry.one_id_per_family()), help="comma-separated model ids (default: one per family)")
     parser.add_argument("--tile", type=int, default=64, help="tile side in pixels (a fixed-tile model keeps its own)")
     parser.add_argument("--batches", type=int, default=4, help="synthetic batches per id")
     parser.add_argument("--exports", type=Path, help="keep the exports here and reuse them in a later run")

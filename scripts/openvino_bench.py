@@ -71,15 +71,6 @@ ORT_FP32, OPENVINO_FP32, OPENVINO_BF16, WHOLE_BF16 = "ort-fp32", "openvino-fp32"
 ESRT_X2 = "esrt-x2"
 
 
-def default_ids() -> list[str]:
-    """The first single-image id of every family, in id order."""
-    chosen: dict[str, str] = {}
-    for model_id, entry in sorted(registry.all_entries().items()):
-        if len(entry.views) == 1:
-            chosen.setdefault(entry.family, model_id)
-    return sorted(chosen.values())
-
-
 def export_with_plan(model_id: str, out: Path, tile: int | None, bf16: bool, weights: Path | None = None) -> None:
     """Export `model_id` into `out` (with the BF16 plan where `bf16`), unless `out` holds this
     export already (see exported_before)."""
@@ -274,7 +265,7 @@ def main() -> int:
             print(f"Set5 rows: {SHARED_SET5} and {SHARED_ESRT_WEIGHTS} (--no-set5 leaves them out)", file=sys.stderr)
         if bool(args.set5) != bool(args.esrt_weights):
             raise DeployError("--set5 and --esrt-weights go together")
-        ids = [i.strip() for i in args.ids.split(",") if i.strip()] if args.ids else default_ids()
+        ids = [i.strip() for i in args.ids.split(",") if i.strip()] if args.ids else registry.one_id_per_family()
         for model_id in ids:
             registry.get(model_id)
         devices = bf16_devices()

@@ -186,6 +186,15 @@ def all_entries() -> dict[str, ModelEntry]:
     return _load_all(tuple(config_dirs()))
 
 
+def one_id_per_family() -> list[str]:
+    """The first single-image id of every family, in id order: what the benchmarks run by default."""
+    chosen: dict[str, str] = {}
+    for model_id, entry in sorted(all_entries().items()):
+        if len(entry.views) == 1:
+            chosen.setdefault(entry.family, model_id)
+    return sorted(chosen.values())
+
+
 def get(model_id: str) -> ModelEntry:
     entries = all_entries()
     if model_id not in entries:

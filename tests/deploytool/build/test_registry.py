@@ -69,3 +69,15 @@ def test_tiles_must_be_window_multiples():
     entry.check_tile((96, 160))
     with pytest.raises(DeployError, match="try 104"):
         entry.check_tile((100, 96))
+
+
+def test_one_id_per_family_is_the_first_single_image_id_of_each():
+    import model_defs
+
+    chosen = registry.one_id_per_family()
+    entries = registry.all_entries()
+    assert sorted(entries[i].family for i in chosen) == sorted(model_defs.families())
+    for model_id in chosen:
+        entry = entries[model_id]
+        assert len(entry.views) == 1
+        assert model_id == min(i for i, e in entries.items() if e.family == entry.family and len(e.views) == 1)
