@@ -34,7 +34,7 @@ class Group(click.Group):
         try:
             return super().make_context(info_name, args, parent, **extra)
         except click.UsageError as exc:
-            if type(exc).__name__ == "NoArgsIsHelpError":
+            if isinstance(exc, getattr(click.exceptions, "NoArgsIsHelpError", ())):
                 raise
             fail(usage_error_line(exc))
 

@@ -90,6 +90,8 @@ def _check_readable(path: Path) -> None:
         raise ImageError(f"{path}: not a file")
     if path.stat().st_size == 0:
         raise ImageError(f"{path}: file is empty")
+    if not os.access(path, os.R_OK):
+        raise ImageError(f"{path}: permission denied")
     if not cv2.haveImageReader(str(path)):
         raise ImageError(f"{path}: {_UNREADABLE}")
 

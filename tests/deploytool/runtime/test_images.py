@@ -152,6 +152,22 @@ def test_missing_file(tmp_path: Path) -> None:
     _assert_one_line_naming(error, path)
 
 
+def test_a_file_this_user_cannot_read_is_said_so(tmp_path: Path, monkeypatch) -> None:
+    """Not "unknown format": the decoder cannot open it (os.access stands in for the permission
+    bits, which the root user these tests may run as does not heed)."""
+    import os
+
+    from deploytool.runtime.images import check_readable
+
+    path = tmp_path / "locked.png"
+    assert cv2.imwrite(str(path), np.zeros((4, 5, 3), np.uint8))
+    check_readable(path)
+    monkeypatch.setattr(os, "access", lambda name, mode: False)
+    with pytest.raises(ImageError, match="permission denied") as error:
+        check_readable(path)
+    _assert_one_line_naming(error, path)
+
+
 def test_directory_is_not_an_image(tmp_path: Path) -> None:
     with pytest.raises(ImageError) as error:
         read_image(tmp_path)
