@@ -7,6 +7,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "deploytool/errors.hpp"
@@ -139,6 +140,27 @@ void check_view_count(const Manifest& manifest, std::size_t given) {
                    std::to_string(given) + " given");
 }
 
+struct Restored {
+  Image image;
+  int tiles;
+};
+
+// The images read and restored; an allocation that fails on the way names them (Python's
+// inference.restore_file does the same), where the bare "out of memory" would not.
+Restored restore_images(const Arguments& arguments, const Export& exported, const BackendFactory& make_backend) {
+  try {
+    std::vector<Image> views;
+    for (const std::string& path : arguments.images) views.push_back(read_image(path));
+    Restorer restorer(exported, make_backend(exported, arguments.options), arguments.overlap);
+    Image image = restorer.restore(views);
+    return {std::move(image), restorer.tiles_for(views.front().pixels.height, views.front().pixels.width)};
+  } catch (const std::bad_alloc&) {
+    std::string names;
+    for (const std::string& path : arguments.images) names += (names.empty() ? "" : " + ") + path;
+    throw Error("out of memory: " + names);
+  }
+}
+
 }  // namespace
 
 int run_cli(int argc, const char* const* argv, const BackendRegistry& registry, std::ostream& out, std::ostream& err) {
@@ -160,13 +182,10 @@ int run_cli(int argc, const char* const* argv, const BackendFactory& make_backen
     }
     Export exported = Export::open(arguments.export_dir);
     check_view_count(exported.manifest(), arguments.images.size());
-    std::vector<Image> views;
-    for (const std::string& path : arguments.images) views.push_back(read_image(path));
-    Restorer restorer(exported, make_backend(exported, arguments.options), arguments.overlap);
-    Image restored = restorer.restore(views);
-    write_image(arguments.output, restored);
-    out << arguments.output << ": " << restored.pixels.width << "x" << restored.pixels.height << " " << restored.mode() << " "
-        << restored.bit_depth << "-bit, " << restorer.tiles_for(views.front().pixels.height, views.front().pixels.width) << " tiles\n";
+    const Restored restored = restore_images(arguments, exported, make_backend);
+    write_image(arguments.output, restored.image);
+    out << arguments.output << ": " << restored.image.pixels.width << "x" << restored.image.pixels.height << " " << restored.image.mode() << " "
+        << restored.image.bit_depth << "-bit, " << restored.tiles << " tiles\n";
     return 0;
   } catch (const UsageError& error) {
     err << "error: " << error.what() << " (" << usage << ")\n";

@@ -132,6 +132,21 @@ TEST(Cli, RestoresAndReportsEveryBadInputInOneLine) {
   EXPECT_EQ(help.err, "");
 }
 
+TEST(Cli, AnAllocationThatFailsNamesTheImageAndWritesNothing) {
+  ExportFolder folder("cli_memory");
+  folder.write(minimal_manifest(dt::sha256_hex("graph")));
+  const std::string input = (folder.dir / "in.png").string(), output = (folder.dir / "out.png").string();
+  dt::write_image(input, levels(13, 17, 3), nullptr, 8);
+  auto exhausted = [](const dt::Export& exported, const dt::CliOptions&) {
+    return dt::function_backend(exported, [](const float*, float*) { throw std::bad_alloc(); });
+  };
+  std::vector<const char*> argv{"deploytool-standin", folder.dir.c_str(), input.c_str(), "-o", output.c_str()};
+  std::ostringstream out, err;
+  EXPECT_EQ(dt::run_cli(int(argv.size()), argv.data(), exhausted, out, err), 1);
+  EXPECT_EQ(err.str(), "error: out of memory: " + input + "\n");
+  EXPECT_FALSE(std::filesystem::exists(output));
+}
+
 TEST(Restorer, RefusesImagesThatAreNotOneGroupOfTheViewsInOneLine) {
   ExportFolder folder("restorer_views");
   dt::testing::json manifest = minimal_manifest(dt::sha256_hex("graph"));
