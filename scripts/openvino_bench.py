@@ -60,8 +60,7 @@ from deploytool.build import export, registry  # noqa: E402
 from deploytool.build.networks import resolve_source  # noqa: E402
 from deploytool.errors import DeployError  # noqa: E402
 from deploytool.runtime.backends.onnxruntime import OrtRunner  # noqa: E402
-from deploytool.runtime.backends.openvino import OpenVinoRunner, openvino_build  # noqa: E402
-from deploytool.runtime.backends.openvino_bf16 import bf16_devices  # noqa: E402
+from deploytool.runtime.backends.openvino import OpenVinoRunner, bf16_devices, openvino_build  # noqa: E402
 from deploytool.runtime.input_batches import synthetic_batch  # noqa: E402
 from deploytool.runtime.manifest import BF16_FILE, FP32_FILE, read_manifest  # noqa: E402
 from deploytool.verify import evaluation  # noqa: E402

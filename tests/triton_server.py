@@ -58,7 +58,7 @@ def export_for_serving(model_id: str, out_dir: Path, *, bf16: bool = False) -> P
 
 def bf16_cpu_missing() -> str | None:
     """Why this machine cannot run the openvino-bf16 backend (None: it can), for skips."""
-    from deploytool.runtime.backends import openvino_bf16
+    from deploytool.runtime.backends import openvino as openvino_bf16
 
     if importlib.util.find_spec("openvino") is None:
         return "OpenVINO is not installed: pip install deploytool[openvino] (the test extra has it)"

@@ -1,7 +1,7 @@
 // The OpenVINO backends: the export's FP32 graph (model.onnx, `openvino`) or its BF16 plan
 // (model_bf16.onnx, `openvino-bf16`) compiled by OpenVINO for a device (CPU by default) with f32
 // inference precision, which runs every node in the type the graph gives it: the plan's bfloat16
-// nodes on BF16 kernels, its FP32 islands in FP32 (deploytool.runtime.backends.openvino_bf16 says
+// nodes on BF16 kernels, its FP32 islands in FP32 (deploytool.runtime.backends.openvino says
 // why not bf16 precision). Without OpenVINO (CMake did not find it) only the refusals are compiled.
 #include "deploytool/backend.hpp"
 #include "deploytool/errors.hpp"
@@ -250,7 +250,7 @@ struct Plan {
 constexpr Plan kFp32{"openvino", "model.onnx", false};
 constexpr Plan kBf16{"openvino-bf16", "model_bf16.onnx", true};
 
-// The words of deploytool.runtime.backends.openvino_bf16.bf16_refusal.
+// The words of deploytool.runtime.backends.openvino.bf16_refusal.
 void check_bf16(ov::Core& core, const std::string& device) {
   const std::vector<std::string> offered = core.get_property(device, ov::device::capabilities);
   if (std::find(offered.begin(), offered.end(), ov::device::capability::BF16) != offered.end()) return;

@@ -609,7 +609,7 @@ def test_openvino_compiles_channel_splits_where_their_chunks_are_made_in_both_ru
 def _bf16_cpu_missing() -> str | None:
     if importlib.util.find_spec("openvino") is None:
         return "OpenVINO is not installed: pip install deploytool[openvino] (the test extra has it)"
-    from deploytool.runtime.backends.openvino_bf16 import bf16_devices
+    from deploytool.runtime.backends.openvino import bf16_devices
 
     if "CPU" not in bf16_devices():
         return "this CPU has no BF16 arithmetic (OpenVINO's OPTIMIZATION_CAPABILITIES lack BF16: no AVX-512 BF16 or AMX)"

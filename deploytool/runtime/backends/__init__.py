@@ -45,7 +45,7 @@ from deploytool.runtime.manifest import Manifest
 
 # The backend modules, each registering its backends when imported; this order is the order
 # every list of backends shows.
-BACKEND_MODULES = ("torch", "onnxruntime", "openvino", "openvino_bf16", "tensorrt")
+BACKEND_MODULES = ("torch", "onnxruntime", "openvino", "tensorrt")
 for _module in BACKEND_MODULES:
     importlib.import_module(f"{__name__}.{_module}")
 

@@ -22,7 +22,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from deploytool.errors import BackendUnavailable
 from deploytool.runtime.backends import openvino as fp32_backend
-from deploytool.runtime.backends import openvino_bf16
+from deploytool.runtime.backends import openvino as openvino_bf16
 from deploytool.runtime.manifest import BF16_FILE, MANIFEST_FILE, read_manifest
 from deploytool.serving.repository import RepositoryOptions, write_repository
 from deploytool.serving.triton_models import BackendTileModel

@@ -13,7 +13,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from deploytool.errors import BackendUnavailable, DeployError
-from deploytool.runtime.backends import TRITON_ONNX, TRITON_OPENVINO, TRITON_PYTHON_ORT, TRITON_TRT, openvino_bf16
+from deploytool.runtime.backends import TRITON_ONNX, TRITON_OPENVINO, TRITON_PYTHON_ORT, TRITON_TRT, openvino
 from deploytool.runtime.backends.tensorrt import run as trt_backend
 from deploytool.runtime.fileio import sha256_file
 from deploytool.runtime.manifest import EngineRecord, read_manifest
@@ -189,7 +189,7 @@ def test_bad_options_are_one_line(export_dir, tmp_path, args, fragment):
 
 @needs_openvino
 def test_openvino_bf16_without_the_bf16_plan_names_the_export_to_make(export_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(openvino_bf16, "device_capabilities", lambda core, device: ["BF16", "FP32"])  # whatever this CPU offers
+    monkeypatch.setattr(openvino, "device_capabilities", lambda core, device: ["BF16", "FP32"])  # whatever this CPU offers
     result = invoke("triton", export_dir, "--repo", tmp_path / "models", "--runtime", "openvino-bf16")
     assert_one_line_error(result, f"{export_dir} has no model_bf16.onnx: export it with --precision fp16,bf16")
     assert not (tmp_path / "models").exists()

@@ -12,8 +12,7 @@ from click.testing import CliRunner
 from deploytool.cli import cli
 from deploytool.errors import BackendUnavailable
 from deploytool.runtime.backends import OPENVINO, ORT, open_runner
-from deploytool.runtime.backends import openvino as fp32_backend
-from deploytool.runtime.backends import openvino_bf16 as backend
+from deploytool.runtime.backends import openvino as backend
 from deploytool.runtime.input_batches import synthetic_batch
 from deploytool.runtime.manifest import BF16_FILE, read_manifest
 from tests.helpers import assert_one_line_error, export_tiny, needs_openvino, write_test_png
@@ -64,7 +63,7 @@ def test_the_plan_runs_its_bf16_nodes_in_bf16_and_its_fp32_islands_in_fp32(expor
     assert precisions["MVN"] == {"f32"}, precisions
     assert precisions["FullyConnected"] == precisions["Softmax"] == {"bf16"}, precisions
     # why the backend compiles with f32 inference precision: bf16 precision lowers the islands too
-    openvino = fp32_backend.require_openvino()
+    openvino = backend.require_openvino()
     lowered = openvino.Core().compile_model(str(exported / BF16_FILE), "CPU", {"INFERENCE_PRECISION_HINT": "bf16"})
     assert _runtime_precisions(lowered)["MVN"] == {"bf16"}
 
@@ -142,14 +141,14 @@ def test_run_on_a_cpu_without_bf16_fails_in_one_line_and_writes_nothing(exported
 
 @needs_bf16_cpu
 def test_a_second_run_imports_the_cached_blob_instead_of_compiling(exported, tmp_path):
-    exported = shutil.copytree(exported, tmp_path / "export", ignore=shutil.ignore_patterns(fp32_backend.CACHE_FOLDER))
+    exported = shutil.copytree(exported, tmp_path / "export", ignore=shutil.ignore_patterns(backend.CACHE_FOLDER))
     manifest = read_manifest(exported)
     image = write_test_png(tmp_path / "in.png", 3)
     first = invoke("run", exported, image, "-o", tmp_path / "first.png", "--backend", OPENVINO_BF16)
     assert first.exit_code == 0, first.output
-    root = exported / fp32_backend.CACHE_FOLDER
+    root = exported / backend.CACHE_FOLDER
     cached = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
-    folder = root / fp32_backend.cache_key(manifest.files[BF16_FILE].sha256, fp32_backend.openvino_build(), "CPU")
+    folder = root / backend.cache_key(manifest.files[BF16_FILE].sha256, backend.openvino_build(), "CPU")
     assert [p for p in cached if p.suffix == ".blob"] and all(p.parent == folder for p in cached), sorted(cached)
     second = invoke("run", exported, image, "-o", tmp_path / "second.png", "--backend", OPENVINO_BF16)
     assert second.exit_code == 0, second.output
@@ -160,7 +159,7 @@ def test_a_second_run_imports_the_cached_blob_instead_of_compiling(exported, tmp
 @needs_bf16_cpu
 def test_a_device_openvino_does_not_see_is_refused_in_one_line(exported, tmp_path):
     image = write_test_png(tmp_path / "in.png", 3)
-    missing = next(d for d in ("NPU", "GPU", "HETERO.XYZ") if d not in fp32_backend.available_devices())
+    missing = next(d for d in ("NPU", "GPU", "HETERO.XYZ") if d not in backend.available_devices())
     result = invoke("run", exported, image, "-o", tmp_path / "out.png", "--backend", OPENVINO_BF16, "--device", missing)
     assert_one_line_error(result, f"OpenVINO sees no {missing} device", "it sees: CPU")
     assert not (tmp_path / "out.png").exists()
