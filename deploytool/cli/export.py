@@ -39,7 +39,7 @@ def export(model_id, out_dir, weights, random_init, seed, tile, batch, calibrati
     from deploytool.build.networks import resolve_source
     from deploytool.runtime.fileio import inside
 
-    no_fp16 = check_no_fp16(no_fp16, precisions)
+    check_no_fp16(no_fp16, precisions)
     entry = registry.get(model_id)
     out_dir = out_dir or inside(Path("build"), entry.id, "model id")
     tile = parse_tile(tile) or entry.tiling.tile
@@ -64,13 +64,12 @@ def export(model_id, out_dir, weights, random_init, seed, tile, batch, calibrati
 PRECISIONS = ("fp16", "bf16", "fp32")
 
 
-def check_no_fp16(no_fp16: bool, precisions: frozenset[str]) -> bool:
-    """`--no-fp16`, refused beside a `--precision` that names fp16 (which of the two would hold?);
+def check_no_fp16(no_fp16: bool, precisions: frozenset[str]) -> None:
+    """Refuse `--no-fp16` beside a `--precision` that names fp16 (which of the two would hold?);
     beside the default `--precision` it leaves the FP16 graph out, as it always has."""
     given = click.get_current_context().get_parameter_source("precisions") != click.core.ParameterSource.DEFAULT
     if no_fp16 and given and "fp16" in precisions:
         raise click.UsageError("--no-fp16 contradicts --precision naming fp16: name the graphs you want with --precision alone")
-    return no_fp16
 
 
 def parse_precisions(value: str) -> frozenset[str]:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -158,33 +159,14 @@ def restore_file(
 ) -> dict[str, Any]:
     """Read, restore and atomically write one image; returns what was done, for reports. An
     allocation that fails names the image (the command then says "out of memory" in one line)."""
-    try:
-        return _restore_file(runner, manifest, source, destination, overlap=overlap, on_tiles=on_tiles, on_start=on_start)
-    except MemoryError as exc:
-        raise MemoryError(f"{_source_name(source)}: {str(exc).strip() or 'an allocation failed'}") from None
-
-
-def _source_name(source: Source) -> str:
-    return " + ".join(map(str, source)) if isinstance(source, tuple) else str(source)
-
-
-def _restore_file(
-    runner: Runner,
-    manifest: Manifest,
-    source: Source,
-    destination: str | Path,
-    *,
-    overlap: int,
-    on_tiles: OnTiles | None,
-    on_start: Callable[[int], None] | None,
-) -> dict[str, Any]:
-    pixels, image = model_input(manifest, source)
-    height, width = pixels.shape[:2]
-    tiles = tiles_for(manifest, height, width, overlap)
-    if on_start:
-        on_start(tiles)
-    restored, alpha = restore_image(runner, manifest, pixels, image, overlap=overlap, on_tiles=on_tiles)
-    images.write_image(destination, restored, alpha=alpha, bit_depth=image.bit_depth)
+    with _naming_memory_errors(source):
+        pixels, image = model_input(manifest, source)
+        height, width = pixels.shape[:2]
+        tiles = tiles_for(manifest, height, width, overlap)
+        if on_start:
+            on_start(tiles)
+        restored, alpha = restore_image(runner, manifest, pixels, image, overlap=overlap, on_tiles=on_tiles)
+        images.write_image(destination, restored, alpha=alpha, bit_depth=image.bit_depth)
     scale = manifest.scale
     return {
         "input": _source_name(source),
@@ -195,3 +177,15 @@ def _restore_file(
         "output_size": [width * scale, height * scale],
         "tiles": tiles,
     }
+
+
+def _source_name(source: Source) -> str:
+    return " + ".join(map(str, source)) if isinstance(source, tuple) else str(source)
+
+
+@contextlib.contextmanager
+def _naming_memory_errors(source: Source) -> Iterator[None]:
+    try:
+        yield
+    except MemoryError as exc:
+        raise MemoryError(f"{_source_name(source)}: {str(exc).strip() or 'an allocation failed'}") from None

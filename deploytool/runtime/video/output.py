@@ -19,7 +19,6 @@ SUGGESTED = ((".mkv", "matroska"), (".mov", "mov"), (".mp4", "mp4"), (".nut", "n
 DEFAULT_CRF = 18
 # the CRF each encoder takes (FFmpeg's option ranges), and the presets of those that take one
 _CRF_RANGES = {"libx264": (0, 51), "libx265": (0, 51), "libsvtav1": (1, 63), "libvpx-vp9": (0, 63), "libaom-av1": (0, 63)}
-_CRF_ENCODERS = set(_CRF_RANGES)
 _X26X_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo")
 _PRESETS = {"libx264": _X26X_PRESETS, "libx265": _X26X_PRESETS, "libsvtav1": tuple(str(level) for level in range(-1, 14))}
 _QUIET = {"libx265": {"x265-params": "log-level=error"}, "libsvtav1": {"svtav1-params": "log-level=1"}}
@@ -130,9 +129,9 @@ def _checked_pixel_format(codec: str, pix_fmt: str):
 
 def _encoder_settings(codec: str, options: EncodeOptions) -> dict[str, str]:
     settings = dict(_QUIET.get(codec, {}))
-    if options.crf is not None and codec not in _CRF_ENCODERS:
-        raise VideoError(f"--crf: {codec} takes no CRF (those that do: {', '.join(sorted(_CRF_ENCODERS))})")
-    if codec in _CRF_ENCODERS:
+    if options.crf is not None and codec not in _CRF_RANGES:
+        raise VideoError(f"--crf: {codec} takes no CRF (those that do: {', '.join(sorted(_CRF_RANGES))})")
+    if codec in _CRF_RANGES:
         low, high = _CRF_RANGES[codec]
         if options.crf is not None and not low <= options.crf <= high:
             raise VideoError(f"--crf {options.crf}: {codec} takes {low} to {high}")
