@@ -190,7 +190,7 @@ class Emulation:
         emulated = self.graph(fp32_nodes)
         arrays = {**self._weights, **{f"{name}__bf16": array for name, array in self._rounded.items()}}
         external = {init.name: arrays[init.name] for init in emulated.graph.initializer if init.data_location == TensorProto.EXTERNAL}
-        return emulated, open_session(emulated.SerializeToString(), providers=CPU, memory_arena=False, external=external)
+        return emulated, open_session(emulated.SerializeToString(), providers=CPU, low_memory=True, external=external)
 
 
 def _round_in_place(init: TensorProto) -> None:

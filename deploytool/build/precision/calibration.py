@@ -186,7 +186,7 @@ def calibrate(model: onnx.ModelProto, inputs: Sequence[np.ndarray], others: Sequ
     same ranges.
     """
     probed = _ProbedGraph(model)
-    session = open_session(probed.serialized(), providers=CPU, memory_arena=False, priority_order=True)
+    session = open_session(probed.serialized(), providers=CPU, low_memory=True, priority_order=True)
     input_name, output_name = probed.input_name, probed.output_name
     runs = [session.run([output_name, *(o.name for o in probed.outputs)], {input_name: array}) for array in inputs]
     del session
@@ -194,7 +194,7 @@ def calibrate(model: onnx.ModelProto, inputs: Sequence[np.ndarray], others: Sequ
     ranges = probed.ranges([run[1:] for run in runs], inputs)
     other_outputs = []
     if others:
-        session = open_session(model.SerializeToString(), providers=CPU, memory_arena=False)
+        session = open_session(model.SerializeToString(), providers=CPU, low_memory=True)
         other_outputs = [session.run([output_name], {input_name: array})[0] for array in others]
     return Calibration(ranges, fp32_outputs, other_outputs)
 

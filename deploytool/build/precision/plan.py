@@ -262,7 +262,7 @@ class Conversions:
         from deploytool.runtime.backends.onnxruntime import open_session
 
         graph = convert(self.model, fp32_nodes, prepared=True)
-        return graph, open_session(graph.SerializeToString(), providers=CPU, memory_arena=False)
+        return graph, open_session(graph.SerializeToString(), providers=CPU, low_memory=True)
 
 
 def unshare_initializers(model: onnx.ModelProto) -> onnx.ModelProto:

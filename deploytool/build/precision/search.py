@@ -36,7 +36,7 @@ def _compare(fp32_outputs: Sequence[np.ndarray], candidate: Sequence[np.ndarray]
 
 
 def run_graph(model: onnx.ModelProto, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-    session = open_session(model.SerializeToString(), providers=CPU, memory_arena=False)
+    session = open_session(model.SerializeToString(), providers=CPU, low_memory=True)
     name = session.get_inputs()[0].name
     return [session.run(None, {name: array})[0] for array in inputs]
 
