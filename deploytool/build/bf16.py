@@ -184,13 +184,12 @@ class Emulation:
 
     def session(self, fp32_nodes: Iterable[str]):
         """The plan's emulation (`graph`'s) and an ONNX Runtime session on it, handed the weights."""
-        from deploytool.build.precision.calibration import CPU
-        from deploytool.runtime.backends.onnxruntime import open_session
+        from deploytool.build.precision.calibration import measuring_session
 
         emulated = self.graph(fp32_nodes)
         arrays = {**self._weights, **{f"{name}__bf16": array for name, array in self._rounded.items()}}
         external = {init.name: arrays[init.name] for init in emulated.graph.initializer if init.data_location == TensorProto.EXTERNAL}
-        return emulated, open_session(emulated.SerializeToString(), providers=CPU, low_memory=True, external=external)
+        return emulated, measuring_session(emulated.SerializeToString(), external=external)
 
 
 def _round_in_place(init: TensorProto) -> None:

@@ -58,6 +58,7 @@ from deploytool.build.precision.calibration import (
     input_shape,
     measure,
     measure_ranges,
+    measuring_session,
 )
 from deploytool.build.precision.growth import (
     BOUNDED_OPS,
@@ -91,6 +92,7 @@ from deploytool.build.precision.plan import (
     plan_islands,
     prepare_conversion,
     remove_cast_round_trips,
+    topological_order,
     unshare_initializers,
 )
 from deploytool.build.precision.search import (
@@ -228,6 +230,7 @@ __all__ = [
     "island_reason",
     "measure",
     "measure_ranges",
+    "measuring_session",
     "node_blocks",
     "node_paths",
     "plan_islands",
@@ -241,6 +244,7 @@ __all__ = [
     "summed_elements",
     "tensor_sizes",
     "tile_growth",
+    "topological_order",
     "unshare_initializers",
     "validate",
 ]

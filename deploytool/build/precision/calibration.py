@@ -33,6 +33,13 @@ VERIFY_SAFETY = 2.0
 CPU = ["CPUExecutionProvider"]
 
 
+def measuring_session(model: bytes, **options):
+    """An ONNX Runtime session for the export's own runs of a serialized graph (calibration, plan
+    trials, emulations): on CPU, without the arena or memory pattern (`open_session`'s
+    `low_memory`), `options` passed on."""
+    return open_session(model, providers=CPU, low_memory=True, **options)
+
+
 def float_tensor_names(model: onnx.ModelProto) -> list[str]:
     """Every float32 activation of the graph (node outputs whose inferred type is float)."""
     return list(_float_tensor_types(model))
@@ -186,7 +193,7 @@ def calibrate(model: onnx.ModelProto, inputs: Sequence[np.ndarray], others: Sequ
     same ranges.
     """
     probed = _ProbedGraph(model)
-    session = open_session(probed.serialized(), providers=CPU, low_memory=True, priority_order=True)
+    session = measuring_session(probed.serialized(), priority_order=True)
     input_name, output_name = probed.input_name, probed.output_name
     runs = [session.run([output_name, *(o.name for o in probed.outputs)], {input_name: array}) for array in inputs]
     del session
@@ -194,7 +201,7 @@ def calibrate(model: onnx.ModelProto, inputs: Sequence[np.ndarray], others: Sequ
     ranges = probed.ranges([run[1:] for run in runs], inputs)
     other_outputs = []
     if others:
-        session = open_session(model.SerializeToString(), providers=CPU, low_memory=True)
+        session = measuring_session(model.SerializeToString())
         other_outputs = [session.run([output_name], {input_name: array})[0] for array in others]
     return Calibration(ranges, fp32_outputs, other_outputs)
 

@@ -18,6 +18,8 @@ comes near BF16's range).
 
 from __future__ import annotations
 
+import contextlib
+import heapq
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -150,7 +152,7 @@ def convert(model: onnx.ModelProto, fp32_nodes: Iterable[str] | None, *, prepare
         source = prepare_conversion(model)
     blocked = set(fp32_nodes or ())
     op_block_list = list(float16.DEFAULT_OP_BLOCK_LIST) if fp32_nodes is not None else []
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _linear_topological_sort(float16):
         # weights below FP16's smallest normal are flushed to +-1e-7: expected, not news
         warnings.filterwarnings("ignore", message=".*will be truncated to.*")
         converted = float16.convert_float_to_float16(
@@ -163,6 +165,63 @@ def convert(model: onnx.ModelProto, fp32_nodes: Iterable[str] | None, *, prepare
     remove_cast_round_trips(converted, blocked)
     fold_constant_casts(converted)
     return converted
+
+
+def topological_order(graph: onnx.GraphProto) -> list[onnx.NodeProto] | None:
+    """`graph`'s nodes in the order onnxconverter-common's sort puts them (at each step the first
+    node in graph order whose inputs are all written), found in linear time: a heap of the ready
+    nodes by position. None where that sort does something else: a name written twice, a node
+    writing nothing, a cycle."""
+    nodes = list(graph.node)
+    writer: dict[str, int] = {}
+    for position, node in enumerate(nodes):
+        if not node.output or any(name in writer for name in node.output):
+            return None
+        writer.update(dict.fromkeys(node.output, position))
+    unwritten = [0] * len(nodes)
+    readers: list[list[int]] = [[] for _ in nodes]
+    for position, node in enumerate(nodes):
+        sources = {writer[name] for name in node.input if name in writer}
+        unwritten[position] = len(sources)
+        for source in sources:
+            readers[source].append(position)
+    ready = [position for position, count in enumerate(unwritten) if count == 0]
+    order: list[int] = []
+    while ready:
+        position = heapq.heappop(ready)
+        order.append(position)
+        for reader in readers[position]:
+            unwritten[reader] -= 1
+            if unwritten[reader] == 0:
+                heapq.heappush(ready, reader)
+    return [nodes[position] for position in order] if len(order) == len(nodes) else None
+
+
+@contextlib.contextmanager
+def _linear_topological_sort(float16):
+    """onnxconverter-common ends a conversion by sorting the graph, rescanning the remaining nodes
+    for every node it places: quadratic, 2.1 s of a 3.5 s conversion of DAT-x4's 3,422 nodes.
+    While this is entered its sort is `topological_order`, the same order (the same bytes), the
+    library's own sort taking what that leaves (None)."""
+    library_sort = float16.sort_topology
+
+    def sort(graph: onnx.GraphProto) -> None:
+        order = topological_order(graph)
+        if order is None:
+            library_sort(graph)
+            return
+        del graph.node[:]
+        graph.node.extend(order)
+        for node in graph.node:
+            for attribute in node.attribute:
+                for subgraph in [*([attribute.g] if attribute.g.node else []), *attribute.graphs]:
+                    sort(subgraph)
+
+    float16.sort_topology = sort
+    try:
+        yield
+    finally:
+        float16.sort_topology = library_sort
 
 
 def _cast_target(node: onnx.NodeProto | None) -> int | None:
@@ -258,11 +317,10 @@ class Conversions:
         self.model = model
 
     def session(self, fp32_nodes: Iterable[str]) -> tuple[onnx.ModelProto, Any]:
-        from deploytool.build.precision.calibration import CPU
-        from deploytool.runtime.backends.onnxruntime import open_session
+        from deploytool.build.precision.calibration import measuring_session
 
         graph = convert(self.model, fp32_nodes, prepared=True)
-        return graph, open_session(graph.SerializeToString(), providers=CPU, low_memory=True)
+        return graph, measuring_session(graph.SerializeToString())
 
 
 def unshare_initializers(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -18,10 +18,9 @@ import numpy as np
 import onnx
 
 from deploytool.build.metrics import psnr
-from deploytool.build.precision.calibration import CPU, Measured, SearchInputs
+from deploytool.build.precision.calibration import Measured, SearchInputs, measuring_session
 from deploytool.build.precision.plan import Fp16Plan, PlanTrials, ReducedPrecision, flop_counts, plan_islands
 from deploytool.errors import ExportError
-from deploytool.runtime.backends.onnxruntime import open_session
 
 
 def _compare(fp32_outputs: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) -> tuple[float, float]:
@@ -36,7 +35,7 @@ def _compare(fp32_outputs: Sequence[np.ndarray], candidate: Sequence[np.ndarray]
 
 
 def run_graph(model: onnx.ModelProto, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-    session = open_session(model.SerializeToString(), providers=CPU, low_memory=True)
+    session = measuring_session(model.SerializeToString())
     name = session.get_inputs()[0].name
     return [session.run(None, {name: array})[0] for array in inputs]
 

@@ -2,6 +2,7 @@
 BF16 plan of the same planner: islands by op and accumulation, bought precision, full size
 (every id's tiny BF16 plan: tests/model_defs/test_family.py, on the session's shared exports)."""
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -179,6 +180,48 @@ def test_plan_keeps_normalisations_and_large_tensors_in_fp32():
     plan = precision.plan_islands(helper.make_model(graph), {"x": 1.0, "s": 1.0, "big": 60000.0, "out": 1.0}, margin=16)
     assert plan.fp32_nodes == {"soft", "add", "relu"}
     assert plan.reasons == {"soft": "op:Softmax", "add": "range", "relu": "range"}
+
+
+def shuffled_graph(nodes: int, rng: np.random.Generator) -> onnx.GraphProto:
+    """A random acyclic graph of Adds, each reading the input or earlier nodes' outputs, its nodes
+    listed in a random order (not a topological one)."""
+    from onnx import TensorProto, helper
+
+    def source(position: int) -> str:  # the input or an earlier node's output
+        earlier = int(rng.integers(-1, position))
+        return f"v{earlier}" if earlier >= 0 else "x"
+
+    made = [helper.make_node("Add", [source(i), source(i)], [f"v{i}"], name=f"n{i}") for i in range(nodes)]
+    order = rng.permutation(nodes)
+    info = functools.partial(helper.make_tensor_value_info, elem_type=TensorProto.FLOAT, shape=[1])
+    return helper.make_graph([made[i] for i in order], "g", [info("x")], [info(f"v{nodes - 1}")])
+
+
+def test_the_conversion_sorts_its_graph_into_the_converters_own_order():
+    """onnxconverter-common's sort (quadratic) and `topological_order` (linear) put the same nodes
+    in the same order; where `topological_order` gives None (a name written twice, a cycle) the
+    library's sort runs, and the conversion's graph is the same either way."""
+    from onnxconverter_common import float16
+
+    rng = np.random.default_rng(0)
+    for nodes in (1, 2, 40, 300):
+        graph = shuffled_graph(nodes, rng)
+        sorted_by_library = onnx.GraphProto()
+        sorted_by_library.CopyFrom(graph)
+        float16.sort_topology(sorted_by_library)
+        assert [n.name for n in precision.topological_order(graph)] == [n.name for n in sorted_by_library.node]
+    twice, cycle = shuffled_graph(5, rng), shuffled_graph(5, rng)
+    twice.node[0].output[0] = twice.node[1].output[0]
+    cycle.node.append(onnx.helper.make_node("Relu", ["w"], ["w"], name="loop"))
+    assert precision.topological_order(twice) is None and precision.topological_order(cycle) is None
+
+    model = onnx.helper.make_model(shuffled_graph(300, rng), opset_imports=[onnx.helper.make_opsetid("", 18)], ir_version=8)
+    fp32_nodes = {f"n{i}" for i in rng.choice(300, 60, replace=False)}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(precision.plan, "_linear_topological_sort", lambda module: contextlib.nullcontext())
+        library_sorted = precision.convert(model, fp32_nodes).SerializeToString()
+    assert precision.convert(model, fp32_nodes).SerializeToString() == library_sorted
+    assert float16.sort_topology.__module__ == float16.__name__  # left as it was found
 
 
 def test_global_average_pool_is_judged_by_its_running_sum():

@@ -65,7 +65,7 @@ def test_a_session_whose_caller_names_no_thread_count_takes_the_variables(monkey
 def test_the_exports_own_sessions_keep_neither_an_arena_nor_a_memory_pattern():
     """`low_memory` (the export's runs): ONNX Runtime's memory pattern allocated each run's planned
     peak at once (DAT-x4's calibration: 3.22 GB peak with it, 2.75 GB without); a runtime session
-    keeps both, for speed."""
+    keeps ONNX Runtime's defaults, both on."""
     lean, runtime = (ort_backend.open_session(_identity_graph(), low_memory=low).get_session_options() for low in (True, False))
     assert (lean.enable_cpu_mem_arena, lean.enable_mem_pattern) == (False, False)
     assert (runtime.enable_cpu_mem_arena, runtime.enable_mem_pattern) == (True, True)
