@@ -88,7 +88,11 @@ def open_session(
     `low_memory=True` for the export's own runs: neither ONNX Runtime's memory arena, whose
     cached blocks add up across the several sessions an export opens, nor its memory pattern,
     which allocates each run's planned peak at once (DAT-x4's calibration at 96 px: 3.22 GB peak
-    with it, 2.75 GB without, in the same time; the README's "Design choices, measured").
+    with it, 2.75 GB without, in the same time), nor its constant folding, which stores what the
+    export keeps computed (`fold_limit_mb`: masks and biases broadcast per window) as constants
+    of the session (DAT-x4 at 96 px: 1.6 GB held from the session's opening; without it the same
+    outputs bit for bit, opened in 0.5 s instead of 1.6 s, a run 3.2 -> 3.4 s). The README's
+    "Design choices, measured".
     `priority_order` runs each node as soon as its inputs exist (see precision.measure_ranges).
     """
     try:
@@ -107,8 +111,9 @@ def open_session(
     if values:
         options.add_external_initializers(list(external), values)
     source = model if isinstance(model, bytes) else str(model)
+    disabled = ["ConstantFolding"] if low_memory else None
     try:
-        session = ort.InferenceSession(source, options, providers=providers or default_providers())
+        session = ort.InferenceSession(source, options, providers=providers or default_providers(), disabled_optimizers=disabled)
     except Exception as exc:  # noqa: BLE001 - onnxruntime's Fail, InvalidProtobuf, ... (no common base but Exception)
         if not type(exc).__module__.startswith("onnxruntime"):
             raise

@@ -71,6 +71,43 @@ def test_the_exports_own_sessions_keep_neither_an_arena_nor_a_memory_pattern():
     assert (runtime.enable_cpu_mem_arena, runtime.enable_mem_pattern) == (True, True)
 
 
+def test_the_exports_own_sessions_do_not_store_what_the_graph_computes_from_constants(monkeypatch, tmp_path):
+    """ONNX Runtime folds a node whose inputs are all constants into a constant of the session:
+    the masks and biases the export keeps computed (`fold_limit_mb`) cost DAT-x4 1.6 GB so at
+    96 px. The export's sessions (`low_memory`) compute them on each run instead; a runtime
+    session folds them, as ONNX Runtime does by default. Seen in the graph ONNX Runtime runs."""
+    import numpy as np
+    import onnx
+    import onnxruntime
+
+    rows, columns = np.ones((64, 1), np.float32), np.ones((1, 64), np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["rows", "columns"], ["mask"], name="broadcast"), helper.make_node("Add", ["x", "mask"], ["y"], name="masked")],
+        "masked",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [64, 64])],
+        [onnx.numpy_helper.from_array(rows, "rows"), onnx.numpy_helper.from_array(columns, "columns")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+
+    def ran_nodes(low_memory: bool) -> list[str]:
+        optimized = tmp_path / f"optimized-{low_memory}.onnx"
+
+        class WritingOptions(onnxruntime.SessionOptions):
+            def __init__(self):
+                super().__init__()
+                self.optimized_model_filepath = str(optimized)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(onnxruntime, "SessionOptions", WritingOptions)
+            session = ort_backend.open_session(model, low_memory=low_memory, providers=["CPUExecutionProvider"])
+        assert session.run(None, {"x": np.zeros((64, 64), np.float32)})[0].tolist() == (rows + columns).tolist()
+        return [node.name for node in onnx.load(str(optimized)).graph.node]
+
+    assert ran_nodes(low_memory=True) == ["broadcast", "masked"]
+    assert ran_nodes(low_memory=False) == ["masked"]
+
+
 @pytest.mark.parametrize("value", ["two", "-1", "1.5"])
 def test_a_thread_count_that_is_not_a_whole_number_is_refused_in_one_line(monkeypatch, value):
     monkeypatch.setenv(ort_backend.THREADS_VARIABLE, value)
