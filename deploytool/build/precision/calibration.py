@@ -35,8 +35,8 @@ CPU = ["CPUExecutionProvider"]
 
 def measuring_session(model: bytes, **options):
     """An ONNX Runtime session for the export's own runs of a serialized graph (calibration, plan
-    trials, emulations): on CPU, without the arena or memory pattern (`open_session`'s
-    `low_memory`), `options` passed on."""
+    trials, emulations): on CPU, with `open_session`'s `low_memory` (no arena, memory pattern or
+    constant folding), `options` passed on."""
     return open_session(model, providers=CPU, low_memory=True, **options)
 
 

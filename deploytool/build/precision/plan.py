@@ -201,8 +201,8 @@ def topological_order(graph: onnx.GraphProto) -> list[onnx.NodeProto] | None:
 def _linear_topological_sort(float16):
     """onnxconverter-common ends a conversion by sorting the graph, rescanning the remaining nodes
     for every node it places: quadratic, 2.1 s of a 3.5 s conversion of DAT-x4's 3,422 nodes.
-    While this is entered its sort is `topological_order`, the same order (the same bytes), the
-    library's own sort taking what that leaves (None)."""
+    While this is entered its sort is `topological_order`, the same order (the same bytes); the
+    library's own sort runs where that gives None."""
     library_sort = float16.sort_topology
 
     def sort(graph: onnx.GraphProto) -> None:

@@ -73,9 +73,9 @@ def test_the_exports_own_sessions_keep_neither_an_arena_nor_a_memory_pattern():
 
 def test_the_exports_own_sessions_do_not_store_what_the_graph_computes_from_constants(monkeypatch, tmp_path):
     """ONNX Runtime folds a node whose inputs are all constants into a constant of the session:
-    the masks and biases the export keeps computed (`fold_limit_mb`) cost DAT-x4 1.6 GB so at
-    96 px. The export's sessions (`low_memory`) compute them on each run instead; a runtime
-    session folds them, as ONNX Runtime does by default. Seen in the graph ONNX Runtime runs."""
+    the masks and biases the export keeps computed (`fold_limit_mb`) cost DAT-x4's graph at 96 px
+    1.6 GB that way. The export's sessions (`low_memory`) compute them on each run instead; a
+    runtime session folds them, ONNX Runtime's default. Seen in the graph ONNX Runtime runs."""
     import numpy as np
     import onnx
     import onnxruntime
