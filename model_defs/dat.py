@@ -14,11 +14,10 @@ deployment, none of them numerical:
 - spatial attention splits the channels in two halves with transposed rectangular windows
   (split_size [8, 32]: 8 rows x 32 columns for the first half, 32 x 8 for the second), and some
   blocks shift them by half a window. The shifted-window mask is the row-band plus column-band
-  geometry of `windows.BandMasks`, for rectangular windows; since only the last row (column) of
-  windows mixes bands, the graph holds that one row (column) mask, (tokens, tokens), and adds it
-  to the position bias of the last row (column) of windows with a Where on a small boolean flag:
-  256 KB of constants per branch where the original adds a (windows, 256, 256) mask, 64 MB per
-  branch at a 256 px tile (the window-grid-sized bias is computed at run time, as HAT's is);
+  geometry of `windows.ShiftMasks`, for rectangular windows: since only the last row (column) of
+  windows mixes bands, the graph holds that one row (column) mask, (tokens, tokens), and spreads
+  it over the windows with a Where on a small boolean flag, at run time, once per forward; as in
+  the original, each window's mask is added to the scores after the position bias;
 - the masks are computed once per input size and shared by every shifted block; the per-block
   `attn_mask_0/1` buffers of the official files (the mask at the training img_size) are kept so
   checkpoints load strictly, and checked against our own computation on load;
@@ -52,9 +51,10 @@ from model_defs.layers import (
     tokens_to_map,
 )
 from model_defs.windows import (
-    BandMasks,
+    ShiftMasks,
     biased_attention,
     gather_relative_bias,
+    last_window_masks,
     relative_position_index,
     shifted_window_mask,
 )
@@ -77,53 +77,12 @@ def position_offsets(window_h: int, window_w: int) -> Tensor:
     return torch.stack(torch.meshgrid(dy, dx, indexing="ij")).flatten(1).t().float()
 
 
-def last_window_masks(window: tuple[int, int]) -> tuple[Tensor, Tensor]:
-    """(row mask, column mask), each (tokens, tokens): the shifted-window masks of the last row and
-    of the last column of windows, the only ones that span two bands (`windows.BandMasks`
-    geometry for a rectangular window; the same for every map size)."""
-    wh, ww = window
-    bands = BandMasks(wh, ww, wh, wh // 2, ww, ww // 2)  # a one-window map: its window is the last
-    return bands.rows[0], bands.cols[0]
-
-
-def last_of(count: int, dim: int, dims: int) -> Tensor:
-    """A boolean (…, count, …) flag, true at the last position of axis `dim` of `dims` axes."""
-    shape = [1] * dims
-    shape[dim] = count
-    return (torch.arange(count) == count - 1).view(shape)
-
-
-class ShiftMasks(NamedTuple):
-    """The shifted-window mask of one branch on a map of `grid` windows (rows, columns).
-
-    Tokens brought together by the cyclic shift from different row bands, or from different
-    column bands, may not attend to each other; only the last row (column) of windows mixes
-    row (column) bands. `grid_bias` therefore spreads the position bias over the window grid with
-    two Where nodes that add the last row's (column's) mask where a small boolean flag says so:
-    the graph holds two (tokens, tokens) masks and two flags, and the grid-sized bias is computed
-    (from the run-time bias; torch's exporter folds any op on constants alone, and ONNX shape
-    inference sizes Where's broadcast, so the exporter's fold limit keeps it computed).
-    """
-
-    last_row: Tensor
-    last_col: Tensor
-    grid: tuple[int, int]
-
-    def grid_bias(self, bias: Tensor) -> Tensor:
-        """A (heads, tokens, tokens) bias + mask for every window of the grid: (rows, cols, heads,
-        tokens, tokens), windows in row-major order (the interface of `BandMasks.grid_bias`)."""
-        rows, cols = self.grid
-        bias = torch.where(last_of(rows, 0, 4).to(bias.device), bias + self.last_row, bias)  # (rows, heads, q, k)
-        bias = bias.unsqueeze(1)
-        return torch.where(last_of(cols, 1, 5).to(bias.device), bias + self.last_col, bias)  # (rows, cols, heads, q, k)
-
-
 class AttentionContext(NamedTuple):
     """What every spatial block of one forward shares: the padded map size and the two branches'
     shifted-window masks (None when no block shifts)."""
 
     padded: tuple[int, int]
-    masks: tuple[ShiftMasks, ShiftMasks] | None
+    masks: tuple[Tensor, Tensor] | None
 
 
 class DynamicPosBias(nn.Module):
@@ -160,7 +119,7 @@ class WindowBranch(nn.Module):
         # run-time Gather under the exporter's fold limit instead of a folded per-block constant)
         self.register_buffer("gather_index", self.relative_position_index.int(), persistent=False)
 
-    def forward(self, qkv: Tensor, shift: bool, mask: ShiftMasks | None) -> Tensor:
+    def forward(self, qkv: Tensor, shift: bool, mask: Tensor | None) -> Tensor:
         """qkv (B, H, W, 3, C), H and W window multiples -> attention output (B, H, W, C)."""
         b, h, w, _, c = static_shape(qkv)
         wh, ww = self.window
@@ -392,7 +351,7 @@ class DAT(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         s0, s1 = split_size
         for branch, window in enumerate(((s0, s1), (s1, s0))):
-            last_row, last_col = last_window_masks(window)
+            last_row, last_col = last_window_masks(*window)
             self.register_buffer(f"shift_mask_{branch}_last_row", last_row, persistent=False)
             self.register_buffer(f"shift_mask_{branch}_last_col", last_col, persistent=False)
 
@@ -426,7 +385,7 @@ class DAT(nn.Module):
             self.upsample = nn.Sequential(nn.Conv2d(embed_dim, upscale**2 * in_chans, 3, 1, 1), nn.PixelShuffle(upscale))
         self.apply(init_transformer_weights)
 
-    def attention_context(self, h: int, w: int) -> AttentionContext:
+    def attention_context(self, images: int, h: int, w: int) -> AttentionContext:
         grid = max(self.split_size)
         hp, wp = -(-h // grid) * grid, -(-w // grid) * grid
         blocks = (block for layer in self.layers for block in layer.blocks)
@@ -434,14 +393,14 @@ class DAT(nn.Module):
             return AttentionContext((hp, wp), None)
         s0, s1 = self.split_size
         masks = tuple(
-            ShiftMasks(self.get_buffer(f"shift_mask_{branch}_last_row"), self.get_buffer(f"shift_mask_{branch}_last_col"), grid)
+            ShiftMasks(self.get_buffer(f"shift_mask_{branch}_last_row"), self.get_buffer(f"shift_mask_{branch}_last_col")).window_mask(images, *grid)
             for branch, grid in enumerate(((hp // s0, wp // s1), (hp // s1, wp // s0)))
         )
         return AttentionContext((hp, wp), masks)
 
     def forward_features(self, x: Tensor) -> Tensor:
-        _, _, h, w = static_shape(x)
-        context = self.attention_context(h, w)
+        images, _, h, w = static_shape(x)
+        context = self.attention_context(images, h, w)
         tokens = self.before_RG(map_to_tokens(x))
         for layer in self.layers:
             tokens = layer(tokens, (h, w), context)

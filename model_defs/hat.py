@@ -7,8 +7,9 @@ An export-friendly re-implementation (our own code, same parameter and buffer na
 official checkpoints load with strict=True). Differences from the original that matter for
 deployment, none of them numerical:
 - shapes are Python ints, so a traced graph has static reshapes and no shape arithmetic;
-- the shifted-window mask is added as a row mask plus a column mask (`BandMasks`), shared by
-  every block: the original builds one (windows, 256, 256) mask per forward, 64 MB at 256 px;
+- the shifted-window mask is built once per forward from the last row's and the last column's
+  masks (`windows.ShiftMasks`) and shared by every shifted block, as the original's one
+  (windows, 256, 256) mask per forward;
 - the overlapping cross-attention (OCAB) forms its grown key/value windows with one Pad and
   static slices instead of `nn.Unfold`, whose export is a large Gather graph;
 - relative-position biases are gathered from each block's small table through one shared index,
@@ -38,7 +39,6 @@ from model_defs.layers import (
     tokens_to_map,
 )
 from model_defs.windows import (
-    BandMasks,
     WindowAttention,
     biased_attention,
     gather_relative_bias,
@@ -118,7 +118,7 @@ class HAB(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: Tensor, size: tuple[int, int], bias_index: Tensor, mask: BandMasks | None) -> Tensor:
+    def forward(self, x: Tensor, size: tuple[int, int], bias_index: Tensor, mask: Tensor | None) -> Tensor:
         h, w = size
         b, _, c = static_shape(x)
         shortcut = x
@@ -231,7 +231,7 @@ class AttentionContext(NamedTuple):
 
     sa_index: Tensor
     oca_index: Tensor
-    mask: BandMasks | None
+    mask: Tensor | None
 
 
 def overlap_relative_position_index(window: int, overlap_window: int) -> Tensor:
@@ -320,7 +320,7 @@ class HAT(nn.Module):
 
     def attention_context(self, h: int, w: int, x: Tensor) -> AttentionContext:
         blocks = (block for layer in self.layers for block in layer.residual_group.blocks)
-        mask = shared_shift_mask(blocks, h, w, self.window_size, x)
+        mask = shared_shift_mask(blocks, x, self.window_size)
         return AttentionContext(self.sa_gather_index, self.oca_gather_index, mask)
 
     def forward_features(self, x: Tensor) -> Tensor:

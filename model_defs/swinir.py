@@ -9,8 +9,8 @@ deployment, none of them numerical:
 - shapes are Python ints, so a traced graph has static reshapes and no shape arithmetic;
 - the shifted-window mask is computed once per input size, outside the blocks, and shared by
   all of them (the original recomputes it in every block when the size differs from img_size),
-  as a row mask plus a column mask (`windows.BandMasks`: same softmax weights, a fraction of
-  the constant);
+  from the last row's and the last column's masks (`windows.ShiftMasks`: the same softmax
+  weights, two (tokens, tokens) constants);
 - the per-block `attn_mask` buffers of the official files are kept only so checkpoints load;
   they describe the training resolution and are checked against our own computation on load.
 """
@@ -37,7 +37,6 @@ from model_defs.layers import (
     tokens_to_map,
 )
 from model_defs.windows import (
-    BandMasks,
     WindowAttention,
     pad_to_multiple,
     relative_position_index,
@@ -58,7 +57,7 @@ class SwinWindowAttention(WindowAttention):
         super().__init__(dim, window_size, num_heads, qkv_bias, qk_scale)
         self.register_buffer("relative_position_index", relative_position_index(window_size))
 
-    def forward(self, x: Tensor, mask: BandMasks | None) -> Tensor:  # type: ignore[override]
+    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:  # type: ignore[override]
         return super().forward(x, self.relative_position_index, mask)
 
 
@@ -92,7 +91,7 @@ class SwinTransformerBlock(nn.Module):
         else:
             self.attn_mask = None
 
-    def forward(self, x: Tensor, size: tuple[int, int], mask: BandMasks | None) -> Tensor:
+    def forward(self, x: Tensor, size: tuple[int, int], mask: Tensor | None) -> Tensor:
         h, w = size
         b, _, c = static_shape(x)
         shortcut = x
@@ -123,7 +122,7 @@ class BasicLayer(nn.Module):
             for i in range(depth)
         )
 
-    def forward(self, x: Tensor, size: tuple[int, int], mask: BandMasks | None) -> Tensor:
+    def forward(self, x: Tensor, size: tuple[int, int], mask: Tensor | None) -> Tensor:
         for block in self.blocks:
             x = block(x, size, mask)
         return x
@@ -137,7 +136,7 @@ class RSTB(nn.Module):
         self.residual_group = BasicLayer(dim, input_resolution, depth, num_heads, window_size, **block_kwargs)
         self.conv = residual_conv(dim, resi_connection)
 
-    def forward(self, x: Tensor, size: tuple[int, int], mask: BandMasks | None) -> Tensor:
+    def forward(self, x: Tensor, size: tuple[int, int], mask: Tensor | None) -> Tensor:
         return map_to_tokens(self.conv(tokens_to_map(self.residual_group(x, size, mask), size))) + x
 
 
@@ -222,7 +221,7 @@ class SwinIR(nn.Module):
     def forward_features(self, x: Tensor) -> Tensor:
         _, _, h, w = static_shape(x)
         blocks = (block for layer in self.layers for block in layer.residual_group.blocks)
-        mask = shared_shift_mask(blocks, h, w, self.window_size, x)
+        mask = shared_shift_mask(blocks, x, self.window_size)
         tokens = self.patch_embed.norm(map_to_tokens(x))
         for layer in self.layers:
             tokens = layer(tokens, (h, w), mask)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -49,7 +50,7 @@ def relative_position_index(window: int, window_w: int | None = None) -> Tensor:
 def shifted_window_mask(h: int, w: int, window: int, shift: int, window_w: int | None = None, shift_w: int | None = None) -> Tensor:
     """The originals' attention mask (num_windows, window^2, window^2) of shifted windows on h x w.
 
-    Kept for the per-block `attn_mask` buffers of official checkpoints; graphs use `BandMasks`.
+    Kept for the per-block `attn_mask` buffers of official checkpoints; graphs use `ShiftMasks`.
     With `window_w`/`shift_w`, windows are `window` x `window_w` and shifted by `shift` rows and
     `shift_w` columns (DAT's rectangular windows).
     """
@@ -80,34 +81,44 @@ def _axis_mask(size: int, window: int, shift: int, axis: int, across: int | None
     return np.where(different, -100.0, 0.0).astype(np.float32)
 
 
-class BandMasks:
-    """The shifted-window mask as a sum of two small masks, one per axis.
+def last_window_masks(window: int, window_w: int | None = None) -> tuple[Tensor, Tensor]:
+    """(row mask, column mask), each (tokens, tokens): the masks of the last row and of the last
+    column of shifted windows, the only windows that span two bands (`_bands`); the same at any map
+    size. Windows `window` rows by `window_w` columns (default: square), shifted by half a window."""
+    window_w = window if window_w is None else window_w
+    rows = _axis_mask(window, window, window // 2, axis=0, across=window_w)[0]
+    cols = _axis_mask(window_w, window_w, window_w // 2, axis=1, across=window)[0]
+    return torch.from_numpy(rows.copy()), torch.from_numpy(cols.copy())
+
+
+class ShiftMasks(NamedTuple):
+    """The shifted-window mask as two (tokens, tokens) masks (`last_window_masks`).
 
     Two tokens of a shifted window may not attend to each other when the cyclic shift brought
-    them from different row bands or different column bands. The original adds one -100 mask
-    (num_windows, window^2, window^2), 64 MB for 16 px windows on a 256 px tile; adding a row
-    mask (rows of windows, window^2, window^2) and a column mask instead stores 2 x 4 MB and
-    gives -200 where both differ, which softmax turns into the same zero weight (exp(-100) is
-    already below FP32 resolution next to an unmasked logit).
+    them from different row bands or different column bands, and only the last row (column) of
+    windows mixes row (column) bands. The original adds one -100 mask (windows, tokens, tokens);
+    where both bands differ these give -200, which softmax turns into the same zero weight
+    (exp(-100) is already below FP32 resolution next to an unmasked logit).
     """
 
-    def __init__(self, h: int, w: int, window: int, shift: int, window_w: int | None = None, shift_w: int | None = None):
-        # window_w/shift_w: a rectangular window (`window` rows by `window_w` columns, DAT)
-        window_w, shift_w = (window, shift) if window_w is None else (window_w, shift_w)
-        self.rows = torch.from_numpy(_axis_mask(h, window, shift, axis=0, across=window_w))
-        self.cols = torch.from_numpy(_axis_mask(w, window_w, shift_w, axis=1, across=window))
+    last_row: Tensor
+    last_col: Tensor
 
-    def to(self, like: Tensor) -> BandMasks:
-        masks = BandMasks.__new__(BandMasks)
-        masks.rows = self.rows.to(device=like.device, dtype=like.dtype)
-        masks.cols = self.cols.to(device=like.device, dtype=like.dtype)
-        return masks
+    def to(self, like: Tensor) -> ShiftMasks:
+        return ShiftMasks(*(mask.to(device=like.device, dtype=like.dtype) for mask in self))
 
-    def grid_bias(self, bias: Tensor) -> Tensor:
-        """bias (heads, window^2, window^2) + mask for every window of the grid: (rows, cols,
-        heads, window^2, window^2), windows in row-major order."""
-        # bias and masks first: one window-grid-sized tensor, then a single pass over the scores
-        return bias + self.rows[:, None, None] + self.cols[:, None]
+    def window_mask(self, images: int, rows: int, cols: int) -> Tensor:
+        """(images * rows * cols, 1, tokens, tokens): each window's mask on a grid of rows x cols
+        windows per image, windows in row-major order, for `biased_attention`. Two Where nodes
+        on small boolean flags make it from the two masks, so the exporter's fold limit keeps it
+        computed (ONNX shape inference sizes their broadcast): one per model, shared by every
+        shifted block."""
+        tokens = static_shape(self.last_row)[-1]
+        row_flags, col_flags = np.zeros((images, rows, 1, 1, 1), dtype=bool), np.zeros((1, 1, cols, 1, 1), dtype=bool)
+        row_flags[:, -1], col_flags[:, :, -1] = True, True
+        in_last_row, in_last_col = (torch.from_numpy(flags).to(self.last_row.device) for flags in (row_flags, col_flags))
+        mask = torch.where(in_last_row, self.last_row, 0.0) + torch.where(in_last_col, self.last_col, 0.0)
+        return mask.reshape(images * rows * cols, 1, tokens, tokens)
 
 
 def pad_to_multiple(x: Tensor, multiple: int, mode: str = "reflect") -> Tensor:
@@ -141,26 +152,19 @@ def merge_heads(x: Tensor) -> Tensor:
     return x.transpose(1, 2).reshape(windows, tokens, heads * d)
 
 
-def biased_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, bias: Tensor, mask: BandMasks | None = None) -> Tensor:
-    """softmax(q k^T * scale + bias [+ shifted-window mask]) v over (windows, heads, tokens, d),
-    windows of each image in row-major order.
+def biased_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, bias: Tensor, mask: Tensor | None = None) -> Tensor:
+    """softmax(q k^T * scale + bias [+ shifted-window mask]) v over (windows, heads, tokens, d).
 
-    `bias` is (heads, queries, keys), shared by all windows; `mask` gives each window of the grid
-    its own (`grid_bias`: BandMasks, or DAT's ShiftMasks). With a mask, every image's windows and
-    heads are one axis of the 4-D matrix products, (images, windows * heads, tokens, d), so the
-    grid's bias is added to the scores by a 4-D broadcast: OpenVINO's CPU plugin runs MatMul, Add,
-    Softmax, MatMul as one attention kernel, its scores never written out, only when nothing
-    reshapes the scores between the products (README: Attention in one kernel). The nodes are the
-    same at any batch, as the FP16 planner's batch-1 calibration graph needs."""
-    if mask is None:
-        attn = (q * scale) @ k.transpose(-2, -1) + bias.unsqueeze(0)
-        return attn.softmax(dim=-1) @ v
-    windows, heads, tokens, _ = static_shape(q)
-    grid = mask.grid_bias(bias)
-    rows, cols = static_shape(grid)[:2]
-    q, k, v = (t.reshape(windows // (rows * cols), rows * cols * heads, tokens, static_shape(t)[-1]) for t in (q, k, v))
-    attn = (q * scale) @ k.transpose(-2, -1) + grid.reshape(1, rows * cols * heads, tokens, tokens)
-    return (attn.softmax(dim=-1) @ v).view(windows, heads, tokens, static_shape(v)[-1])
+    `bias` is (heads, queries, keys), shared by all windows; `mask` (windows, 1, queries, keys)
+    gives each window its own (`ShiftMasks.window_mask`), shared by every head and every shifted
+    block. Both are added to the 4-D scores by a broadcast: OpenVINO's CPU plugin runs MatMul,
+    the Adds, Softmax and MatMul as one attention kernel, its scores never written out, only when
+    nothing reshapes the scores between the products (README: Attention in one kernel), and no
+    constant is the size of every window's bias for every head of every block."""
+    attn = (q * scale) @ k.transpose(-2, -1) + bias.unsqueeze(0)
+    if mask is not None:
+        attn = attn + mask
+    return attn.softmax(dim=-1) @ v
 
 
 def overlapping_windows(x: Tensor, window: int, overlap_window: int) -> Tensor:
@@ -185,11 +189,13 @@ def overlapping_windows(x: Tensor, window: int, overlap_window: int) -> Tensor:
     return x.permute(0, 1, 3, 2, 4, 5).reshape(b * rows * cols, overlap_window * overlap_window, c)
 
 
-def shared_shift_mask(blocks: Iterable[nn.Module], h: int, w: int, window: int, like: Tensor) -> BandMasks | None:
-    """The one mask every shifted block of a model uses on an h x w map; None if none shifts."""
+def shared_shift_mask(blocks: Iterable[nn.Module], x: Tensor, window: int) -> Tensor | None:
+    """The one window mask every shifted block of a model adds on the (B, C, H, W) map `x`
+    (`ShiftMasks.window_mask`); None if no block shifts."""
     if not any(block.shift_size for block in blocks):
         return None
-    return BandMasks(h, w, window, window // 2).to(like)
+    images, _, h, w = static_shape(x)
+    return ShiftMasks(*last_window_masks(window)).to(x).window_mask(images, h // window, w // window)
 
 
 def gather_relative_bias(table: Tensor, index: Tensor) -> Tensor:
@@ -214,7 +220,7 @@ class WindowAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
 
-    def forward(self, x: Tensor, bias_index: Tensor, mask: BandMasks | None) -> Tensor:
+    def forward(self, x: Tensor, bias_index: Tensor, mask: Tensor | None) -> Tensor:
         """x: (windows, tokens, C), windows in row-major order per image."""
         q, k, v = qkv_heads(self.qkv(x), self.num_heads)
         bias = gather_relative_bias(self.relative_position_bias_table, bias_index)

@@ -372,6 +372,30 @@ def reduced_plan_violations(data: dict, reduced: str, channels: int) -> list[str
     return problems
 
 
+def ops_reading_the_input(model: onnx.ModelProto) -> dict[str, int]:
+    """op type -> how many nodes read the graph's input, directly or through other nodes: what every
+    run computes from the image, apart from what the graph computes from its constants alone."""
+    reached = {value.name for value in model.graph.input}
+    ops: dict[str, int] = {}
+    for node in model.graph.node:  # in topological order
+        if any(name in reached for name in node.input):
+            reached.update(node.output)
+            ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    return ops
+
+
+def constant_only_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """The nodes whose inputs are all constants, or made from constants alone (kept computed by the
+    fold limit)."""
+    constant = {init.name for init in model.graph.initializer}
+    found = []
+    for node in model.graph.node:
+        if all(name in constant for name in node.input if name):
+            constant.update(node.output)
+            found.append(node)
+    return found
+
+
 def write_test_png(path: Path, channels: int, size: tuple[int, int] = (21, 37)) -> Path:
     """An 8-bit PNG of seeded synthetic pixels, `channels` 1 or 3."""
     from deploytool.runtime import images

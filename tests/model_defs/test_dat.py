@@ -9,13 +9,8 @@ import torch
 from deploytool.build import registry
 from deploytool.build.networks import build_def
 from deploytool.errors import CheckpointError
-from model_defs.dat import (
-    DAT,
-    ShiftMasks,
-    last_window_masks,
-    reconcile_arch,
-    shifts_windows,
-)
+from model_defs.dat import DAT, reconcile_arch, shifts_windows
+from model_defs.windows import ShiftMasks, last_window_masks
 from tests.helpers import (
     assert_matches_original,
     family_ids,
@@ -104,8 +99,7 @@ def test_shift_masks_select_what_the_original_masks(split_size, size):
     for branch, (window, expected) in enumerate(zip(((s0, s1), (s1, s0)), original.calculate_mask(h, w))):
         tokens = window[0] * window[1]
         grid = (h // window[0], w // window[1])
-        masks = ShiftMasks(*last_window_masks(window), grid)
-        masked = masks.grid_bias(torch.zeros(1, tokens, tokens)).reshape(grid[0] * grid[1], tokens, tokens)
+        masked = ShiftMasks(*last_window_masks(*window)).window_mask(1, *grid).reshape(grid[0] * grid[1], tokens, tokens)
         assert torch.equal(masked < -50, expected != 0), branch
         assert set(masked.unique().tolist()) <= {0.0, -100.0, -200.0}
 

@@ -2,6 +2,9 @@ import pytest
 import torch
 
 from model_defs.windows import (
+    ShiftMasks,
+    biased_attention,
+    last_window_masks,
     pad_to_multiple,
     relative_position_index,
     shifted_window_mask,
@@ -27,6 +30,31 @@ def original_mask(h: int, w: int, window: int, shift: int) -> torch.Tensor:
 @pytest.mark.parametrize("h,w,window", [(16, 16, 8), (24, 40, 8), (14, 28, 7), (64, 48, 16)])
 def test_shifted_window_mask_matches_original(h, w, window):
     assert torch.equal(shifted_window_mask(h, w, window, window // 2), original_mask(h, w, window, window // 2))
+
+
+@pytest.mark.parametrize("h,w,window", [(8, 8, 8), (16, 24, 8), (64, 48, 16)])
+def test_the_window_mask_masks_what_the_original_masks_in_every_image(h, w, window):
+    """Built from the last row's and the last column's masks, for a batch of two images: -100
+    or -200 exactly where the original's mask is -100 (softmax gives both the same zero weight)."""
+    mask = ShiftMasks(*last_window_masks(window)).window_mask(2, h // window, w // window)
+    expected = original_mask(h, w, window, window // 2).repeat(2, 1, 1)
+    assert mask.shape == (expected.shape[0], 1, *expected.shape[1:])
+    assert torch.equal(mask[:, 0] < -50, expected != 0)
+    assert set(mask.unique().tolist()) <= {0.0, -100.0, -200.0}
+
+
+def test_masked_attention_is_the_originals():
+    """The original adds the position bias, then views the scores per image to add its
+    (windows, tokens, tokens) mask; the window mask is added to the 4-D scores directly."""
+    images, heads, window, (h, w) = 2, 3, 4, (8, 12)
+    windows, tokens = images * (h // window) * (w // window), window * window
+    q, k, v = (torch.randn(windows, heads, tokens, 5) for _ in range(3))
+    bias = torch.randn(heads, tokens, tokens)
+    mask = ShiftMasks(*last_window_masks(window)).window_mask(images, h // window, w // window)
+    scores = (q * 0.5) @ k.transpose(-2, -1) + bias.unsqueeze(0)
+    scores = scores.view(images, windows // images, heads, tokens, tokens) + original_mask(h, w, window, window // 2)[None, :, None]
+    expected = scores.view(windows, heads, tokens, tokens).softmax(dim=-1) @ v
+    torch.testing.assert_close(biased_attention(q, k, v, 0.5, bias, mask), expected, rtol=0, atol=1e-6)
 
 
 def test_partition_and_reverse_round_trip():

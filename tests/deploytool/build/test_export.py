@@ -26,7 +26,7 @@ from deploytool.runtime.manifest import (
     TIMING_CACHE,
     read_manifest,
 )
-from tests.helpers import export_tiny, save_official, tiny_entry, tiny_state_dict
+from tests.helpers import constant_only_nodes, export_tiny, ops_reading_the_input, save_official, tiny_entry, tiny_state_dict
 
 
 def assert_static(model: onnx.ModelProto) -> None:
@@ -88,16 +88,21 @@ def test_a_re_export_removes_what_the_previous_export_verify_and_build_wrote(tmp
 
 
 def test_any_window_multiple_exports_with_one_shared_mask(tmp_path):
-    """A tile other than the training img_size neither grows the graph nor copies the mask per block."""
-    # the tiny model's per-block bias plus masks is 0.06-0.8 MB, below the ids' 1 MB fold limit
-    at_img_size = export_tiny("swinir-m-x2", tmp_path / "a", fp16=False, fold_limit_mb=0.05)
-    larger = export_tiny("swinir-m-x2", tmp_path / "b", fp16=False, tile=(32, 48), fold_limit_mb=0.05)
-    assert larger.graph.nodes == at_img_size.graph.nodes
-    model = onnx.load(str(tmp_path / "b" / FP32_FILE))
-    # 4 x 6 windows of 8 x 8: one row mask for the 4 rows and one column mask for the 6 columns
-    masks = sorted(list(init.dims) for init in model.graph.initializer if list(init.dims)[-2:] == [64, 64] and init.dims[0] in (4, 6))
-    assert masks == [[4, 1, 1, 64, 64], [6, 1, 64, 64]], masks
-    assert_static(model)
+    """A tile other than the training img_size neither grows what a run computes from the image
+    nor copies the mask per block: the graph holds the last row's and the last column's masks and
+    makes every window's mask from them once, for all shifted blocks."""
+    # the tiny model's mask is 0.02-0.1 MB, below the ids' 1 MB fold limit
+    export_tiny("swinir-m-x2", tmp_path / "a", fp16=False, fold_limit_mb=0.05)
+    export_tiny("swinir-m-x2", tmp_path / "b", fp16=False, tile=(32, 48), fold_limit_mb=0.05)
+    at_img_size, larger = (onnx.load(str(tmp_path / name / FP32_FILE)) for name in ("a", "b"))
+    assert ops_reading_the_input(larger) == ops_reading_the_input(at_img_size)
+    # 4 x 6 windows of 8 x 8 tokens: two (64, 64) masks, no (24, ..., 64, 64) one
+    masks = [numpy_helper.to_array(init) for init in larger.graph.initializer if list(init.dims) == [64, 64]]
+    assert len(masks) == 2 and all(set(np.unique(mask).tolist()) == {0.0, -100.0} for mask in masks)
+    assert not [init.name for init in larger.graph.initializer if 24 in init.dims]
+    made = [node.op_type for node in constant_only_nodes(larger)]
+    assert sorted(made) == ["Add", "Reshape", "Where", "Where"], made  # once, above the fold limit
+    assert_static(larger)
 
 
 def test_tile_that_is_not_a_window_multiple_is_refused(tmp_path):

@@ -15,6 +15,7 @@ from tests.deploytool.build.test_export import assert_static
 from tests.helpers import (
     assert_bf16_plan_needs_no_range,
     export_tiny,
+    ops_reading_the_input,
     save_official,
     tiny_entry,
     tiny_state_dict,
@@ -54,14 +55,15 @@ def test_channel_attention_moves_the_tokens_once_each_way(tiny_exports):
 @pytest.mark.parametrize("model_id", ["dat-x2", "dat-s-x4"])
 def test_graph_holds_weights_not_per_block_biases_or_masks(tmp_path, model_id):
     """Position biases are gathered at run time from each block's small table, and the shifted
-    windows' masks are two (tokens, tokens) constants per window orientation: the file is the
-    weights at any tile, rectangular ones included."""
+    windows' masks are two (tokens, tokens) constants per window orientation: a larger tile's
+    file is no larger, the weights and those masks, rectangular windows included."""
     small = export_tiny(model_id, tmp_path / "small", fp16=False, tile=(32, 64))
     large = export_tiny(model_id, tmp_path / "large", fp16=False, tile=(96, 160))
-    assert large.graph.nodes == small.graph.nodes
-    growth = large.files[FP32_FILE].bytes - small.files[FP32_FILE].bytes
-    assert abs(growth) <= 4096, growth
     model = onnx.load(str(tmp_path / "large" / FP32_FILE))
+    assert ops_reading_the_input(model) == ops_reading_the_input(onnx.load(str(tmp_path / "small" / FP32_FILE)))
+    # a smaller tile's mask may be folded in pieces below the fold limit; a larger one's is not
+    growth = large.files[FP32_FILE].bytes - small.files[FP32_FILE].bytes
+    assert growth <= 4096, growth
     assert_static(model)
     entry = tiny_entry(model_id)
     tokens = entry.arch["split_size"][0] * entry.arch["split_size"][1]
