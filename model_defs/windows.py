@@ -1,5 +1,5 @@
 """Window helpers shared by the Swin-style families (SwinIR, HAT; DAT attends with
-`biased_attention`).
+`biased_attention` and masks with `ShiftMasks`).
 
 Everything here works on Python ints: the exported graph then holds constant reshape targets
 and precomputed masks instead of the Shape/Gather/ScatterND arithmetic of the originals.
@@ -112,7 +112,8 @@ class ShiftMasks(NamedTuple):
         windows per image, windows in row-major order, for `biased_attention`. Two Where nodes
         on small boolean flags make it from the two masks, so the exporter's fold limit keeps it
         computed (ONNX shape inference sizes their broadcast): one per model, shared by every
-        shifted block."""
+        shifted block, the same nodes at any batch (the flags' shape follows it), as the FP16
+        planner's batch-1 calibration graph needs."""
         tokens = static_shape(self.last_row)[-1]
         row_flags, col_flags = np.zeros((images, rows, 1, 1, 1), dtype=bool), np.zeros((1, 1, cols, 1, 1), dtype=bool)
         row_flags[:, -1], col_flags[:, :, -1] = True, True

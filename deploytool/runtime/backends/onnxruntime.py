@@ -89,10 +89,11 @@ def open_session(
     cached blocks add up across the several sessions an export opens, nor its memory pattern,
     which allocates each run's planned peak at once (DAT-x4's calibration at 96 px: 3.22 GB peak
     with it, 2.75 GB without, in the same time), nor its constant folding, which stores what the
-    export keeps computed (`fold_limit_mb`: masks and biases broadcast per window) as constants
-    of the session (DAT-x4 at 96 px: 1.6 GB held from the session's opening; without it the same
-    outputs bit for bit, opened in 0.5 s instead of 1.6 s, a run 3.2 -> 3.4 s). The README's
-    "Design choices, measured".
+    export keeps computed (`fold_limit_mb`: position biases gathered per block, the window mask)
+    as constants of the session (DAT-x4 at 96 px, when each shifted block's bias was spread over
+    the window grid: 1.6 GB held from the session's opening; without it the same outputs bit for
+    bit, opened in 0.5 s instead of 1.6 s, a run 3.2 -> 3.4 s). The README's "Design choices,
+    measured".
     `priority_order` runs each node as soon as its inputs exist (see precision.measure_ranges).
     """
     try:
