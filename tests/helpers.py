@@ -80,6 +80,27 @@ def needs_openvino(test=None):
     return mark if test is None else mark(test)
 
 
+def bf16_cpu_missing() -> str | None:
+    """Why this machine cannot run the openvino-bf16 backend on its CPU (None: it can)."""
+    if importlib.util.find_spec("openvino") is None:
+        return "OpenVINO is not installed: pip install deploytool[openvino] (the test extra has it)"
+    from deploytool.runtime.backends.openvino import bf16_devices
+
+    if "CPU" not in bf16_devices():
+        return "this CPU has no BF16 arithmetic (OpenVINO's OPTIMIZATION_CAPABILITIES lack BF16: no AVX-512 BF16 or AMX)"
+    return None
+
+
+def needs_bf16_cpu(test=None):
+    """The mark that skips a test where the CPU cannot run the openvino-bf16 backend, saying why:
+    `@needs_bf16_cpu` on a test, `needs_bf16_cpu()` as a parameter's mark."""
+    import pytest
+
+    missing = bf16_cpu_missing()
+    mark = pytest.mark.skipif(missing is not None, reason=str(missing))
+    return mark if test is None else mark(test)
+
+
 def one_id_per_family() -> list[str]:
     """The first id (in `all_ids`' order) of every family."""
     first: dict[str, str] = {}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,17 +53,6 @@ def export_for_serving(model_id: str, out_dir: Path, *, bf16: bool = False) -> P
         # server fills the last batch up, as `run` does
         export_tiny(model_id, out_dir, fp16=False, tile=(48, 48), batch=2)
     return out_dir
-
-
-def bf16_cpu_missing() -> str | None:
-    """Why this machine cannot run the openvino-bf16 backend (None: it can), for skips."""
-    from deploytool.runtime.backends import openvino as openvino_bf16
-
-    if importlib.util.find_spec("openvino") is None:
-        return "OpenVINO is not installed: pip install deploytool[openvino] (the test extra has it)"
-    if openvino_bf16.DEFAULT_DEVICE not in openvino_bf16.bf16_devices():
-        return "this CPU has no BF16 arithmetic (OpenVINO's OPTIMIZATION_CAPABILITIES lack BF16: no AVX-512 BF16 or AMX)"
-    return None
 
 
 @contextlib.contextmanager

@@ -28,7 +28,7 @@ from deploytool.runtime.images import read_image
 from deploytool.runtime.manifest import FP32_FILE, MANIFEST_FILE, EngineRecord, read_manifest
 from deploytool.runtime.restorer import Restorer
 from tests.cpp.build_tools import missing_build_tools
-from tests.helpers import export_tiny
+from tests.helpers import export_tiny, needs_bf16_cpu
 from tests.standin import registry_tiling_configs, standin_runner, write_standin_export
 
 # under --dist loadgroup one pytest-xdist worker runs every test of the C++ build (no other waits
@@ -606,16 +606,6 @@ def test_openvino_compiles_channel_splits_where_their_chunks_are_made_in_both_ru
     assert splits(written) == splits(export_dir / "model.onnx") - rewritten[model_id]
 
 
-def _bf16_cpu_missing() -> str | None:
-    if importlib.util.find_spec("openvino") is None:
-        return "OpenVINO is not installed: pip install deploytool[openvino] (the test extra has it)"
-    from deploytool.runtime.backends.openvino import bf16_devices
-
-    if "CPU" not in bf16_devices():
-        return "this CPU has no BF16 arithmetic (OpenVINO's OPTIMIZATION_CAPABILITIES lack BF16: no AVX-512 BF16 or AMX)"
-    return None
-
-
 @pytest.fixture(scope="session")
 def real_bf16_exports(tmp_path_factory, tiny_exports) -> dict[str, Path]:
     """Tiny real exports of every family with their BF16 plans (model_bf16.onnx): other copies of
@@ -623,7 +613,7 @@ def real_bf16_exports(tmp_path_factory, tiny_exports) -> dict[str, Path]:
     return tiny_exports.copies(_ids_to_export(), tmp_path_factory.mktemp("real-bf16-exports"))
 
 
-@pytest.mark.skipif(_bf16_cpu_missing() is not None, reason=str(_bf16_cpu_missing()))
+@needs_bf16_cpu
 def test_openvino_bf16_backend_matches_python_on_real_exports_of_every_family(
     openvino_build: Path, real_bf16_exports: dict[str, Path], synthetic_images: dict[str, Path], tmp_path: Path
 ) -> None:

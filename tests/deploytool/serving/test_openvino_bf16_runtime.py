@@ -26,11 +26,10 @@ from deploytool.runtime.backends import openvino as openvino_bf16
 from deploytool.runtime.manifest import BF16_FILE, MANIFEST_FILE, read_manifest
 from deploytool.serving.repository import RepositoryOptions, write_repository
 from deploytool.serving.triton_models import BackendTileModel
-from tests.helpers import needs_openvino
+from tests.helpers import needs_bf16_cpu, needs_openvino
 from tests.triton_server import (
     TESTSETS,
     assert_one_line_error,
-    bf16_cpu_missing,
     config_parameters,
     export_for_serving,
     invoke,
@@ -47,8 +46,6 @@ TILES = f"{MODEL_ID}-tiles"
 WITH_BF16 = ["BF16", "FP32", "INT8"]  # OPTIMIZATION_CAPABILITIES of a CPU with AVX-512 BF16 or AMX
 WITHOUT_BF16 = ["FP32", "INT8"]
 REFUSAL = "openvino-bf16 needs BF16 arithmetic (on a CPU: AVX-512 BF16 or AMX); OpenVINO's CPU offers FP32, INT8, without BF16"
-
-needs_bf16_cpu = pytest.mark.skipif(bf16_cpu_missing() is not None, reason=str(bf16_cpu_missing()))
 
 
 def cpu_offers(monkeypatch, capabilities: list[str]) -> None:
