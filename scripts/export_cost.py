@@ -2,7 +2,7 @@
 where they go by stage (the trace, the calibration trace, simplify, the plans...), against
 issue 22's targets for the torch.export exporter.
 
-    python scripts/export_cost.py [--ids hat-x4,swinir-m-x4] [--tile 64] [--json]
+    python scripts/export_cost.py [--ids hat-x4,swinir-m-x4] [--tile 64] [--warm] [--json]
 
 Each export runs `deploytool export ID --random-init` in a child process of its own, so that its
 peak resident memory is its own: the larger of wait4's (the largest single process) and the sum
@@ -12,6 +12,10 @@ pages the fork shares with its parent are counted once). Reading a process's PSS
 tables, so it is read only while the children live: alone, the export's peak is wait4's. The per-stage table comes from the manifest it writes
 (`export_stages`: seconds, and the exporting process's own peak RSS so far at each stage's end). `--tile` overrides every id's default tile, for quick runs; the targets are for the
 defaults.
+
+Every id's export starts with an empty trace cache of its own, so it traces (the targets are
+for that). `--warm` exports each id a second time with other weights (`--seed 1`), its traces
+then reused from the first export's trace cache: what a re-export of a model costs.
 """
 
 from __future__ import annotations
@@ -94,12 +98,14 @@ def _rss_bytes(pid: int) -> int:
     return 0
 
 
-def run_export(model_id: str, out: Path, tile: int | None) -> dict:
-    command = [sys.executable, "-m", "deploytool", "export", model_id, "--random-init", "--out", str(out)]
+def run_export(model_id: str, out: Path, tile: int | None, trace_cache: Path, seed: int = 0) -> dict:
+    """One export in a child process, its trace cache in `trace_cache`."""
+    command = [sys.executable, "-m", "deploytool", "export", model_id, "--random-init", "--seed", str(seed), "--out", str(out)]
     if tile:
         command += ["--tile", str(tile)]
     started = time.perf_counter()
-    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    environment = {**os.environ, "DEPLOYTOOL_TRACE_CACHE": str(trace_cache)}
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=environment)
     sampler = TreeRss(child.pid)
     sampler.start()
     log = child.stderr.read()
@@ -111,6 +117,7 @@ def run_export(model_id: str, out: Path, tile: int | None) -> dict:
         "seconds": round(seconds, 1),
         "peak_rss_gb": round(max(usage.ru_maxrss * 1024, sampler.peak_bytes) / 2**30, 2),
         "exit_status": os.waitstatus_to_exitcode(status),
+        "traces_reused": log.count("reused from the trace cache"),
     }
     if result["exit_status"] == 0:
         manifest = read_manifest(out)
@@ -126,7 +133,7 @@ def markdown(results: list[dict], tile_override: int | None) -> str:
         "| export, `--random-init` | tile | wall time | peak RSS | TorchScript exporter (default tile) | target | met |",
         "|---|---|---:|---:|---|---|---|",
     ]
-    for r in results:
+    for r in results + [r["warm"] for r in results if "warm" in r]:
         target_s, target_gb = TARGETS.get(r["model_id"], (None, None))
         tile = "x".join(map(str, r.get("tile", []))) or "?"
         if r["exit_status"] != 0:
@@ -136,21 +143,26 @@ def markdown(results: list[dict], tile_override: int | None) -> str:
         today = f"{today_s} s" + (f", {today_gb} GB" if today_gb else "") if today_s else ""
         target = f"≤ {target_s} s, ≤ {target_gb} GB" if target_s else "none"
         met = "n/a (not the default tile)" if tile_override or not target_s else ("yes" if r["seconds"] <= target_s and r["peak_rss_gb"] <= target_gb else "no")
-        lines.append(f"| {r['model_id']} | {tile} | {r['seconds']:.1f} s | {r['peak_rss_gb']:.2f} GB | {today} | {target} | {met} |")
+        lines.append(f"| {_row_name(r)} | {tile} | {r['seconds']:.1f} s | {r['peak_rss_gb']:.2f} GB | {today} | {target} | {met} |")
     stage_names = list(dict.fromkeys(name for r in results for name in r.get("stages", {})))
     if stage_names:
         lines += ["", "Per stage: seconds (peak RSS so far, GB)", "", "| export | " + " | ".join(stage_names) + " |", "|---|" + "---:|" * len(stage_names)]
-        for r in results:
+        for r in results + [r["warm"] for r in results if "warm" in r]:
             stages = r.get("stages", {})
             cells = [f"{stages[n]['seconds']:.1f} ({stages[n]['peak_rss_gb']:.1f})" if n in stages else "" for n in stage_names]
-            lines.append(f"| {r['model_id']} | " + " | ".join(cells) + " |")
+            lines.append(f"| {_row_name(r)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _row_name(result: dict) -> str:
+    return result["model_id"] + (", again: other weights, the trace cache warm" if result.get("seed") else "")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ids", default=",".join(TARGETS), help="comma-separated model ids (default: the targets' ids)")
     parser.add_argument("--tile", type=int, help="square tile for every id instead of its default (quick runs; targets then do not apply)")
+    parser.add_argument("--warm", action="store_true", help="export each id a second time, with other weights, the first export's traces in the trace cache")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     ids = [i.strip() for i in args.ids.split(",") if i.strip()]
@@ -159,11 +171,17 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for model_id in ids:
+            # every id's first export traces: the trace cache starts empty
+            trace_cache = Path(tmp) / f"{model_id}-traces"
             print(f"exporting {model_id}{f' at {args.tile} px' if args.tile else ''} in a child process", file=sys.stderr)
-            results.append(run_export(model_id, Path(tmp) / model_id, args.tile))
+            results.append(run_export(model_id, Path(tmp) / model_id, args.tile, trace_cache))
             print(f"  {results[-1]['seconds']:.0f} s, peak RSS {results[-1]['peak_rss_gb']:.1f} GB", file=sys.stderr)
+            if args.warm and results[-1]["exit_status"] == 0:
+                warm = run_export(model_id, Path(tmp) / model_id, args.tile, trace_cache, seed=1)
+                results[-1]["warm"] = {**warm, "seed": 1}
+                print(f"  again, the trace cache warm: {warm['seconds']:.0f} s, peak RSS {warm['peak_rss_gb']:.1f} GB", file=sys.stderr)
     print(json.dumps(results, indent=2) if args.json else markdown(results, args.tile))
-    return 0 if all(r["exit_status"] == 0 for r in results) else 1
+    return 0 if all(r["exit_status"] == 0 and r.get("warm", r)["exit_status"] == 0 for r in results) else 1
 
 
 if __name__ == "__main__":

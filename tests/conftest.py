@@ -9,6 +9,8 @@ how the fields relate to each other.
 
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,7 @@ def pytest_configure(config):
     399 s with a thread each, and 388 s with the default's threads kept from spinning; the
     export's ONNX Runtime stages 156 s, 115 s, 115 s). The variable reaches the processes the
     tests start too (the CLI's, a server's)."""
+    _own_trace_cache()
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
         import torch
@@ -36,6 +39,16 @@ def pytest_configure(config):
         share = max(1, len(os.sched_getaffinity(0)) // workers)
         torch.set_num_threads(share)
         os.environ.setdefault(THREADS_VARIABLE, str(share))
+
+
+def _own_trace_cache() -> None:
+    """The CLI's exports in the tests (and the processes they start) use a trace cache of this
+    run's own, never the one in the user's home, whose entries an earlier tree made."""
+    os.environ["DEPLOYTOOL_TRACE_CACHE"] = tempfile.mkdtemp(prefix="deploytool-test-traces-")
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(os.environ.pop("DEPLOYTOOL_TRACE_CACHE", ""), ignore_errors=True)
 
 
 def _shared_root(tmp_path_factory) -> Path:

@@ -26,7 +26,7 @@ import torch
 
 from deploytool import __version__
 from deploytool.errors import CheckpointError
-from deploytool.runtime.fileio import atomic_path, sha256_file
+from deploytool.runtime.fileio import atomic_path, sha256_file, user_cache_folder
 
 # Official repositories wrap their weights under one of these keys; BasicSR (HAT, Restormer,
 # SwinIR's training code) saves both `params` and `params_ema`, and the EMA weights are the
@@ -327,11 +327,7 @@ def _count_and_list(items: list[str], singular: str, plural: str) -> str:
 
 def default_cache_dir() -> Path:
     """Where downloaded weights live: $DEPLOYTOOL_CACHE, else the XDG cache, else ~/.cache."""
-    if explicit := os.environ.get("DEPLOYTOOL_CACHE"):
-        return Path(explicit).expanduser()
-    if xdg := os.environ.get("XDG_CACHE_HOME"):
-        return Path(xdg).expanduser() / "deploytool" / "weights"
-    return Path.home() / ".cache" / "deploytool" / "weights"
+    return user_cache_folder("DEPLOYTOOL_CACHE", "weights")
 
 
 def fetch(

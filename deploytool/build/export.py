@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import resource
 import shutil
 import sys
@@ -35,6 +36,7 @@ from deploytool.build.graph_passes import (
 )
 from deploytool.build.networks import build_def, load_state_dict, original_name
 from deploytool.build.registry import ModelEntry
+from deploytool.build.trace_cache import TraceCache, take_note, trace_key
 from deploytool.build.tracing import EXPORTER, OPSET, load_exporter, trace
 from deploytool.errors import DeployError, ExportError
 from deploytool.runtime import input_batches
@@ -78,6 +80,7 @@ class ExportRequest:
     calibration_images: Path | None = None
     calibration_count: int = 4
     bf16: bool = False
+    trace_cache: Path | None = None  # the trace cache's folder (trace_cache), None: trace every time
 
     @property
     def precisions(self) -> tuple[str, ...]:
@@ -85,11 +88,11 @@ class ExportRequest:
         return tuple(name for name, wanted in (("fp16", self.fp16), ("bf16", self.bf16)) if wanted)
 
 
-def traced_graph(model: torch.nn.Module, shape: tuple[int, ...]) -> onnx.ModelProto:
+def traced_graph(model: torch.nn.Module, shape: tuple[int, ...], cache: Path | None = None) -> onnx.ModelProto:
     """The model's traced (unsimplified) graph at input `shape`: the export's tile and the
     calibration tile are its two calls, the second beside the first (`forked_trace`;
-    `tracing.trace`: no forward pass runs at either)."""
-    return trace(model, torch.zeros(shape))
+    `tracing.trace`: no forward pass runs at either), through the trace cache in `cache`."""
+    return trace(model, torch.zeros(shape), TraceCache(cache) if cache is not None else None)
 
 
 @dataclass
@@ -180,9 +183,12 @@ class StageClock:
         self.traces_peak_mb = 0.0
 
     def traced(self, trace: ForkedTrace) -> onnx.ModelProto:
-        """`trace`'s graph, its process's peak memory counted from now on."""
+        """`trace`'s graph, its process's peak memory counted from now on; what it did with the
+        trace cache said."""
         graph = trace.graph()
         self.traces_peak_mb = max(self.traces_peak_mb, trace.peak_rss_mb)
+        if note := take_note(graph):
+            self.progress(f"      the trace at {_shape_text(trace.shape)}: {note}")
         return graph
 
     @contextlib.contextmanager
@@ -211,15 +217,16 @@ def export(request: ExportRequest, progress: Progress = lambda message: None) ->
     clock = StageClock(5 + (small_shape is not None) + len(request.precisions), progress)
 
     unused: dict[str, str] = {}
-    with clock.stage("load", f"loading weights: {request.source.describe()}"):
-        model = loaded_model(request, unused, progress)
     shape = (request.batch, entry.channels, *request.tile)
+    with clock.stage("load", f"loading weights: {request.source.describe()}"):
+        model = loaded_model(request, [shape, small_shape] if small_shape else [shape], unused, progress)
 
     plans = "/".join(request.precisions).upper()
+    tracer = functools.partial(traced_graph, cache=request.trace_cache)
     # each tile's trace in a child of its own, both at once (forked_trace)
     with (
-        ForkedTrace(traced_graph, model, shape) as export_trace,
-        ForkedTrace(traced_graph, model, small_shape) if small_shape else contextlib.nullcontext() as calibration_trace,
+        ForkedTrace(tracer, model, shape) as export_trace,
+        ForkedTrace(tracer, model, small_shape) if small_shape else contextlib.nullcontext() as calibration_trace,
     ):
         del model  # the traces hold what they need
         with clock.stage("trace", f"tracing {entry.id} at {shape} (opset {OPSET}){_where(export_trace, calibration_trace, plans)}"):
@@ -257,16 +264,18 @@ def export(request: ExportRequest, progress: Progress = lambda message: None) ->
     return manifest
 
 
-def loaded_model(request: ExportRequest, unused: dict[str, str], progress: Progress) -> torch.nn.Module:
+def loaded_model(request: ExportRequest, shapes: list[tuple[int, ...]], unused: dict[str, str], progress: Progress) -> torch.nn.Module:
     """Our definition with the request's weights (the checkpoint's entries of other tasks into
-    `unused`), and the exporter's modules imported for the traces (`load_exporter`: here, once,
-    not in each trace's child)."""
+    `unused`), and the exporter's modules imported for its traces at `shapes` (`load_exporter`:
+    here, once, not in each trace's child; not where the trace cache holds every one)."""
     entry = request.entry
     state_dict = load_state_dict(entry, request.source, unused=unused)
     if unused:
         progress(f"      left out {len(unused)} checkpoint entries of other tasks, as expected (manifest.json lists them under unused_weights)")
     model = build_def(entry, state_dict, source=request.source.path or "random init")
-    load_exporter()
+    cache = TraceCache(request.trace_cache) if request.trace_cache is not None else None
+    if cache is None or not all(cache.holds(trace_key(model, shape)) for shape in shapes):
+        load_exporter()
     return model
 
 

@@ -9,6 +9,7 @@ import ast
 import contextlib
 import importlib
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -17,7 +18,12 @@ from onnx import numpy_helper
 
 from deploytool.build.graph_passes import readers
 from deploytool.build.inferred_types import TensorType, tensor_types
+from deploytool.build.trace_cache import NOTE_KEY, StaleEntry, TraceCache, state_tensors, trace_key
+from deploytool.errors import DeployError
 from deploytool.runtime.manifest import INPUT_NAME, OUTPUT_NAME
+
+if TYPE_CHECKING:
+    import onnx_ir
 
 # The dynamo exporter's own opset: its torchlib functions are written for 18, and any other
 # opset is a version conversion of the finished graph. TensorRT 10.x's parser (onnx-tensorrt)
@@ -56,7 +62,7 @@ def load_exporter() -> None:
             importlib.import_module(name)
 
 
-def trace(model: torch.nn.Module, example: torch.Tensor) -> onnx.ModelProto:
+def trace(model: torch.nn.Module, example: torch.Tensor, cache: TraceCache | None = None) -> onnx.ModelProto:
     """The model's ONNX graph at `example`'s shape, through torch.export and the dynamo ONNX
     exporter, with no forward pass at that shape: torch.export (`strict=False`) runs the model on
     fake tensors (shapes and dtypes only), so the trace's time and memory do not grow with the
@@ -71,7 +77,31 @@ def trace(model: torch.nn.Module, example: torch.Tensor) -> onnx.ModelProto:
     and the exporter's quirks: `name_nodes_by_module`, `plain_ops`. The export traces twice, at its
     tile and at the calibration tile, in two forked processes at once (`export.traced_graph`,
     `forked_trace`). The README's "How the graph is made" has the measurements.
+
+    With a `cache` (trace_cache), the exporter's graph of an earlier trace of the same definition
+    at the same shape is reused with this model's weights, and a fresh one is kept there; the
+    graph then carries a note of which (`trace_cache.take_note`).
     """
+    import onnx_ir
+
+    key = trace_key(model, tuple(example.shape)) if cache is not None else None
+    exported, note = _cached_graph(cache, key, model) if key is not None else (None, None)
+    if exported is None:
+        exported, weight_names = exported_graph(model, example)
+        if key is not None:
+            note = (f"{note}; " if note else "") + _kept(cache, key, onnx_ir.serde.serialize_model(exported), weight_names)
+        elif cache is not None:
+            note = "not kept in the trace cache: a class of the model has no source file to key its code by"
+    graph = plain_graph(exported)
+    if note:
+        graph.metadata_props.add(key=NOTE_KEY, value=note)
+    return graph
+
+
+def exported_graph(model: torch.nn.Module, example: torch.Tensor) -> tuple[onnx_ir.Model, dict[str, str]]:
+    """The dynamo exporter's graph of `model` at `example`'s shape (`trace`), its names made
+    unique, and which of its initializers hold which of the model's weights: {initializer name:
+    state-dict name}."""
     from onnx_ir.passes.common import NameFixPass
 
     with warnings.catch_warnings(), torch.no_grad():
@@ -89,18 +119,49 @@ def trace(model: torch.nn.Module, example: torch.Tensor) -> onnx.ModelProto:
             verbose=False,
         )
     del exported
+    state = state_tensors(model)
+    weights = {value: value.name for value in program.model.graph.initializers.values() if value.name in state}
     # Values named after the FX nodes can repeat a weight's name (DAT: its `mean` buffer and an
     # aten.mean), which is not valid SSA once written out; NameFixPass makes every name unique.
     NameFixPass()(program.model)
-    fold_shape_arithmetic(program.model)
-    graph = program.model_proto
-    del program
+    return program.model, {value.name: name for value, name in weights.items()}
+
+
+def plain_graph(exported: onnx_ir.Model) -> onnx.ModelProto:
+    """`exported_graph`'s graph with its shape arithmetic folded, nodes named by module and the
+    exporter's quirks rewritten (`trace`)."""
+    import onnx_ir
+
+    fold_shape_arithmetic(exported)
+    graph = onnx_ir.serde.serialize_model(exported)
+    del exported
     name_nodes_by_module(graph)
     # the exporter's recorded intermediate types and shapes: ONNX shape inference derives them
     # again, and one of them disagreed with it on DAT (another value's dims)
     del graph.graph.value_info[:]
     plain_ops(graph)
     return graph
+
+
+def _cached_graph(cache: TraceCache, key: str, model: torch.nn.Module) -> tuple[onnx_ir.Model | None, str | None]:
+    """The cache's exporter graph under `key` with `model`'s weights, or None and why not."""
+    try:
+        exported = cache.load(key, model)
+    except StaleEntry as exc:
+        return None, f"traced again: the trace cache's entry {cache.path(key)} is stale ({exc})"
+    return exported, f"reused from the trace cache ({cache.path(key)})" if exported is not None else None
+
+
+def _kept(cache: TraceCache, key: str, graph: onnx.ModelProto, weight_names: dict[str, str]) -> str:
+    """Keep a fresh trace (`graph`: a serialized copy, which this strips) in the cache; what
+    happened, for the export's progress."""
+    try:
+        cache.store(key, graph, weight_names)
+    except DeployError as exc:
+        return f"not kept in the trace cache: {exc}"
+    except OSError as exc:  # a write that failed midway (a full disk)
+        return f"not kept in the trace cache: cannot write {cache.path(key)}: {exc.strerror or exc}"
+    return f"kept in the trace cache ({cache.path(key)})"
 
 
 def fold_shape_arithmetic(model) -> None:

@@ -30,13 +30,19 @@ from deploytool.cli.options import json_option, needs_extra, parse_tile, say, we
     callback=lambda context, parameter, value: parse_precisions(value),
     help="Deploy graphs beside model.onnx, comma-separated: fp16 (model_fp16.onnx), bf16 (model_bf16.onnx); fp32 alone for neither.",
 )
+@click.option(
+    "--no-trace-cache",
+    is_flag=True,
+    help="Trace even where the trace cache ($DEPLOYTOOL_TRACE_CACHE, else ~/.cache/deploytool/traces) holds this model's graph at this tile.",
+)
 @json_option("Print the manifest as JSON.")
 @needs_extra("export")
-def export(model_id, out_dir, weights, random_init, seed, tile, batch, calibration_images, no_fp16, precisions, as_json) -> None:
+def export(model_id, out_dir, weights, random_init, seed, tile, batch, calibration_images, no_fp16, precisions, no_trace_cache, as_json) -> None:
     """Export MODEL_ID to ONNX FP32 + FP16 (+ BF16) with a manifest. Without --weights, the official file is downloaded."""
     from deploytool.build import export as exporter
     from deploytool.build import registry
     from deploytool.build.networks import resolve_source
+    from deploytool.build.trace_cache import default_folder
     from deploytool.runtime.fileio import inside
 
     check_no_fp16(no_fp16, precisions)
@@ -55,6 +61,7 @@ def export(model_id, out_dir, weights, random_init, seed, tile, batch, calibrati
         fp16="fp16" in precisions and not no_fp16,
         bf16="bf16" in precisions,
         calibration_images=calibration_images,
+        trace_cache=None if no_trace_cache else default_folder(),
     )
     manifest = exporter.export(request, progress=say)
     if as_json:

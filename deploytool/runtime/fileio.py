@@ -84,6 +84,16 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
+def user_cache_folder(variable: str, name: str) -> Path:
+    """A cache's folder: the environment `variable`, else the XDG cache's deploytool/`name`,
+    else ~/.cache/deploytool/`name`."""
+    if explicit := os.environ.get(variable):
+        return Path(explicit).expanduser()
+    if xdg := os.environ.get("XDG_CACHE_HOME"):
+        return Path(xdg).expanduser() / "deploytool" / name
+    return Path.home() / ".cache" / "deploytool" / name
+
+
 def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

@@ -25,6 +25,15 @@ def test_reports_each_export_and_its_stages():
     assert abs(row["stages"]["save"]["peak_rss_gb"] - row["peak_rss_gb"]) < 0.2
 
 
+def test_warm_exports_again_with_other_weights_reusing_the_first_exports_traces():
+    result = run("--ids", "esrt-x2", "--tile", "16", "--warm", "--json")
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads(result.stdout)
+    assert row["traces_reused"] == 0 and row["exit_status"] == 0
+    warm = row["warm"]
+    assert warm["seed"] == 1 and warm["traces_reused"] == 1 and warm["exit_status"] == 0 and "trace" in warm["stages"]
+
+
 def test_an_unknown_id_is_one_line_before_any_export():
     result = run("--ids", "esrt-x2,nonsense-x9", "--tile", "16")
     assert result.returncode == 2 and result.stderr.strip().splitlines() == ["error: unknown model id 'nonsense-x9'; `deploytool list` shows them all"]

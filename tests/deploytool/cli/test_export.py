@@ -2,6 +2,7 @@
 
 import pytest
 
+from deploytool.build import export as exporter
 from deploytool.build import registry
 from deploytool.cli import cli
 from deploytool.runtime.manifest import BF16_FILE, FP16_FILE, FP32_FILE, read_manifest
@@ -51,3 +52,22 @@ def test_no_fp16_beside_a_precision_naming_fp16_is_refused_in_one_line(tmp_path,
     assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
     assert result.stderr.startswith("error: --no-fp16 contradicts --precision naming fp16"), result.stderr
     assert not out.exists()
+
+
+def test_a_second_export_reuses_the_traces_and_writes_the_same_graphs(tmp_path, tiny_swinir, monkeypatch):
+    """...without importing the exporter's modules for traces that do not run."""
+    monkeypatch.setenv("DEPLOYTOOL_TRACE_CACHE", str(tmp_path / "traces"))
+    imports = []
+    monkeypatch.setattr(exporter, "load_exporter", lambda: imports.append(True))
+
+    def export(out: str, *options: str) -> str:
+        result = cli_runner().invoke(cli, ["export", "swinir-s-x2", "--weights", str(tiny_swinir), "--out", str(tmp_path / out), *options])
+        assert result.exit_code == 0, result.output
+        return result.stderr
+
+    kept = export("first").count(f"kept in the trace cache ({tmp_path / 'traces'}")
+    assert kept >= 1 and len(list((tmp_path / "traces").glob("*.onnx"))) == kept and len(imports) == 1
+    assert export("second").count("reused from the trace cache") == kept and len(imports) == 1
+    assert "trace cache" not in export("third", "--no-trace-cache") and len(imports) == 2
+    for name in (FP32_FILE, FP16_FILE):
+        assert (tmp_path / "first" / name).read_bytes() == (tmp_path / "second" / name).read_bytes() == (tmp_path / "third" / name).read_bytes()
