@@ -117,10 +117,10 @@ def _code_digest(model: torch.nn.Module) -> str | None:
     class has no source file."""
     sources = set()
     for module in model.modules():
-        top = type(module).__module__.split(".")[0]
-        if top == "torch":
+        package = sys.modules.get(type(module).__module__.split(".")[0])
+        if package is torch:
             continue
-        file = getattr(sys.modules.get(top), "__file__", None)
+        file = getattr(package, "__file__", None)
         if file is None:
             return None
         sources.add(Path(file).parent if Path(file).name == "__init__.py" else Path(file))
