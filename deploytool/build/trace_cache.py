@@ -21,6 +21,7 @@ says which (`take_note`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -159,7 +160,8 @@ class TraceCache:
         except OSError as exc:
             raise StaleEntry(f"cannot read {path}: {exc.strerror or exc}") from None
         graph = with_weights(data, state_tensors(model))
-        os.utime(path)  # recently used: pruned last
+        with contextlib.suppress(OSError):  # a cache this user may read but not write is still used
+            os.utime(path)  # recently used: pruned last
         return graph
 
     def store(self, key: str, graph: onnx.ModelProto, weight_names: dict[str, str]) -> None:
@@ -185,7 +187,8 @@ class TraceCache:
         for stat, path in sorted(stats, key=lambda item: item[0].st_mtime):
             if total <= self.max_bytes:
                 break
-            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # another user's entry in a shared folder
+                path.unlink(missing_ok=True)
             total -= stat.st_size
 
 
@@ -217,7 +220,9 @@ def with_weights(data: bytes, state: dict[str, torch.Tensor]) -> onnx_ir.Model:
         if source not in state:
             raise StaleEntry(f"the model has no {source}")
         array = state[source].detach().cpu().contiguous().numpy()
-        value = exported.graph.initializers[name]
+        value = exported.graph.initializers.get(name)
+        if value is None:
+            raise StaleEntry(f"its graph has no initializer {name}")
         if tuple(value.shape) != array.shape or value.dtype != onnx_ir.DataType.from_numpy(array.dtype):
             raise StaleEntry(f"{source} is {array.dtype}{list(array.shape)} in the model, not {value.dtype}{list(value.shape)}")
         value.const_value = onnx_ir.Tensor(array, name=name)

@@ -70,11 +70,12 @@ def test_a_stale_entry_is_traced_again_and_replaced(tmp_path):
     assert traced(model, x, cache)[1].startswith("reused")
 
 
+def one_initializer_graph() -> onnx.ModelProto:
+    return onnx.helper.make_model(onnx.helper.make_graph([], "g", [], [], [onnx.numpy_helper.from_array(torch.zeros(2, 3).numpy(), "w")]))
+
+
 def test_an_entry_whose_weights_do_not_fit_is_stale():
-    graph = onnx.helper.make_model(
-        onnx.helper.make_graph([], "g", [], [], [onnx.numpy_helper.from_array(torch.zeros(2, 3).numpy(), "w")]),
-    )
-    entry = without_weights(graph, {"w": "conv.weight"})
+    entry = without_weights(one_initializer_graph(), {"w": "conv.weight"})
     assert not onnx.ModelProto.FromString(entry).graph.initializer[0].raw_data
     filled = with_weights(entry, {"conv.weight": torch.ones(2, 3)})
     assert filled.graph.initializers["w"].const_value.numpy().tolist() == [[1.0] * 3] * 2 and not filled.metadata_props
@@ -82,6 +83,9 @@ def test_an_entry_whose_weights_do_not_fit_is_stale():
         with_weights(entry, {"other.weight": torch.ones(2, 3)})
     with pytest.raises(StaleEntry, match=r"^conv.weight is float32\[3, 2\] in the model, not FLOAT\[2, 3\]$"):
         with_weights(entry, {"conv.weight": torch.ones(3, 2)})
+    naming_another = without_weights(one_initializer_graph(), {"w": "conv.weight", "v": "conv.bias"})
+    with pytest.raises(StaleEntry, match=r"^its graph has no initializer v$"):
+        with_weights(naming_another, {"conv.weight": torch.ones(2, 3), "conv.bias": torch.ones(2)})
 
 
 def test_a_cache_that_cannot_be_written_leaves_the_trace_as_it_is(tmp_path):
