@@ -13,7 +13,10 @@ and batch) with its BF16 plan and without the FP16 graph. Then --batches synthet
 - torch-autocast: the FP32 definition under `torch.autocast("cpu", torch.bfloat16)` (PyTorch's own
   mixed precision: normalisations and softmax kept FP32 by its op lists);
 - whole-graph: `model.onnx` with every node in BF16 (the emulation `bf16.emulate` with no island);
-- plan: the shipped plan (`model_bf16.onnx`'s FP32 islands) on the same emulation.
+- plan: the shipped plan (`model_bf16.onnx`'s FP32 islands) on the same emulation;
+- input-rounded: the FP32 definition with only its input rounded to BF16. What a model makes of
+  that one rounding (a BF16 first layer reads it) bounds what any plan computing its first layer in
+  BF16 can hold; random-init IPT turns it into more than its limits (see README, BF16).
 
 Each is compared with the FP32 definition's output: max |d| and mean |d| over every batch, and the
 lowest per-batch PSNR (clipped to [0, 1], as `verify` computes it). The emulation rounds exactly as
@@ -47,7 +50,7 @@ from deploytool.runtime.input_batches import synthetic_batch  # noqa: E402
 from deploytool.runtime.manifest import BF16_FILE, FP32_FILE, read_manifest  # noqa: E402
 from deploytool.verify.parity import metrics  # noqa: E402
 
-ROWS = ("torch-bf16", "torch-autocast", "whole-graph", "plan")
+ROWS = ("torch-bf16", "torch-autocast", "whole-graph", "plan", "input-rounded")
 # far from the seeds the export calibrates and validates its plan with (0-15)
 FIRST_SEED = 1000
 
@@ -79,7 +82,11 @@ def torch_runners(model: torch.nn.Module) -> dict:
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
             return model(torch.from_numpy(batch)).float().numpy()
 
-    return {"torch-bf16": pure, "torch-autocast": autocast}
+    def input_rounded(batch: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.from_numpy(bf16.round_to_bf16(batch))).numpy()
+
+    return {"torch-bf16": pure, "torch-autocast": autocast, "input-rounded": input_rounded}
 
 
 def measure_id(model_id: str, tile: int, batches: int, exports: Path) -> dict:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from deploytool.runtime.backends.onnxruntime import THREADS_VARIABLE
-from tests.helpers import FullSizeExports, TinyExports, contract_violations
+from tests.helpers import RUN_TRACE_CACHE, FullSizeExports, TinyExports, contract_violations
 
 _checked: set[Path] = set()
 # the shared exports' folders in the run's shared root (`_shared_root`)
@@ -42,13 +42,17 @@ def pytest_configure(config):
 
 
 def _own_trace_cache() -> None:
-    """The CLI's exports in the tests (and the processes they start) use a trace cache of this
-    run's own, never the one in the user's home, whose entries an earlier tree made."""
-    os.environ["DEPLOYTOOL_TRACE_CACHE"] = tempfile.mkdtemp(prefix="deploytool-test-traces-")
+    """The exports in the tests (the CLI's, the processes they start, and the helpers' through
+    `tests.helpers.run_trace_cache`) use a trace cache of this run's own, never the one in the
+    user's home, whose entries an earlier tree made. Under pytest-xdist the workers share the
+    controller's: its configure runs before it starts them, and they inherit its environment."""
+    folder = os.environ.get(RUN_TRACE_CACHE) or tempfile.mkdtemp(prefix="deploytool-test-traces-")
+    os.environ[RUN_TRACE_CACHE] = os.environ["DEPLOYTOOL_TRACE_CACHE"] = folder
 
 
 def pytest_unconfigure(config):
-    shutil.rmtree(os.environ.pop("DEPLOYTOOL_TRACE_CACHE", ""), ignore_errors=True)
+    if not os.environ.get("PYTEST_XDIST_WORKER"):  # the controller's, which its workers used
+        shutil.rmtree(os.environ.pop(RUN_TRACE_CACHE, ""), ignore_errors=True)
 
 
 def _shared_root(tmp_path_factory) -> Path:

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import fcntl
 import importlib.util
+import os
 import re
 import shutil
 import sys
@@ -24,6 +25,17 @@ from deploytool.runtime.input_batches import PARITY_BATCHES, parity_batch
 from deploytool.runtime.manifest import BF16_FILE, FP32_FILE, MANIFEST_FILE, Manifest, read_manifest
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+# the variable naming this test run's trace cache (tests/conftest.py)
+RUN_TRACE_CACHE = "DEPLOYTOOL_TEST_RUN_TRACE_CACHE"
+
+
+def run_trace_cache() -> Path | None:
+    """This test run's trace cache, shared by its exports (tests/conftest.py makes it): the suite
+    exports the same tiny definitions at the same tiles many times, with other weights and options,
+    and a reused trace is byte for byte the fresh one (tests/deploytool/build/test_trace_cache.py).
+    None outside a pytest run (a script importing these helpers traces every time)."""
+    folder = os.environ.get(RUN_TRACE_CACHE)
+    return Path(folder) if folder else None
 
 
 def load_script(name: str):
@@ -167,7 +179,15 @@ def export_tiny(
     loaded = load_state_dict_file(weights)
     source = WeightsSource(kind="checkpoint", path=str(weights), sha256=loaded.sha256, wrapper_key=loaded.wrapper_key)
     request = export.ExportRequest(
-        entry=entry, source=source, out_dir=out_dir, tile=tile or entry.tiling.tile, batch=batch, fp16=fp16, bf16=bf16, calibration_count=2
+        entry=entry,
+        source=source,
+        out_dir=out_dir,
+        tile=tile or entry.tiling.tile,
+        batch=batch,
+        fp16=fp16,
+        bf16=bf16,
+        calibration_count=2,
+        trace_cache=run_trace_cache(),
     )
     return export.export(request)
 

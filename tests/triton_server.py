@@ -17,7 +17,7 @@ from deploytool.build import export, registry
 from deploytool.build.networks import resolve_source
 from deploytool.errors import DeployError
 from deploytool.serving import server
-from tests.helpers import cli_runner, export_tiny
+from tests.helpers import cli_runner, export_tiny, run_trace_cache
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
@@ -47,7 +47,11 @@ def export_for_serving(model_id: str, out_dir: Path, *, bf16: bool = False) -> P
     elif model_id == "esrt-x2" and ESRT_WEIGHTS.is_file():
         entry = registry.get(model_id)
         source = resolve_source(entry, weights=ESRT_WEIGHTS)
-        export.export(export.ExportRequest(entry=entry, source=source, out_dir=out_dir, tile=(64, 64), batch=1, fp16=False, calibration_count=2))
+        export.export(
+            export.ExportRequest(
+                entry=entry, source=source, out_dir=out_dir, tile=(64, 64), batch=1, fp16=False, calibration_count=2, trace_cache=run_trace_cache()
+            )
+        )
     else:
         # a 48 px tile (the tiny default, 16, means thousands of tiles per image); batch 2: the
         # server fills the last batch up, as `run` does

@@ -10,6 +10,7 @@ from deploytool.build.checkpoints import load_state_dict_file
 from deploytool.build.networks import WeightsSource
 from deploytool.runtime.manifest import FP16_FILE, FP32_FILE
 from deploytool.verify import parity
+from tests.helpers import run_trace_cache
 
 WEIGHTS = Path(__file__).resolve().parents[4] / "shared" / "weights"
 
@@ -17,7 +18,7 @@ WEIGHTS = Path(__file__).resolve().parents[4] / "shared" / "weights"
 def export_esrt(tmp_path, model_id, source, tile=(16, 16)):
     entry = registry.get(model_id)
     out = tmp_path / model_id
-    manifest = export.export(export.ExportRequest(entry, source, out, tile, 1, calibration_count=2))
+    manifest = export.export(export.ExportRequest(entry, source, out, tile, 1, calibration_count=2, trace_cache=run_trace_cache()))
     return out, manifest
 
 

@@ -14,7 +14,7 @@ from deploytool.runtime.backends import open_runner
 from deploytool.runtime.input_batches import synthetic_batch
 from deploytool.runtime.manifest import FP16_FILE, FP32_FILE
 from deploytool.verify import parity
-from tests.helpers import assert_bf16_plan_needs_no_range, full_size_id, save_official, true_fp16_outputs
+from tests.helpers import assert_bf16_plan_needs_no_range, full_size_id, run_trace_cache, save_official, true_fp16_outputs
 from tests.model_defs.test_restormer import tiny_entry, tiny_state
 
 RAIN100L = Path(__file__).resolve().parents[4] / "shared" / "testsets" / "Rain100L"
@@ -24,7 +24,7 @@ def export_entry(entry, state, out: Path, tile=(32, 32), bf16: bool = False):
     path = save_official(state, out.parent / f"{out.name}.pth")
     loaded = load_state_dict_file(path)
     source = WeightsSource(kind="checkpoint", path=str(path), sha256=loaded.sha256, wrapper_key=loaded.wrapper_key)
-    return export.export(export.ExportRequest(entry, source, out, tile, 1, calibration_count=2, bf16=bf16))
+    return export.export(export.ExportRequest(entry, source, out, tile, 1, calibration_count=2, bf16=bf16, trace_cache=run_trace_cache()))
 
 
 @pytest.mark.parametrize("model_id", ["restormer-derain", "restormer-dn-gray-15", "restormer-dual-defocus"])
