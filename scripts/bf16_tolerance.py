@@ -15,8 +15,8 @@ and batch) with its BF16 plan and without the FP16 graph. Then --batches synthet
 - whole-graph: `model.onnx` with every node in BF16 (the emulation `bf16.emulate` with no island);
 - plan: the shipped plan (`model_bf16.onnx`'s FP32 islands) on the same emulation;
 - input-rounded: the FP32 definition with only its input rounded to BF16. What a model makes of
-  that one rounding (a BF16 first layer reads it) bounds what any plan computing its first layer in
-  BF16 can hold; random-init IPT turns it into more than its limits (see README, BF16).
+  that one rounding (a BF16 first layer reads it) is about the least a plan computing its first
+  layer in BF16 can be off by; random-init IPT makes more than its limits of it (see README, BF16).
 
 Each is compared with the FP32 definition's output: max |d| and mean |d| over every batch, and the
 lowest per-batch PSNR (clipped to [0, 1], as `verify` computes it). The emulation rounds exactly as
