@@ -2,20 +2,27 @@
 where they go by stage (the trace, the calibration trace, simplify, the plans...), against
 issue 22's targets for the torch.export exporter.
 
-    python scripts/export_cost.py [--ids hat-x4,swinir-m-x4] [--tile 64] [--warm] [--json]
+    python scripts/export_cost.py [--ids hat-x4,swinir-m-x4] [--tile 64] [--warm] [--no-tree-memory] [--json]
 
 Each export runs `deploytool export ID --random-init` in a child process of its own, so that its
-peak resident memory is its own: the larger of wait4's (the largest single process) and the sum
-over the export and its own children (the calibration trace runs in one beside the first trace)
-sampled from /proc every 0.25 s while it has children, each process's proportional share (PSS:
-pages the fork shares with its parent are counted once). Reading a process's PSS walks its page
-tables, so it is read only while the children live: alone, the export's peak is wait4's. The per-stage table comes from the manifest it writes
-(`export_stages`: seconds, and the exporting process's own peak RSS so far at each stage's end). `--tile` overrides every id's default tile, for quick runs; the targets are for the
+peak resident memory is its own, twice: a timed run, nothing else watching it, and a run whose
+memory is sampled. The peak is the larger of wait4's (the largest single process, both runs) and
+the sampled run's sum over the export and its own children (the traces run in them), read from
+/proc every 0.25 s while it has children, each process's proportional share (PSS: pages the fork
+shares with its parent are counted once). Reading a process's PSS walks its page tables (11 ms
+for a 1.6 GB process here) and stalls it meanwhile: sampled every 0.25 s, hat-x4's traces took
+26 s instead of 18 and its export 71 s instead of 56, and sampled less often (every 1-4 s) the
+sum missed IPT's peak, when both traces hand back their graphs (3.85 GB against 4.51 GB). So
+the time is the timed run's and the memory the sampled run's. `--no-tree-memory` skips the
+sampled runs: the peak is then wait4's alone. The per-stage table comes from the timed run's
+manifest (`export_stages`: seconds, and the exporting process's own peak RSS so far at each
+stage's end). `--tile` overrides every id's default tile, for quick runs; the targets are for the
 defaults.
 
-Every id's export starts with an empty trace cache of its own, so it traces (the targets are
-for that). `--warm` exports each id a second time with other weights (`--seed 1`), its traces
-then reused from the first export's trace cache: what a re-export of a model costs.
+Every id's export starts with an empty trace cache of its own (each of its two runs), so it
+traces (the targets are for that). `--warm` exports each id a second time with other weights
+(`--seed 1`), its traces then reused from the first export's trace cache: what a re-export of a
+model costs.
 """
 
 from __future__ import annotations
@@ -98,24 +105,27 @@ def _rss_bytes(pid: int) -> int:
     return 0
 
 
-def run_export(model_id: str, out: Path, tile: int | None, trace_cache: Path, seed: int = 0) -> dict:
-    """One export in a child process, its trace cache in `trace_cache`."""
+def run_export(model_id: str, out: Path, tile: int | None, trace_cache: Path, seed: int = 0, sampled: bool = False) -> dict:
+    """One export in a child process, its trace cache in `trace_cache`; `sampled`: its tree's
+    memory sampled (`TreeRss`), which slows it (see the module's docstring)."""
     command = [sys.executable, "-m", "deploytool", "export", model_id, "--random-init", "--seed", str(seed), "--out", str(out)]
     if tile:
         command += ["--tile", str(tile)]
     started = time.perf_counter()
     environment = {**os.environ, "DEPLOYTOOL_TRACE_CACHE": str(trace_cache)}
     child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=environment)
-    sampler = TreeRss(child.pid)
-    sampler.start()
+    sampler = TreeRss(child.pid) if sampled else None
+    if sampler:
+        sampler.start()
     log = child.stderr.read()
     _, status, usage = os.wait4(child.pid, 0)
     seconds = time.perf_counter() - started
-    sampler.stop()
+    if sampler:
+        sampler.stop()
     result = {
         "model_id": model_id,
         "seconds": round(seconds, 1),
-        "peak_rss_gb": round(max(usage.ru_maxrss * 1024, sampler.peak_bytes) / 2**30, 2),
+        "peak_rss_gb": round(max(usage.ru_maxrss * 1024, sampler.peak_bytes if sampler else 0) / 2**30, 2),
         "exit_status": os.waitstatus_to_exitcode(status),
         "traces_reused": log.count("reused from the trace cache"),
     }
@@ -126,6 +136,20 @@ def run_export(model_id: str, out: Path, tile: int | None, trace_cache: Path, se
     else:
         result["error"] = log.strip().splitlines()[-1] if log.strip() else "no output"
     return result
+
+
+def measure_export(model_id: str, folder: Path, tile: int | None, seed: int, tree_memory: bool) -> dict:
+    """`model_id`'s export timed, and with `tree_memory` run again with its tree's memory sampled
+    (the larger peak kept, the sampled run's in `tree_peak_gb`). Each of the two runs has a trace
+    cache of its own in `folder`, empty at seed 0 (the first export traces) and the first
+    export's at other seeds (a re-export reuses its traces)."""
+    timed = run_export(model_id, folder / model_id, tile, folder / f"{model_id}-traces", seed)
+    if not tree_memory or timed["exit_status"] != 0:
+        return timed
+    sampled = run_export(model_id, folder / f"{model_id}-sampled", tile, folder / f"{model_id}-traces-sampled", seed, sampled=True)
+    if sampled["exit_status"] != 0:
+        return {**timed, "exit_status": sampled["exit_status"], "error": f"the memory-sampled run: {sampled.get('error')}"}
+    return {**timed, "peak_rss_gb": max(timed["peak_rss_gb"], sampled["peak_rss_gb"]), "tree_peak_gb": sampled["peak_rss_gb"]}
 
 
 def markdown(results: list[dict], tile_override: int | None) -> str:
@@ -163,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ids", default=",".join(TARGETS), help="comma-separated model ids (default: the targets' ids)")
     parser.add_argument("--tile", type=int, help="square tile for every id instead of its default (quick runs; targets then do not apply)")
     parser.add_argument("--warm", action="store_true", help="export each id a second time, with other weights, the first export's traces in the trace cache")
+    parser.add_argument(
+        "--no-tree-memory", dest="tree_memory", action="store_false", help="time each export once, without the run whose tree's memory is sampled (peak: wait4's alone)"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     ids = [i.strip() for i in args.ids.split(",") if i.strip()]
@@ -171,13 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for model_id in ids:
-            # every id's first export traces: the trace cache starts empty
-            trace_cache = Path(tmp) / f"{model_id}-traces"
             print(f"exporting {model_id}{f' at {args.tile} px' if args.tile else ''} in a child process", file=sys.stderr)
-            results.append(run_export(model_id, Path(tmp) / model_id, args.tile, trace_cache))
+            results.append(measure_export(model_id, Path(tmp), args.tile, seed=0, tree_memory=args.tree_memory))
             print(f"  {results[-1]['seconds']:.0f} s, peak RSS {results[-1]['peak_rss_gb']:.1f} GB", file=sys.stderr)
             if args.warm and results[-1]["exit_status"] == 0:
-                warm = run_export(model_id, Path(tmp) / model_id, args.tile, trace_cache, seed=1)
+                warm = measure_export(model_id, Path(tmp), args.tile, seed=1, tree_memory=args.tree_memory)
                 results[-1]["warm"] = {**warm, "seed": 1}
                 print(f"  again, the trace cache warm: {warm['seconds']:.0f} s, peak RSS {warm['peak_rss_gb']:.1f} GB", file=sys.stderr)
     print(json.dumps(results, indent=2) if args.json else markdown(results, args.tile))
