@@ -188,7 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tile", type=int, help="square tile for every id instead of its default (quick runs; targets then do not apply)")
     parser.add_argument("--warm", action="store_true", help="export each id a second time, with other weights, the first export's traces in the trace cache")
     parser.add_argument(
-        "--no-tree-memory", dest="tree_memory", action="store_false", help="time each export once, without the run whose tree's memory is sampled (peak: wait4's alone)"
+        "--no-tree-memory",
+        dest="tree_memory",
+        action="store_false",
+        help="time each export once, without the run whose tree's memory is sampled (peak: wait4's alone)",
     )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)

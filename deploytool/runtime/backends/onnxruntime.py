@@ -20,6 +20,14 @@ INSTALL = "pip install onnxruntime-gpu"
 # cores the other processes compute on.
 THREADS_VARIABLE = "DEPLOYTOOL_ORT_THREADS"
 
+# A session on CPU alone has no memory pattern. ONNX Runtime's memory pattern allocates a run's
+# planned peak as one block from the second run on, out of the arena that still caches the first
+# run's blocks: a session then holds about twice what a run needs, for no speed (`python
+# scripts/ort_memory.py`, the default tiles: 0.52-0.62 of the memory without it, hat-x4 at 256 px
+# 12.07 -> 6.28 GB, not slower). Without the arena instead, small graphs ran slower (ESRT at
+# 64 px 1.42x, SwinIR-M 1.07x). With a GPU provider the defaults stay: not measured there.
+CPU_ONLY = ["CPUExecutionProvider"]
+
 
 def default_threads() -> int:
     """$DEPLOYTOOL_ORT_THREADS, else 0 (ONNX Runtime's default: one thread per core)."""
@@ -85,6 +93,9 @@ def open_session(
     `external`: {initializer name: numpy array} for the graph's initializers marked external,
     read in place, not copied (the session holds the arrays).
 
+    On CPU alone a session keeps ONNX Runtime's memory arena but not its memory pattern (see
+    CPU_ONLY), so a `run` holds about half what it would at ONNX Runtime's defaults.
+
     `low_memory=True` for the export's own runs: neither ONNX Runtime's memory arena, whose
     cached blocks add up across the several sessions an export opens, nor its memory pattern,
     which allocates each run's planned peak at once (DAT-x4's calibration at 96 px: 3.22 GB peak
@@ -100,10 +111,11 @@ def open_session(
         import onnxruntime as ort
     except ImportError as exc:
         raise BackendUnavailable(f"ONNX Runtime is not installed ({exc}): pip install onnxruntime-gpu") from None
+    providers = providers or default_providers()
     options = ort.SessionOptions()
     options.intra_op_num_threads = default_threads() if threads is None else threads
     options.enable_cpu_mem_arena = not low_memory
-    options.enable_mem_pattern = not low_memory
+    options.enable_mem_pattern = not low_memory and providers != CPU_ONLY
     # errors only: ORT warns for every FP16 node it cannot pre-compute on CPU, which is expected
     options.log_severity_level = 3
     if priority_order:
@@ -114,7 +126,7 @@ def open_session(
     source = model if isinstance(model, bytes) else str(model)
     disabled = ["ConstantFolding"] if low_memory else None
     try:
-        session = ort.InferenceSession(source, options, providers=providers or default_providers(), disabled_optimizers=disabled)
+        session = ort.InferenceSession(source, options, providers=providers, disabled_optimizers=disabled)
     except Exception as exc:  # noqa: BLE001 - onnxruntime's Fail, InvalidProtobuf, ... (no common base but Exception)
         if not type(exc).__module__.startswith("onnxruntime"):
             raise

@@ -62,13 +62,18 @@ def test_a_session_whose_caller_names_no_thread_count_takes_the_variables(monkey
     assert _threads(ort_backend.open_session(_identity_graph(), threads=0)) == 0
 
 
-def test_the_exports_own_sessions_keep_neither_an_arena_nor_a_memory_pattern():
+def test_the_exports_own_sessions_keep_neither_an_arena_nor_a_memory_pattern_and_a_runtime_session_on_cpu_no_pattern():
     """`low_memory` (the export's runs): ONNX Runtime's memory pattern allocated each run's planned
     peak at once (DAT-x4's calibration: 3.22 GB peak with it, 2.75 GB without); a runtime session
-    keeps ONNX Runtime's defaults, both on."""
-    lean, runtime = (ort_backend.open_session(_identity_graph(), low_memory=low).get_session_options() for low in (True, False))
+    on CPU keeps the arena but not the pattern, which doubled what a session holds (see CPU_ONLY);
+    one with a GPU provider keeps ONNX Runtime's defaults, both on."""
+    cpu = ["CPUExecutionProvider"]
+    lean, runtime = (ort_backend.open_session(_identity_graph(), low_memory=low, providers=cpu).get_session_options() for low in (True, False))
     assert (lean.enable_cpu_mem_arena, lean.enable_mem_pattern) == (False, False)
-    assert (runtime.enable_cpu_mem_arena, runtime.enable_mem_pattern) == (True, True)
+    assert (runtime.enable_cpu_mem_arena, runtime.enable_mem_pattern) == (True, False)
+    # ONNX Runtime without CUDA opens the session on CPU, with the options asked for
+    on_gpu = ort_backend.open_session(_identity_graph(), providers=["CUDAExecutionProvider", *cpu]).get_session_options()
+    assert (on_gpu.enable_cpu_mem_arena, on_gpu.enable_mem_pattern) == (True, True)
 
 
 def test_the_exports_own_sessions_do_not_store_what_the_graph_computes_from_constants(monkeypatch, tmp_path):
