@@ -115,19 +115,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child", choices=SETTINGS, help=argparse.SUPPRESS)  # one measured process
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    if args.runs < 1 or args.rounds < 1:
-        raise DeployError("--runs and --rounds must be at least 1")
-    if args.child:
-        print(json.dumps(child_measurement(args.exports[0], args.child, args.runs)))
-        return 0
-    rows = [measure(export_dir, args.runs, args.rounds) for export_dir in args.exports]
+    try:
+        if args.runs < 1 or args.rounds < 1:
+            raise DeployError("--runs and --rounds must be at least 1")
+        if args.child:
+            print(json.dumps(child_measurement(args.exports[0], args.child, args.runs)))
+            return 0
+        rows = [measure(export_dir, args.runs, args.rounds) for export_dir in args.exports]
+    except DeployError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps(rows, indent=2) if args.json else markdown(rows))
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except DeployError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(main())
