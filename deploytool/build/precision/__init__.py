@@ -46,7 +46,6 @@ from collections.abc import Callable
 import onnx
 
 from deploytool.build.precision.calibration import (
-    CPU,
     VERIFY_SAFETY,
     Calibration,
     Measured,
@@ -192,7 +191,6 @@ __all__ = [
     "BF16",
     "BF16_SUMMED_LIMIT",
     "BOUNDED_OPS",
-    "CPU",
     "Calibration",
     "Conversions",
     "FLOP_OPS",

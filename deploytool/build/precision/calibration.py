@@ -20,7 +20,7 @@ from deploytool.build.inferred_types import TensorType, tensor_types
 from deploytool.build.precision.growth import carried_ranges, corresponding_tensors, tensor_sizes, tile_growth
 from deploytool.build.precision.plan import flop_counts
 from deploytool.errors import ExportError
-from deploytool.runtime.backends.onnxruntime import open_session
+from deploytool.runtime.backends.onnxruntime import CPU_ONLY, open_session
 
 # `verify` judges the FP16 graph by max |diff|, a tail statistic: on tiny IPTs one set of inputs
 # gives up to 2.6x another's of the same generator (the official IPT: 0.032 on its calibration
@@ -29,15 +29,13 @@ from deploytool.runtime.backends.onnxruntime import open_session
 # covers verify's inputs drawn at another tile and other runtimes' rounding (TensorRT).
 VERIFY_SAFETY = 2.0
 
-# The export's own runs measure the graph itself, on CPU wherever the export happens
-CPU = ["CPUExecutionProvider"]
-
 
 def measuring_session(model: bytes, **options):
     """An ONNX Runtime session for the export's own runs of a serialized graph (calibration, plan
     trials, emulations): on CPU, with `open_session`'s `low_memory` (no arena, memory pattern or
     constant folding), `options` passed on."""
-    return open_session(model, providers=CPU, low_memory=True, **options)
+    # the export's own runs measure the graph itself, on CPU wherever the export happens
+    return open_session(model, providers=CPU_ONLY, low_memory=True, **options)
 
 
 def float_tensor_names(model: onnx.ModelProto) -> list[str]:

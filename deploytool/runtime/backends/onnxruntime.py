@@ -23,8 +23,8 @@ THREADS_VARIABLE = "DEPLOYTOOL_ORT_THREADS"
 # A session on CPU alone has no memory pattern. ONNX Runtime's memory pattern allocates a run's
 # planned peak as one block from the second run on, out of the arena that still caches the first
 # run's blocks: a session then holds about twice what a run needs, for no speed (`python
-# scripts/ort_memory.py`, the default tiles: 0.52-0.62 of the memory without it, hat-x4 at 256 px
-# 12.07 -> 6.28 GB, not slower). Without the arena instead, small graphs ran slower (ESRT at
+# scripts/ort_memory.py`, the default tiles: 0.53-0.63 of the memory without it, hat-x4 at 256 px
+# 11.81 -> 6.28 GB, IPT the same, its weights most of it; not slower). Without the arena instead, small graphs ran slower (ESRT at
 # 64 px 1.42x, SwinIR-M 1.07x). With a GPU provider the defaults stay: not measured there.
 CPU_ONLY = ["CPUExecutionProvider"]
 

@@ -130,7 +130,7 @@ def test_measured_ranges_are_every_activation_s_exact_max_whether_probed_by_rows
     from onnx import TensorProto, helper
 
     from deploytool.build.precision import calibration
-    from deploytool.runtime.backends.onnxruntime import open_session
+    from deploytool.runtime.backends.onnxruntime import CPU_ONLY, open_session
 
     rng = np.random.default_rng(3)
     model = rearranging_graph(opset, rng)
@@ -144,7 +144,7 @@ def test_measured_ranges_are_every_activation_s_exact_max_whether_probed_by_rows
     exposed.CopyFrom(model)
     names = [out for node in model.graph.node for out in node.output]
     exposed.graph.output.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in names if name not in ("out", "unused_side"))
-    session = open_session(exposed.SerializeToString(), providers=calibration.CPU)
+    session = open_session(exposed.SerializeToString(), providers=CPU_ONLY)
     every = [dict(zip([o.name for o in session.get_outputs()], session.run(None, {"x": array}))) for array in inputs]
     for name in names:
         assert ranges[name] == max(float(np.abs(values[name]).max()) for values in every), name

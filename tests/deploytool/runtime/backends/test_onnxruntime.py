@@ -67,7 +67,7 @@ def test_the_exports_own_sessions_keep_neither_an_arena_nor_a_memory_pattern_and
     peak at once (DAT-x4's calibration: 3.22 GB peak with it, 2.75 GB without); a runtime session
     on CPU keeps the arena but not the pattern, which doubled what a session holds (see CPU_ONLY);
     one with a GPU provider keeps ONNX Runtime's defaults, both on."""
-    cpu = ["CPUExecutionProvider"]
+    cpu = ort_backend.CPU_ONLY
     lean, runtime = (ort_backend.open_session(_identity_graph(), low_memory=low, providers=cpu).get_session_options() for low in (True, False))
     assert (lean.enable_cpu_mem_arena, lean.enable_mem_pattern) == (False, False)
     assert (runtime.enable_cpu_mem_arena, runtime.enable_mem_pattern) == (True, False)
